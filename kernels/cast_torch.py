@@ -1,0 +1,129 @@
+"""Pure-torch twin of `cast_triton.py`: the same integer arithmetic, vectorised.
+
+Works on fp32 (int32 bit patterns) and fp64 (int64) tensors on any device.
+For every deterministic rounding mode it is bit-identical to the Triton kernel,
+and for stochastic rounding it draws the very same Philox-4x32-10 stream as
+`tl.randint(seed, element_index)`, so CPU and GPU runs agree bit for bit.
+
+The algorithm, for a magnitude a = sig * 2^(e - P) (P stored mantissa bits of
+the source, sig including the implicit bit):
+  s     = max(e, emin) - M           exponent of the target ulp at this value
+  shift = s - (e - P)                 low bits of sig below that ulp (>= 0)
+  n     = round(sig / 2^shift)        integer significand, per rounding mode
+  |q|   = n * 2^s                     exact in the source format
+then overflow, flush-to-zero, Inf/NaN and the sign are applied.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .spec import NEAREST_AWAY, NEAREST_EVEN, STOCHASTIC, TOWARD_ZERO, CastSpec
+
+__all__ = ["cast_torch", "philox_randint"]
+
+# Source-format constants: (int dtype, stored mantissa bits, exponent bias).
+_SOURCE = {torch.float32: (torch.int32, 23, 127), torch.float64: (torch.int64, 52, 1023)}
+
+_PHILOX_KEY_A, _PHILOX_KEY_B = 0x9E3779B9, 0xBB67AE85
+_PHILOX_ROUND_A, _PHILOX_ROUND_B = 0xD2511F53, 0xCD9E8D57
+_U32 = 0xFFFFFFFF
+
+
+def _mul_wide(const: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(high, low) 32-bit halves of const * b for uint32 values held in int64."""
+    b_lo, b_hi = b & 0xFFFF, b >> 16
+    p_lo, p_hi = const * b_lo, const * b_hi  # each < 2^48: no int64 overflow
+    high = (p_hi + (p_lo >> 16)) >> 16
+    low = (p_lo + ((p_hi & 0xFFFF) << 16)) & _U32
+    return high, low
+
+
+def philox_randint(seed: int, offsets: torch.Tensor, n_rounds: int = 10) -> torch.Tensor:
+    """Triton's `tl.randint(seed, offsets)` (first Philox-4x32 output) as int64 in [0, 2^32)."""
+    offsets = offsets.to(torch.int64)
+    c0, c1 = offsets & _U32, (offsets >> 32) & _U32
+    c2 = c3 = torch.zeros_like(c0)
+    k0, k1 = seed & _U32, (seed >> 32) & _U32
+    for _ in range(n_rounds):
+        hi_b, lo_b = _mul_wide(_PHILOX_ROUND_B, c2)
+        hi_a, lo_a = _mul_wide(_PHILOX_ROUND_A, c0)
+        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+        k0, k1 = (k0 + _PHILOX_KEY_A) & _U32, (k1 + _PHILOX_KEY_B) & _U32
+    return c0
+
+
+def _pow2(s: torch.Tensor, float_dtype: torch.dtype, int_dtype: torch.dtype, man: int, bias: int) -> torch.Tensor:
+    """2^s exactly, for integer tensors s within the source format (subnormals included)."""
+    normal = (s + bias) << man
+    subnormal = torch.ones_like(s) << (s + bias + man - 1).clamp(min=0)
+    return torch.where(s >= 1 - bias, normal, subnormal).view(float_dtype)
+
+
+def cast_torch(x: torch.Tensor, spec: CastSpec, seed: int = 0, offset: int = 0) -> torch.Tensor:
+    """Round every element of fp32/fp64 `x` into the format described by `spec`.
+
+    `seed` and `offset` only matter for stochastic rounding: element i of the
+    (contiguous) tensor uses random word `philox(seed, offset + i)`.
+    """
+    int_dtype, P, src_bias = _SOURCE[x.dtype]
+    width = 32 if int_dtype == torch.int32 else 64
+    sign_mask = -(1 << (width - 1))  # the sign bit, as a signed constant
+    inf_bits = ((1 << (width - P - 1)) - 1) << P
+    M = spec.man_bits
+
+    u = x.contiguous().view(int_dtype)
+    a = u & ~sign_mask  # magnitude bits
+    biased_exp = a >> P
+    e = biased_exp.clamp(min=1) - src_bias
+    sig = (a & ((1 << P) - 1)) | ((biased_exp > 0).to(int_dtype) << P)
+
+    s = e.clamp(min=spec.emin) - M
+    shift = s - (e - P)
+    sh = shift.clamp(max=P + 2)  # sig < 2^(P+1): larger shifts behave alike
+    n = sig >> sh
+    rem = sig - (n << sh)
+    full = torch.ones_like(sh) << sh  # 2^sh; ties are compared as 2*rem vs full
+
+    if spec.rounding == NEAREST_EVEN:
+        odd = (n & 1) if M > 0 else ((n != 0) & (((s + spec.bias_parity) & 1) == 1))
+        up = (2 * rem > full) | ((2 * rem == full) & (odd != 0))
+    elif spec.rounding == NEAREST_AWAY:
+        up = (rem != 0) & (2 * rem >= full)
+    elif spec.rounding == TOWARD_ZERO:
+        up = torch.zeros_like(rem, dtype=torch.bool)
+    elif spec.rounding == STOCHASTIC:
+        # rem / 2^shift as a 31-bit fraction; round up with exactly that probability
+        frac31 = torch.where(
+            shift <= 31,
+            rem << (31 - shift).clamp(min=0),
+            rem >> (shift - 31).clamp(min=0, max=width - 1),
+        )
+        index = torch.arange(x.numel(), device=x.device, dtype=torch.int64).view(x.shape) + offset
+        rand31 = (philox_randint(seed, index) >> 1).to(int_dtype)
+        up = rand31 < frac31
+    else:
+        raise ValueError(f"unknown rounding code {spec.rounding}")
+    n = n + up.to(int_dtype)
+
+    mag = (n.to(x.dtype) * _pow2(s, x.dtype, int_dtype, P, src_bias)).view(int_dtype)
+
+    max_bits, min_normal_bits, overflow_bits, finite_overflow_bits = _to_source_bits(spec, x.dtype)
+    if spec.flush_subnormals:
+        mag = torch.where(mag < min_normal_bits, 0, mag)
+    mag = torch.where(mag > max_bits, finite_overflow_bits, mag)
+    mag = torch.where(a == inf_bits, overflow_bits, mag)
+    mag = torch.where(a > inf_bits, a, mag)  # NaN in, same NaN out
+    sign = u & sign_mask
+    if spec.no_negative_zero:
+        sign = torch.where(mag == 0, 0, sign)
+    return (mag | sign).view(x.dtype)
+
+
+def _to_source_bits(spec: CastSpec, dtype: torch.dtype) -> tuple[int, int, int, int]:
+    """The spec's fp32 bit constants re-encoded in the source dtype (identity for fp32)."""
+    words = [spec.max_bits, spec.min_normal_bits, spec.overflow_bits, spec.finite_overflow_bits]
+    if dtype == torch.float32:
+        return tuple(words)
+    as_fp32 = torch.tensor(words, dtype=torch.int64).to(torch.int32).view(torch.float32)
+    return tuple(as_fp32.to(dtype).view(torch.int64).tolist())

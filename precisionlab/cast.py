@@ -1,0 +1,116 @@
+"""`quantize`: fake-quantize a tensor into a `FloatFormat` (Triton on CUDA, torch on CPU)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import struct
+
+import torch
+
+from precisionlab.formats import FloatFormat
+from precisionlab.kernels.cast_torch import cast_torch
+from precisionlab.kernels.spec import FP32_INF_BITS, FP32_NAN_BITS, ROUNDING_MODES, CastSpec
+
+__all__ = ["quantize", "cast_spec", "ROUNDING_MODES", "BACKENDS"]
+
+BACKENDS = ("auto", "torch", "triton")
+_WIDENED = (torch.float16, torch.bfloat16)  # cast in fp32: widening them is exact
+
+
+def _fp32_bits(value: float) -> int:
+    return struct.unpack("<I", struct.pack("<f", value))[0]
+
+
+@functools.lru_cache(maxsize=None)
+def cast_spec(fmt: FloatFormat, rounding: str, saturate: bool, subnormals: bool) -> CastSpec:
+    """The integer constants that describe rounding into `fmt` with these options."""
+    if rounding not in ROUNDING_MODES:
+        raise ValueError(f"unknown rounding {rounding!r}; accepted: {', '.join(ROUNDING_MODES)}")
+    max_bits = _fp32_bits(fmt.max_finite)
+    if saturate:
+        overflow = max_bits
+    elif fmt.has_inf:
+        overflow = FP32_INF_BITS
+    elif fmt.has_nan:
+        overflow = FP32_NAN_BITS
+    else:
+        overflow = max_bits
+    return CastSpec(
+        man_bits=fmt.man_bits,
+        emin=fmt.emin,
+        bias_parity=fmt.bias & 1,
+        max_bits=max_bits,
+        min_normal_bits=_fp32_bits(fmt.min_normal),
+        overflow_bits=overflow,
+        rounding=ROUNDING_MODES.index(rounding),
+        flush_subnormals=not (subnormals and fmt.has_subnormals),
+        no_negative_zero=not fmt.has_negative_zero,
+    )
+
+
+def quantize(
+    x: torch.Tensor,
+    fmt: FloatFormat | str,
+    *,
+    rounding: str = "nearest_even",
+    saturate: bool = True,
+    subnormals: bool = True,
+    seed: int | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Round every element of `x` to the nearest value of `fmt` (per `rounding`).
+
+    Returns a new tensor of x's shape and dtype whose values are exactly
+    representable in `fmt` (fp16/bf16 inputs are cast in fp32, which is exact,
+    and stored back). Not differentiable: training wraps it in a
+    straight-through autograd Function (`precisionlab.quant`).
+
+    Args:
+      fmt: a `FloatFormat` or a name such as "e4m3fn", "e5m2", "e8m3", "bf16".
+      rounding: "nearest_even" (IEEE default), "nearest_away" (ties away from
+        zero), "toward_zero" (mantissa bit masking), "stochastic" (rounds up
+        with probability equal to the discarded fraction, 31 random bits).
+      saturate: overflow and ±Inf clamp to ±max_finite; if False they become
+        the format's own overflow value: ±Inf if it has Inf, else NaN if it
+        has NaN, else ±max_finite (as ml_dtypes casts do). Round-toward-zero
+        never overflows a finite value past max_finite (IEEE 754).
+      subnormals: if False, results below min_normal flush to signed zero.
+      seed: Philox key for stochastic rounding; None draws one from torch's
+        global generator, so `torch.manual_seed` makes runs reproducible.
+      backend: "triton" (CUDA tensors, or CPU under TRITON_INTERPRET=1),
+        "torch", or "auto" (Triton for CUDA fp32/fp16/bf16, torch otherwise).
+        Both give identical bits, stochastic rounding included.
+
+    NaN stays NaN even for formats that have no NaN code (so a training run
+    can still see it diverge); signed zero is kept, except fnuz formats (+0).
+    """
+    fmt = FloatFormat.parse(fmt)
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"quantize needs a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point() or x.dtype not in (torch.float32, torch.float64, *_WIDENED):
+        raise ValueError(f"quantize needs a float32, float64, float16 or bfloat16 tensor, got {x.dtype}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; accepted: {', '.join(BACKENDS)}")
+    spec = cast_spec(fmt, rounding, bool(saturate), bool(subnormals))
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, ()).item()) if rounding == "stochastic" else 0
+    elif not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be in [0, 2^63), got {seed}")
+
+    work = x.detach()
+    if work.dtype in _WIDENED:
+        work = work.float()
+    if backend == "auto":
+        backend = "triton" if work.is_cuda and work.dtype == torch.float32 else "torch"
+    if backend == "triton":
+        if work.dtype != torch.float32:
+            raise ValueError("backend='triton' casts float32/float16/bfloat16 tensors; use backend='torch' for float64")
+        if not work.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError("backend='triton' needs a CUDA tensor (or TRITON_INTERPRET=1 for CPU tensors)")
+        from precisionlab.kernels.cast_triton import cast_triton  # triton imports lazily
+
+        out = cast_triton(work, spec, seed)
+    else:
+        out = cast_torch(work, spec, seed)
+    return out.view(x.shape).to(x.dtype)
