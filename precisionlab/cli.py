@@ -51,7 +51,7 @@ def formats(
     for f in parsed:
         typer.echo(
             f"{f.name:<10} {f.bits:>4} {f.exp_bits:>2} {f.man_bits:>2} {f.bias:>5} {_fmt_value(f.max_finite):>12} "
-            f"{_fmt_value(f.min_normal):>12} {_fmt_value(f.min_subnormal):>13}  {'yes' if f.has_inf else 'no':<3} "
+            f"{_fmt_value(f.min_normal) if f.emax >= f.emin else '-':>12} {_fmt_value(f.min_subnormal):>13}  {'yes' if f.has_inf else 'no':<3} "
             f"{f.nan if f.has_nan else 'none':<8} {'yes' if f.has_negative_zero else 'no':<3}"
         )
 

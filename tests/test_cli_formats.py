@@ -1,0 +1,39 @@
+"""`precisionlab formats` through the installed console script."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXE = shutil.which("precisionlab") or str(Path(sys.executable).with_name("precisionlab"))
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([EXE, *args], capture_output=True, text=True)
+
+
+def test_formats_table_lists_named_formats():
+    proc = run("formats")
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines()[1:]}
+    assert {"fp32", "bf16", "e4m3fn", "e5m2", "e2m1fn", "e8m3", "e7m7"} <= set(rows)
+    assert rows["e4m3fn"][5] == "448" and rows["e5m2"][5] == "57344"
+
+
+def test_formats_describes_any_parseable_format():
+    proc = run("formats", "--format", "e6m9", "-f", "e3m3fnuz")
+    assert proc.returncode == 0, proc.stderr
+    assert [line.split()[0] for line in proc.stdout.splitlines()[1:]] == ["e6m9", "e3m3fnuz"]
+
+
+@pytest.mark.parametrize("name", ["e9m3", "fp7"])
+def test_bad_format_is_one_line_exit_2(name):
+    proc = run("formats", "--format", name)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and name in lines[0] and "accepted" in lines[0]
