@@ -225,6 +225,10 @@ def _provenance() -> dict[str, str | None]:
             "precisionlab_version": version("precisionlab")}
 
 
+def _parse_json(column: pd.Series) -> list:
+    return [json.loads(v) if isinstance(v, str) else None for v in column]
+
+
 def _finite(x: Any) -> Any:
     """SQLite turns NaN into NULL silently; keep Inf, make NaN an explicit None."""
     return None if isinstance(x, float) and math.isnan(x) else x
@@ -522,7 +526,7 @@ class ResultsStore:
         """One row per sweep: name, created, command, grid (parsed JSON), runs (count)."""
         df = self._read("SELECT s.*, (SELECT COUNT(*) FROM sweep_runs l WHERE l.sweep=s.name) AS runs "
                         "FROM sweeps s ORDER BY created")
-        df["grid"] = [None if g is None else json.loads(g) for g in df["grid"]]
+        df["grid"] = _parse_json(df["grid"])
         return self._times(df)
 
     def runs(self, sweep: str | None = None, status: str | Iterable[str] | None = None, *,
@@ -538,7 +542,7 @@ class ResultsStore:
         df = self._read(f"SELECT * FROM runs t WHERE {where} ORDER BY created, run_id", params)
         df = df.drop(columns=["claim"])
         for column in ("config", "meta"):
-            df[column] = [None if v is None else json.loads(v) for v in df[column]]
+            df[column] = _parse_json(df[column])
         if expand_config and len(df):
             flat = pd.json_normalize(list(df["config"])).add_prefix("config.")
             df = pd.concat([df, flat.set_index(df.index)], axis=1)
@@ -565,7 +569,7 @@ class ResultsStore:
             where += " AND t.metric=?"
             params.append(metric)
         df = self._read(f"SELECT * FROM sharpness t WHERE {where} ORDER BY run_id, metric, step", params)
-        df["params"] = [json.loads(p) for p in df["params"]]
+        df["params"] = _parse_json(df["params"])
         return self._times(df)
 
 
@@ -655,7 +659,10 @@ class StoreRecorder:
             values["error"] = str(values["error"])
 
         def derive(conn):
-            one = lambda sql, split: conn.execute(sql, (self.run_id, split)).fetchone()[0]  # noqa: E731
+            def one(sql, split):
+                row = conn.execute(sql, (self.run_id, split)).fetchone()
+                return None if row is None else row[0]
+
             last = "SELECT loss FROM metrics WHERE run_id=? AND split=? ORDER BY step DESC LIMIT 1"
             derived = {
                 "steps_done": one("SELECT MAX(step) FROM metrics WHERE run_id=? AND split=?", "train"),
