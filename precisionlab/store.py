@@ -44,7 +44,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from functools import cache
 from importlib import metadata
 from typing import Any
@@ -151,18 +151,19 @@ class StoreError(ValueError):
 # --------------------------------------------------------------------------- run identity
 
 
-def _canonical(value: Any, path: str = "") -> Any:
-    """JSON-ready copy of a config with the non-semantic keys removed."""
+def _canonical(value: Any, path: str = "", *, semantic: bool = True) -> Any:
+    """JSON-ready plain copy of a config (dicts, DictConfigs, lists, scalars),
+    without the non-semantic keys when `semantic`."""
     if isinstance(value, Mapping):
         out = {}
         for key, item in value.items():
             dotted = f"{path}.{key}" if path else str(key)
-            if str(key) in NON_SEMANTIC_KEYS or dotted in NON_SEMANTIC_KEYS:
+            if semantic and (str(key) in NON_SEMANTIC_KEYS or dotted in NON_SEMANTIC_KEYS):
                 continue
-            out[str(key)] = _canonical(item, dotted)
+            out[str(key)] = _canonical(item, dotted, semantic=semantic)
         return out
-    if isinstance(value, (list, tuple)):
-        return [_canonical(item, path) for item in value]
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return [_canonical(item, path, semantic=semantic) for item in value]
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return str(value)  # paths, enums, dtypes
@@ -312,9 +313,15 @@ class ResultsStore:
         if not os.path.isdir(parent):
             raise self._error(f"cannot be created: {parent} is not a folder")
         tmp = f"{self.path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+        made = []  # folders this call created, to remove on failure
         try:
             for folder in reversed(missing):
-                os.mkdir(folder)
+                try:
+                    os.mkdir(folder)
+                    made.insert(0, folder)
+                except FileExistsError:  # a concurrent creator was faster
+                    if not os.path.isdir(folder):
+                        raise
             conn = sqlite3.connect(tmp, isolation_level=None)
             try:
                 conn.execute(f"PRAGMA journal_mode={journal_mode}")
@@ -326,7 +333,7 @@ class ResultsStore:
             except FileExistsError:
                 pass
         except (OSError, sqlite3.Error) as err:
-            for leftover in (tmp, tmp + "-wal", tmp + "-shm", tmp + "-journal", *missing):
+            for leftover in (tmp, tmp + "-wal", tmp + "-shm", tmp + "-journal", *made):
                 if os.path.isdir(leftover):
                     os.rmdir(leftover)
                 elif os.path.exists(leftover):
@@ -402,7 +409,8 @@ class ResultsStore:
         conn.execute(
             "INSERT INTO runs (run_id, config, model, format_x, format_w, format_grad, rounding, lr, seed, "
             "status, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?) ON CONFLICT(run_id) DO NOTHING",
-            (rid, _dumps(config), *(_finite(cols[k]) for k in CONFIG_COLUMNS), time.time()))
+            (rid, _dumps(_canonical(config, semantic=False)), *(_finite(cols[k]) for k in CONFIG_COLUMNS),
+             time.time()))
         if sweep is not None:
             conn.execute("INSERT INTO sweeps (name, created) VALUES (?, ?) ON CONFLICT(name) DO NOTHING",
                          (sweep, time.time()))
@@ -490,6 +498,7 @@ class ResultsStore:
             "SELECT step, path FROM checkpoints WHERE run_id=? ORDER BY step DESC LIMIT 1", (run_id,)).fetchone()
 
     def status(self, run_id: str) -> str | None:
+        """The run's status, or None if the store has no such run."""
         row = self._conn().execute("SELECT status FROM runs WHERE run_id=?", (run_id,)).fetchone()
         return row and row[0]
 

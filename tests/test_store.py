@@ -81,6 +81,26 @@ def test_run_id_changes_with_semantic_keys(change):
     assert run_id(make_config(**change)) != run_id(make_config())
 
 
+def test_omegaconf_config_is_stored_as_plain_json(store):
+    from omegaconf import OmegaConf
+
+    config = make_config(precision={"x": {"format": "e4m3"}, "w": "e4m3", "grad": "e5m2", "rounding": "nearest_even"},
+                         grid=[1, 2])
+    resolved = OmegaConf.create(config)
+    assert run_id(resolved) == run_id(config)
+    assert store.claim_run(run_id(resolved), resolved)
+    run = store.runs().iloc[0]
+    assert run["config"] == config
+    assert (run["format_x"], run["format_w"], run["format_grad"]) == ("e4m3", "e4m3", "e5m2")
+
+
+def test_columns_tolerate_missing_keys(store):
+    config = {"seed": 3}
+    assert store.claim_run(run_id(config), config)
+    run = store.runs().iloc[0]
+    assert run["seed"] == 3 and all(pd.isna(run[c]) for c in ("model", "format_x", "rounding", "lr"))
+
+
 def test_run_id_sees_nested_semantic_change():
     changed = make_config()
     changed["model"]["n_layer"] = 3
