@@ -194,7 +194,7 @@ def _config_columns(config: Mapping[str, Any]) -> dict[str, Any]:
     columns = {}
     for column, paths in CONFIG_COLUMNS.items():
         found = (_lookup(config, p) for p in paths)
-        columns[column] = next((v for v in found if v is not None and not isinstance(v, (list, tuple))), None)
+        columns[column] = next((v for v in found if isinstance(v, (str, int, float))), None)
     return columns
 
 
@@ -224,6 +224,15 @@ def _provenance() -> dict[str, str | None]:
         rev += "-dirty"
     return {"git_rev": rev, "torch_version": version("torch"), "triton_version": version("triton"),
             "precisionlab_version": version("precisionlab")}
+
+
+def _is_zombie(pid: int) -> bool:
+    """A killed process its parent has not reaped yet still answers kill(pid, 0) (Linux only)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _parse_json(column: pd.Series) -> list:
@@ -399,7 +408,7 @@ class ResultsStore:
 
     def add_sweep(self, name: str, *, command: str | None = None, grid: Any = None) -> None:
         """Record a sweep (or update the command and grid of an existing one)."""
-        grid_json = None if grid is None else _dumps(grid)
+        grid_json = None if grid is None else _dumps(_canonical(grid, semantic=False))
         self._write(lambda c: c.execute(
             "INSERT INTO sweeps VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
             "command=excluded.command, grid=excluded.grid", (name, time.time(), command, grid_json)))
@@ -442,6 +451,7 @@ class ResultsStore:
                 return False
             except PermissionError:
                 return True
+            return not _is_zombie(pid)
         return True
 
     def claim_run(self, run_id: str, config: Mapping[str, Any], sweep: str | None = None, *,

@@ -282,10 +282,13 @@ def test_running_run_of_another_live_process_is_not_claimed(store, tmp_path):
         assert child.stdout.readline().strip() == "claimed"
         assert not store.claim_run(rid, config)
         assert not store.claim_run(rid, config, force=True)  # never two live copies of one run
+        child.kill()
+        while not open(f"/proc/{child.pid}/stat").read().rpartition(")")[2].split()[0] == "Z":
+            time.sleep(0.01)
+        assert store.claim_run(rid, config)  # killed and not yet reaped (a zombie) is dead too
     finally:
         child.kill()
         child.wait()
-    assert store.claim_run(rid, config)  # its pid is gone: interrupted
 
 
 def test_killed_run_stays_running_keeps_rows_to_its_checkpoint_and_is_rerun(store):
