@@ -66,7 +66,7 @@ DONE = ("completed", "diverged")  # never recomputed unless forced
 NON_SEMANTIC_KEYS = frozenset({
     "hydra", "store", "sweep", "paths", "launcher",  # where and as part of what it runs
     "output_dir", "out_dir", "checkpoint_dir", "checkpoint.dir", "log_dir",
-    "device", "threads", "num_threads", "torch_threads",  # how fast, not what (CPU runs are bit-identical)
+    "device", "threads", "num_threads", "torch_threads",  # where and how fast, not what it trains
     "progress", "verbose", "resume", "force", "jobs",
 })
 
