@@ -8,6 +8,7 @@ use the Compose API or no Hydra at all.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Optional
 
 import typer
@@ -54,6 +55,58 @@ def formats(
             f"{_fmt_value(f.min_normal) if f.emax >= f.emin else '-':>12} {_fmt_value(f.min_subnormal):>13}  {'yes' if f.has_inf else 'no':<3} "
             f"{f.nan if f.has_nan else 'none':<8} {'yes' if f.has_negative_zero else 'no':<3}"
         )
+
+
+def _one_line(err: BaseException) -> str:
+    """An exception and its causes as one line (Hydra's messages span several)."""
+    parts = []
+    while err is not None:
+        text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        if text and text not in parts:
+            parts.append(text)
+        err = err.__cause__
+    return ": ".join(parts)
+
+
+def _check_train_overrides(overrides: list[str]) -> None:
+    """Compose and validate the config first, so bad input fails before Hydra creates a run directory."""
+    from hydra import compose, initialize_config_module
+
+    from precisionlab.data import DataError
+    from precisionlab.train import ConfigError, validate
+
+    try:
+        with initialize_config_module(config_module="precisionlab.configs", version_base="1.3"):
+            cfg = compose(config_name="train", overrides=overrides)
+    except Exception as err:  # Hydra's override and composition errors
+        fail(_one_line(err))
+    try:
+        validate(cfg)
+    except (ConfigError, DataError) as err:
+        fail(str(err))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train(ctx: typer.Context) -> None:
+    """Train one model. Arguments are Hydra overrides, e.g.:
+
+    precisionlab train model=tiny precision=mask precision.format=e8m3 optim.lr=3e-3 seed=1 train.steps=300
+
+    Config groups: model (tiny, small, gpt2_124m, llama_120m), precision (fp32, bf16, mask, fp8),
+    data (default, text, tokens), optim (adamw). Writes metrics.csv, run.json and checkpoints/
+    into the Hydra run directory (outputs/DATE/TIME).
+    """
+    overrides = list(ctx.args)
+    if not any(arg.startswith("-") for arg in overrides):  # flags (--cfg, --help, ...) go to Hydra as they are
+        _check_train_overrides(overrides)
+    from precisionlab.app import train_main
+
+    argv = sys.argv
+    sys.argv = [argv[0], *overrides]
+    try:
+        train_main()
+    finally:
+        sys.argv = argv
 
 
 def main() -> None:

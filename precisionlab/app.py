@@ -1,0 +1,71 @@
+"""The Hydra entry point: one module-level `@hydra.main` around `precisionlab.train.run`.
+
+`precisionlab train OVERRIDES...` (precisionlab.cli) calls `train_main()` with
+the overrides in sys.argv. Hydra makes the run directory the working
+directory (`hydra.job.chdir: true`), where the run writes metrics.csv,
+run.json and checkpoints/; relative data paths are taken from the directory
+the command was started in.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import hydra
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig, OmegaConf, open_dict
+from tqdm import tqdm
+
+from precisionlab.data import DataError
+from precisionlab.rundir import RunDirRecorder
+from precisionlab.train import ConfigError, RunResult, run, validate
+
+__all__ = ["train_main", "describe"]
+
+
+class _ProgressRecorder(RunDirRecorder):
+    """Run-directory recorder that also drives a progress bar on stderr."""
+
+    def __init__(self, total: int):
+        super().__init__(".")
+        self.bar = tqdm(total=total, file=sys.stderr, unit="step", dynamic_ncols=True, leave=False)
+
+    def log(self, step, split, metrics):
+        super().log(step, split, metrics)
+        if split == "train":
+            self.bar.n = step
+            self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
+            self.bar.refresh()
+
+    def finish(self, outcome):
+        self.bar.close()
+        super().finish(outcome)
+
+
+def describe(result: RunResult) -> str:
+    """The final line: outcome, steps and losses."""
+    def fmt(v):
+        return "n/a" if v is None else ("nan" if math.isnan(v) else f"{v:.4f}")
+
+    head = {"completed": "completed", "diverged": f"diverged at step {result.diverged_step}", "failed": "failed"}[result.status]
+    line = f"{head}: {result.steps_done} steps, final train loss {fmt(result.final_train_loss)}, val loss {fmt(result.final_val_loss)}, spikes {result.spikes}"
+    return f"{line}; error: {result.error}" if result.error else line
+
+
+@hydra.main(config_path="pkg://precisionlab.configs", config_name="train", version_base="1.3")
+def train_main(cfg: DictConfig) -> RunResult:
+    with open_dict(cfg):
+        for key in ("path", "cache_dir"):
+            if key in cfg.data and not OmegaConf.is_missing(cfg.data, key) and cfg.data[key] is not None:
+                cfg.data[key] = to_absolute_path(str(cfg.data[key]))
+    try:
+        validate(cfg)
+        result = run(cfg, recorder=_ProgressRecorder(cfg.train.steps))
+    except (ConfigError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(describe(result))
+    if result.status == "failed":
+        sys.exit(1)
+    return result

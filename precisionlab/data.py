@@ -1,0 +1,210 @@
+"""Training data: token arrays, their fingerprint, and random batches.
+
+Three sources (`data.source`):
+  stdlib  the default, no download: byte-level (vocab 256) text of the Python
+          standard library's .py files (sorted paths, first `budget_bytes`
+          bytes), built once and cached under `data.cache_dir`, else
+          $PRECISIONLAB_CACHE, else $XDG_CACHE_HOME/precisionlab, else
+          ~/.cache/precisionlab. The stdlib differs between Python versions,
+          so the fingerprint is per machine: runs record it.
+  text    a user's text file, or every file matching `data.glob` in a folder
+          (sorted), byte-level.
+  tokens  nanoGPT-style pre-tokenized `train.bin` / `val.bin` (uint16) in the
+          folder `data.path`, memory-mapped; `data.vocab_size` from config.
+
+stdlib and text hold out the last `val_fraction` of the bytes for validation.
+The fingerprint is the sha256 of the token bytes (train then val); for
+`.bin` files larger than 256 MiB it is the sha256 of their sizes and 16
+evenly spaced 1 MiB chunks ("sampled"), to keep start-up fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+__all__ = ["DataError", "check_data_config", "load_dataset", "get_batch", "build_stdlib_corpus", "cache_dir", "SOURCES"]
+
+SOURCES = ("stdlib", "text", "tokens")
+_FULL_HASH_LIMIT = 256 * 2**20
+
+
+class DataError(ValueError):
+    """A data setting the user must fix (missing path, empty corpus, ...)."""
+
+
+def cache_dir(configured: str | None = None) -> Path:
+    if configured:
+        return Path(configured).expanduser()
+    if os.environ.get("PRECISIONLAB_CACHE"):
+        return Path(os.environ["PRECISIONLAB_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(xdg) / "precisionlab"
+
+
+def _stdlib_sources() -> list[Path]:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"site-packages", "dist-packages", "__pycache__"}
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in skip]
+        found += [Path(dirpath, f) for f in filenames if f.endswith(".py")]
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def build_stdlib_corpus(budget_bytes: int, cache: Path) -> bytes:
+    """The first `budget_bytes` of the stdlib's .py sources, concatenated; cached by Python version."""
+    tag = f"stdlib-py{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}-{budget_bytes}.bin"
+    path = cache / tag
+    if path.is_file():
+        return path.read_bytes()
+    chunks, size = [], 0
+    for source in _stdlib_sources():
+        if size >= budget_bytes:
+            break
+        data = source.read_bytes()
+        chunks.append(data)
+        size += len(data)
+    corpus = b"".join(chunks)[:budget_bytes]
+    if not corpus:
+        raise DataError(f"no Python sources found under {sysconfig.get_paths()['stdlib']} for the default corpus")
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=cache, prefix=tag, suffix=".tmp", delete=False) as tmp:
+            tmp.write(corpus)
+        os.replace(tmp.name, path)
+    except OSError:
+        pass  # an unwritable cache only costs a rebuild next time
+    return corpus
+
+
+def _split(data: bytes, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    tokens = np.frombuffer(data, dtype=np.uint8)
+    n_val = int(len(tokens) * val_fraction)
+    return tokens[: len(tokens) - n_val], tokens[len(tokens) - n_val :]
+
+
+def _read_text(path: Path, pattern: str) -> bytes:
+    if path.is_file():
+        return path.read_bytes()
+    files = sorted(p for p in path.glob(pattern) if p.is_file())
+    if not files:
+        raise DataError(f"data.path {str(path)!r} has no files matching data.glob={pattern!r}")
+    return b"".join(p.read_bytes() for p in files)
+
+
+def _file_fingerprint(paths: list[Path]) -> tuple[str, str]:
+    digest = hashlib.sha256()
+    sizes = [p.stat().st_size for p in paths]
+    if sum(sizes) <= _FULL_HASH_LIMIT:
+        for p in paths:
+            digest.update(p.read_bytes())
+        return digest.hexdigest(), "sha256"
+    chunk = 2**20
+    for p, size in zip(paths, sizes):
+        digest.update(size.to_bytes(8, "little"))
+        with open(p, "rb") as f:
+            for i in range(16):
+                f.seek(max(0, (size - chunk) * i // 15))
+                digest.update(f.read(chunk))
+    return digest.hexdigest(), "sha256-sampled"
+
+
+def check_data_config(data_cfg: Any) -> dict[str, Any]:
+    """Cheap checks of a `data` config node (no reading); returns it as a dict. Raises DataError."""
+    cfg = dict(data_cfg) if isinstance(data_cfg, Mapping) else _to_dict(data_cfg)
+    source = cfg.get("source", "stdlib")
+    if source not in SOURCES:
+        raise DataError(f"data.source must be one of {', '.join(SOURCES)}; got {source!r}")
+    val_fraction = float(cfg.get("val_fraction", 0.1))
+    if source != "tokens" and not 0.0 < val_fraction < 1.0:
+        raise DataError(f"data.val_fraction must be in (0, 1); got {val_fraction}")
+    vocab_size = cfg.get("vocab_size") or 256
+    if not isinstance(vocab_size, int) or vocab_size < (2 if source == "tokens" else 256):
+        raise DataError(f"data.vocab_size must be an integer >= 256 for byte-level data; got {vocab_size!r}")
+    if source == "stdlib":
+        if int(cfg.get("budget_bytes", 4_000_000)) < 1024:
+            raise DataError(f"data.budget_bytes must be at least 1024; got {cfg.get('budget_bytes')}")
+        return cfg
+    path = _existing_path(cfg.get("path"), source)
+    if source == "tokens":
+        missing = [name for name in ("train.bin", "val.bin") if not (path / name).is_file()]
+        if missing:
+            raise DataError(f"data.path {str(path)!r} must be a folder with train.bin and val.bin (missing: {', '.join(missing)})")
+    return cfg
+
+
+def load_dataset(data_cfg: Any) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """(train tokens, val tokens, meta) for a `data` config node.
+
+    Tokens are 1-D numpy arrays (uint8 for bytes, uint16 memmaps for .bin);
+    meta has source, path, fingerprint, fingerprint_kind, n_tokens (train,
+    val) and vocab_size. Raises DataError for anything the user must fix.
+    """
+    cfg = check_data_config(data_cfg)
+    source, vocab_size = cfg.get("source", "stdlib"), int(cfg.get("vocab_size") or 256)
+    val_fraction = float(cfg.get("val_fraction", 0.1))
+    path = None
+    if source == "stdlib":
+        corpus = build_stdlib_corpus(int(cfg.get("budget_bytes", 4_000_000)), cache_dir(cfg.get("cache_dir")))
+    elif source == "text":
+        path = Path(str(cfg["path"])).expanduser()
+        corpus = _read_text(path, cfg.get("glob", "**/*.txt"))
+    if source == "tokens":
+        path = Path(str(cfg["path"])).expanduser()
+        files = [path / "train.bin", path / "val.bin"]
+        for f in files:
+            if f.stat().st_size < 4 or f.stat().st_size % 2:
+                raise DataError(f"{str(f)!r} is not a uint16 token file (size {f.stat().st_size} bytes)")
+        train, val = (np.memmap(f, dtype=np.uint16, mode="r") for f in files)
+        fingerprint, kind = _file_fingerprint(files)
+    else:
+        train, val = _split(corpus, val_fraction)
+        fingerprint, kind = hashlib.sha256(corpus).hexdigest(), "sha256"
+    for split, tokens in (("train", train), ("val", val)):
+        if len(tokens) < 2:
+            raise DataError(f"the {split} split of data.source={source} has only {len(tokens)} tokens")
+    meta = {
+        "source": source,
+        "path": None if path is None else str(path),
+        "fingerprint": fingerprint,
+        "fingerprint_kind": kind,
+        "n_tokens": {"train": int(len(train)), "val": int(len(val))},
+        "vocab_size": vocab_size,
+    }
+    return train, val, meta
+
+
+def _to_dict(cfg: Any) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def _existing_path(value: Any, source: str) -> Path:
+    if value in (None, "", "???"):
+        raise DataError(f"data={source} needs data.path=FILE_OR_FOLDER")
+    path = Path(str(value)).expanduser()
+    if not path.exists():
+        raise DataError(f"data.path {str(value)!r} does not exist (data={source} expects a {'file or folder' if source == 'text' else 'folder with train.bin and val.bin'})")
+    return path
+
+
+def get_batch(tokens: np.ndarray, batch_size: int, seq_len: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random windows: inputs x (B, T) and next-token targets y (B, T), int64, on CPU.
+
+    Window starts are drawn from `generator`, so batches are a deterministic
+    function of its state. Needs len(tokens) > seq_len.
+    """
+    starts = torch.randint(len(tokens) - seq_len, (batch_size,), generator=generator).tolist()
+    windows = np.stack([np.asarray(tokens[s : s + seq_len + 1], dtype=np.int64) for s in starts])  # (B, T+1)
+    windows = torch.from_numpy(windows)
+    return windows[:, :-1], windows[:, 1:]

@@ -1,0 +1,180 @@
+"""Small decoder-only language models: GPT-2 style and Llama style, one file.
+
+`arch="gpt2"`: LayerNorm, GELU MLP, learned positions, biases (nanoGPT).
+`arch="llama"`: RMSNorm, SwiGLU MLP, rotary positions (RoPE), no biases.
+
+Every GEMM of the model is an `nn.Linear` (attention projections, MLP,
+LM head), so `precisionlab.quant.convert_model` can swap them all for
+quantized linears. The attention matmuls themselves (q @ k^T, p @ v) run in
+fp32 through `scaled_dot_product_attention` and are not cast.
+
+Shapes: B batch, T sequence length, C = n_embd, H = n_head, D = C // H, V vocab.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["ModelConfig", "LM", "ARCHS"]
+
+ARCHS = ("gpt2", "llama")
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "gpt2"  # "gpt2" (LayerNorm, GELU, learned positions) or "llama" (RMSNorm, SwiGLU, RoPE)
+    vocab_size: int = 256  # tokens; 256 for byte-level data, 50304 for padded GPT-2 tokens
+    block_size: int = 64  # longest sequence the model accepts (size of the position table)
+    n_layer: int = 4  # transformer blocks
+    n_head: int = 4  # attention heads; must divide n_embd
+    n_embd: int = 128  # residual width C
+    mlp_hidden: int | None = None  # MLP width; None: 4*C (gpt2), 8/3*C rounded up to 64 (llama)
+    dropout: float = 0.0  # dropout on attention and residual branches (0 for stability studies)
+    bias: bool | None = None  # biases in Linear layers and norms; None: True for gpt2, False for llama
+    tie_weights: bool = True  # LM head shares the token embedding matrix (nanoGPT, the paper's sizes)
+    rope_theta: float = 10000.0  # RoPE base frequency (llama only)
+    norm_eps: float = 1e-5  # epsilon of LayerNorm / RMSNorm
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"model.arch must be one of {', '.join(ARCHS)}; got {self.arch!r}")
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) > 0):
+                raise ValueError(f"model.{name} must be a positive integer; got {getattr(self, name)!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
+        if self.arch == "llama" and (self.n_embd // self.n_head) % 2:
+            raise ValueError("llama (RoPE) needs an even head size n_embd // n_head")
+        if self.bias is None:
+            self.bias = self.arch == "gpt2"
+        if self.mlp_hidden is None:
+            self.mlp_hidden = 4 * self.n_embd if self.arch == "gpt2" else 64 * math.ceil(8 * self.n_embd / 3 / 64)
+
+
+def _rope_tables(cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of shape (block_size, D/2) for rotary embeddings."""
+    head_dim = cfg.n_embd // cfg.n_head
+    inv_freq = cfg.rope_theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = torch.outer(torch.arange(cfg.block_size, dtype=torch.float64), inv_freq)
+    return angles.cos().float(), angles.sin().float()
+
+
+def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[2i], x[2i+1]) of x (B, H, T, D) by position-dependent angles (T, D/2)."""
+    x1, x2 = x[..., 0::2], x[..., 1::2]  # (B, H, T, D/2) each
+    rotated = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)  # (B, H, T, D/2, 2)
+    return rotated.flatten(-2)
+
+
+def _norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.arch == "llama":
+        return nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
+    return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head, self.dropout, self.rope = cfg.n_head, cfg.dropout, cfg.arch == "llama"
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v in one GEMM
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, C) each
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        if rope is not None:
+            q, k = _apply_rope(q, *rope), _apply_rope(k, *rope)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.swiglu = cfg.arch == "llama"
+        # SwiGLU's gate and up projections share one GEMM: (C) -> (2 * hidden)
+        self.c_fc = nn.Linear(cfg.n_embd, (2 if self.swiglu else 1) * cfg.mlp_hidden, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.mlp_hidden, cfg.n_embd, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.c_fc(x)  # (B, T, hidden) or (B, T, 2 * hidden)
+        if self.swiglu:
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        else:
+            h = F.gelu(h)
+        return self.dropout(self.c_proj(h))  # (B, T, C)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln_1, self.attn = _norm(cfg), CausalSelfAttention(cfg)
+        self.ln_2, self.mlp = _norm(cfg), MLP(cfg)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rope)  # pre-norm residual blocks
+        return x + self.mlp(self.ln_2(x))
+
+
+class LM(nn.Module):
+    """Decoder-only LM: token ids (B, T) -> logits (B, T, V) and mean cross-entropy."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.arch == "gpt2" else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = _norm(cfg)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_weights:
+            self.lm_head.weight = self.wte.weight
+        if cfg.arch == "llama":
+            cos, sin = _rope_tables(cfg)
+            self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, D/2)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self) -> int:
+        """Parameters, counting a tied embedding once."""
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise ValueError(f"sequence length {T} exceeds model.block_size {self.config.block_size}")
+        x = self.wte(idx)  # (B, T, C)
+        rope = None
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(T, device=idx.device))  # (T, C) broadcast over B
+        else:
+            rope = (self.rope_cos[:T], self.rope_sin[:T])
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x, rope)
+        logits = self.lm_head(self.ln_f(x))  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+        return logits, loss
