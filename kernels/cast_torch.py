@@ -20,10 +20,10 @@ import torch
 
 from .spec import NEAREST_AWAY, NEAREST_EVEN, STOCHASTIC, TOWARD_ZERO, CastSpec
 
-__all__ = ["cast_torch", "philox_randint"]
+__all__ = ["cast_torch", "cast_bits", "philox_randint", "SOURCE_FORMATS"]
 
 # Source-format constants: (int dtype, stored mantissa bits, exponent bias).
-_SOURCE = {torch.float32: (torch.int32, 23, 127), torch.float64: (torch.int64, 52, 1023)}
+SOURCE_FORMATS = {torch.float32: (torch.int32, 23, 127), torch.float64: (torch.int64, 52, 1023)}
 
 _PHILOX_KEY_A, _PHILOX_KEY_B = 0x9E3779B9, 0xBB67AE85
 _PHILOX_ROUND_A, _PHILOX_ROUND_B = 0xD2511F53, 0xCD9E8D57
@@ -66,13 +66,21 @@ def cast_torch(x: torch.Tensor, spec: CastSpec, seed: int = 0, offset: int = 0) 
     `seed` and `offset` only matter for stochastic rounding: element i of the
     (contiguous) tensor uses random word `philox(seed, offset + i)`.
     """
-    int_dtype, P, src_bias = _SOURCE[x.dtype]
+    int_dtype = SOURCE_FORMATS[x.dtype][0]
+    return cast_bits(x.contiguous().view(int_dtype), spec, x.dtype, seed, offset).view(x.dtype)
+
+
+def cast_bits(u: torch.Tensor, spec: CastSpec, dtype: torch.dtype, seed: int = 0, offset: int = 0) -> torch.Tensor:
+    """`cast_torch` on the bit patterns `u` of a float tensor of `dtype`; returns bit patterns.
+
+    Taking and returning integers keeps every bitcast outside `torch.compile`d graphs.
+    """
+    int_dtype, P, src_bias = SOURCE_FORMATS[dtype]
     width = 32 if int_dtype == torch.int32 else 64
     sign_mask = -(1 << (width - 1))  # the sign bit, as a signed constant
     inf_bits = ((1 << (width - P - 1)) - 1) << P
     M = spec.man_bits
 
-    u = x.contiguous().view(int_dtype)
     a = u & ~sign_mask  # magnitude bits
     biased_exp = a >> P
     e = biased_exp.clamp(min=1) - src_bias
@@ -99,16 +107,16 @@ def cast_torch(x: torch.Tensor, spec: CastSpec, seed: int = 0, offset: int = 0) 
             rem << (31 - shift).clamp(min=0),
             rem >> (shift - 31).clamp(min=0, max=width - 1),
         )
-        index = torch.arange(x.numel(), device=x.device, dtype=torch.int64).view(x.shape) + offset
+        index = torch.arange(u.numel(), device=u.device, dtype=torch.int64).view(u.shape) + offset
         rand31 = (philox_randint(seed, index) >> 1).to(int_dtype)
         up = rand31 < frac31
     else:
         raise ValueError(f"unknown rounding code {spec.rounding}")
     n = n + up.to(int_dtype)
 
-    mag = (n.to(x.dtype) * _pow2(s, x.dtype, int_dtype, P, src_bias)).view(int_dtype)
+    mag = (n.to(dtype) * _pow2(s, dtype, int_dtype, P, src_bias)).view(int_dtype)
 
-    max_bits, min_normal_bits, overflow_bits, finite_overflow_bits = _to_source_bits(spec, x.dtype)
+    max_bits, min_normal_bits, overflow_bits, finite_overflow_bits = _to_source_bits(spec, dtype)
     if spec.flush_subnormals:
         mag = torch.where(mag < min_normal_bits, 0, mag)
     mag = torch.where(mag > max_bits, finite_overflow_bits, mag)
@@ -117,7 +125,7 @@ def cast_torch(x: torch.Tensor, spec: CastSpec, seed: int = 0, offset: int = 0) 
     sign = u & sign_mask
     if spec.no_negative_zero:
         sign = torch.where(mag == 0, 0, sign)
-    return (mag | sign).view(x.dtype)
+    return mag | sign
 
 
 def _to_source_bits(spec: CastSpec, dtype: torch.dtype) -> tuple[int, int, int, int]:

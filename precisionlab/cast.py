@@ -9,13 +9,20 @@ import struct
 import torch
 
 from precisionlab.formats import FloatFormat
-from precisionlab.kernels.cast_torch import cast_torch
-from precisionlab.kernels.spec import FP32_INF_BITS, FP32_NAN_BITS, ROUNDING_MODES, CastSpec
+from precisionlab.kernels.cast_torch import SOURCE_FORMATS, cast_bits
+from precisionlab.kernels.spec import FP32_INF_BITS, FP32_NAN_BITS, ROUNDING_MODES, STOCHASTIC, CastSpec
 
 __all__ = ["quantize", "cast_spec", "ROUNDING_MODES", "BACKENDS"]
 
 BACKENDS = ("auto", "torch", "triton")
 _WIDENED = (torch.float16, torch.bfloat16)  # cast in fp32: widening them is exact
+
+# CPU tensors this large go through a torch.compile'd (fused, vectorised) copy of
+# the torch twin: ~10x faster, paid for by a one-off compile of ~5-15 s per
+# variant (cached on disk by inductor). Stochastic rounding stays eager: its
+# unrolled 64-bit Philox takes inductor minutes to compile. PRECISIONLAB_COMPILE=0
+# turns it off; any compile failure falls back to the eager twin.
+COMPILE_MIN_NUMEL = 1 << 20
 
 
 def _fp32_bits(value: float) -> int:
@@ -112,5 +119,36 @@ def quantize(
 
         out = cast_triton(work, spec, seed)
     else:
-        out = cast_torch(work, spec, seed)
+        bits = work.contiguous().view(SOURCE_FORMATS[work.dtype][0])
+        out = _cast_bits_on_cpu(bits, spec)(bits, spec, work.dtype, seed).view(work.dtype)
     return out.view(x.shape).to(x.dtype)
+
+
+_compiled = None
+
+
+def _cast_bits_on_cpu(bits: torch.Tensor, spec: CastSpec):
+    """The compiled twin for large CPU tensors (when enabled and working), else the eager one."""
+    global _compiled
+    if (
+        bits.numel() < COMPILE_MIN_NUMEL
+        or bits.is_cuda
+        or spec.rounding == STOCHASTIC
+        or os.environ.get("PRECISIONLAB_COMPILE", "1") == "0"
+    ):
+        return cast_bits
+    if _compiled is None:
+        _compiled = _compile_or_eager()
+    return _compiled
+
+
+def _compile_or_eager():
+    compiled = torch.compile(cast_bits, dynamic=True)
+    try:  # one tiny call proves the toolchain works here
+        compiled(torch.zeros(8, dtype=torch.int32), cast_spec(FloatFormat.parse("e4m3fn"), "nearest_even", True, True), torch.float32)
+        return compiled
+    except Exception as err:  # no C++ compiler, unsupported platform, ...
+        import warnings
+
+        warnings.warn(f"precisionlab: torch.compile unavailable ({type(err).__name__}); using the eager cast", stacklevel=3)
+        return cast_bits

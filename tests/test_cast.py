@@ -15,6 +15,12 @@ from precisionlab import FloatFormat, quantize
 from precisionlab.kernels.cast_torch import philox_randint
 
 
+@pytest.fixture(autouse=True)
+def eager_twin(monkeypatch):
+    """Oracle tests check the eager twin; the compiled copy is checked against it below."""
+    monkeypatch.setenv("PRECISIONLAB_COMPILE", "0")
+
+
 def ours(x: np.ndarray, fmt, **kw) -> np.ndarray:
     return quantize(torch.from_numpy(np.ascontiguousarray(x)), fmt, backend="torch", **kw).numpy()
 
@@ -257,3 +263,20 @@ def test_bad_rounding_tensor_backend_seed():
         quantize(torch.ones(3), "e4m3", backend="cuda")
     with pytest.raises(ValueError, match="seed"):
         quantize(torch.ones(3), "e4m3", rounding="stochastic", seed=-1)
+
+
+# -- the torch.compile'd copy used for large CPU tensors ----------------------
+
+
+@pytest.mark.slow
+def test_compiled_twin_is_bit_identical_to_eager(monkeypatch):
+    x = torch.from_numpy(np.concatenate([all_bf16_patterns(), random_fp32((1 << 20) + 3, seed=9)]))
+    cases = [("e4m3fn", r, True, True) for r in ("nearest_even", "nearest_away", "toward_zero")]
+    cases += [("e5m2fnuz", "nearest_even", False, False), ("e2m1fn", "nearest_even", False, True), ("e8m0", "nearest_even", False, True)]
+    for name, rounding, saturate, subnormals in cases:
+        kw = dict(rounding=rounding, saturate=saturate, subnormals=subnormals, seed=5)
+        monkeypatch.setenv("PRECISIONLAB_COMPILE", "0")
+        eager = quantize(x, name, **kw)
+        monkeypatch.setenv("PRECISIONLAB_COMPILE", "1")
+        compiled = quantize(x, name, **kw)
+        assert_same_bits(compiled.numpy(), eager.numpy(), x.numpy(), f"compiled {name} {kw}")
