@@ -29,14 +29,14 @@ class _ProgressRecorder(RunDirRecorder):
 
     def __init__(self, total: int):
         super().__init__(".")
-        self.bar = tqdm(total=total, file=sys.stderr, unit="step", dynamic_ncols=True, leave=False)
+        # disable=None: no bar when stderr is not a terminal (sweep workers, CI logs)
+        self.bar = tqdm(total=total, file=sys.stderr, unit="step", dynamic_ncols=True, leave=False, disable=None)
 
     def log(self, step, split, metrics):
         super().log(step, split, metrics)
         if split == "train":
-            self.bar.n = step
             self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
-            self.bar.refresh()
+            self.bar.update(step - self.bar.n)
 
     def finish(self, outcome):
         self.bar.close()

@@ -58,14 +58,19 @@ def formats(
 
 
 def _one_line(err: BaseException) -> str:
-    """An exception and its causes as one line (Hydra's messages span several)."""
+    """An exception and its causes as one line, without OmegaConf's key dumps and Hydra's search path."""
     parts = []
     while err is not None:
-        text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        lines = str(err).split("Config search path")[0].splitlines()
+        text = " ".join(ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith(_NOISE))
+        text = text.rstrip(".")
         if text and text not in parts:
             parts.append(text)
         err = err.__cause__
     return ": ".join(parts)
+
+
+_NOISE = ("full_key:", "object_type=", "reference_type=", "To append to your config")
 
 
 def _check_train_overrides(overrides: list[str]) -> None:

@@ -26,7 +26,7 @@ import sys
 import sysconfig
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -120,7 +120,7 @@ def _file_fingerprint(paths: list[Path]) -> tuple[str, str]:
 
 def check_data_config(data_cfg: Any) -> dict[str, Any]:
     """Cheap checks of a `data` config node (no reading); returns it as a dict. Raises DataError."""
-    cfg = dict(data_cfg) if isinstance(data_cfg, Mapping) else _to_dict(data_cfg)
+    cfg = dict(data_cfg) if isinstance(data_cfg, dict) else _to_dict(data_cfg)
     source = cfg.get("source", "stdlib")
     if source not in SOURCES:
         raise DataError(f"data.source must be one of {', '.join(SOURCES)}; got {source!r}")

@@ -31,7 +31,7 @@ from __future__ import annotations
 import fnmatch
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -122,7 +122,7 @@ class PrecisionConfig:
 
 
 def _plain(cfg: Any) -> dict:
-    if isinstance(cfg, Mapping):
+    if isinstance(cfg, dict):
         return dict(cfg)
     from omegaconf import OmegaConf  # only when handed a DictConfig
 
