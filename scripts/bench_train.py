@@ -1,0 +1,91 @@
+"""Step time of the `tiny` preset: fp32 (no casts) vs fp8 vs mask e8m3, measured in one run.
+
+    python scripts/bench_train.py [--steps 10] [--rounds 3] [--threads N] [--device auto] [OVERRIDES...]
+
+One training step = batch, forward, backward, clipping, AdamW. Rounds
+interleave the precisions so machine load hits them alike; the table shows
+the median over rounds of the mean step time, tokens/s, and the ratio to fp32
+(goal: casting costs <= 1.25x the fp32 step). Extra arguments are Hydra
+overrides applied to every variant (e.g. model=small train.batch_size=32).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from hydra import compose, initialize_config_module
+
+from precisionlab.data import get_batch, load_dataset
+from precisionlab.train import _device, build_model, validate
+
+VARIANTS = {
+    "fp32": ["precision=fp32"],
+    "fp8": ["precision=fp8"],
+    "mask e8m3": ["precision=mask", "precision.format=e8m3"],
+}
+
+
+def make_step(cfg, device, tokens):
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr)
+    gen = torch.Generator().manual_seed(cfg.seed)
+
+    def step():
+        x, y = get_batch(tokens, cfg.train.batch_size, cfg.train.seq_len, gen)
+        _, loss = model(x.to(device), y.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        return loss
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per variant and round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    parser.add_argument("--device", default="auto")
+    args, overrides = parser.parse_known_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with initialize_config_module(config_module="precisionlab.configs", version_base="1.3"):
+        cfgs = {name: validate(compose(config_name="train", overrides=[*extra, *overrides, f"device={args.device}"]))
+                for name, extra in VARIANTS.items()}
+    base = cfgs["fp32"]
+    device = _device(base.device)
+    tokens = load_dataset(base.data)[0]
+    steps = {name: make_step(cfg, device, tokens) for name, cfg in cfgs.items()}
+    for step in steps.values():
+        for _ in range(args.warmup):
+            step()
+    times = {name: [] for name in steps}
+    for _ in range(args.rounds):
+        for name, step in steps.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                loss = step()
+            loss.item()  # waits for the device
+            times[name].append((time.perf_counter() - start) / args.steps)
+    tokens_per_step = base.train.batch_size * base.train.seq_len
+    n_params = sum(p.numel() for p in build_model(base).parameters())
+    print(f"model={base.model.arch} {n_params / 1e6:.2f}M params, batch {base.train.batch_size} x seq {base.train.seq_len}, "
+          f"device {device}, threads {torch.get_num_threads()}, {args.rounds} rounds x {args.steps} steps")
+    print(f"{'precision':<12} {'ms/step':>9} {'tokens/s':>10} {'vs fp32':>8}")
+    ref = statistics.median(times["fp32"])
+    for name, ts in times.items():
+        t = statistics.median(ts)
+        print(f"{name:<12} {t * 1e3:>9.1f} {tokens_per_step / t:>10.0f} {t / ref:>7.2f}x")
+
+
+if __name__ == "__main__":
+    main()
