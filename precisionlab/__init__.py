@@ -2,6 +2,7 @@
 
 from precisionlab.cast import ROUNDING_MODES, quantize
 from precisionlab.formats import FloatFormat
+from precisionlab.quant import convert_model
 
-__all__ = ["FloatFormat", "quantize", "ROUNDING_MODES"]
+__all__ = ["FloatFormat", "quantize", "ROUNDING_MODES", "convert_model"]
 __version__ = "0.1.0"
