@@ -94,10 +94,11 @@ def cast_bits(u: torch.Tensor, spec: CastSpec, dtype: torch.dtype, seed: int = 0
     full = torch.ones_like(sh) << sh  # 2^sh; ties are compared as 2*rem vs full
 
     if spec.rounding == NEAREST_EVEN:
-        odd = (n & 1) if M > 0 else ((n != 0) & (((s + spec.bias_parity) & 1) == 1))
-        up = (2 * rem > full) | ((2 * rem == full) & (odd != 0))
+        # ties (2*rem == full) go up only from an odd code: one compare does both
+        odd = (n & 1) if M > 0 else ((n != 0) & (((s + spec.bias_parity) & 1) == 1)).to(int_dtype)
+        up = 2 * rem + odd > full
     elif spec.rounding == NEAREST_AWAY:
-        up = (rem != 0) & (2 * rem >= full)
+        up = 2 * rem >= full  # rem == 0 never passes: full >= 1
     elif spec.rounding == TOWARD_ZERO:
         up = torch.zeros_like(rem, dtype=torch.bool)
     elif spec.rounding == STOCHASTIC:

@@ -63,13 +63,14 @@ def cast_kernel(
     full = tl.full(sh.shape, 1, tl.int32) << sh
 
     if ROUNDING == NEAREST_EVEN:
+        # ties (2*rem == full) go up only from an odd code: one compare does both
         if MAN_BITS > 0:
-            odd = (n & 1) != 0
+            odd = n & 1
         else:
-            odd = (n != 0) & (((s + BIAS_PARITY) & 1) != 0)
-        up = (2 * rem > full) | ((2 * rem == full) & odd)
+            odd = ((n != 0) & (((s + BIAS_PARITY) & 1) != 0)).to(tl.int32)
+        up = 2 * rem + odd > full
     elif ROUNDING == NEAREST_AWAY:
-        up = (rem != 0) & (2 * rem >= full)
+        up = 2 * rem >= full  # rem == 0 never passes: full >= 1
     elif ROUNDING == STOCHASTIC:
         frac31 = tl.where(
             shift <= 31,
