@@ -70,11 +70,15 @@ class RoleCast:
 
     def _scale(self, t: torch.Tensor) -> torch.Tensor:
         """Per-tensor scale (0-dim, on t's device, no host sync); 1 when amax is 0, Inf or NaN."""
-        amax = t.detach().abs().amax().double()
+        amax = t.detach().abs().amax().float()
         usable = torch.isfinite(amax) & (amax > 0)
         amax = torch.where(usable, amax, torch.ones_like(amax))
         if self.pow2_scale:
-            scale = torch.exp2(torch.floor(math.log2(self.fmt.max_finite) - torch.log2(amax)).clamp(-126, 126))
+            # exact floor(log2(max_finite / amax)) from the binary exponents: a = m 2^e, max = M 2^E, m, M in [0.5, 1)
+            m, e = torch.frexp(amax)
+            big_m, big_e = math.frexp(self.fmt.max_finite)
+            k = (big_e - e - (m > big_m).to(e.dtype)).clamp(-126, 126)
+            scale = torch.ldexp(torch.ones_like(amax), k)
         else:
             scale = (self.fmt.max_finite / amax).clamp(2.0**-126, 2.0**126)
         return torch.where(usable, scale, torch.ones_like(scale)).to(t.dtype)

@@ -5,7 +5,8 @@
 
 Every write replaces the whole file atomically (temp name + os.replace), so a
 killed run leaves the last complete version, never a torn one. Rows are
-buffered and flushed at every eval, checkpoint and at the end.
+buffered and flushed at every eval, checkpoint and at the end. A run resumed
+in the same folder (meta "start_step" > 0) keeps the rows up to that step.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ class RunDirRecorder:
 
     def start(self, meta: dict[str, Any]) -> None:
         self.meta = {**meta, "status": "running"}
+        previous = self.directory / "metrics.csv"
+        if meta.get("start_step") and previous.is_file():
+            with open(previous, newline="") as f:
+                self.rows = [row for row in csv.DictReader(f) if int(row["step"]) <= meta["start_step"]]
         self._write_json()
 
     def log(self, step: int, split: str, metrics: dict[str, float]) -> None:

@@ -227,9 +227,14 @@ def run(cfg: Any, recorder: Recorder | None = None, resume_from: str | os.PathLi
     t = cfg.train
     device = _device(cfg.device)
     torch.set_num_threads(t.threads or os.cpu_count() or 1)
+    if resume_from is not None and not Path(resume_from).is_file():
+        raise ConfigError(f"checkpoint to resume from {str(resume_from)!r} does not exist")
     torch.manual_seed(cfg.seed)
     batch_gen = torch.Generator().manual_seed(cfg.seed)
-    train_tokens, val_tokens, data_meta = load_dataset(cfg.data)
+    try:
+        train_tokens, val_tokens, data_meta = load_dataset(cfg.data)
+    except OSError as err:
+        raise DataError(f"cannot read the data: {err}") from None
     for split, tokens in (("train", train_tokens), ("val", val_tokens)):
         if len(tokens) <= t.seq_len:
             raise DataError(f"the {split} split has {len(tokens)} tokens, fewer than train.seq_len + 1 = {t.seq_len + 1}")

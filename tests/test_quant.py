@@ -176,3 +176,16 @@ def test_stochastic_rounding_is_seeded_and_advances():
     assert torch.equal(a1, b1) and torch.equal(a2, b2)  # reproducible
     assert not torch.equal(a1, a2)  # each call draws new bits
     assert not torch.equal(a1, c1)  # the run seed matters
+
+
+@pytest.mark.parametrize("amax", [448.0, 448.0 * 2**-10, 449.0, 447.0, 224.0, 1e-30, 3e38, 2.0**-149])
+def test_power_of_two_scale_is_the_largest_that_fits(amax):
+    role = PrecisionConfig.from_cfg({"format": "e4m3fn", "scaling": "tensor"}).x
+    a = float(np.float32(amax))
+    k = math.floor(math.log2(448.0 / a))
+    while a * 2.0**k > 448.0:  # exact in float64 for these magnitudes: fix any log2 rounding
+        k -= 1
+    while a * 2.0 ** (k + 1) <= 448.0:
+        k += 1
+    scale = role._scale(torch.tensor([a, -a / 3])).item()
+    assert scale == 2.0 ** max(-126, min(126, k))

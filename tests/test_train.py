@@ -201,3 +201,16 @@ def test_spike_counting():
     flags = [counter.update(x) for x in [1, 1, 1, 1, 1, 3, 3, 1, 1, 1, 5, 1.4]]
     assert flags == [False] * 5 + [True, True] + [False] * 3 + [True, False]
     assert counter.count == 2  # consecutive spike steps are one spike
+
+
+def test_resume_in_the_same_run_directory_keeps_the_curve(train_cfg, tmp_path):
+    straight = run(train_cfg("train.checkpoint_steps=[4]"))
+    with open(tmp_path / "metrics.csv") as f:
+        full = list(csv.DictReader(f))
+    resumed = run(train_cfg(), resume_from=straight.checkpoints[0][1])
+    with open(tmp_path / "metrics.csv") as f:
+        again = list(csv.DictReader(f))
+    assert resumed.status == "completed"
+    assert [(r["step"], r["split"], r["loss"]) for r in again] == [(r["step"], r["split"], r["loss"]) for r in full]
+    with pytest.raises(ConfigError, match="does not exist"):
+        run(train_cfg(), resume_from=tmp_path / "nope.pt")
