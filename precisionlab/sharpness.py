@@ -289,10 +289,12 @@ def keskar_sharpness(
     ascent from δ = 0: δ ← clip(δ + lr·r·sign(∇L(θ+δ)), −r, r), r_i = ε(|θ_i|+1) — the
     ascent that suits a box (it is steepest ascent in the box's own norm, and reaches the
     exact maximiser of any loss that is monotone in each coordinate over the box, e.g. a
-    linear one). Zero gradient components step up, so an exact stationary point is not a
-    trap. The best loss seen at any evaluated point (δ = 0 included) is used: the result
-    is ≥ 0 and, every point lying in the box, never above the true maximum — but it can be
-    below it (non-concave losses, too few steps). Keskar et al. used L-BFGS-B instead.
+    linear one, within ⌈1/lr⌉ steps). Zero gradient components step up, so an exact
+    stationary point is not a trap. The best loss seen at any evaluated point (δ = 0
+    included) is used: the result is ≥ 0 and, every point lying in the box, never above
+    the true maximum — but it can be below it (non-concave losses, too few steps). Keskar
+    et al. used L-BFGS-B instead. A NaN loss at a perturbed point is skipped, an infinite
+    one gives ∞; a NaN loss at θ itself gives NaN.
 
     The parameters are restored bit-exactly (copied back, also when ``loss_fn`` raises);
     ``param.grad`` is not touched.
