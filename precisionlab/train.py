@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+from importlib.metadata import PackageNotFoundError, version
 import statistics
 import tempfile
 import time
@@ -41,6 +42,7 @@ from typing import Any, NamedTuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from precisionlab.data import DataError, check_data_config, get_batch, load_dataset
 from precisionlab.model import LM, ModelConfig
@@ -78,8 +80,13 @@ def validate(cfg: Any) -> DictConfig:
     """Resolve `cfg` and check every value training uses; returns the resolved config or raises ConfigError/DataError."""
     try:
         cfg = OmegaConf.create(OmegaConf.to_container(OmegaConf.create(cfg), resolve=True))
-    except Exception as err:  # interpolation and missing-value errors from OmegaConf
-        raise ConfigError(f"config does not resolve: {str(err).splitlines()[0]}") from None
+        _validate(cfg)
+    except OmegaConfBaseException as err:  # unresolvable interpolations, missing keys
+        raise ConfigError(f"config error: {str(err).splitlines()[0]}") from None
+    return cfg
+
+
+def _validate(cfg: DictConfig) -> None:
     t, o = cfg.train, cfg.optim
     _check(isinstance(cfg.seed, int) and cfg.seed >= 0, "seed must be an integer >= 0", cfg.seed)
     for key in ("steps", "batch_size", "seq_len", "eval_batches"):
@@ -108,7 +115,6 @@ def validate(cfg: Any) -> DictConfig:
     _check(t.seq_len <= model_cfg.block_size, f"train.seq_len must be <= model.block_size ({model_cfg.block_size})", t.seq_len)
     _device(cfg.device)
     check_data_config(cfg.data)
-    return cfg
 
 
 def _number(v: Any) -> bool:
@@ -280,7 +286,7 @@ def _train(cfg, device, batch_gen, train_tokens, val_tokens, data_meta, recorder
     recorder.start({
         "config": OmegaConf.to_container(cfg), "data": data_meta, "device": str(device),
         "n_params": model.num_params(), "resumed_from": None if resume_from is None else str(resume_from),
-        "start_step": start_step, "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "start_step": start_step, "versions": _versions(),
     })
     tokens_per_step = t.batch_size * t.seq_len
     started = time.perf_counter()
@@ -328,6 +334,16 @@ def _train(cfg, device, batch_gen, train_tokens, val_tokens, data_meta, recorder
             })
             result.checkpoints.append((step, str(path.resolve())))
             recorder.checkpoint(step, str(path.resolve()))
+
+
+def _versions() -> dict[str, str | None]:
+    found = {"python": platform.python_version(), "torch": torch.__version__}
+    for package in ("triton", "precisionlab"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = None
+    return found
 
 
 @torch.no_grad()

@@ -214,3 +214,12 @@ def test_resume_in_the_same_run_directory_keeps_the_curve(train_cfg, tmp_path):
     assert [(r["step"], r["split"], r["loss"]) for r in again] == [(r["step"], r["split"], r["loss"]) for r in full]
     with pytest.raises(ConfigError, match="does not exist"):
         run(train_cfg(), resume_from=tmp_path / "nope.pt")
+
+
+def test_incomplete_config_is_a_config_error(train_cfg):
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(train_cfg())
+    del cfg["train"]["spikes"]
+    with pytest.raises(ConfigError, match="spikes"):
+        validate(cfg)
