@@ -19,9 +19,11 @@ from tqdm import tqdm
 
 from precisionlab.data import DataError
 from precisionlab.rundir import RunDirRecorder
-from precisionlab.train import ConfigError, RunResult, run, validate
+from precisionlab.store import StoreError
+from precisionlab.sweep import run_job, train_recorded
+from precisionlab.train import ConfigError, RunResult, validate
 
-__all__ = ["train_main", "describe"]
+__all__ = ["train_main", "sweep_main", "describe"]
 
 
 class _ProgressRecorder(RunDirRecorder):
@@ -61,11 +63,17 @@ def train_main(cfg: DictConfig) -> RunResult:
                 cfg.data[key] = to_absolute_path(str(cfg.data[key]))
     try:
         validate(cfg)
-        result = run(cfg, recorder=_ProgressRecorder(cfg.train.steps))
-    except (ConfigError, DataError) as err:
+        result = train_recorded(cfg, _ProgressRecorder(cfg.train.steps))  # run directory + results store
+    except (ConfigError, DataError, StoreError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     print(describe(result))
     if result.status == "failed":
         sys.exit(1)
     return result
+
+
+@hydra.main(config_path="pkg://precisionlab.configs", config_name="sweep", version_base="1.3")
+def sweep_main(cfg: DictConfig) -> str:
+    """One grid point of `precisionlab sweep` (run with -m); see precisionlab.sweep.run_job."""
+    return run_job(cfg)

@@ -89,6 +89,13 @@ def _check_train_overrides(overrides: list[str]) -> None:
         validate(cfg)
     except (ConfigError, DataError) as err:
         fail(str(err))
+    from precisionlab.store import StoreError
+    from precisionlab.sweep import open_store
+
+    try:
+        open_store(cfg)  # creates it if absent; an unusable store.path fails here, before any run directory
+    except StoreError as err:
+        fail(str(err))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -110,6 +117,66 @@ def train(ctx: typer.Context) -> None:
     sys.argv = [argv[0], *overrides]
     try:
         train_main()
+    finally:
+        sys.argv = argv
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def sweep(
+    ctx: typer.Context,
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Run N runs at once on this machine (joblib launcher), each with cores/N torch threads."),
+    force: bool = typer.Option(False, "--force", help="Rerun completed and diverged runs too."),
+) -> None:
+    """Train a grid of runs (Hydra multirun) into the results store; rerun to resume. Arguments are Hydra overrides, e.g.:
+
+    precisionlab sweep                      (sweep=default: 3 formats x 3 LRs x 2 seeds, tiny model)
+
+    precisionlab sweep sweep=paper --jobs 2 (the paper's E8M7..E8M3, E7M7 bit-reduction study)
+
+    precisionlab sweep precision.format=e8m7,e8m5,e8m3 optim.lr=1e-3,3e-3,1e-2 seed=0,1
+
+    Completed and diverged runs are skipped, failed and interrupted ones rerun (from their last
+    checkpoint). Launchers: hydra/launcher=joblib (= --jobs N), slurm, ray (see README).
+    """
+    from precisionlab import sweep as sweeps
+    from precisionlab.app import sweep_main
+
+    overrides = list(ctx.args)
+    if jobs is not None:
+        if jobs < 1:
+            fail(f"--jobs must be a positive number of runs at once; got {jobs}")
+        overrides += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]
+    if force:
+        overrides.append("sweep.force=true")
+    if any(arg.startswith("-") for arg in overrides):  # Hydra's own flags (--cfg, --info, --help): as they are
+        _run_hydra(sweep_main, ["-m", *overrides])
+        return
+    from precisionlab.data import DataError
+    from precisionlab.store import ResultsStore, StoreError
+    from precisionlab.train import ConfigError
+
+    try:
+        grid = sweeps.plan(overrides)
+        store = ResultsStore(grid.store_path)
+    except (sweeps.SweepError, ConfigError, DataError, StoreError) as err:
+        fail(str(err))
+    except Exception as err:  # Hydra's override and composition errors
+        fail(_one_line(err))
+    grid.register(store, command=" ".join(["precisionlab sweep", *ctx.args, *(["--jobs", str(jobs)] if jobs else []), *(["--force"] if force else [])]))
+    with sweeps.Progress(store, grid):
+        _run_hydra(sweep_main, ["-m", *overrides, *([f"sweep.name={grid.name}"] if grid.name_derived else [])])
+    text, counts = sweeps.summary(store, grid)
+    typer.echo(text)
+    if counts["failed"]:
+        raise typer.Exit(code=1)
+
+
+def _run_hydra(hydra_main, args: list[str]) -> None:
+    """Call a module-level @hydra.main function with `args` as its command line."""
+    argv = sys.argv
+    sys.argv = [argv[0], *args]
+    try:
+        hydra_main()
     finally:
         sys.argv = argv
 
