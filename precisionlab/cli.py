@@ -89,12 +89,11 @@ def _check_train_overrides(overrides: list[str]) -> None:
         validate(cfg)
     except (ConfigError, DataError) as err:
         fail(str(err))
-    from precisionlab.store import StoreError
     from precisionlab.sweep import open_store
 
     try:
         open_store(cfg)  # creates it if absent; an unusable store.path fails here, before any run directory
-    except StoreError as err:
+    except ValueError as err:  # StoreError, or a bad store.journal_mode
         fail(str(err))
 
 
@@ -148,8 +147,9 @@ def sweep(
         overrides += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]
     if force:
         overrides.append("sweep.force=true")
-    if any(arg.startswith("-") for arg in overrides):  # Hydra's own flags (--cfg, --info, --help): as they are
-        _run_hydra(sweep_main, ["-m", *overrides])
+    if any(arg.startswith("-") for arg in overrides):  # Hydra's own flags (--cfg job, --info, ...): as they are
+        shows = {"--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help", "--shell-completion", "-sc"}
+        _run_hydra(sweep_main, overrides if shows & set(overrides) else ["-m", *overrides])
         return
     from precisionlab.data import DataError
     from precisionlab.store import ResultsStore, StoreError
@@ -157,7 +157,7 @@ def sweep(
 
     try:
         grid = sweeps.plan(overrides)
-        store = ResultsStore(grid.store_path)
+        store = ResultsStore(grid.store_path, journal_mode=grid.journal_mode)
     except (sweeps.SweepError, ConfigError, DataError, StoreError) as err:
         fail(str(err))
     except Exception as err:  # Hydra's override and composition errors

@@ -69,6 +69,7 @@ class Grid:
     configs: list[DictConfig]  # their validated, resolved configs
     run_ids: list[str]         # their run ids (a repeated id is one run)
     store_path: str            # absolute path of the results store
+    journal_mode: str          # how to create it: wal (one machine) or delete (nodes sharing a file system)
     force: bool                # rerun completed and diverged runs too
     name_derived: bool         # True: `name` was derived here, so pass it on as sweep.name=...
 
@@ -116,7 +117,7 @@ def plan(overrides: Sequence[str], cwd: str | os.PathLike | None = None) -> Grid
     for override in given:
         if override.is_sweep_override() and override.get_key_element() in ONE_VALUE_KEYS:
             raise SweepError(f"{override.get_key_element()} takes one value per sweep, got "
-                             f"{override.get_value_element_as_str()}; run one sweep for each")
+                             f"{override.input_line}; run one sweep for each value")
     fixed = [o.input_line for o in given if not o.is_sweep_override()]
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         base = compose(config_name=CONFIG_NAME, overrides=fixed, return_hydra_config=True)
@@ -134,6 +135,7 @@ def plan(overrides: Sequence[str], cwd: str | os.PathLike | None = None) -> Grid
             absolute_paths(cfg, cwd)
             configs.append(train.validate(cfg))
     store_path = base.store.path if "store" in base else None
+    journal_mode = base.store.get("journal_mode", "wal") if "store" in base else "wal"
     if store_path is None:
         raise SweepError("store.path is null: a sweep records its runs in a results store; "
                          "set store.path=FILE (default results/precisionlab.db)")
@@ -145,7 +147,7 @@ def plan(overrides: Sequence[str], cwd: str | os.PathLike | None = None) -> Grid
             name += "-" + hashlib.sha256(" ".join(sorted(set(ids))).encode()).hexdigest()[:6]
     return Grid(name=str(name), config=str(base.hydra.runtime.choices.get("sweep")), overrides=overrides,
                 params=params, points=points, configs=configs, run_ids=ids,
-                store_path=str(Path(cwd) / str(store_path)), force=bool(base.sweep.force), name_derived=derived)
+                store_path=str(Path(cwd) / str(store_path)), journal_mode=str(journal_mode), force=bool(base.sweep.force), name_derived=derived)
 
 
 # --------------------------------------------------------------------------- one run (any process)
@@ -195,7 +197,8 @@ def recorded_run(cfg: DictConfig, store: ResultsStore, recorder: Any = None, *, 
             else:  # rows up to the checkpoint are kept and relogged identically from step 1
                 log.warning("run %s: checkpoint %s is gone; training from step 1", rid, checkpoint[1])
         tee = Tee(rec, recorder if recorder is not None else RunDirRecorder("."),
-                  extra_meta={"run_id": rid, "run_dir": os.getcwd()})
+                  extra_meta={"run_id": rid, "run_dir": os.getcwd(),
+                              "threads": cfg.train.threads or os.cpu_count() or 1})  # as train.run sets them
         return train.run(cfg, recorder=tee, resume_from=resume_from)
 
 
@@ -204,7 +207,9 @@ def open_store(cfg: DictConfig) -> ResultsStore | None:
     from hydra.utils import to_absolute_path
 
     path = cfg.store.path if "store" in cfg else None
-    return None if path is None else ResultsStore(to_absolute_path(str(path)))
+    if path is None:
+        return None
+    return ResultsStore(to_absolute_path(str(path)), journal_mode=cfg.store.get("journal_mode", "wal"))
 
 
 def train_recorded(cfg: DictConfig, recorder: Any = None) -> train.RunResult:
@@ -222,14 +227,22 @@ def train_recorded(cfg: DictConfig, recorder: Any = None) -> train.RunResult:
 
 
 def threads_per_job(launcher: Mapping[str, Any]) -> int:
-    """Torch threads for one job: the cores this process may use, shared by the jobs
-    the launcher runs at once on this machine (joblib's n_jobs; 1 for the others)."""
+    """Torch threads for one job, so jobs sharing a machine do not oversubscribe it:
+    joblib: the cores this process may use / n_jobs; Ray: the job's ray.remote.num_cpus;
+    submitit: its cpus_per_task; otherwise all the cores this process may use."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    jobs = launcher.get("n_jobs") if "joblib" in str(launcher.get("_target_", "")) else 1
-    jobs = int(jobs or 1)
-    if jobs < 0:  # joblib: -1 all cores, -2 all but one, ...
-        jobs = max(1, cores + 1 + jobs)
-    return max(1, cores // jobs)
+    target = str(launcher.get("_target_", ""))
+    if "joblib" in target:
+        jobs = int(launcher.get("n_jobs") or 1)
+        if jobs < 0:  # joblib: -1 all cores, -2 all but one, ...
+            jobs = max(1, cores + 1 + jobs)
+        return max(1, cores // jobs)
+    cpus = None
+    if "ray" in target:
+        cpus = ((launcher.get("ray") or {}).get("remote") or {}).get("num_cpus")
+    elif "submitit" in target:
+        cpus = launcher.get("cpus_per_task")
+    return max(1, min(cores, int(cpus))) if cpus else cores
 
 
 def run_job(cfg: DictConfig) -> str:
