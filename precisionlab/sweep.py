@@ -121,6 +121,9 @@ def plan(overrides: Sequence[str], cwd: str | os.PathLike | None = None) -> Grid
     fixed = [o.input_line for o in given if not o.is_sweep_override()]
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         base = compose(config_name=CONFIG_NAME, overrides=fixed, return_hydra_config=True)
+        if not str(base.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
+            raise SweepError(f"precisionlab sweep runs grids with Hydra's basic sweeper; got "
+                             f"hydra/sweeper={base.hydra.runtime.choices.get('hydra/sweeper')}")
         params = {str(k): str(v) for k, v in (base.hydra.sweeper.params or {}).items()}
         # What BasicSweeper.sweep does: the grid config's params first, the command line after.
         grid = parser.parse_overrides([f"{k}={v}" for k, v in params.items()] + overrides)
@@ -147,7 +150,8 @@ def plan(overrides: Sequence[str], cwd: str | os.PathLike | None = None) -> Grid
             name += "-" + hashlib.sha256(" ".join(sorted(set(ids))).encode()).hexdigest()[:6]
     return Grid(name=str(name), config=str(base.hydra.runtime.choices.get("sweep")), overrides=overrides,
                 params=params, points=points, configs=configs, run_ids=ids,
-                store_path=str(Path(cwd) / str(store_path)), journal_mode=str(journal_mode), force=bool(base.sweep.force), name_derived=derived)
+                store_path=str(Path(cwd) / str(store_path)), journal_mode=str(journal_mode),
+                force=bool(base.sweep.force), name_derived=derived)
 
 
 # --------------------------------------------------------------------------- one run (any process)

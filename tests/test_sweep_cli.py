@@ -230,3 +230,24 @@ def test_train_with_an_unusable_store_is_one_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot be created" in lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+# ---- cluster launchers: run only where their plugins are installed (pip install "precisionlab[slurm]" / "[ray]")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("plugin, launcher", [
+    ("hydra_plugins.hydra_submitit_launcher", ["hydra/launcher=submitit_local"]),  # Slurm's launcher, run locally
+    ("hydra_plugins.hydra_ray_launcher", ["hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2",
+                                          "+hydra.launcher.ray.remote.num_cpus=1"]),  # a local Ray instance
+])
+def test_cluster_launchers(tmp_path, plugin, launcher):
+    pytest.importorskip(plugin)
+    grid = ["precision.format=e8m7,e8m3", "optim.lr=1e-3", "seed=0", *SWEEP_MICRO]
+    proc = subprocess.run([sys.executable, "-m", "precisionlab.cli", "sweep", *grid, *launcher], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    runs = ResultsStore(tmp_path / STORE).runs()
+    assert len(runs) == 2 and set(runs.status) <= {"completed", "diverged"}
+    if "ray" in plugin:
+        assert {m["threads"] for m in runs.meta} == {1}  # ray.remote.num_cpus

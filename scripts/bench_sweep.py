@@ -1,0 +1,92 @@
+"""Sweep throughput: runs/hour of a grid with one run at a time vs N at once (joblib), in one go,
+and the results store's write cost per training step.
+
+Runs `precisionlab sweep` through the console script, each launcher in a fresh temporary
+directory and store, so Python start-up, grid validation and Hydra's launch are counted:
+  sequential   the basic launcher, one run at a time with all the cores' torch threads
+  --jobs N     the joblib launcher, N runs at once with cores/N threads each
+Store overhead: scripts/bench_store.py's synthetic run (a train row per step, a val row
+per 100 steps, a checkpoint per 2000), set against the training step time measured here.
+
+    python scripts/bench_sweep.py                 # sweep=default with train.steps=50
+    python scripts/bench_sweep.py --steps 150     # the default grid as it is
+    python scripts/bench_sweep.py --jobs 2 -- precision.format=e8m7,e8m3 seed=0
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from precisionlab.store import ResultsStore
+
+CLI = str(Path(sys.executable).with_name("precisionlab"))
+HERE = Path(__file__).resolve().parent
+
+
+def sweep(folder: Path, overrides: list[str], jobs: int | None) -> tuple[float, ResultsStore]:
+    """Wall seconds of one `precisionlab sweep` in `folder`, and its store."""
+    command = [CLI, "sweep", *(["--jobs", str(jobs)] if jobs else []), *overrides]
+    begin = time.perf_counter()
+    done = subprocess.run(command, cwd=folder, capture_output=True, text=True)
+    seconds = time.perf_counter() - begin
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return seconds, ResultsStore(folder / "results" / "precisionlab.db")
+
+
+def step_seconds(store: ResultsStore) -> float:
+    """Mean training step time (run's own clock) over the store's runs."""
+    train = store.metrics(split="train")
+    last = train.sort_values("step").groupby("run_id").tail(1)
+    return float(last.elapsed.sum() / last.step.sum())
+
+
+def store_overhead_us(steps: int) -> float:
+    """µs per logged step that the store adds over an in-memory list (bench_store.py's measurement)."""
+    spec = importlib.util.spec_from_file_location("bench_store", HERE / "bench_store.py")
+    bench_store = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_store)
+    with tempfile.TemporaryDirectory() as tmp:
+        floor = bench_store.drive(bench_store.ListRecorder(), steps)
+        batched = bench_store.store_run(Path(tmp), steps, 256, "batched")
+    return (batched - floor) / steps * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=50, help="train.steps per run (the default grid has 150)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at once for the parallel measurement")
+    parser.add_argument("--store-steps", type=int, default=5000, help="synthetic steps for the store overhead")
+    parser.add_argument("overrides", nargs="*", help="more Hydra overrides for both sweeps (after --)")
+    args = parser.parse_args()
+    overrides = [f"train.steps={args.steps}", *args.overrides]
+    cores = len(os.sched_getaffinity(0))
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, jobs in (("sequential", None), (f"--jobs {args.jobs}", args.jobs)):
+            folder = Path(tmp) / label.replace(" ", "").replace("-", "")
+            folder.mkdir()
+            seconds, store = sweep(folder, overrides, jobs)
+            runs = store.runs()
+            results[label] = (len(runs), seconds, step_seconds(store), {k: int(v) for k, v in runs.status.value_counts().items()})
+    overhead = store_overhead_us(args.store_steps)
+
+    print(f"precisionlab sweep {' '.join(overrides)}   ({cores} cores, wall time incl. start-up)")
+    print(f"{'launcher':<12} {'runs':>5} {'wall s':>8} {'runs/hour':>10} {'step ms':>8}  outcomes")
+    for label, (n, seconds, step, outcomes) in results.items():
+        print(f"{label:<12} {n:>5} {seconds:>8.1f} {n / seconds * 3600:>10.0f} {step * 1e3:>8.1f}  {outcomes}")
+    (n1, s1, step1, _), (n2, s2, _, _) = results.values()
+    print(f"throughput --jobs {args.jobs} / sequential: {(n2 / s2) / (n1 / s1):.2f}x")
+    print(f"store write overhead: {overhead:.1f} us per logged step (bench_store.py, flush_every=256) "
+          f"= {overhead / (step1 * 1e6) * 100:.3f}% of a sequential training step ({step1 * 1e3:.1f} ms)")
+
+
+if __name__ == "__main__":
+    main()
