@@ -171,6 +171,85 @@ def sweep(
         raise typer.Exit(code=1)
 
 
+@app.command()
+def sharpness(
+    sweep_name: Optional[str] = typer.Option(None, "--sweep", help="Sweep whose checkpoints to measure (default: the latest in the store)."),
+    metric: Optional[list[str]] = typer.Option(None, "--metric", "-m", help="logit (default), hessian, trace, keskar; repeatable or comma-separated."),
+    eps: Optional[list[float]] = typer.Option(None, "--eps", help="epsilon of logit and keskar (default 1e-3); repeatable."),
+    store_path: str = typer.Option("results/precisionlab.db", "--store", help="The results store (SQLite file)."),
+    fp32: bool = typer.Option(False, "--fp32", help="Measure logit and keskar without the run's casts (hessian and trace always are)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Sequences in the evaluation batch (default: the run's train.batch_size)."),
+    iters: int = typer.Option(100, "--iters", help="hessian: power-iteration cap (one Hessian-vector product each)."),
+    tol: float = typer.Option(1e-4, "--tol", help="hessian: relative residual that counts as converged."),
+    samples: int = typer.Option(100, "--samples", help="trace: Hutchinson samples (one Hessian-vector product each)."),
+    ascent_steps: int = typer.Option(10, "--ascent-steps", help="keskar: projected gradient-ascent steps."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA if present), cpu, cuda or cuda:N."),
+) -> None:
+    """Sharpness of every stored checkpoint of a sweep that lacks it; rerun to resume.
+
+    precisionlab sharpness                                   (logit sharpness, latest sweep)
+
+    precisionlab sharpness --sweep paper --metric logit,keskar --eps 1e-3 --eps 1e-2
+
+    Values go to the store's sharpness table, keyed by run, step, metric and parameters.
+    """
+    import os
+
+    import torch
+
+    from precisionlab import measure
+    from precisionlab.store import ResultsStore, StoreError
+
+    metrics = [m.strip() for item in (metric or ["logit"]) for m in item.split(",")]
+    try:
+        measure.check_metrics(metrics)
+    except ValueError as err:
+        fail(str(err))
+    for name, value, ok, accepted in (
+        ("--eps", eps, all(math.isfinite(e) and e >= 0 for e in eps or []), "finite numbers >= 0"),
+        ("--batch-size", batch_size, batch_size is None or batch_size >= 1, "a positive integer"),
+        ("--iters", iters, iters >= 1, "a positive integer"),
+        ("--tol", tol, math.isfinite(tol) and tol > 0, "a number > 0"),
+        ("--samples", samples, samples >= 2, "an integer >= 2"),
+        ("--ascent-steps", ascent_steps, ascent_steps >= 1, "a positive integer"),
+    ):
+        if not ok:
+            fail(f"{name} must be {accepted}; got {value}")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        usable = torch.device(device).type == "cpu" or (torch.device(device).type == "cuda" and torch.cuda.is_available())
+    except RuntimeError:
+        usable = False
+    if not usable:
+        fail(f"--device {device} is not usable here; accepted: auto, cpu, cuda, cuda:N (with CUDA available)")
+    if not os.path.isfile(store_path):  # never create a store here
+        fail(f"results store {os.path.abspath(store_path)} does not exist; run precisionlab sweep first or pass --store PATH")
+    try:
+        store = ResultsStore(store_path)
+        names = list(store.sweeps()["name"])
+    except Exception as err:  # StoreError, or SQLite/pandas failing on a damaged file
+        fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
+    if not names:
+        fail(f"results store {store.path} holds no sweeps; run precisionlab sweep first")
+    name = sweep_name or names[-1]
+    if name not in names:
+        fail(f"unknown sweep {name!r} in {store.path}; sweeps there: {', '.join(names)}")
+    settings = measure.Settings(eps=tuple(eps or (1e-3,)), iters=iters, tol=tol, samples=samples,
+                                ascent_steps=ascent_steps, fp32=fp32)
+    outcome = measure.measure_checkpoints(store, name, metrics, settings, batch_size=batch_size, device=device)
+    for problem in outcome.unreadable:
+        typer.echo(f"warning: checkpoint not measured: {problem}", err=True)
+    line = f"sharpness of sweep {name}: computed {outcome.computed}, skipped {outcome.skipped} (already in the store)"
+    if outcome.unreadable:
+        line += f", {len(outcome.unreadable)} checkpoints unreadable"
+    elif not outcome.computed + outcome.skipped:
+        line += " - the sweep has no checkpoints (set train.checkpoint_every or train.checkpoint_steps)"
+    typer.echo(line)
+    if outcome.unreadable:
+        raise typer.Exit(code=1)
+
+
 def _run_hydra(hydra_main, args: list[str]) -> None:
     """Call a module-level @hydra.main function with `args` as its command line."""
     argv = sys.argv

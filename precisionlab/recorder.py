@@ -20,5 +20,9 @@ class Recorder(Protocol):
     def checkpoint(self, step: int, path: str) -> None:
         """A checkpoint file was written (atomically) for this step."""
 
+    def sharpness(self, step: int, metric: str, value: float, params: dict[str, Any]) -> None:
+        """Optional (training checks for it): a sharpness value measured at this step
+        (`sharpness.every`); params are its parameters, as `precisionlab sharpness` stores them."""
+
     def finish(self, outcome: dict[str, Any]) -> None:
         """Once, at the end: status (completed/diverged/failed), steps, losses, error text."""

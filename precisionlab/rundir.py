@@ -2,6 +2,7 @@
 
   metrics.csv  one row per train step and per eval (columns: step, split, then metrics)
   run.json     metadata from `start` (status "running"), then the outcome from `finish`
+  sharpness.csv  one row per sharpness value (`sharpness.every`): step, metric, value, params (JSON)
 
 Every write replaces the whole file atomically (temp name + os.replace), so a
 killed run leaves the last complete version, never a torn one. Rows are
@@ -35,6 +36,7 @@ class RunDirRecorder:
         self.meta: dict[str, Any] = {}
         self.rows: list[dict[str, Any]] = []
         self.checkpoints: list[dict[str, Any]] = []
+        self.sharpness_rows: list[dict[str, Any]] = []
 
     def start(self, meta: dict[str, Any]) -> None:
         self.meta = {**meta, "status": "running"}
@@ -42,6 +44,10 @@ class RunDirRecorder:
         if meta.get("start_step") and previous.is_file():
             with open(previous, newline="") as f:
                 self.rows = [row for row in csv.DictReader(f) if int(row["step"]) <= meta["start_step"]]
+        previous = self.directory / "sharpness.csv"
+        if meta.get("start_step") and previous.is_file():
+            with open(previous, newline="") as f:
+                self.sharpness_rows = [row for row in csv.DictReader(f) if int(row["step"]) <= meta["start_step"]]
         self._write_json()
 
     def log(self, step: int, split: str, metrics: dict[str, float]) -> None:
@@ -53,6 +59,15 @@ class RunDirRecorder:
         self.checkpoints.append({"step": step, "path": path})
         self._write_csv()
         self._write_json()
+
+    def sharpness(self, step: int, metric: str, value: float, params: dict[str, Any]) -> None:
+        self.sharpness_rows.append({"step": step, "metric": metric, "value": value,
+                                    "params": json.dumps(params, sort_keys=True)})
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=["step", "metric", "value", "params"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.sharpness_rows)
+        write_atomic(self.directory / "sharpness.csv", out.getvalue())
 
     def finish(self, outcome: dict[str, Any]) -> None:
         self.meta.update(outcome)

@@ -68,6 +68,7 @@ NON_SEMANTIC_KEYS = frozenset({
     "output_dir", "out_dir", "checkpoint_dir", "checkpoint.dir", "log_dir",
     "device", "threads", "num_threads", "torch_threads",  # where and how fast, not what it trains
     "progress", "verbose", "resume", "force", "jobs",
+    "sharpness",  # what training measures on the side (sharpness.every), never the curve it trains
 })
 
 # Where the runs table's columns come from in a run's config: the first
@@ -662,6 +663,10 @@ class StoreRecorder:
             "INSERT INTO checkpoints VALUES (?, ?, ?, ?) ON CONFLICT(run_id, step) DO UPDATE SET "
             "path=excluded.path, created=excluded.created",
             (self.run_id, step, os.path.abspath(path), time.time())))
+
+    def sharpness(self, step: int, metric: str, value: float, params: Mapping[str, Any]) -> None:
+        """A sharpness value measured during training (`sharpness.every`), as `add_sharpness` writes it."""
+        self.store.add_sharpness(self.run_id, step, metric, value, params)
 
     def finish(self, outcome: Mapping[str, Any]) -> None:
         """Write the outcome and the last rows in one transaction. `outcome`:

@@ -19,6 +19,13 @@ Loss spikes: step t is a spike step when its train loss exceeds
 losses (checked once that many exist); a run of consecutive spike steps
 counts as one spike.
 
+Sharpness: with `sharpness.every=N` the `sharpness.metrics` are measured every N
+steps (after that step's checkpoint) on the first fixed validation batch, exactly as
+`precisionlab sharpness` measures a checkpoint (precisionlab.measure), and reported
+through the recorder's optional `sharpness` hook. Measuring draws no random numbers,
+keeps the stochastic-rounding call counts, the weights and their gradients, so the
+curve is the same as without it.
+
 Reproducibility: `run` seeds torch's global RNG (model init, dropout) and a
 private generator for batches from `seed`, and sets torch's thread count,
 so runs in one process do not leak state. Checkpoints hold the model,
@@ -45,6 +52,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from precisionlab.data import DataError, check_data_config, get_batch, load_dataset
+from precisionlab.measure import METRICS as SHARPNESS_METRICS
+from precisionlab.measure import Settings as SharpnessSettings
+from precisionlab.measure import is_fp32, measure, planned
 from precisionlab.model import LM, ModelConfig
 from precisionlab.quant import PrecisionConfig, convert_model
 from precisionlab.recorder import Recorder
@@ -115,6 +125,12 @@ def _validate(cfg: DictConfig) -> None:
     _check(t.seq_len <= model_cfg.block_size, f"train.seq_len must be <= model.block_size ({model_cfg.block_size})", t.seq_len)
     _device(cfg.device)
     check_data_config(cfg.data)
+    s = cfg.get("sharpness") or {}
+    every, metrics, eps = s.get("every", 0), s.get("metrics", ["logit"]), s.get("eps", 1e-3)
+    _check(isinstance(every, int) and not isinstance(every, bool) and every >= 0, "sharpness.every must be an integer >= 0 (0: off)", every)
+    _check(not isinstance(metrics, str) and all(m in SHARPNESS_METRICS for m in metrics),
+           f"sharpness.metrics must be a list of {', '.join(SHARPNESS_METRICS)}, e.g. [logit,keskar]", metrics)
+    _check(_number(eps) and 0 <= eps < math.inf, "sharpness.eps must be a finite number >= 0", eps)
 
 
 def _number(v: Any) -> bool:
@@ -283,6 +299,7 @@ def _train(cfg, device, batch_gen, train_tokens, val_tokens, data_meta, recorder
         spikes.load(progress["spikes"])
     val_batches = eval_batches(val_tokens, cfg)
     checkpoint_steps = set(t.checkpoint_steps)
+    sharpness_every = (cfg.get("sharpness") or {}).get("every", 0)
     recorder.start({
         "config": OmegaConf.to_container(cfg), "data": data_meta, "device": str(device),
         "n_params": model.num_params(), "resumed_from": None if resume_from is None else str(resume_from),
@@ -334,6 +351,22 @@ def _train(cfg, device, batch_gen, train_tokens, val_tokens, data_meta, recorder
             })
             result.checkpoints.append((step, str(path.resolve())))
             recorder.checkpoint(step, str(path.resolve()))
+        if sharpness_every and step % sharpness_every == 0:  # after the checkpoint: the same state it holds
+            _record_sharpness(model, val_batches[0], cfg, step, recorder)
+
+
+def _record_sharpness(model: LM, batch: tuple, cfg: DictConfig, step: int, recorder: Recorder) -> None:
+    """`sharpness.metrics` on the first fixed validation batch, as `precisionlab sharpness` measures
+    them (same params, same store key); the model, RNG and gradients are left as they were."""
+    hook = getattr(recorder, "sharpness", None)  # optional in the Recorder protocol
+    if hook is None:
+        return
+    s = cfg.sharpness
+    settings = SharpnessSettings(eps=(float(s.eps),))
+    for metric, params in planned(list(s.metrics), settings, batch[0].shape[0], run_is_fp32=is_fp32(cfg)):
+        values = measure(model, batch, metric, params)
+        for name in sorted(values, key=lambda name: name == metric):
+            hook(step, name, values[name], params)
 
 
 def _versions() -> dict[str, str | None]:
