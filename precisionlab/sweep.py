@@ -40,7 +40,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from precisionlab import train
 from precisionlab.rundir import RunDirRecorder
-from precisionlab.store import DONE, NON_SEMANTIC_KEYS, OUTCOMES, ResultsStore, StoreError, run_id
+from precisionlab.store import DEFAULT_STORE_PATH, DONE, NON_SEMANTIC_KEYS, OUTCOMES, ResultsStore, StoreError, run_id
 
 __all__ = ["Grid", "SweepError", "plan", "run_job", "recorded_run", "train_recorded", "Progress", "summary",
            "threads_per_job", "Tee"]
@@ -177,6 +177,12 @@ class Tee:
         for r in self.recorders:
             r.checkpoint(step, path)
 
+    def sharpness(self, step, metric, value, params):
+        for r in self.recorders:
+            hook = getattr(r, "sharpness", None)  # optional in the Recorder protocol
+            if hook is not None:
+                hook(step, metric, value, params)
+
     def finish(self, outcome):
         for r in self.recorders:
             r.finish(outcome)
@@ -254,6 +260,7 @@ def run_job(cfg: DictConfig) -> str:
     the run's status ("completed", "diverged", "failed") or "skipped"."""
     from hydra.core.hydra_config import HydraConfig
 
+    store = None
     try:
         hydra_cfg = HydraConfig.get()
         absolute_paths(cfg, hydra_cfg.runtime.cwd)
@@ -264,12 +271,15 @@ def run_job(cfg: DictConfig) -> str:
         store = ResultsStore(cfg.store.path)
         sweep = cfg.sweep.name or hydra_cfg.runtime.choices.get("sweep")
         result = recorded_run(cfg, store, sweep=sweep, force=bool(cfg.sweep.force))
+        if result is None:
+            log.info("skipped run %s: %s in the store", run_id(cfg), store.status(run_id(cfg)))
+            return "skipped"
     except Exception:  # recorded `failed` by the recorder if the run was claimed; the sweep goes on
         log.exception("run failed")
         return "failed"
-    if result is None:
-        log.info("skipped run %s: %s in the store", run_id(cfg), store.status(run_id(cfg)))
-        return "skipped"
+    finally:
+        if store is not None:  # one process runs many jobs: keep no connection (2 fds) per finished job
+            store.close()
     log.info("run %s %s: %d steps, final train loss %s, val loss %s%s", run_id(cfg), result.status,
              result.steps_done, result.final_train_loss, result.final_val_loss,
              f", error: {result.error}" if result.error else "")
@@ -372,4 +382,5 @@ def summary(store: ResultsStore, grid: Grid) -> tuple[str, dict[str, int]]:
             f"{counts['diverged']} diverged, {counts['failed']} failed")
     if counts["running"] + counts["pending"]:
         line += f", {counts['running'] + counts['pending']} not finished (running in another process?)"
-    return f"{line}\nsee the report: precisionlab report --sweep {grid.name}", counts
+    where = "" if grid.store_path == os.path.abspath(DEFAULT_STORE_PATH) else f" --store {grid.store_path}"
+    return f"{line}\nsee the report: precisionlab report --sweep {grid.name}{where}", counts

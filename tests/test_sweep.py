@@ -48,6 +48,7 @@ def test_default_grid_comes_from_the_sweep_config_and_the_command_line_replaces_
     assert seeds.name.startswith("default-")
 
 
+@pytest.mark.slow
 def test_paper_grid(tmp_path):
     grid = sweeps.plan(["sweep=paper"], cwd=tmp_path)
     assert grid.name == "paper"
@@ -58,6 +59,7 @@ def test_paper_grid(tmp_path):
                for c in grid.configs)
 
 
+@pytest.mark.slow
 def test_name_ignores_order_and_non_semantic_overrides(tmp_path):
     a = sweeps.plan(["seed=0,1", "optim.lr=1e-3,1e-2"], cwd=tmp_path)
     b = sweeps.plan(["optim.lr=1e-3,1e-2", "seed=0,1"], cwd=tmp_path)
@@ -87,6 +89,7 @@ def _invoke(*args):
     return CliRunner().invoke(app, ["sweep", *args])
 
 
+@pytest.mark.slow
 def test_a_run_that_raises_is_failed_and_the_sweep_goes_on(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     real_run = train_mod.run
@@ -106,6 +109,7 @@ def test_a_run_that_raises_is_failed_and_the_sweep_goes_on(tmp_path, monkeypatch
     assert "1 completed, 0 diverged, 1 failed" in result.stdout
 
 
+@pytest.mark.slow
 def test_a_run_that_fails_inside_training_is_failed(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     real_build = train_mod.build_model
@@ -119,8 +123,45 @@ def test_a_run_that_fails_inside_training_is_failed(tmp_path, monkeypatch):
         return model
 
     monkeypatch.setattr(train_mod, "build_model", build)
-    result = _invoke("precision.format=e8m3,e8m7", "optim.lr=1e-3", "seed=0", "train.threads=1", *SWEEP_MICRO)
+    result = _invoke("precision.format=e8m3,e8m7", "optim.lr=1e-3", "seed=0", "train.threads=1",
+                     "store.path=mine.db", *SWEEP_MICRO)
     assert result.exit_code == 1
-    runs = ResultsStore(tmp_path / "results" / "precisionlab.db").runs()
+    store = ResultsStore(tmp_path / "mine.db")
+    runs = store.runs()
     assert dict(zip(runs.format_x, runs.status)) == {"e8m3": "failed", "e8m7": "completed"}
     assert "boom in the forward pass" in runs.set_index("format_x").error["e8m3"]
+    (name,) = store.sweeps().name  # a store other than the default is named in the report command
+    assert result.stdout.strip().endswith(f"precisionlab report --sweep {name} --store {tmp_path / 'mine.db'}")
+
+
+def test_tee_hands_every_call_on_and_skips_missing_optional_hooks():
+    class Plain:
+        def __init__(self):
+            self.calls = []
+
+        def start(self, meta):
+            self.calls.append(("start", meta))
+
+        def log(self, step, split, metrics):
+            self.calls.append(("log", step, split, metrics))
+
+        def checkpoint(self, step, path):
+            self.calls.append(("checkpoint", step, path))
+
+        def finish(self, outcome):
+            self.calls.append(("finish", outcome))
+
+    class WithSharpness(Plain):
+        def sharpness(self, step, metric, value, params):
+            self.calls.append(("sharpness", step, metric, value, params))
+
+    plain, sharp = Plain(), WithSharpness()
+    tee = sweeps.Tee(plain, None, sharp, extra_meta={"run_dir": "/x"})
+    tee.start({"a": 1})
+    tee.log(1, "train", {"loss": 2.0})
+    tee.checkpoint(1, "c.pt")
+    tee.sharpness(1, "logit", 0.5, {"eps": 1e-3})
+    tee.finish({"status": "completed"})
+    common = [("start", {"a": 1, "run_dir": "/x"}), ("log", 1, "train", {"loss": 2.0}), ("checkpoint", 1, "c.pt")]
+    assert plain.calls == [*common, ("finish", {"status": "completed"})]
+    assert sharp.calls == [*common, ("sharpness", 1, "logit", 0.5, {"eps": 1e-3}), ("finish", {"status": "completed"})]
