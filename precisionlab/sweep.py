@@ -91,7 +91,8 @@ def absolute_paths(cfg: DictConfig, base: str | os.PathLike) -> None:
     with open_dict(cfg):
         for node, key in ((cfg.get("data"), "path"), (cfg.get("data"), "cache_dir"), (cfg.get("store"), "path")):
             if node is not None and key in node and not OmegaConf.is_missing(node, key) and node[key] is not None:
-                node[key] = str(Path(base) / str(node[key]))
+                value = os.path.expanduser(str(node[key])) if node is cfg.get("store") else str(node[key])
+                node[key] = str(Path(base) / value)
 
 
 def _changes_runs(key: str) -> bool:
@@ -150,7 +151,7 @@ def plan(overrides: Sequence[str], cwd: str | os.PathLike | None = None) -> Grid
             name += "-" + hashlib.sha256(" ".join(sorted(set(ids))).encode()).hexdigest()[:6]
     return Grid(name=str(name), config=str(base.hydra.runtime.choices.get("sweep")), overrides=overrides,
                 params=params, points=points, configs=configs, run_ids=ids,
-                store_path=str(Path(cwd) / str(store_path)), journal_mode=str(journal_mode),
+                store_path=str(Path(cwd) / os.path.expanduser(str(store_path))), journal_mode=str(journal_mode),
                 force=bool(base.sweep.force), name_derived=derived)
 
 
@@ -219,7 +220,7 @@ def open_store(cfg: DictConfig) -> ResultsStore | None:
     path = cfg.store.path if "store" in cfg else None
     if path is None:
         return None
-    return ResultsStore(to_absolute_path(str(path)), journal_mode=cfg.store.get("journal_mode", "wal"))
+    return ResultsStore(to_absolute_path(os.path.expanduser(str(path))), journal_mode=cfg.store.get("journal_mode", "wal"))
 
 
 def train_recorded(cfg: DictConfig, recorder: Any = None) -> train.RunResult:
