@@ -250,6 +250,52 @@ def sharpness(
         raise typer.Exit(code=1)
 
 
+@app.command()
+def report(
+    sweep_name: Optional[str] = typer.Option(None, "--sweep", help="Sweep to report (default: the latest in the store)."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Folder for report.html, report.md, CSVs and PNGs (default: reports/SWEEP)."),
+    store_path: str = typer.Option("results/precisionlab.db", "--store", help="The results store (SQLite file)."),
+    where: Optional[list[str]] = typer.Option(None, "--where", "-w", help="Keep only these runs: key=v1,v2 on format, lr, seed, status, rounding, model, or a pandas query (repeatable: all must hold)."),
+) -> None:
+    """Stability tables, plots and an HTML/Markdown report of a sweep.
+
+    precisionlab report                                      (latest sweep -> reports/NAME/report.html)
+
+    precisionlab report --sweep paper --out paper-report
+
+    precisionlab report --where format=e8m7,e8m3 --where "lr <= 1e-2"
+    """
+    import os
+
+    from precisionlab import render
+    from precisionlab.report import ReportError, build, display_by_lr, display_by_variant, text_table
+    from precisionlab.store import ResultsStore
+
+    if not os.path.isfile(store_path):  # never create a store here
+        fail(f"results store {os.path.abspath(store_path)} does not exist; run precisionlab sweep first or pass --store PATH")
+    store = None
+    try:
+        store = ResultsStore(store_path)
+        result = build(store, sweep_name, where or [])
+        written = render.write(result, out or os.path.join("reports", result.sweep))
+    except ReportError as err:
+        fail(str(err))
+    except Exception as err:  # StoreError, or SQLite/pandas failing on a damaged file
+        fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
+    finally:
+        if store is not None:
+            store.close()  # the last connection to close removes SQLite's -wal/-shm files
+    statuses = ", ".join(f"{n} {s}" for s, n in result.runs.status.value_counts().items())
+    typer.echo(f"sweep {result.sweep}: {len(result.runs)} runs ({statuses})\n")
+    typer.echo(text_table(display_by_variant(result.by_variant)) + "\n")
+    typer.echo(text_table(display_by_lr(result.by_lr)) + "\n")
+    typer.echo(result.headline())
+    for note in result.notes:
+        typer.echo(f"note: {note}")
+    others = [p.name for p in written if p.name != "report.html"]
+    typer.echo(f"report: {written[0]} (beside it: {', '.join(others)})")
+
+
 def _run_hydra(hydra_main, args: list[str]) -> None:
     """Call a module-level @hydra.main function with `args` as its command line."""
     argv = sys.argv

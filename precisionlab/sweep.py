@@ -39,7 +39,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from precisionlab import train
-from precisionlab.formats import FloatFormat
+from precisionlab.report import by_lr, display_by_lr, label_runs, text_table
 from precisionlab.rundir import RunDirRecorder
 from precisionlab.store import DEFAULT_STORE_PATH, DONE, NON_SEMANTIC_KEYS, OUTCOMES, ResultsStore, StoreError, run_id
 
@@ -376,7 +376,7 @@ class Progress:
 
 
 def summary(store: ResultsStore, grid: Grid) -> tuple[str, dict[str, int]]:
-    """The end-of-sweep lines (results per format x LR, counts by status, where to read more) and the counts."""
+    """The end-of-sweep lines (results per format x LR, counts by status, the report command) and the counts."""
     runs = store.runs(sweep=grid.name)
     runs = runs[runs.run_id.isin(set(grid.runs))]
     statuses = runs.status.value_counts()
@@ -385,29 +385,8 @@ def summary(store: ResultsStore, grid: Grid) -> tuple[str, dict[str, int]]:
             f"{counts['diverged']} diverged, {counts['failed']} failed")
     if counts["running"] + counts["pending"]:
         line += f", {counts['running'] + counts['pending']} not finished (running in another process?)"
-    more = f"per-run results: precisionlab.store.ResultsStore({grid.store_path!r}).runs(sweep={grid.name!r})"
-    return f"{results_table(runs)}\n{line}\n{more}", counts
-
-
-def _format_order(name: str) -> tuple:
-    """Exponent bits, then mantissa bits, descending: e8m7 > e8m5 > e8m3 > e7m7."""
-    try:
-        fmt = FloatFormat.parse(name.split("/")[0])
-        return (-fmt.exp_bits, -fmt.man_bits, name)
-    except ValueError:
-        return (0, 0, name)
-
-
-def results_table(runs) -> str:
-    """Per format x LR: runs, diverged k/n, final val loss mean ± std over the finished, non-diverged runs."""
-    if runs.empty:
-        return "(no runs)"
-    runs = runs.assign(fmt=[x if x == w == g else f"{x}/{w}/{g}" for x, w, g in
-                            zip(runs.format_x.fillna("fp32"), runs.format_w.fillna("fp32"), runs.format_grad.fillna("fp32"))])
-    lines = [f"{'format':<16} {'lr':>9} {'diverged':>9} {'final val loss':>18}"]
-    for (fmt, lr), group in sorted(runs.groupby(["fmt", "lr"]), key=lambda kv: (_format_order(kv[0][0]), kv[0][1])):
-        done = group[group.status == "completed"].final_val_loss.dropna()
-        loss = "-" if done.empty else f"{done.mean():.4f} ± {done.std(ddof=1) if len(done) > 1 else 0.0:.4f}"
-        diverged = f"{(group.status == 'diverged').sum()}/{len(group)}"
-        lines.append(f"{fmt:<16} {lr:>9.3g} {diverged:>9} {loss:>18}")
-    return "\n".join(lines)
+    table = text_table(display_by_lr(by_lr(label_runs(runs)))) if len(runs) else "(no runs)"
+    command = f"precisionlab report --sweep {grid.name}"
+    if grid.store_path != os.path.abspath(DEFAULT_STORE_PATH):
+        command += f" --store {grid.store_path}"
+    return f"{table}\n{line}\nsee the report (tables, plots, HTML): {command}", counts

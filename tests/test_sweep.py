@@ -130,8 +130,8 @@ def test_a_run_that_fails_inside_training_is_failed(tmp_path, monkeypatch):
     runs = store.runs()
     assert dict(zip(runs.format_x, runs.status)) == {"e8m3": "failed", "e8m7": "completed"}
     assert "boom in the forward pass" in runs.set_index("format_x").error["e8m3"]
-    (name,) = store.sweeps().name  # the summary says where the per-run results are
-    assert result.stdout.strip().endswith(f"ResultsStore({str(tmp_path / 'mine.db')!r}).runs(sweep={name!r})")
+    (name,) = store.sweeps().name  # the summary names the report command, with the non-default store
+    assert result.stdout.strip().endswith(f"precisionlab report --sweep {name} --store {tmp_path / 'mine.db'}")
 
 
 def test_tee_hands_every_call_on_and_skips_missing_optional_hooks():

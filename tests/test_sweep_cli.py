@@ -70,12 +70,12 @@ def test_micro_grid_end_to_end(sequential):
     lines = proc.stdout.strip().splitlines()
     assert lines[-2:] == [
         f"sweep {sweep_name[0]}: 4 runs: 2 completed, 2 diverged, 0 failed",
-        f"per-run results: precisionlab.store.ResultsStore({str(cwd / STORE)!r}).runs(sweep={sweep_name[0]!r})"]
+        f"see the report (tables, plots, HTML): precisionlab report --sweep {sweep_name[0]}"]
     # the results table: formats by bits (e8m7 before e8m3), LRs ascending, diverged k/n, loss of finished runs
     loss = runs.set_index(["format_x", "lr"]).final_val_loss
     assert [line.split()[:3] for line in lines[-7:-2]] == [
         ["format", "lr", "diverged"], ["e8m7", "0.001", "0/1"], ["e8m7", "30", "1/1"], ["e8m3", "0.001", "0/1"], ["e8m3", "30", "1/1"]]
-    assert lines[-6].split()[3] == f"{loss['e8m7', 1e-3]:.4f}" and lines[-5].split()[3] == "-"
+    assert lines[-6].split()[4] == f"{loss['e8m7', 1e-3]:.4f}" and lines[-5].split()[4] == "–"
     assert f"sweep {sweep_name[0]}: 4/4 runs done, 2 diverged, 0 failed" in proc.stderr
     assert "Traceback" not in proc.stderr
 
