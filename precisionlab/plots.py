@@ -155,12 +155,12 @@ def stability_vs_bits(report: Report) -> Figure | None:
     for ax, column, label in ((axes[0], "diverged_frac", "diverged runs (%)"),
                               (axes[1], "lr_sensitivity", "LR sensitivity")):
         scale = 100.0 if column == "diverged_frac" else 1.0
-        for (exp, extra), group in series.groupby(["exp", "extra"], sort=False):
+        for k, ((exp, extra), group) in enumerate(series.groupby(["exp", "extra"], sort=False)):
             group = group.sort_values("man")
             ax.plot(group.man, group[column] * scale, marker="o", label=f"E{exp} {extra}".strip())
-            for row in group.itertuples():
+            for row in group.itertuples():  # labels of later series sit lower, so equal values stay legible
                 ax.annotate(row.variant.split(" ")[0], (row.man, getattr(row, column) * scale), fontsize=7,
-                            textcoords="offset points", xytext=(3, 4))
+                            textcoords="offset points", xytext=(4, 4 - 11 * k))
         for i, row in enumerate(wide.itertuples()):
             ax.axhline(getattr(row, column) * scale, ls="--", lw=1, color=f"C{(i + 5) % 10}", label=row.variant)
         ax.set_xlabel("mantissa bits")
@@ -182,7 +182,7 @@ def sharpness_curves(report: Report, metric: str, params: str) -> Figure:
     colours = _lr_colours(report.runs.lr)
     ylim = _loss_limits(report, curves)
     fig = Figure(figsize=(FACET_W * len(variants), 2 * FACET_H + 0.6), layout="constrained")
-    axes = fig.subplots(2, len(variants), sharex=True, squeeze=False)
+    axes = fig.subplots(2, len(variants), sharex=True, sharey="row", squeeze=False)
     for i, variant in enumerate(variants):
         _draw_loss(axes[0, i], report, variant, curves, colours, ylim)
         mine = values[values.variant == variant].sort_values("step")
@@ -192,9 +192,9 @@ def sharpness_curves(report: Report, metric: str, params: str) -> Figure:
         axes[1, i].grid(alpha=0.3)
         axes[1, i].set_xlabel("step")
     axes[0, 0].set_ylabel("train loss")
-    axes[1, 0].set_ylabel(f"{metric}" + (f" ({params})" if params else ""))
-    for ax in axes[1, 1:]:
-        ax.sharey(axes[1, 0])
+    axes[1, 0].set_ylabel(f"{metric} sharpness")
+    if params:
+        fig.supxlabel(f"{metric} sharpness measured with {params}", fontsize=9)
     fig.get_layout_engine().set(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
     _lr_legend(fig, colours, diverged=(report.runs.status == "diverged").any())
     return fig

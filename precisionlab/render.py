@@ -39,9 +39,11 @@ DEFINITIONS = [
     ("best lr / loss at best lr", "the LR with the lowest ℓ(η), and the mean ± seed std of the completed runs' "
                                   "final validation loss there"),
     ("stable lrs", "LRs of the grid at which no seed diverged"),
+    ("p (more div.)", "one-sided Fisher exact test that the format diverges more often than the reference "
+                      "(first row): small values mean the extra divergences are unlikely to be chance"),
     ("vs reference", "the first row (most bits) is the reference; a format is as stable when its diverged "
                      "fraction is no larger and its LR sensitivity at most the reference's plus the reference's "
-                     "seed std (its seed noise). With few seeds this is a hint, not a significance test"),
+                     "seed std (its seed noise). With few seeds this is a hint: read it with the p column"),
 ]
 
 CSS = """

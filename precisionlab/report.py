@@ -18,7 +18,9 @@ Definitions (the README's "Reading a report" repeats them):
   as stable as the reference (the variant with the most bits, listed first):
                 no larger diverged fraction over the grid, and LR sensitivity at most
                 the reference's plus the reference's seed std at its best LR (its
-                seed noise). A verdict at small seed counts is a hint, not a test.
+                seed noise). A verdict at small seed counts is a hint, not a test:
+                p_more_diverged, the one-sided Fisher exact test of "this variant
+                diverges more often than the reference", says how much of one.
 Only finished runs (completed or diverged) enter the statistics; failed and
 unfinished runs are counted apart and named in the report's notes.
 """
@@ -36,7 +38,7 @@ import pandas as pd
 from precisionlab.formats import FloatFormat
 from precisionlab.store import DONE, NON_SEMANTIC_KEYS, ResultsStore
 
-__all__ = ["Report", "ReportError", "build", "by_lr", "by_variant", "filter_runs", "format_order",
+__all__ = ["Report", "ReportError", "build", "by_lr", "by_variant", "filter_runs", "fisher_greater", "format_order",
            "label_runs", "sharpness_by_step", "text_table", "display_by_lr", "display_by_variant"]
 
 FORMAT_KEYS = {"format", "x", "w", "grad", "name"}  # precision.* keys the formats columns already show
@@ -188,8 +190,26 @@ def by_variant(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     out = _variant_sorted(pd.DataFrame(rows, columns=[
         "variant", "runs", "finished", "diverged", "failed", "diverged_frac", "lr_sensitivity", "best_lr",
         "best_lr_loss", "seed_std", "stable_lrs", "lrs", "initial_loss", "spikes"]))
+    if len(out):
+        ref = out.iloc[0]
+        out["p_more_diverged"] = [fisher_greater(r.diverged, r.finished, ref.diverged, ref.finished) if i else math.nan
+                                  for i, r in enumerate(out.itertuples())]
+    else:
+        out["p_more_diverged"] = []
     out["verdict"], out["reason"] = _verdicts(out)
     return out
+
+
+def fisher_greater(diverged: int, runs: int, ref_diverged: int, ref_runs: int) -> float:
+    """One-sided Fisher exact p-value that a variant with `diverged` of `runs` diverges more often
+    than a reference with `ref_diverged` of `ref_runs`: P(X >= diverged) for X hypergeometric
+    (all runs, all divergences, `runs` drawn)."""
+    total, failures = runs + ref_runs, diverged + ref_diverged
+    if total == 0:
+        return math.nan
+    tail = sum(math.comb(failures, x) * math.comb(total - failures, runs - x)
+               for x in range(diverged, min(failures, runs) + 1))
+    return tail / math.comb(total, runs)
 
 
 def _verdicts(table: pd.DataFrame) -> tuple[list[str], list[str]]:
@@ -201,10 +221,11 @@ def _verdicts(table: pd.DataFrame) -> tuple[list[str], list[str]]:
     for row in table.iloc[1:].itertuples():
         why = []
         if row.finished == 0 or ref.finished == 0:
-            verdicts.append("no data"), reasons.append("no finished runs")
+            verdicts.append("no data"), reasons.append("")
             continue
         if row.diverged_frac > ref.diverged_frac:
-            why.append(f"diverged {row.diverged}/{row.finished} vs {ref.diverged}/{ref.finished}")
+            why.append(f"diverged {row.diverged}/{row.finished} vs {ref.diverged}/{ref.finished}, "
+                       f"Fisher p = {row.p_more_diverged:.2g}")
         if row.lr_sensitivity > ref.lr_sensitivity + noise:
             why.append(f"LR sensitivity {row.lr_sensitivity:.3f} vs {ref.lr_sensitivity:.3f} ± {noise:.3f}")
         verdicts.append("less stable" if why else "as stable")
@@ -343,6 +364,7 @@ def display_by_variant(table: pd.DataFrame) -> pd.DataFrame:
                             for m, s in zip(table.best_lr_loss, table.seed_std)],
         "stable lrs": [f"{s}/{n}" for s, n in zip(table.stable_lrs, table.lrs)],
         "spikes": table.spikes.astype(str),
+        "p (more div.)": [_num(p, ".2g") for p in table.p_more_diverged],
         "vs reference": table.verdict,
     })
 

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from precisionlab.report import ReportError, build, display_by_lr, filter_runs, format_order, label_runs
+from precisionlab.report import ReportError, build, display_by_lr, filter_runs, fisher_greater, format_order, label_runs
 from precisionlab.store import ResultsStore, run_id
 
 L0 = 5.5
@@ -193,3 +193,19 @@ def test_empty_store_unknown_sweep_and_empty_selection(tmp_path, store):
     with pytest.raises(ReportError, match="no runs matching"):
         build(store, SWEEP, ["format=e5m2"])
     assert build(store).sweep == SWEEP  # the latest by default
+
+
+@pytest.mark.parametrize("counts", [(1, 4, 0, 4), (2, 18, 1, 18), (3, 18, 1, 18), (0, 5, 3, 5), (6, 6, 0, 6), (2, 3, 2, 9)])
+def test_fisher_p_value_matches_scipy(counts):
+    from scipy.stats import fisher_exact
+
+    diverged, runs, ref_diverged, ref_runs = counts
+    table = [[diverged, runs - diverged], [ref_diverged, ref_runs - ref_diverged]]
+    assert fisher_greater(*counts) == pytest.approx(fisher_exact(table, alternative="greater").pvalue, rel=1e-12)
+
+
+def test_verdict_reasons_carry_the_p_value(store):
+    table = build(store, SWEEP).by_variant.set_index("variant")
+    assert math.isnan(table.loc["fp32", "p_more_diverged"])
+    assert table.loc["e8m3", "p_more_diverged"] == pytest.approx(fisher_greater(2, 4, 0, 4))
+    assert f"Fisher p = {fisher_greater(1, 4, 0, 4):.2g}" in table.loc["e8m7", "reason"]
