@@ -256,6 +256,7 @@ def report(
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Folder for report.html, report.md, CSVs and PNGs (default: reports/SWEEP)."),
     store_path: str = typer.Option("results/precisionlab.db", "--store", help="The results store (SQLite file)."),
     where: Optional[list[str]] = typer.Option(None, "--where", "-w", help="Keep only these runs: key=v1,v2 on format, lr, seed, status, rounding, model, or a pandas query (repeatable: all must hold)."),
+    compare: Optional[tuple[str, str]] = typer.Option(None, "--compare", metavar="SWEEP_A SWEEP_B", help="Put two sweeps side by side (compare.html in reports/A-vs-B/) instead."),
 ) -> None:
     """Stability tables, plots and an HTML/Markdown report of a sweep.
 
@@ -264,20 +265,28 @@ def report(
     precisionlab report --sweep paper --out paper-report
 
     precisionlab report --where format=e8m7,e8m3 --where "lr <= 1e-2"
+
+    precisionlab report --compare paper paper-rne            (two sweeps side by side)
     """
     import os
 
     from precisionlab import render
-    from precisionlab.report import ReportError, build, display_by_lr, display_by_variant, text_table
+    from precisionlab.report import ReportError, build, display_by_lr, display_by_variant, display_compare, text_table
     from precisionlab.store import ResultsStore
 
+    if compare and sweep_name:
+        fail("--sweep and --compare exclude each other; --compare SWEEP_A SWEEP_B names both sweeps")
     if not os.path.isfile(store_path):  # never create a store here
         fail(f"results store {os.path.abspath(store_path)} does not exist; run precisionlab sweep first or pass --store PATH")
     store = None
     try:
         store = ResultsStore(store_path)
-        result = build(store, sweep_name, where or [])
-        written = render.write(result, out or os.path.join("reports", result.sweep))
+        if compare:
+            a, b = (build(store, name, where or []) for name in compare)
+            written = render.write_comparison(a, b, out or os.path.join("reports", f"{a.sweep}-vs-{b.sweep}"))
+        else:
+            result = build(store, sweep_name, where or [])
+            written = render.write(result, out or os.path.join("reports", result.sweep))
     except ReportError as err:
         fail(str(err))
     except Exception as err:  # StoreError, or SQLite/pandas failing on a damaged file
@@ -285,6 +294,16 @@ def report(
     finally:
         if store is not None:
             store.close()  # the last connection to close removes SQLite's -wal/-shm files
+    if compare:
+        typer.echo(text_table(display_compare(render.compare(a, b), a.sweep, b.sweep)) + "\n")
+        for note in render.compare_notes(a, b):
+            typer.echo(f"note: {note}")
+        for one in (a, b):
+            typer.echo(f"{one.sweep}: {one.headline()}")
+            for note in one.notes:
+                typer.echo(f"note: {one.sweep}: {note}")
+        typer.echo(f"report: {written[0]} (beside it: {', '.join(p.name for p in written[1:])})")
+        return
     statuses = ", ".join(f"{n} {s}" for s, n in result.runs.status.value_counts().items())
     typer.echo(f"sweep {result.sweep}: {len(result.runs)} runs ({statuses})\n")
     typer.echo(text_table(display_by_variant(result.by_variant)) + "\n")

@@ -140,11 +140,16 @@ def _hatch(x: int, y: int):
     return Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, hatch="///", edgecolor="#999999", lw=0)
 
 
-def stability_vs_bits(report: Report) -> Figure | None:
-    """Diverged fraction and LR sensitivity against mantissa bits, one line per exponent width;
-    variants with more than 10 mantissa bits (fp32, tf32) are dashed reference lines."""
-    table = report.by_variant.assign(man=report.by_variant.variant.map(mantissa_bits))
-    table = table[table.man.notna()]
+def stability_vs_bits(*reports: Report) -> Figure | None:
+    """Diverged fraction and LR sensitivity against mantissa bits, one line per exponent width
+    (and per sweep when given several); variants with more than 10 mantissa bits (fp32, tf32)
+    are dashed reference lines."""
+    tables = []
+    for report in reports:
+        table = report.by_variant.assign(man=report.by_variant.variant.map(mantissa_bits))
+        prefix = f"{report.sweep}: " if len(reports) > 1 else ""
+        tables.append(table[table.man.notna()].assign(sweep=prefix))
+    table = pd.concat(tables, ignore_index=True)
     if table.empty:
         return None
     fig = Figure(figsize=(9.5, 3.4), layout="constrained")
@@ -155,14 +160,15 @@ def stability_vs_bits(report: Report) -> Figure | None:
     for ax, column, label in ((axes[0], "diverged_frac", "diverged runs (%)"),
                               (axes[1], "lr_sensitivity", "LR sensitivity")):
         scale = 100.0 if column == "diverged_frac" else 1.0
-        for k, ((exp, extra), group) in enumerate(series.groupby(["exp", "extra"], sort=False)):
+        for k, ((sweep, exp, extra), group) in enumerate(series.groupby(["sweep", "exp", "extra"], sort=False)):
             group = group.sort_values("man")
-            ax.plot(group.man, group[column] * scale, marker="o", label=f"E{exp} {extra}".strip())
+            ax.plot(group.man, group[column] * scale, marker="o", label=f"{sweep}E{exp} {extra}".strip())
             for row in group.itertuples():  # labels of later series sit lower, so equal values stay legible
                 ax.annotate(row.variant.split(" ")[0], (row.man, getattr(row, column) * scale), fontsize=7,
                             textcoords="offset points", xytext=(4, 4 - 11 * k))
         for i, row in enumerate(wide.itertuples()):
-            ax.axhline(getattr(row, column) * scale, ls="--", lw=1, color=f"C{(i + 5) % 10}", label=row.variant)
+            ax.axhline(getattr(row, column) * scale, ls="--", lw=1, color=f"C{(i + 5) % 10}",
+                       label=f"{row.sweep}{row.variant}")
         ax.set_xlabel("mantissa bits")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)

@@ -1,6 +1,7 @@
 """The report's documents: `write(report, out)` fills a folder with report.html
 (self-contained: plots embedded as base64 PNG, no external resources),
-report.md, one CSV per table and the PNG plots.
+report.md, one CSV per table and the PNG plots; `write_comparison(a, b, out)`
+puts two sweeps side by side (compare.html, compare.md, compare.csv, a plot).
 
 Everything is rendered into a temporary folder inside `out` first and then
 renamed into place, so an interrupted report never leaves half a file.
@@ -19,9 +20,9 @@ from pathlib import Path
 import pandas as pd
 
 from precisionlab import plots
-from precisionlab.report import Report, ReportError, display_by_lr, display_by_variant
+from precisionlab.report import Report, ReportError, compare, compare_notes, display_by_lr, display_by_variant, display_compare
 
-__all__ = ["write", "html_document", "markdown_document", "sharpness_display", "DEFINITIONS"]
+__all__ = ["write", "write_comparison", "html_document", "comparison_html", "markdown_document", "sharpness_display", "DEFINITIONS"]
 
 DEFINITIONS = [
     ("format", "the formats of the GEMM inputs: one name when activations (x), weights (w) and output "
@@ -210,6 +211,52 @@ def write(report: Report, out: str | os.PathLike) -> list[Path]:
     }
     if not report.sharpness_steps.empty:
         files["sharpness.csv"] = report.sharpness_steps.rename(columns={"variant": "format"}).to_csv(index=False)
+    return _write_files(files, out)
+
+
+def comparison_html(a: Report, b: Report, table: pd.DataFrame, images: dict[str, bytes]) -> str:
+    """compare.html: the side-by-side table, each sweep's own per-format table, the figure."""
+    esc = html.escape
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             f"<title>precisionlab: {esc(a.sweep)} vs {esc(b.sweep)}</title><style>{CSS}</style></head><body>",
+             f"<h1>Sweeps <code>{esc(a.sweep)}</code> and <code>{esc(b.sweep)}</code></h1>"]
+    for report in (a, b):
+        meta = "".join(f"<div><b>{esc(k)}</b>: <code>{esc(v)}</code></div>" for k, v in _provenance(report).items()
+                       if k in ("store", "command", "runs", "model"))
+        parts.append(f'<h3>{esc(report.sweep)}</h3><div class="meta">{meta}</div>')
+    notes = compare_notes(a, b) + [f"{r.sweep}: {n}" for r in (a, b) for n in r.notes]
+    if notes:
+        parts.append('<div class="notes"><ul>' + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul></div>")
+    parts += ["<h2>Side by side</h2>", _html_table(display_compare(table, a.sweep, b.sweep))]
+    for report in (a, b):
+        parts += [f"<h2>Stability per format: {esc(report.sweep)}</h2>", f'<p class="headline">{esc(report.headline())}</p>',
+                  _html_table(display_by_variant(report.by_variant), list(report.by_variant.verdict))]
+    if "stability_vs_bits.png" in images:
+        parts.append(_html_figure("stability_vs_bits.png", images["stability_vs_bits.png"], CAPTIONS["stability_vs_bits.png"]))
+    parts.append("<h2>Definitions</h2><dl>" + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in DEFINITIONS)
+                 + "</dl></body></html>")
+    return "\n".join(parts)
+
+
+def write_comparison(a: Report, b: Report, out: str | os.PathLike) -> list[Path]:
+    """compare.html, compare.md, compare.csv and stability_vs_bits.png of sweeps `a` and `b` into `out`."""
+    out = Path(out).resolve()
+    _prepare(out)
+    table = compare(a, b)
+    figure = plots.stability_vs_bits(a, b)
+    images = {} if figure is None else {"stability_vs_bits.png": plots.png(figure)}
+    markdown = [f"# Sweeps `{a.sweep}` and `{b.sweep}`", "", _md_table(display_compare(table, a.sweep, b.sweep)), ""]
+    for report in (a, b):
+        markdown += [f"## {report.sweep}", "", f"**{report.headline()}**", "",
+                     _md_table(display_by_variant(report.by_variant)), ""]
+    markdown += [f"![{name}]({name})" for name in images]
+    files = {"compare.html": comparison_html(a, b, table, images), "compare.md": "\n".join(markdown) + "\n",
+             "compare.csv": table.rename(columns={"variant": "format"}).to_csv(index=False), **images}
+    return _write_files(files, out)
+
+
+def _write_files(files: dict[str, bytes | str], out: Path) -> list[Path]:
+    """Render into a staging folder inside `out`, then rename each file into place."""
     staging = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
     try:
         for name, content in files.items():

@@ -38,8 +38,8 @@ import pandas as pd
 from precisionlab.formats import FloatFormat
 from precisionlab.store import DONE, NON_SEMANTIC_KEYS, ResultsStore
 
-__all__ = ["Report", "ReportError", "build", "by_lr", "by_variant", "filter_runs", "fisher_greater", "format_order",
-           "label_runs", "sharpness_by_step", "text_table", "display_by_lr", "display_by_variant"]
+__all__ = ["Report", "ReportError", "build", "by_lr", "by_variant", "compare", "compare_notes", "filter_runs", "fisher_greater", "format_order",
+           "label_runs", "sharpness_by_step", "text_table", "display_by_lr", "display_by_variant", "display_compare"]
 
 FORMAT_KEYS = {"format", "x", "w", "grad", "name"}  # precision.* keys the formats columns already show
 GRID_AXES = {"seed", "optim.lr", "lr"}              # what the tables are taken over, never part of a variant
@@ -327,6 +327,19 @@ def build(store: ResultsStore, sweep: str | None = None, where: Sequence[str] = 
                   curves=curves, sharpness=sharp, sharpness_steps=sharpness_by_step(sharp), notes=notes)
 
 
+def compare(a: Report, b: Report) -> pd.DataFrame:
+    """One row per variant of either sweep: each sweep's diverged k/n, LR sensitivity, best LR and
+    its loss (columns suffixed _a, _b), and the one-sided Fisher p of each diverging more than the other."""
+    keep = ["variant", "finished", "diverged", "diverged_frac", "lr_sensitivity", "best_lr", "best_lr_loss", "seed_std"]
+    table = a.by_variant[keep].merge(b.by_variant[keep], on="variant", how="outer", suffixes=("_a", "_b"))
+    table = _variant_sorted(table)
+    both = table.finished_a.notna() & table.finished_b.notna()
+    def p(x, y):
+        return [fisher_greater(int(r[f"diverged_{x}"]), int(r[f"finished_{x}"]), int(r[f"diverged_{y}"]),
+                               int(r[f"finished_{y}"])) if ok else math.nan for ok, (_, r) in zip(both, table.iterrows())]
+    return table.assign(p_a_more_diverged=p("a", "b"), p_b_more_diverged=p("b", "a"))
+
+
 # --------------------------------------------------------------------------- display
 
 
@@ -367,6 +380,37 @@ def display_by_variant(table: pd.DataFrame) -> pd.DataFrame:
         "p (more div.)": [_num(p, ".2g") for p in table.p_more_diverged],
         "vs reference": table.verdict,
     })
+
+
+def compare_notes(a: Report, b: Report) -> list[str]:
+    """What makes the two sweeps' numbers not directly comparable."""
+    notes = []
+    grids = [sorted(r.runs.lr.dropna().unique()) for r in (a, b)]
+    if grids[0] != grids[1]:
+        notes.append(f"the sweeps ran different LR grids ({a.sweep}: {', '.join(f'{x:g}' for x in grids[0])}; "
+                     f"{b.sweep}: {', '.join(f'{x:g}' for x in grids[1])}): LR sensitivities are not comparable")
+    for key in ("train.steps", "model.n_layer", "model.n_embd", "data.source"):
+        values = [sorted({str(pd.json_normalize([c]).get(key, pd.Series([None])).iloc[0]) for c in r.runs.config})
+                  for r in (a, b)]
+        if values[0] != values[1]:
+            notes.append(f"{key} differs ({a.sweep}: {', '.join(values[0])}; {b.sweep}: {', '.join(values[1])})")
+    return notes
+
+
+def display_compare(table: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
+    """compare() as the strings every output shows, columns named after the sweeps."""
+    def div(d, f):
+        return "–" if pd.isna(f) else f"{int(d)}/{int(f)}"
+    out = {"format": table.variant}
+    for side, name in (("a", a), ("b", b)):
+        out[f"{name}: diverged"] = [div(d, f) for d, f in zip(table[f"diverged_{side}"], table[f"finished_{side}"])]
+        out[f"{name}: LR sens."] = [_num(x) for x in table[f"lr_sensitivity_{side}"]]
+        out[f"{name}: best lr"] = [_num(x, ".3g") for x in table[f"best_lr_{side}"]]
+        out[f"{name}: loss"] = [_mean_std(m, s, 1 if pd.isna(s) else 2)
+                                for m, s in zip(table[f"best_lr_loss_{side}"], table[f"seed_std_{side}"])]
+    out[f"p ({a} more div.)"] = [_num(p, ".2g") for p in table.p_a_more_diverged]
+    out[f"p ({b} more div.)"] = [_num(p, ".2g") for p in table.p_b_more_diverged]
+    return pd.DataFrame(out)
 
 
 def text_table(df: pd.DataFrame) -> str:

@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from precisionlab.report import ReportError, build, display_by_lr, filter_runs, fisher_greater, format_order, label_runs
+from precisionlab.report import (ReportError, build, compare, compare_notes, display_by_lr, filter_runs, fisher_greater,
+                                 format_order, label_runs)
 from precisionlab.store import ResultsStore, run_id
 
 L0 = 5.5
@@ -209,3 +210,19 @@ def test_verdict_reasons_carry_the_p_value(store):
     assert math.isnan(table.loc["fp32", "p_more_diverged"])
     assert table.loc["e8m3", "p_more_diverged"] == pytest.approx(fisher_greater(2, 4, 0, 4))
     assert f"Fisher p = {fisher_greater(1, 4, 0, 4):.2g}" in table.loc["e8m7", "reason"]
+
+
+def test_compare_two_sweeps(store):
+    # sweep "other": e8m3 only, lr 1e-3 and 1e-2, one seed: 3.0 completed, 1e-2 diverged -> 1/2, sens mean(0, 2.5)
+    _record(store, _config("e8m3", 1e-3, 0, "nearest_even"), "completed", 3.0, None, 0, sweep="other")
+    _record(store, _config("e8m3", 1e-2, 0, "nearest_even"), "diverged", None, 12, 0, sweep="other")
+    a, b = build(store, SWEEP), build(store, "other")
+    table = compare(a, b).set_index("variant")
+    assert list(table.index) == ["fp32", "e8m7", "e8m3", "e7m7"]
+    row = table.loc["e8m3"]
+    assert (row.diverged_a, row.finished_a, row.diverged_b, row.finished_b) == (2, 4, 1, 2)
+    assert row.lr_sensitivity_a == pytest.approx(0.625) and row.lr_sensitivity_b == pytest.approx(1.25)
+    assert row.p_a_more_diverged == pytest.approx(fisher_greater(2, 4, 1, 2))
+    assert row.p_b_more_diverged == pytest.approx(fisher_greater(1, 2, 2, 4))
+    assert math.isnan(table.loc["fp32", "finished_b"]) and math.isnan(table.loc["fp32", "p_a_more_diverged"])
+    assert compare_notes(a, b) == []  # same LR grid, same steps and model in both

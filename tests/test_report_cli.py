@@ -126,11 +126,31 @@ def test_csvs_hold_the_tables_and_agree_with_the_store(reported):
 @pytest.mark.slow
 def test_rerun_replaces_the_files_and_where_filters(reported):
     cwd, _ = reported
-    proc = _cli(cwd, "report", "--out", "only", "--where", "format=e8m3", "--where", "lr < 1")
+    proc = _cli(cwd, "report", "--sweep", "micro", "--out", "only", "--where", "format=e8m3", "--where", "lr < 1")
     assert proc.returncode == 0, proc.stderr
     with open(cwd / "only" / "by_format_lr.csv") as f:
         assert [(r["format"], r["lr"]) for r in csv.DictReader(f)] == [("e8m3", "0.001")]
     assert "filtered with --where format=e8m3 and lr < 1: 2 of 8 runs" in proc.stdout
+
+
+@pytest.mark.slow
+def test_compare_two_sweeps(reported):
+    cwd, _ = reported
+    other = [arg for arg in GRID if not arg.startswith(("sweep.name=", "seed="))]
+    proc = _cli(cwd, "sweep", *other, "sweep.name=rne", "precision.rounding=nearest_even", "seed=0")
+    assert proc.returncode == 0, proc.stderr
+    proc = _cli(cwd, "report", "--compare", "micro", "rne")
+    assert proc.returncode == 0, proc.stderr
+    out = cwd / "reports" / "micro-vs-rne"
+    assert {p.name for p in out.iterdir()} == {"compare.html", "compare.md", "compare.csv", "stability_vs_bits.png"}
+    with open(out / "compare.csv") as f:
+        rows = {r["format"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"e8m7", "e8m3"} and rows["e8m3"]["finished_a"] == "4" and rows["e8m3"]["finished_b"] == "2"
+    doc = _Document()
+    doc.feed((out / "compare.html").read_text(encoding="utf-8"))
+    assert doc.external == [] and len(doc.images) == 1 and len(doc.tables) == 3
+    assert doc.tables[0][0][:2] == ["format", "micro: diverged"]
+    assert "micro: As stable as e8m7" in proc.stdout or "micro: As stable" in proc.stdout
 
 
 def _invoke(cwd, monkeypatch, *args):
@@ -143,8 +163,10 @@ def _invoke(cwd, monkeypatch, *args):
     (["--sweep", "nope"], "error: unknown sweep 'nope' in "),
     (["--out", "file.txt/sub"], "cannot create the folder (Not a directory)"),
     (["--where", "colour=red"], "unknown column 'colour'; accepted: variant, format, lr, seed"),
-    (["--where", "format=e5m2"], "sweep 'micro' has no runs matching --where format=e5m2 (8 in all)"),
+    (["--sweep", "micro", "--where", "format=e5m2"], "sweep 'micro' has no runs matching --where format=e5m2 (8 in all)"),
     (["--store", "missing.db"], "does not exist; run precisionlab sweep first"),
+    (["--compare", "micro", "nope"], "error: unknown sweep 'nope' in "),
+    (["--compare", "micro", "micro", "--sweep", "micro"], "--sweep and --compare exclude each other"),
 ])
 def test_bad_input_is_one_line_exit_2_nothing_written(reported, monkeypatch, args, message):
     cwd, _ = reported
