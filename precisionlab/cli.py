@@ -325,8 +325,26 @@ def _run_hydra(hydra_main, args: list[str]) -> None:
         sys.argv = argv
 
 
+# Typer's own parse errors (an unknown option, a missing option value) get the one-line form of
+# `fail`. ClickException is reached through BadParameter's bases: newer Typer vendors click.
+_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
 def main() -> None:
-    app()
+    """The console script: the app, with parse errors as one line on stderr (exit code 2)."""
+    try:
+        code = app(standalone_mode=False)
+    except _CLICK_ERROR as err:
+        if type(err).__name__ == "NoArgsIsHelpError":  # bare `precisionlab` or a group: the help text
+            typer.echo(err.ctx.get_help() if getattr(err, "ctx", None) else err.format_message())
+            sys.exit(0)
+        where = err.ctx.command_path if getattr(err, "ctx", None) else "precisionlab"
+        typer.echo(f"error: {err.format_message()} (see {where} --help)", err=True)
+        sys.exit(err.exit_code)
+    except typer.Abort:
+        typer.echo("Aborted!", err=True)
+        sys.exit(1)
+    sys.exit(code or 0)
 
 
 if __name__ == "__main__":

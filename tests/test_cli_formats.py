@@ -37,3 +37,22 @@ def test_bad_format_is_one_line_exit_2(name):
     assert proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and name in lines[0] and "accepted" in lines[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["formats", "--nope"], "error: No such option: --nope (see precisionlab formats --help)"),
+    (["bogus"], "error: No such command 'bogus'."),
+    (["report", "--compare", "only-one"], "error: Option '--compare' requires 2 arguments."),
+    (["sweep", "--jobs", "two"], "error: Invalid value for '--jobs'"),
+])
+def test_command_line_parse_errors_are_one_line_exit_2(args, message):
+    proc = run(*args)
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), proc.stderr
+
+
+def test_help_still_exits_0():
+    for args in ([], ["--help"], ["report", "--help"]):
+        proc = run(*args)
+        assert proc.returncode == 0 and "Usage: precisionlab" in proc.stdout, args
