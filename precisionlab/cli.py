@@ -308,6 +308,8 @@ def report(
     typer.echo(f"sweep {result.sweep}: {len(result.runs)} runs ({statuses})\n")
     typer.echo(text_table(display_by_variant(result.by_variant)) + "\n")
     typer.echo(text_table(display_by_lr(result.by_lr)) + "\n")
+    for title, table in render.sharpness_display(result).items():
+        typer.echo(f"sharpness {title}: mean ± std (runs) per step\n{text_table(table)}\n")
     typer.echo(result.headline())
     for note in result.notes:
         typer.echo(f"note: {note}")

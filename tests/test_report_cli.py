@@ -78,6 +78,7 @@ def test_report_writes_every_file_and_says_where(reported):
     out = cwd / "out"
     assert {p.name for p in out.iterdir()} == FILES  # no staging folder left behind
     assert f"report: {out / 'report.html'}" in proc.stdout
+    assert "sharpness logit (" in proc.stdout and "step 4" in proc.stdout
     assert "As stable as e8m7 (reference)" in proc.stdout or "Less stable" in proc.stdout
     for name in FILES:
         if name.endswith(".png"):
