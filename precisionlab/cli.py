@@ -112,12 +112,7 @@ def train(ctx: typer.Context) -> None:
         _check_train_overrides(overrides)
     from precisionlab.app import train_main
 
-    argv = sys.argv
-    sys.argv = [argv[0], *overrides]
-    try:
-        train_main()
-    finally:
-        sys.argv = argv
+    _run_hydra(train_main, overrides)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -193,12 +188,9 @@ def sharpness(
 
     Values go to the store's sharpness table, keyed by run, step, metric and parameters.
     """
-    import os
-
     import torch
 
     from precisionlab import measure
-    from precisionlab.store import ResultsStore, StoreError
 
     metrics = [m.strip() for item in (metric or ["logit"]) for m in item.split(",")]
     try:
@@ -223,18 +215,11 @@ def sharpness(
         usable = False
     if not usable:
         fail(f"--device {device} is not usable here; accepted: auto, cpu, cuda, cuda:N (with CUDA available)")
-    if not os.path.isfile(store_path):  # never create a store here
-        fail(f"results store {os.path.abspath(store_path)} does not exist; run precisionlab sweep first or pass --store PATH")
+    store = _existing_store(store_path)
     try:
-        store = ResultsStore(store_path)
-        names = list(store.sweeps()["name"])
+        name = store.sweep_name(sweep_name)
     except Exception as err:  # StoreError, or SQLite/pandas failing on a damaged file
-        fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
-    if not names:
-        fail(f"results store {store.path} holds no sweeps; run precisionlab sweep first")
-    name = sweep_name or names[-1]
-    if name not in names:
-        fail(f"unknown sweep {name!r} in {store.path}; sweeps there: {', '.join(names)}")
+        fail(_first_line(err))
     settings = measure.Settings(eps=tuple(eps or (1e-3,)), iters=iters, tol=tol, samples=samples,
                                 ascent_steps=ascent_steps, fp32=fp32)
     outcome = measure.measure_checkpoints(store, name, metrics, settings, batch_size=batch_size, device=device)
@@ -271,50 +256,62 @@ def report(
     import os
 
     from precisionlab import render
-    from precisionlab.report import ReportError, build, display_by_lr, display_by_variant, display_compare, text_table
-    from precisionlab.store import ResultsStore
+    from precisionlab.report import build, compare_notes, display_by_lr, display_by_variant, display_compare, text_table
+    from precisionlab.report import compare as compare_reports
 
     if compare and sweep_name:
         fail("--sweep and --compare exclude each other; --compare SWEEP_A SWEEP_B names both sweeps")
-    if not os.path.isfile(store_path):  # never create a store here
-        fail(f"results store {os.path.abspath(store_path)} does not exist; run precisionlab sweep first or pass --store PATH")
-    store = None
+    store = _existing_store(store_path)
     try:
-        store = ResultsStore(store_path)
         if compare:
             a, b = (build(store, name, where or []) for name in compare)
-            written = render.write_comparison(a, b, out or os.path.join("reports", f"{a.sweep}-vs-{b.sweep}"))
+            table, notes = compare_reports(a, b), compare_notes(a, b)
+            written = render.write_comparison(a, b, table, notes, out or os.path.join("reports", f"{a.sweep}-vs-{b.sweep}"))
         else:
             result = build(store, sweep_name, where or [])
             written = render.write(result, out or os.path.join("reports", result.sweep))
-    except ReportError as err:
-        fail(str(err))
-    except Exception as err:  # StoreError, or SQLite/pandas failing on a damaged file
-        fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
+    except Exception as err:  # ReportError, StoreError, or SQLite/pandas failing on a damaged file
+        fail(_first_line(err))
     finally:
-        if store is not None:
-            store.close()  # the last connection to close removes SQLite's -wal/-shm files
+        store.close()  # the last connection to close removes SQLite's -wal/-shm files
     if compare:
-        typer.echo(text_table(display_compare(render.compare(a, b), a.sweep, b.sweep)) + "\n")
-        for note in render.compare_notes(a, b):
+        typer.echo(text_table(display_compare(table, a.sweep, b.sweep)) + "\n")
+        for note in notes:
             typer.echo(f"note: {note}")
         for one in (a, b):
             typer.echo(f"{one.sweep}: {one.headline()}")
             for note in one.notes:
                 typer.echo(f"note: {one.sweep}: {note}")
-        typer.echo(f"report: {written[0]} (beside it: {', '.join(p.name for p in written[1:])})")
-        return
-    statuses = ", ".join(f"{n} {s}" for s, n in result.runs.status.value_counts().items())
-    typer.echo(f"sweep {result.sweep}: {len(result.runs)} runs ({statuses})\n")
-    typer.echo(text_table(display_by_variant(result.by_variant)) + "\n")
-    typer.echo(text_table(display_by_lr(result.by_lr)) + "\n")
-    for title, table in render.sharpness_display(result).items():
-        typer.echo(f"sharpness {title}: mean ± std (runs) per step\n{text_table(table)}\n")
-    typer.echo(result.headline())
-    for note in result.notes:
-        typer.echo(f"note: {note}")
-    others = [p.name for p in written if p.name != "report.html"]
-    typer.echo(f"report: {written[0]} (beside it: {', '.join(others)})")
+    else:
+        statuses = ", ".join(f"{n} {s}" for s, n in result.runs.status.value_counts().items())
+        typer.echo(f"sweep {result.sweep}: {len(result.runs)} runs ({statuses})\n")
+        typer.echo(text_table(display_by_variant(result.by_variant)) + "\n")
+        typer.echo(text_table(display_by_lr(result.by_lr)) + "\n")
+        for title, table in render.sharpness_display(result).items():
+            typer.echo(f"sharpness {title}: mean ± std (runs) per step\n{text_table(table)}\n")
+        typer.echo(result.headline())
+        for note in result.notes:
+            typer.echo(f"note: {note}")
+    typer.echo(f"report: {written[0]} (beside it: {', '.join(p.name for p in written[1:])})")
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def _existing_store(path: str):
+    """The results store at `path`, which must exist (commands that only read never create one);
+    one line and exit 2 when it is missing or not a usable store."""
+    import os
+
+    from precisionlab.store import ResultsStore
+
+    if not os.path.isfile(path):
+        fail(f"results store {os.path.abspath(path)} does not exist; run precisionlab sweep first or pass --store PATH")
+    try:
+        return ResultsStore(path)
+    except Exception as err:  # StoreError, or SQLite failing on a damaged file
+        fail(_first_line(err))
 
 
 def _run_hydra(hydra_main, args: list[str]) -> None:

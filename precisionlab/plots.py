@@ -12,9 +12,11 @@ import math
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
 
 from precisionlab.formats import FloatFormat
 from precisionlab.report import Report, mantissa_bits
@@ -34,8 +36,6 @@ def png(fig: Figure) -> bytes:
 
 def _lr_colours(lrs) -> dict[float, tuple]:
     """One viridis colour per learning rate, by rank: small LRs dark, large LRs yellow."""
-    from matplotlib import colormaps
-
     lrs = sorted(set(float(lr) for lr in lrs if not pd.isna(lr)))
     cmap = colormaps["viridis"]
     return {lr: cmap(0.85 * i / max(len(lrs) - 1, 1)) for i, lr in enumerate(lrs)}
@@ -134,9 +134,7 @@ def final_loss_heatmap(report: Report) -> Figure:
     return fig
 
 
-def _hatch(x: int, y: int):
-    from matplotlib.patches import Rectangle
-
+def _hatch(x: int, y: int) -> Rectangle:
     return Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, hatch="///", edgecolor="#999999", lw=0)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from precisionlab import plots
-from precisionlab.report import Report, ReportError, compare, compare_notes, display_by_lr, display_by_variant, display_compare
+from precisionlab.report import Report, ReportError, display_by_lr, display_by_variant, display_compare
 
 __all__ = ["write", "write_comparison", "html_document", "comparison_html", "markdown_document", "sharpness_display", "DEFINITIONS"]
 
@@ -214,8 +214,9 @@ def write(report: Report, out: str | os.PathLike) -> list[Path]:
     return _write_files(files, out)
 
 
-def comparison_html(a: Report, b: Report, table: pd.DataFrame, images: dict[str, bytes]) -> str:
-    """compare.html: the side-by-side table, each sweep's own per-format table, the figure."""
+def comparison_html(a: Report, b: Report, table: pd.DataFrame, notes: list[str], images: dict[str, bytes]) -> str:
+    """compare.html: the side-by-side table (`compare(a, b)`), what makes the sweeps differ
+    (`compare_notes(a, b)`) and each sweep's own notes, each sweep's per-format table, the figure."""
     esc = html.escape
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              f"<title>precisionlab: {esc(a.sweep)} vs {esc(b.sweep)}</title><style>{CSS}</style></head><body>",
@@ -224,7 +225,7 @@ def comparison_html(a: Report, b: Report, table: pd.DataFrame, images: dict[str,
         meta = "".join(f"<div><b>{esc(k)}</b>: <code>{esc(v)}</code></div>" for k, v in _provenance(report).items()
                        if k in ("store", "command", "runs", "model"))
         parts.append(f'<h3>{esc(report.sweep)}</h3><div class="meta">{meta}</div>')
-    notes = compare_notes(a, b) + [f"{r.sweep}: {n}" for r in (a, b) for n in r.notes]
+    notes = notes + [f"{r.sweep}: {n}" for r in (a, b) for n in r.notes]
     if notes:
         parts.append('<div class="notes"><ul>' + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul></div>")
     parts += ["<h2>Side by side</h2>", _html_table(display_compare(table, a.sweep, b.sweep))]
@@ -238,11 +239,12 @@ def comparison_html(a: Report, b: Report, table: pd.DataFrame, images: dict[str,
     return "\n".join(parts)
 
 
-def write_comparison(a: Report, b: Report, out: str | os.PathLike) -> list[Path]:
-    """compare.html, compare.md, compare.csv and stability_vs_bits.png of sweeps `a` and `b` into `out`."""
+def write_comparison(a: Report, b: Report, table: pd.DataFrame, notes: list[str],
+                     out: str | os.PathLike) -> list[Path]:
+    """compare.html, compare.md, compare.csv and stability_vs_bits.png of sweeps `a` and `b` into
+    `out`; `table` and `notes` are `compare(a, b)` and `compare_notes(a, b)`."""
     out = Path(out).resolve()
     _prepare(out)
-    table = compare(a, b)
     figure = plots.stability_vs_bits(a, b)
     images = {} if figure is None else {"stability_vs_bits.png": plots.png(figure)}
     markdown = [f"# Sweeps `{a.sweep}` and `{b.sweep}`", "", _md_table(display_compare(table, a.sweep, b.sweep)), ""]
@@ -250,7 +252,7 @@ def write_comparison(a: Report, b: Report, out: str | os.PathLike) -> list[Path]
         markdown += [f"## {report.sweep}", "", f"**{report.headline()}**", "",
                      _md_table(display_by_variant(report.by_variant)), ""]
     markdown += [f"![{name}]({name})" for name in images]
-    files = {"compare.html": comparison_html(a, b, table, images), "compare.md": "\n".join(markdown) + "\n",
+    files = {"compare.html": comparison_html(a, b, table, notes, images), "compare.md": "\n".join(markdown) + "\n",
              "compare.csv": table.rename(columns={"variant": "format"}).to_csv(index=False), **images}
     return _write_files(files, out)
 

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from precisionlab.formats import FloatFormat
-from precisionlab.store import DONE, NON_SEMANTIC_KEYS, ResultsStore
+from precisionlab.store import DONE, NON_SEMANTIC_KEYS, ResultsStore, StoreError
 
 __all__ = ["Report", "ReportError", "build", "by_lr", "by_variant", "compare", "compare_notes", "filter_runs", "fisher_greater", "format_order",
            "label_runs", "sharpness_by_step", "text_table", "display_by_lr", "display_by_variant", "display_compare"]
@@ -289,13 +289,10 @@ def filter_runs(runs: pd.DataFrame, where: Sequence[str]) -> pd.DataFrame:
 
 def build(store: ResultsStore, sweep: str | None = None, where: Sequence[str] = ()) -> Report:
     """The report of `sweep` (default: the latest) in `store`, over the runs `where` keeps."""
-    sweeps = store.sweeps()
-    if sweeps.empty:
-        raise ReportError(f"results store {store.path} holds no sweeps; run precisionlab sweep first")
-    names = list(sweeps.name)
-    name = sweep if sweep is not None else names[-1]
-    if name not in names:
-        raise ReportError(f"unknown sweep {name!r} in {store.path}; sweeps there: {', '.join(names)}")
+    try:
+        name = store.sweep_name(sweep)
+    except StoreError as err:
+        raise ReportError(str(err)) from None
     runs = label_runs(store.runs(sweep=name))
     total = len(runs)
     runs = filter_runs(runs, where)
@@ -322,6 +319,7 @@ def build(store: ResultsStore, sweep: str | None = None, where: Sequence[str] = 
     if not sharp.empty:
         sharp = sharp.assign(params=[_params_label(p) for p in sharp.params])
         sharp = sharp.merge(runs[["run_id", "variant", "lr", "seed", "status"]], on="run_id")
+    sweeps = store.sweeps()
     info = sweeps[sweeps.name == name].iloc[0].to_dict()
     return Report(sweep=name, store_path=store.path, info=info, runs=runs, by_lr=table, by_variant=variants,
                   curves=curves, sharpness=sharp, sharpness_steps=sharpness_by_step(sharp), notes=notes)
@@ -347,10 +345,11 @@ def _num(x: Any, spec: str = ".4f") -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
-def _mean_std(mean: float, std: float, n: int) -> str:
-    if n == 0 or math.isnan(mean):
+def _mean_std(mean: float, std: float) -> str:
+    """'mean ± std', or 'mean' alone where the std is NaN (fewer than two runs)."""
+    if math.isnan(mean):
         return "–"
-    return f"{mean:.4f} ± {std:.4f}" if n > 1 else f"{mean:.4f}"
+    return f"{mean:.4f}" if math.isnan(std) else f"{mean:.4f} ± {std:.4f}"
 
 
 def display_by_lr(table: pd.DataFrame) -> pd.DataFrame:
@@ -360,7 +359,7 @@ def display_by_lr(table: pd.DataFrame) -> pd.DataFrame:
         "lr": [f"{lr:.3g}" for lr in table.lr],
         "diverged": [f"{d}/{f}" for d, f in zip(table.diverged, table.finished)],
         "median div. step": [_num(s, ".0f") for s in table.median_diverged_step],
-        "final val loss": [_mean_std(m, s, n) for m, s, n in zip(table.final_loss_mean, table.final_loss_std, table.final_loss_n)],
+        "final val loss": [_mean_std(m, s) for m, s in zip(table.final_loss_mean, table.final_loss_std)],
         "spikes": table.spikes.astype(str),
         **({"failed": table.failed.astype(str)} if table.failed.any() else {}),
     })
@@ -373,8 +372,7 @@ def display_by_variant(table: pd.DataFrame) -> pd.DataFrame:
         "diverged": [f"{d}/{f}" for d, f in zip(table.diverged, table.finished)],
         "LR sensitivity": [_num(x) for x in table.lr_sensitivity],
         "best lr": [_num(x, ".3g") for x in table.best_lr],
-        "loss at best lr": [_mean_std(m, s, 2 if not math.isnan(s) else 1)
-                            for m, s in zip(table.best_lr_loss, table.seed_std)],
+        "loss at best lr": [_mean_std(m, s) for m, s in zip(table.best_lr_loss, table.seed_std)],
         "stable lrs": [f"{s}/{n}" for s, n in zip(table.stable_lrs, table.lrs)],
         "spikes": table.spikes.astype(str),
         "p (more div.)": [_num(p, ".2g") for p in table.p_more_diverged],
@@ -389,9 +387,9 @@ def compare_notes(a: Report, b: Report) -> list[str]:
     if grids[0] != grids[1]:
         notes.append(f"the sweeps ran different LR grids ({a.sweep}: {', '.join(f'{x:g}' for x in grids[0])}; "
                      f"{b.sweep}: {', '.join(f'{x:g}' for x in grids[1])}): LR sensitivities are not comparable")
+    flat = [pd.json_normalize(list(r.runs.config)).astype(str) for r in (a, b)]
     for key in ("train.steps", "model.n_layer", "model.n_embd", "data.source"):
-        values = [sorted({str(pd.json_normalize([c]).get(key, pd.Series([None])).iloc[0]) for c in r.runs.config})
-                  for r in (a, b)]
+        values = [sorted(set(f[key])) if key in f else ["None"] for f in flat]
         if values[0] != values[1]:
             notes.append(f"{key} differs ({a.sweep}: {', '.join(values[0])}; {b.sweep}: {', '.join(values[1])})")
     return notes
@@ -406,8 +404,7 @@ def display_compare(table: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
         out[f"{name}: diverged"] = [div(d, f) for d, f in zip(table[f"diverged_{side}"], table[f"finished_{side}"])]
         out[f"{name}: LR sens."] = [_num(x) for x in table[f"lr_sensitivity_{side}"]]
         out[f"{name}: best lr"] = [_num(x, ".3g") for x in table[f"best_lr_{side}"]]
-        out[f"{name}: loss"] = [_mean_std(m, s, 1 if pd.isna(s) else 2)
-                                for m, s in zip(table[f"best_lr_loss_{side}"], table[f"seed_std_{side}"])]
+        out[f"{name}: loss"] = [_mean_std(m, s) for m, s in zip(table[f"best_lr_loss_{side}"], table[f"seed_std_{side}"])]
     out[f"p ({a} more div.)"] = [_num(p, ".2g") for p in table.p_a_more_diverged]
     out[f"p ({b} more div.)"] = [_num(p, ".2g") for p in table.p_b_more_diverged]
     return pd.DataFrame(out)

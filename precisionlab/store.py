@@ -549,6 +549,16 @@ class ResultsStore:
         df["grid"] = _parse_json(df["grid"])
         return self._times(df)
 
+    def sweep_name(self, name: str | None = None) -> str:
+        """`name` if the store holds that sweep; with None, the latest sweep. StoreError otherwise."""
+        names = list(self.sweeps()["name"])
+        if not names:
+            raise StoreError(f"results store {self.path} holds no sweeps; run precisionlab sweep first")
+        name = names[-1] if name is None else name
+        if name not in names:
+            raise StoreError(f"unknown sweep {name!r} in {self.path}; sweeps there: {', '.join(names)}")
+        return name
+
     def runs(self, sweep: str | None = None, status: str | Iterable[str] | None = None, *,
              expand_config: bool = False) -> pd.DataFrame:
         """One row per run (of `sweep`, with `status`): the runs table, `config`
