@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import sys
+from contextlib import contextmanager
 from typing import Optional
 
 import typer
@@ -215,14 +216,14 @@ def sharpness(
         usable = False
     if not usable:
         fail(f"--device {device} is not usable here; accepted: auto, cpu, cuda, cuda:N (with CUDA available)")
-    store = _existing_store(store_path)
-    try:
-        name = store.sweep_name(sweep_name)
-    except Exception as err:  # StoreError, or SQLite/pandas failing on a damaged file
-        fail(_first_line(err))
     settings = measure.Settings(eps=tuple(eps or (1e-3,)), iters=iters, tol=tol, samples=samples,
                                 ascent_steps=ascent_steps, fp32=fp32)
-    outcome = measure.measure_checkpoints(store, name, metrics, settings, batch_size=batch_size, device=device)
+    with _existing_store(store_path) as store:
+        try:
+            name = store.sweep_name(sweep_name)
+        except Exception as err:  # StoreError, or SQLite/pandas failing on a damaged file
+            fail(_first_line(err))
+        outcome = measure.measure_checkpoints(store, name, metrics, settings, batch_size=batch_size, device=device)
     for problem in outcome.unreadable:
         typer.echo(f"warning: checkpoint not measured: {problem}", err=True)
     line = f"sharpness of sweep {name}: computed {outcome.computed}, skipped {outcome.skipped} (already in the store)"
@@ -261,19 +262,17 @@ def report(
 
     if compare and sweep_name:
         fail("--sweep and --compare exclude each other; --compare SWEEP_A SWEEP_B names both sweeps")
-    store = _existing_store(store_path)
-    try:
-        if compare:
-            a, b = (build(store, name, where or []) for name in compare)
-            table, notes = compare_reports(a, b), compare_notes(a, b)
-            written = render.write_comparison(a, b, table, notes, out or os.path.join("reports", f"{a.sweep}-vs-{b.sweep}"))
-        else:
-            result = build(store, sweep_name, where or [])
-            written = render.write(result, out or os.path.join("reports", result.sweep))
-    except Exception as err:  # ReportError, StoreError, or SQLite/pandas failing on a damaged file
-        fail(_first_line(err))
-    finally:
-        store.close()  # the last connection to close removes SQLite's -wal/-shm files
+    with _existing_store(store_path) as store:
+        try:
+            if compare:
+                a, b = (build(store, name, where or []) for name in compare)
+                table, notes = compare_reports(a, b), compare_notes(a, b)
+                written = render.write_comparison(a, b, table, notes, out or os.path.join("reports", f"{a.sweep}-vs-{b.sweep}"))
+            else:
+                result = build(store, sweep_name, where or [])
+                written = render.write(result, out or os.path.join("reports", result.sweep))
+        except Exception as err:  # ReportError, StoreError, or SQLite/pandas failing on a damaged file
+            fail(_first_line(err))
     if compare:
         typer.echo(text_table(display_compare(table, a.sweep, b.sweep)) + "\n")
         for note in notes:
@@ -299,9 +298,12 @@ def _first_line(err: BaseException) -> str:
     return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
+@contextmanager
 def _existing_store(path: str):
-    """The results store at `path`, which must exist (commands that only read never create one);
-    one line and exit 2 when it is missing or not a usable store."""
+    """The results store at `path`, which must exist (commands that only read never create one),
+    closed on leaving: the last connection to close removes SQLite's -wal/-shm files, and a
+    sqlite3 connection left open waits for the garbage collector. One line and exit 2 when it
+    is missing or not a usable store."""
     import os
 
     from precisionlab.store import ResultsStore
@@ -309,9 +311,13 @@ def _existing_store(path: str):
     if not os.path.isfile(path):
         fail(f"results store {os.path.abspath(path)} does not exist; run precisionlab sweep first or pass --store PATH")
     try:
-        return ResultsStore(path)
+        store = ResultsStore(path)
     except Exception as err:  # StoreError, or SQLite failing on a damaged file
         fail(_first_line(err))
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 def _run_hydra(hydra_main, args: list[str]) -> None:

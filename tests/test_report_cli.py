@@ -97,7 +97,9 @@ def test_html_is_self_contained_and_holds_every_plot_and_table(reported):
     assert all(src.startswith(prefix) for src in doc.images)
     embedded = sorted(base64.b64decode(src[len(prefix):]) for src in doc.images)
     assert embedded == sorted(p.read_bytes() for p in out.glob("*.png"))
-    report = build(ResultsStore(cwd / STORE), "micro")
+    store = ResultsStore(cwd / STORE)
+    report = build(store, "micro")
+    store.close()  # an open sqlite3 connection lingers until garbage collection: close it, the file checks rely on it
     expected = [display_by_variant(report.by_variant), display_by_lr(report.by_lr)]
     assert len(doc.tables) == 3  # per format, per format x LR, logit sharpness per step
     for table, frame in zip(doc.tables, expected):
@@ -111,7 +113,9 @@ def test_html_is_self_contained_and_holds_every_plot_and_table(reported):
 @pytest.mark.slow
 def test_csvs_hold_the_tables_and_agree_with_the_store(reported):
     cwd, _ = reported
-    runs = ResultsStore(cwd / STORE).runs(sweep="micro")
+    store = ResultsStore(cwd / STORE)
+    runs = store.runs(sweep="micro")
+    store.close()
     with open(cwd / "out" / "by_format_lr.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["format"], float(r["lr"])) for r in rows] == [("e8m7", 1e-3), ("e8m7", 30.0), ("e8m3", 1e-3), ("e8m3", 30.0)]
