@@ -1,8 +1,8 @@
 """precisionlab: precision-stability sweeps for small language models."""
 
-from precisionlab.cast import ROUNDING_MODES, quantize
-from precisionlab.formats import FloatFormat
-from precisionlab.quant import convert_model
+from precisionlab.numerics.cast import ROUNDING_MODES, quantize
+from precisionlab.numerics.formats import FloatFormat
+from precisionlab.quant.linear import convert_model
 
 __all__ = ["FloatFormat", "quantize", "ROUNDING_MODES", "convert_model"]
 __version__ = "0.1.0"

@@ -1,7 +1,7 @@
 """The `precisionlab` command line (Typer): one app, one module.
 
 Commands that launch runs hand their Hydra overrides to the module-level
-`@hydra.main` functions in `precisionlab.app`; commands that launch nothing
+`@hydra.main` functions in `precisionlab.sweep.app`; commands that launch nothing
 use the Compose API or no Hydra at all.
 """
 
@@ -14,7 +14,7 @@ from typing import Optional
 
 import typer
 
-from precisionlab.formats import NAMED_FORMATS, FloatFormat
+from precisionlab.numerics.formats import NAMED_FORMATS, FloatFormat
 
 app = typer.Typer(
     add_completion=False,
@@ -78,8 +78,9 @@ def _check_train_overrides(overrides: list[str]) -> None:
     """Compose and validate the config first, so bad input fails before Hydra creates a run directory."""
     from hydra import compose, initialize_config_module
 
-    from precisionlab.data import DataError
-    from precisionlab.train import ConfigError, validate
+    from precisionlab.config import ConfigError, validate
+    from precisionlab.runtime import absolute_paths
+    from precisionlab.train.data import DataError
 
     try:
         with initialize_config_module(config_module="precisionlab.configs", version_base="1.3"):
@@ -90,8 +91,9 @@ def _check_train_overrides(overrides: list[str]) -> None:
         validate(cfg)
     except (ConfigError, DataError) as err:
         fail(str(err))
-    from precisionlab.sweep import open_store
+    from precisionlab.sweep.job import open_store
 
+    absolute_paths(cfg, ".")
     try:
         open_store(cfg)  # creates it if absent; an unusable store.path fails here, before any run directory
     except ValueError as err:  # StoreError, or a bad store.journal_mode
@@ -111,7 +113,7 @@ def train(ctx: typer.Context) -> None:
     overrides = list(ctx.args)
     if not any(arg.startswith("-") for arg in overrides):  # flags (--cfg, --help, ...) go to Hydra as they are
         _check_train_overrides(overrides)
-    from precisionlab.app import train_main
+    from precisionlab.sweep.app import train_main
 
     _run_hydra(train_main, overrides)
 
@@ -133,8 +135,9 @@ def sweep(
     Completed and diverged runs are skipped, failed and interrupted ones rerun (from their last
     checkpoint). Launchers: hydra/launcher=joblib (= --jobs N), slurm, ray (see README).
     """
-    from precisionlab import sweep as sweeps
-    from precisionlab.app import sweep_main
+    from precisionlab.sweep.app import sweep_main
+    from precisionlab.sweep.plan import SweepError, plan
+    from precisionlab.sweep.progress import Progress, summary
 
     overrides = list(ctx.args)
     if jobs is not None:
@@ -147,21 +150,21 @@ def sweep(
         shows = {"--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help", "--shell-completion", "-sc"}
         _run_hydra(sweep_main, overrides if shows & set(overrides) else ["-m", *overrides])
         return
-    from precisionlab.data import DataError
+    from precisionlab.config import ConfigError
     from precisionlab.store import ResultsStore, StoreError
-    from precisionlab.train import ConfigError
+    from precisionlab.train.data import DataError
 
     try:
-        grid = sweeps.plan(overrides)
+        grid = plan(overrides)
         store = ResultsStore(grid.store_path, journal_mode=grid.journal_mode)
-    except (sweeps.SweepError, ConfigError, DataError, StoreError) as err:
+    except (SweepError, ConfigError, DataError, StoreError) as err:
         fail(str(err))
     except Exception as err:  # Hydra's override and composition errors
         fail(_one_line(err))
     grid.register(store, command=" ".join(["precisionlab sweep", *ctx.args, *(["--jobs", str(jobs)] if jobs else []), *(["--force"] if force else [])]))
-    with sweeps.Progress(store, grid):
+    with Progress(store, grid):
         _run_hydra(sweep_main, ["-m", *overrides, *([f"sweep.name={grid.name}"] if grid.name_derived else [])])
-    text, counts = sweeps.summary(store, grid)
+    text, counts = summary(store, grid)
     typer.echo(text)
     if counts["failed"]:
         raise typer.Exit(code=1)
@@ -189,9 +192,9 @@ def sharpness(
 
     Values go to the store's sharpness table, keyed by run, step, metric and parameters.
     """
-    import torch
-
-    from precisionlab import measure
+    from precisionlab.runtime import DeviceError, resolve_device
+    from precisionlab.sweep.sharpness import measure_checkpoints
+    from precisionlab.train import measure
 
     metrics = [m.strip() for item in (metric or ["logit"]) for m in item.split(",")]
     try:
@@ -208,14 +211,10 @@ def sharpness(
     ):
         if not ok:
             fail(f"{name} must be {accepted}; got {value}")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        usable = torch.device(device).type == "cpu" or (torch.device(device).type == "cuda" and torch.cuda.is_available())
-    except RuntimeError:
-        usable = False
-    if not usable:
-        fail(f"--device {device} is not usable here; accepted: auto, cpu, cuda, cuda:N (with CUDA available)")
+        device = str(resolve_device(device))
+    except DeviceError as err:
+        fail(f"--{err}")
     settings = measure.Settings(eps=tuple(eps or (1e-3,)), iters=iters, tol=tol, samples=samples,
                                 ascent_steps=ascent_steps, fp32=fp32)
     with _existing_store(store_path) as store:
@@ -223,7 +222,7 @@ def sharpness(
             name = store.sweep_name(sweep_name)
         except Exception as err:  # StoreError, or SQLite/pandas failing on a damaged file
             fail(_first_line(err))
-        outcome = measure.measure_checkpoints(store, name, metrics, settings, batch_size=batch_size, device=device)
+        outcome = measure_checkpoints(store, name, metrics, settings, batch_size=batch_size, device=device)
     for problem in outcome.unreadable:
         typer.echo(f"warning: checkpoint not measured: {problem}", err=True)
     line = f"sharpness of sweep {name}: computed {outcome.computed}, skipped {outcome.skipped} (already in the store)"
@@ -256,9 +255,15 @@ def report(
     """
     import os
 
-    from precisionlab import render
-    from precisionlab.report import build, compare_notes, display_by_lr, display_by_variant, display_compare, text_table
-    from precisionlab.report import compare as compare_reports
+    from precisionlab.analysis import render
+    from precisionlab.analysis.report import build, compare_notes
+    from precisionlab.analysis.report import compare as compare_reports
+    from precisionlab.analysis.tables import (
+        display_by_lr,
+        display_by_variant,
+        display_compare,
+        text_table,
+    )
 
     if compare and sweep_name:
         fail("--sweep and --compare exclude each other; --compare SWEEP_A SWEEP_B names both sweeps")

@@ -18,8 +18,10 @@ import time
 import torch
 from hydra import compose, initialize_config_module
 
-from precisionlab.data import get_batch, load_dataset
-from precisionlab.train import _device, build_model, validate
+from precisionlab.config import validate
+from precisionlab.runtime import resolve_device
+from precisionlab.train.checkpoint import build_model
+from precisionlab.train.data import get_batch, load_dataset
 
 VARIANTS = {
     "fp32": ["precision=fp32"],
@@ -60,7 +62,7 @@ def main() -> None:
         cfgs = {name: validate(compose(config_name="train", overrides=[*extra, *overrides, f"device={args.device}"]))
                 for name, extra in VARIANTS.items()}
     base = cfgs["fp32"]
-    device = _device(base.device)
+    device = resolve_device(base.device)
     tokens = load_dataset(base.data)[0]
     steps = {name: make_step(cfg, device, tokens) for name, cfg in cfgs.items()}
     for step in steps.values():

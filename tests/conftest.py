@@ -1,16 +1,10 @@
-"""Shared fixtures: an isolated data cache and configs composed with Hydra's Compose API."""
+"""Shared fixtures: an isolated data cache and configs composed with Hydra's Compose API (helpers/)."""
 
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_module
 
-# A micro model and run: a few layers of width 32, a handful of steps.
-MICRO = [
-    "model.n_layer=2", "model.n_embd=32", "model.n_head=2",
-    "train.steps=10", "train.batch_size=4", "train.seq_len=16",
-    "train.eval_every=5", "train.eval_batches=2", "train.threads=1", "optim.warmup_steps=2",
-]
+from helpers import compose_train
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -21,12 +15,6 @@ def precisionlab_cache(tmp_path_factory):
     mp.setenv("PRECISIONLAB_CACHE", str(path))
     yield path
     mp.undo()
-
-
-def compose_train(*overrides: str, micro: bool = True):
-    """The `train` config with these Hydra overrides (after the micro-run ones)."""
-    with initialize_config_module(config_module="precisionlab.configs", version_base="1.3"):
-        return compose(config_name="train", overrides=[*(MICRO if micro else []), *overrides])
 
 
 @pytest.fixture

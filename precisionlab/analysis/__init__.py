@@ -1,0 +1,3 @@
+"""What the numbers say: sharpness metrics (sharpness.py), the report's arithmetic (report.py), its text
+tables (tables.py), figures (plots.py) and documents (render.py).
+"""

@@ -1,0 +1,219 @@
+"""The report's figures, drawn from a `precisionlab.report.Report` with matplotlib.
+
+Figures are built with `matplotlib.figure.Figure` (no pyplot): no global state,
+no display needed, safe in any process. `figures(report)` returns them by file
+name; `png(fig)` turns one into bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.colors import to_rgb
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
+
+from precisionlab.analysis.report import Report, mantissa_bits
+from precisionlab.numerics.formats import FloatFormat
+
+__all__ = ["figures", "png", "loss_curves", "final_loss_heatmap", "stability_vs_bits", "sharpness_curves"]
+
+DPI = 110
+FACET_W, FACET_H = 3.4, 2.6  # inches per facet
+COLUMNS = 4                  # facets per row in the loss-curve grid
+
+
+def png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _lr_colours(lrs) -> dict[float, tuple]:
+    """One viridis colour per learning rate, by rank: small LRs dark, large LRs yellow."""
+    lrs = sorted(set(float(lr) for lr in lrs if not pd.isna(lr)))
+    cmap = colormaps["viridis"]
+    return {lr: cmap(0.85 * i / max(len(lrs) - 1, 1)) for i, lr in enumerate(lrs)}
+
+
+def _lr_legend(fig: Figure, colours: dict[float, tuple], diverged: bool) -> None:
+    handles = [Line2D([], [], color=c, lw=2, label=f"lr {lr:.3g}") for lr, c in colours.items()]
+    if diverged:
+        handles.append(Line2D([], [], color="black", marker="x", lw=0, markersize=7, label="diverged"))
+    fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 8), frameon=False,
+               bbox_to_anchor=(0.5, 1.0))
+
+
+def _loss_limits(report: Report, curves: pd.DataFrame) -> tuple[float, float]:
+    """From just below the lowest loss to just above the highest initial loss: divergences are clipped."""
+    finite = curves.loss[np.isfinite(curves.loss)]
+    top = np.nanmax(report.runs.initial_loss.astype(float)) if report.runs.initial_loss.notna().any() else finite.max()
+    low = finite.min() if len(finite) else 0.0
+    pad = 0.05 * (top - low if top > low else 1.0)
+    return low - pad, top + 2 * pad
+
+
+def _draw_loss(ax, report: Report, variant: str, curves: pd.DataFrame, colours, ylim) -> None:
+    runs = report.runs[report.runs.variant == variant].sort_values(["lr", "seed"])
+    for run in runs.itertuples():
+        curve = curves[curves.run_id == run.run_id]
+        colour = colours.get(float(run.lr), "grey")
+        ax.plot(curve.step, curve.loss.clip(upper=ylim[1]), color=colour, lw=0.8, alpha=0.8)
+        if run.status == "diverged" and len(curve):
+            last = curve.loss.iloc[-1]
+            y = ylim[1] if not np.isfinite(last) or last > ylim[1] else last
+            ax.plot([curve.step.iloc[-1]], [y], marker="x", color="black", markersize=7, mew=1.6, zorder=5)
+            ax.plot([curve.step.iloc[-1]], [y], marker="x", color=colour, markersize=5, mew=1.0, zorder=6)
+    ax.set_ylim(*ylim)
+    ax.set_title(variant, fontsize=10)
+    ax.grid(alpha=0.3)
+
+
+def loss_curves(report: Report) -> Figure:
+    """Train loss against step, one facet per variant; colour = LR, one thin line per seed, x = divergence."""
+    variants = list(report.by_variant.variant)
+    curves = report.curves[report.curves.split == "train"]
+    colours = _lr_colours(report.runs.lr)
+    ncols = min(len(variants), COLUMNS)
+    nrows = math.ceil(len(variants) / ncols)
+    fig = Figure(figsize=(FACET_W * ncols, FACET_H * nrows + 0.6), layout="constrained")
+    axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)
+    ylim = _loss_limits(report, curves)
+    for ax, variant in zip(axes.flat, variants):
+        _draw_loss(ax, report, variant, curves, colours, ylim)
+    for ax in axes.flat[len(variants):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("train loss")
+    for ax in axes[-1, :]:
+        ax.set_xlabel("step")
+    fig.get_layout_engine().set(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
+    _lr_legend(fig, colours, diverged=(report.runs.status == "diverged").any())
+    return fig
+
+
+def final_loss_heatmap(report: Report) -> Figure:
+    """Mean final validation loss, variant x LR; cells name their divergences, all-diverged cells are hatched."""
+    table = report.by_lr
+    variants = list(report.by_variant.variant)
+    lrs = sorted(table.lr.unique())
+    values = np.full((len(variants), len(lrs)), np.nan)
+    for row in table.itertuples():
+        values[variants.index(row.variant), lrs.index(row.lr)] = row.final_loss_mean
+    fig = Figure(figsize=(1.3 + 1.25 * len(lrs), 0.9 + 0.55 * len(variants)), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis_r", aspect="auto")
+    cmap = image.get_cmap()
+    cmap.set_bad("#dddddd")
+    for row in table.itertuples():
+        i, j = variants.index(row.variant), lrs.index(row.lr)
+        lines = []
+        if not math.isnan(row.final_loss_mean):
+            lines.append(f"{row.final_loss_mean:.3f}")
+            if not math.isnan(row.final_loss_std):
+                lines.append(f"±{row.final_loss_std:.3f}")
+        else:
+            ax.add_patch(_hatch(j, i))
+        if row.diverged:
+            lines.append(f"div {row.diverged}/{row.finished}")
+        elif row.finished == 0:
+            lines.append("no runs")
+        shade = np.mean(to_rgb(cmap(image.norm(row.final_loss_mean)))) if not math.isnan(row.final_loss_mean) else 0.9
+        ax.text(j, i, "\n".join(lines), ha="center", va="center", fontsize=8,
+                color="black" if shade > 0.5 else "white")
+    ax.set_xticks(range(len(lrs)), [f"{lr:.3g}" for lr in lrs])
+    ax.set_yticks(range(len(variants)), variants)
+    ax.set_xlabel("learning rate")
+    ax.set_title("final validation loss (mean ± std over completed seeds)", fontsize=10)
+    fig.colorbar(image, ax=ax, label="final val loss", shrink=0.9)
+    return fig
+
+
+def _hatch(x: int, y: int) -> Rectangle:
+    return Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, hatch="///", edgecolor="#999999", lw=0)
+
+
+def stability_vs_bits(*reports: Report) -> Figure | None:
+    """Diverged fraction and LR sensitivity against mantissa bits, one line per exponent width
+    (and per sweep when given several); variants with more than 10 mantissa bits (fp32, tf32)
+    are dashed reference lines."""
+    tables = []
+    for report in reports:
+        table = report.by_variant.assign(man=report.by_variant.variant.map(mantissa_bits))
+        prefix = f"{report.sweep}: " if len(reports) > 1 else ""
+        tables.append(table[table.man.notna()].assign(sweep=prefix))
+    table = pd.concat(tables, ignore_index=True)
+    if table.empty:
+        return None
+    fig = Figure(figsize=(9.5, 3.4), layout="constrained")
+    axes = fig.subplots(1, 2)
+    wide, narrow = table[table.man > 10], table[table.man <= 10]
+    series = narrow.assign(exp=[FloatFormat.parse(v.split("/")[0].split(" ")[0]).exp_bits for v in narrow.variant],
+                           extra=[v.split(" ", 1)[1] if " " in v else "" for v in narrow.variant])
+    for ax, column, label in ((axes[0], "diverged_frac", "diverged runs (%)"),
+                              (axes[1], "lr_sensitivity", "LR sensitivity")):
+        scale = 100.0 if column == "diverged_frac" else 1.0
+        for k, ((sweep, exp, extra), group) in enumerate(series.groupby(["sweep", "exp", "extra"], sort=False)):
+            group = group.sort_values("man")
+            ax.plot(group.man, group[column] * scale, marker="o", label=f"{sweep}E{exp} {extra}".strip())
+            for row in group.itertuples():  # labels of later series sit lower, so equal values stay legible
+                ax.annotate(row.variant.split(" ")[0], (row.man, getattr(row, column) * scale), fontsize=7,
+                            textcoords="offset points", xytext=(4, 4 - 11 * k))
+        for i, row in enumerate(wide.itertuples()):
+            ax.axhline(getattr(row, column) * scale, ls="--", lw=1, color=f"C{(i + 5) % 10}",
+                       label=f"{row.sweep}{row.variant}")
+        ax.set_xlabel("mantissa bits")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if len(narrow):
+            ax.set_xticks(sorted(set(narrow.man.astype(int))))
+    axes[0].set_ylim(-4, 104)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("stability against mantissa bits", fontsize=10)
+    return fig
+
+
+def sharpness_curves(report: Report, metric: str, params: str) -> Figure:
+    """Per variant: train loss (top) and the sharpness metric (bottom) against step; colour = LR, line per seed."""
+    variants = list(report.by_variant.variant)
+    curves = report.curves[report.curves.split == "train"]
+    values = report.sharpness[(report.sharpness.metric == metric) & (report.sharpness.params == params)]
+    colours = _lr_colours(report.runs.lr)
+    ylim = _loss_limits(report, curves)
+    fig = Figure(figsize=(FACET_W * len(variants), 2 * FACET_H + 0.6), layout="constrained")
+    axes = fig.subplots(2, len(variants), sharex=True, sharey="row", squeeze=False)
+    for i, variant in enumerate(variants):
+        _draw_loss(axes[0, i], report, variant, curves, colours, ylim)
+        mine = values[values.variant == variant].sort_values("step")
+        for _, run in mine.groupby("run_id"):
+            axes[1, i].plot(run.step, run.value, marker="o", markersize=3, lw=0.9,
+                            color=colours.get(float(run.lr.iloc[0]), "grey"))
+        axes[1, i].grid(alpha=0.3)
+        axes[1, i].set_xlabel("step")
+    axes[0, 0].set_ylabel("train loss")
+    axes[1, 0].set_ylabel(f"{metric} sharpness")
+    if params:
+        fig.supxlabel(f"{metric} sharpness measured with {params}", fontsize=9)
+    fig.get_layout_engine().set(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
+    _lr_legend(fig, colours, diverged=(report.runs.status == "diverged").any())
+    return fig
+
+
+def figures(report: Report) -> dict[str, Figure]:
+    """Every figure the report has data for, by file name."""
+    out = {"loss_curves.png": loss_curves(report), "final_loss_heatmap.png": final_loss_heatmap(report)}
+    bits = stability_vs_bits(report)
+    if bits is not None:
+        out["stability_vs_bits.png"] = bits
+    if not report.sharpness.empty:
+        for metric, group in report.sharpness.groupby("metric"):
+            settings = sorted(group.params.unique())  # one figure per parameter setting, numbered if several
+            for i, params in enumerate(settings, 1):
+                name = f"sharpness_{metric}.png" if len(settings) == 1 else f"sharpness_{metric}_{i}.png"
+                out[name] = sharpness_curves(report, metric, params)
+    return out

@@ -1,0 +1,279 @@
+"""The report's documents: `write(report, out)` fills a folder with report.html
+(self-contained: plots embedded as base64 PNG, no external resources),
+report.md, one CSV per table and the PNG plots; `write_comparison(a, b, out)`
+puts two sweeps side by side (compare.html, compare.md, compare.csv, a plot).
+
+Everything is rendered into a temporary folder inside `out` first and then
+renamed into place, so an interrupted report never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from precisionlab.analysis import plots
+from precisionlab.analysis.report import Report, ReportError
+from precisionlab.analysis.tables import (
+    display_by_lr,
+    display_by_variant,
+    display_compare,
+)
+
+__all__ = ["write", "write_comparison", "html_document", "comparison_html", "markdown_document", "sharpness_display", "DEFINITIONS"]
+
+DEFINITIONS = [
+    ("format", "the formats of the GEMM inputs: one name when activations (x), weights (w) and output "
+               "gradients (grad) share it, else x/w/grad; fp32 when nothing is cast; [key=value] names any "
+               "other setting that differs between runs of one format (besides lr and seed)"),
+    ("diverged", "diverged runs / finished runs (completed + diverged); a run diverges when its loss is "
+                 "NaN/Inf or, after warmup, above the initial loss"),
+    ("median div. step", "median step at which the diverged runs stopped"),
+    ("final val loss", "mean ± std (ddof=1) of the final validation loss over the completed seeds"),
+    ("spikes", "loss spikes summed over the runs: a spike is a stretch of steps whose train loss exceeds "
+               "1.5 x the median of the previous 20 (train.spikes)"),
+    ("LR sensitivity", "Wortsman et al. 2023: mean over the LR grid of ℓ(η) − min_η ℓ(η), where ℓ(η) is the "
+                       "mean over seeds of the final validation loss capped at the initial loss ℓ₀, a diverged "
+                       "run counting as ℓ₀; 0 means every LR trains equally well"),
+    ("best lr / loss at best lr", "the LR with the lowest ℓ(η), and the mean ± seed std of the completed runs' "
+                                  "final validation loss there"),
+    ("stable lrs", "LRs of the grid at which no seed diverged"),
+    ("p (more div.)", "one-sided Fisher exact test that the format diverges more often than the reference "
+                      "(first row): small values mean the extra divergences are unlikely to be chance"),
+    ("vs reference", "the first row (most bits) is the reference; a format is as stable when its diverged "
+                     "fraction is no larger and its LR sensitivity at most the reference's plus the reference's "
+                     "seed std (its seed noise). With few seeds this is a hint: read it with the p column"),
+]
+
+CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1200px;
+       color: #222; line-height: 1.45; padding: 0 1em; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { font-size: 1.25em; margin-top: 1.8em; border-bottom: 1px solid #ddd; }
+.meta { color: #555; font-size: 0.9em; } .meta code { font-size: 0.95em; }
+.headline { background: #f3f7fb; border-left: 4px solid #3a78b5; padding: 0.6em 1em; margin: 1em 0; }
+.notes { background: #fff8e5; border-left: 4px solid #d9a400; padding: 0.4em 1em; }
+table { border-collapse: collapse; font-size: 0.9em; margin: 0.6em 0; }
+th, td { padding: 0.25em 0.7em; border-bottom: 1px solid #e3e3e3; text-align: right; white-space: nowrap; }
+th { background: #f5f5f5; } td:first-child, th:first-child { text-align: left; }
+tr.less td { color: #a33; } figure { margin: 1em 0; } figure img { max-width: 100%; }
+figcaption { color: #555; font-size: 0.9em; } dl dt { font-weight: 600; } dl dd { margin: 0 0 0.5em 1.2em; }
+"""
+
+CAPTIONS = {
+    "loss_curves.png": "Train loss per step, one panel per format; colour is the learning rate, one thin line "
+                       "per seed; × marks where a run diverged (clipped to the top of the panel).",
+    "final_loss_heatmap.png": "Final validation loss per format and learning rate (mean ± std over completed "
+                              "seeds); hatched grey cells have no completed run.",
+    "stability_vs_bits.png": "Diverged fraction and LR sensitivity against mantissa bits, one line per exponent "
+                             "width; dashed lines are formats with more than 10 mantissa bits.",
+}
+
+
+def sharpness_display(report: Report) -> dict[str, pd.DataFrame]:
+    """Per metric (and parameters): a format x step table of 'mean ± std (n)'."""
+    out = {}
+    for (metric, params), group in report.sharpness_steps.groupby(["metric", "params"], sort=False):
+        cells = group.assign(cell=[f"{m:.4g}" + (f" ± {s:.2g}" if n > 1 and pd.notna(s) else "") + f" ({n})"
+                                   for m, s, n in zip(group["mean"], group["std"], group["n"])])
+        table = cells.pivot(index="variant", columns="step", values="cell")
+        table = table.reindex([v for v in report.by_variant.variant if v in table.index]).fillna("–")
+        table.columns = [f"step {s}" for s in table.columns]
+        out[f"{metric}" + (f" ({params})" if params else "")] = table.reset_index().rename(columns={"variant": "format"})
+    return out
+
+
+def _provenance(report: Report) -> dict[str, str]:
+    runs = report.runs
+    def values(column):
+        found = sorted(set(str(v) for v in runs[column].dropna())) if column in runs else []
+        return ", ".join(found) or "unknown"
+    created = report.info.get("created")
+    return {
+        "store": report.store_path,
+        "command": str(report.info.get("command") or ""),
+        "sweep created": str(created)[:19] if created is not None else "",
+        "runs": f"{len(runs)} ({', '.join(f'{n} {s}' for s, n in runs.status.value_counts().items())})",
+        "model": values("model"),
+        "precisionlab": values("git_rev") + f" (version {values('precisionlab_version')})",
+        "torch": values("torch_version"),
+        "report written": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def _html_table(df: pd.DataFrame, verdicts=None) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    rows = []
+    for i, row in enumerate(df.astype(str).values.tolist()):
+        cls = ' class="less"' if verdicts is not None and verdicts[i] == "less stable" else ""
+        rows.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def html_document(report: Report, images: dict[str, bytes]) -> str:
+    """report.html: every table and every image in one file."""
+    esc = html.escape
+    meta = "".join(f"<div><b>{esc(k)}</b>: <code>{esc(v)}</code></div>" for k, v in _provenance(report).items())
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>precisionlab report: {esc(report.sweep)}</title><style>{CSS}</style></head><body>",
+        f"<h1>Sweep <code>{esc(report.sweep)}</code></h1>", f'<div class="meta">{meta}</div>',
+        f'<p class="headline">{esc(report.headline())}</p>',
+    ]
+    if report.notes:
+        parts.append('<div class="notes"><ul>' + "".join(f"<li>{esc(n)}</li>" for n in report.notes) + "</ul></div>")
+    parts += ["<h2>Stability per format</h2>",
+              _html_table(display_by_variant(report.by_variant), list(report.by_variant.verdict))]
+    reasons = report.by_variant[report.by_variant.reason != ""]
+    if len(reasons):
+        parts.append("<ul>" + "".join(f"<li><b>{esc(r.variant)}</b>: {esc(r.reason)}</li>"
+                                      for r in reasons.itertuples()) + "</ul>")
+    parts += ["<h2>Per format and learning rate</h2>", _html_table(display_by_lr(report.by_lr))]
+    for name in ("final_loss_heatmap.png", "loss_curves.png", "stability_vs_bits.png"):
+        if name in images:
+            parts.append(_html_figure(name, images[name], CAPTIONS[name]))
+    sharp = sharpness_display(report)
+    if sharp:
+        parts.append("<h2>Sharpness over training</h2>")
+        for title, table in sharp.items():
+            parts += [f"<h3>{esc(title)}: mean ± std (runs) per step</h3>", _html_table(table)]
+        for name, data in images.items():
+            if name.startswith("sharpness_"):
+                parts.append(_html_figure(name, data, "Train loss (top) and sharpness (bottom) per format; "
+                                                      "colour is the learning rate, one line per seed."))
+    parts.append("<h2>Definitions</h2><dl>" + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in DEFINITIONS)
+                 + "</dl>")
+    parts.append(f'<p class="meta">Tables as CSV beside this file; per-run data: '
+                 f"<code>precisionlab.store.ResultsStore({esc(repr(report.store_path))}).runs(sweep={esc(repr(report.sweep))})</code></p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _html_figure(name: str, data: bytes, caption: str) -> str:
+    encoded = base64.b64encode(data).decode("ascii")
+    return (f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{encoded}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def _md_table(df: pd.DataFrame) -> str:
+    def cell(v):
+        return str(v).replace("|", "\\|")
+    lines = ["| " + " | ".join(cell(c) for c in df.columns) + " |",
+             "|" + "|".join("---" if i == 0 else "---:" for i in range(len(df.columns))) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.astype(str).values.tolist()]
+    return "\n".join(lines)
+
+
+def markdown_document(report: Report, image_names: list[str]) -> str:
+    """report.md: the same tables, with the PNGs linked beside it."""
+    parts = [f"# Sweep `{report.sweep}`", ""]
+    parts += [f"- **{k}**: `{v}`" for k, v in _provenance(report).items()]
+    parts += ["", f"**{report.headline()}**", ""]
+    parts += [f"> note: {n}" for n in report.notes] + ([""] if report.notes else [])
+    parts += ["## Stability per format", "", _md_table(display_by_variant(report.by_variant)), ""]
+    parts += [f"- {r.variant}: {r.reason}" for r in report.by_variant.itertuples() if r.reason]
+    parts += ["", "## Per format and learning rate", "", _md_table(display_by_lr(report.by_lr)), ""]
+    parts += [f"![{name}]({name})\n\n*{CAPTIONS[name]}*\n" for name in image_names if name in CAPTIONS]
+    sharp = sharpness_display(report)
+    if sharp:
+        parts += ["## Sharpness over training", ""]
+        for title, table in sharp.items():
+            parts += [f"### {title}: mean ± std (runs) per step", "", _md_table(table), ""]
+        parts += [f"![{name}]({name})\n" for name in image_names if name.startswith("sharpness_")]
+    parts += ["## Definitions", ""] + [f"- **{k}**: {v}" for k, v in DEFINITIONS]
+    return "\n".join(parts) + "\n"
+
+
+def _prepare(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ReportError(f"--out {out}: cannot create the folder ({err.strerror}); choose a writable folder") from None
+    if not out.is_dir():
+        raise ReportError(f"--out {out} is not a folder")
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ReportError(f"--out {out} is not writable; choose a writable folder")
+
+
+def write(report: Report, out: str | os.PathLike) -> list[Path]:
+    """Write every file of the report into `out` (created if missing); returns their paths."""
+    out = Path(out).resolve()
+    _prepare(out)
+    images = {name: plots.png(fig) for name, fig in plots.figures(report).items()}
+    files: dict[str, bytes | str] = {
+        "report.html": html_document(report, images),
+        "report.md": markdown_document(report, list(images)),
+        "by_format.csv": report.by_variant.rename(columns={"variant": "format"}).to_csv(index=False),
+        "by_format_lr.csv": report.by_lr.rename(columns={"variant": "format"}).to_csv(index=False),
+        "runs.csv": report.runs.drop(columns=["config", "meta"], errors="ignore").to_csv(index=False),
+        **images,
+    }
+    if not report.sharpness_steps.empty:
+        files["sharpness.csv"] = report.sharpness_steps.rename(columns={"variant": "format"}).to_csv(index=False)
+    return _write_files(files, out)
+
+
+def comparison_html(a: Report, b: Report, table: pd.DataFrame, notes: list[str], images: dict[str, bytes]) -> str:
+    """compare.html: the side-by-side table (`compare(a, b)`), what makes the sweeps differ
+    (`compare_notes(a, b)`) and each sweep's own notes, each sweep's per-format table, the figure."""
+    esc = html.escape
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             f"<title>precisionlab: {esc(a.sweep)} vs {esc(b.sweep)}</title><style>{CSS}</style></head><body>",
+             f"<h1>Sweeps <code>{esc(a.sweep)}</code> and <code>{esc(b.sweep)}</code></h1>"]
+    for report in (a, b):
+        meta = "".join(f"<div><b>{esc(k)}</b>: <code>{esc(v)}</code></div>" for k, v in _provenance(report).items()
+                       if k in ("store", "command", "runs", "model"))
+        parts.append(f'<h3>{esc(report.sweep)}</h3><div class="meta">{meta}</div>')
+    notes = notes + [f"{r.sweep}: {n}" for r in (a, b) for n in r.notes]
+    if notes:
+        parts.append('<div class="notes"><ul>' + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul></div>")
+    parts += ["<h2>Side by side</h2>", _html_table(display_compare(table, a.sweep, b.sweep))]
+    for report in (a, b):
+        parts += [f"<h2>Stability per format: {esc(report.sweep)}</h2>", f'<p class="headline">{esc(report.headline())}</p>',
+                  _html_table(display_by_variant(report.by_variant), list(report.by_variant.verdict))]
+    if "stability_vs_bits.png" in images:
+        parts.append(_html_figure("stability_vs_bits.png", images["stability_vs_bits.png"], CAPTIONS["stability_vs_bits.png"]))
+    parts.append("<h2>Definitions</h2><dl>" + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in DEFINITIONS)
+                 + "</dl></body></html>")
+    return "\n".join(parts)
+
+
+def write_comparison(a: Report, b: Report, table: pd.DataFrame, notes: list[str],
+                     out: str | os.PathLike) -> list[Path]:
+    """compare.html, compare.md, compare.csv and stability_vs_bits.png of sweeps `a` and `b` into
+    `out`; `table` and `notes` are `compare(a, b)` and `compare_notes(a, b)`."""
+    out = Path(out).resolve()
+    _prepare(out)
+    figure = plots.stability_vs_bits(a, b)
+    images = {} if figure is None else {"stability_vs_bits.png": plots.png(figure)}
+    markdown = [f"# Sweeps `{a.sweep}` and `{b.sweep}`", "", _md_table(display_compare(table, a.sweep, b.sweep)), ""]
+    for report in (a, b):
+        markdown += [f"## {report.sweep}", "", f"**{report.headline()}**", "",
+                     _md_table(display_by_variant(report.by_variant)), ""]
+    markdown += [f"![{name}]({name})" for name in images]
+    files = {"compare.html": comparison_html(a, b, table, notes, images), "compare.md": "\n".join(markdown) + "\n",
+             "compare.csv": table.rename(columns={"variant": "format"}).to_csv(index=False), **images}
+    return _write_files(files, out)
+
+
+def _write_files(files: dict[str, bytes | str], out: Path) -> list[Path]:
+    """Render into a staging folder inside `out`, then rename each file into place."""
+    staging = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
+    try:
+        for name, content in files.items():
+            mode = "wb" if isinstance(content, bytes) else "w"
+            with open(staging / name, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as f:
+                f.write(content)
+        for name in files:
+            os.replace(staging / name, out / name)
+    except OSError as err:
+        raise ReportError(f"--out {out}: writing the report failed ({err.strerror})") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [out / name for name in files]

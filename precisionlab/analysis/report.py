@@ -1,0 +1,354 @@
+"""The numbers behind `precisionlab report`: a sweep's runs as stability tables.
+
+Plots are drawn by `precisionlab.analysis.plots`, tables formatted by `precisionlab.analysis.tables`,
+documents written by `precisionlab.analysis.render`;
+this module only reads the store and does the arithmetic, so tests can check it
+on runs with known values.
+
+Definitions (the README's "Reading a report" repeats them):
+  variant       what a row compares: the formats of the GEMM inputs (one name when
+                x, w and grad share it, else x/w/grad; fp32 when nothing is cast),
+                plus every other config value that varies between runs of one format
+                besides the learning rate and the seed, e.g. "e8m7 [rounding=toward_zero]".
+  ℓ₀            a run's initial loss: its train loss at step 1.
+  ℓ             a run's final validation loss, capped at ℓ₀; a diverged run counts as ℓ₀.
+  ℓ(η)          the mean of ℓ over the seeds at learning rate η.
+  LR sensitivity  Wortsman et al. 2023: mean over the LR grid of ℓ(η) − min_η ℓ(η).
+  best LR       argmin_η ℓ(η); seed std is the std (ddof=1) of the final
+                validation loss over the completed runs at the best LR.
+  as stable as the reference (the variant with the most bits, listed first):
+                no larger diverged fraction over the grid, and LR sensitivity at most
+                the reference's plus the reference's seed std at its best LR (its
+                seed noise). A verdict at small seed counts is a hint, not a test:
+                p_more_diverged, the one-sided Fisher exact test of "this variant
+                diverges more often than the reference", says how much of one.
+Only finished runs (completed or diverged) enter the statistics; failed and
+unfinished runs are counted apart and named in the report's notes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from precisionlab.numerics.formats import FloatFormat
+from precisionlab.store import DONE, NON_SEMANTIC_KEYS, ResultsStore, StoreError
+
+__all__ = ["Report", "ReportError", "build", "by_lr", "by_variant", "compare", "compare_notes", "filter_runs", "fisher_greater", "format_order",
+           "label_runs", "sharpness_by_step"]
+
+FORMAT_KEYS = {"format", "x", "w", "grad", "name"}  # precision.* keys the formats columns already show
+GRID_AXES = {"seed", "optim.lr", "lr"}              # what the tables are taken over, never part of a variant
+WHERE_COLUMNS = ("variant", "format", "lr", "seed", "status", "rounding", "model")
+
+
+class ReportError(ValueError):
+    """Bad report input; the message is one line naming what is wrong and what is accepted."""
+
+
+@dataclass
+class Report:
+    sweep: str                 # the sweep's name in the store
+    store_path: str            # absolute path of the results store
+    info: dict[str, Any]       # the sweep's row: command, created, grid
+    runs: pd.DataFrame         # one row per run: label_runs() columns + capped loss
+    by_lr: pd.DataFrame        # one row per variant x LR (by_lr())
+    by_variant: pd.DataFrame   # one row per variant (by_variant())
+    curves: pd.DataFrame       # per-step metrics of the runs (run_id, step, split, loss, ...)
+    sharpness: pd.DataFrame    # per-run sharpness values joined with variant/lr/seed (may be empty)
+    sharpness_steps: pd.DataFrame  # sharpness_by_step(): mean ± std per metric x variant x step
+    notes: list[str] = field(default_factory=list)  # caveats to print with the tables
+
+    @property
+    def reference(self) -> str | None:
+        return None if self.by_variant.empty else str(self.by_variant.variant.iloc[0])
+
+    def headline(self) -> str:
+        """One sentence: which variants train as stably as the reference."""
+        table = self.by_variant
+        if len(table) < 2:
+            return f"one variant ({self.reference}): nothing to compare" if len(table) else "no finished runs"
+        same = table[table.verdict == "as stable"].variant.tolist()
+        less = table[table.verdict == "less stable"]
+        text = f"As stable as {self.reference} (reference): {', '.join(same) if same else 'none'}."
+        if len(less):
+            text += " Less stable: " + "; ".join(f"{r.variant} ({r.reason})" for r in less.itertuples()) + "."
+        return text
+
+
+# --------------------------------------------------------------------------- ordering and labels
+
+
+def format_order(label: str) -> tuple:
+    """Sort key: more exponent bits first, then more mantissa bits (e8m7 > e8m3 > e7m7), then the label.
+    `label` is a variant; its first format name decides."""
+    name = re.split(r"[/ ]", label, maxsplit=1)[0]
+    try:
+        fmt = FloatFormat.parse(name)
+    except ValueError:
+        return (1, 0, 0, label)
+    return (0, -fmt.exp_bits, -fmt.man_bits, label)
+
+
+def mantissa_bits(label: str) -> int | None:
+    try:
+        return FloatFormat.parse(re.split(r"[/ ]", label, maxsplit=1)[0]).man_bits
+    except ValueError:
+        return None
+
+
+def _skipped(key: str) -> bool:
+    parts = key.split(".")
+    if key in GRID_AXES or any(p in NON_SEMANTIC_KEYS for p in parts):
+        return True
+    return any(key.startswith(p) for p in NON_SEMANTIC_KEYS if "." in p) or (
+        parts[0] == "precision" and len(parts) > 1 and parts[1] in FORMAT_KEYS)
+
+
+def label_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """`runs` (store.runs()) plus `format`, `variant` and `capped_loss` (ℓ, see the module docstring)."""
+    runs = runs.copy()
+    roles = [runs[c].astype(object).where(runs[c].notna(), "fp32") for c in ("format_x", "format_w", "format_grad")]
+    runs["format"] = [x if x == w == g else f"{x}/{w}/{g}" for x, w, g in zip(*roles)]
+    extras = [""] * len(runs)
+    if "config" in runs and len(runs):
+        flat = pd.json_normalize([c if isinstance(c, dict) else {} for c in runs.config]).astype(str)
+        by_format = flat.groupby(runs["format"].to_numpy())
+        varying = sorted(k for k in flat.columns if not _skipped(k) and (by_format[k].nunique() > 1).any())
+        short = {k: k.split(".")[-1] for k in varying}
+        if len(set(short.values())) < len(short):
+            short = {k: k for k in varying}
+        extras = [" [" + ", ".join(f"{short[k]}={flat[k].iat[i]}" for k in varying) + "]" if varying else ""
+                  for i in range(len(runs))]
+    runs["variant"] = runs["format"] + pd.Series(extras, index=runs.index)
+    loss0 = runs.initial_loss.astype(float)
+    final = runs.final_val_loss.astype(float)
+    capped = np.where(runs.status == "diverged", loss0, np.fmin(final, loss0))
+    runs["capped_loss"] = np.where(runs.status.isin(DONE), capped, np.nan)
+    return runs
+
+
+def _variant_sorted(df: pd.DataFrame, *also: str) -> pd.DataFrame:
+    if df.empty:
+        return df
+    key = df.variant.map(format_order)
+    order = sorted(range(len(df)), key=lambda i: (key.iat[i], *(df[c].iat[i] for c in also)))
+    return df.iloc[order].reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def by_lr(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per variant x LR: runs, finished, diverged, failed, diverged_frac,
+    median_diverged_step, final_loss_mean/std/n (completed runs), lr_loss (ℓ(η)), spikes (total)."""
+    rows = []
+    for (variant, lr), g in runs.groupby(["variant", "lr"], dropna=False):
+        finished, diverged = g[g.status.isin(DONE)], g[g.status == "diverged"]
+        losses = g[g.status == "completed"].final_val_loss.dropna().astype(float)
+        rows.append({
+            "variant": variant, "lr": lr, "runs": len(g), "finished": len(finished),
+            "diverged": len(diverged), "failed": int((g.status == "failed").sum()),
+            "diverged_frac": len(diverged) / len(finished) if len(finished) else math.nan,
+            "median_diverged_step": diverged.diverged_step.astype(float).median() if len(diverged) else math.nan,
+            "final_loss_mean": losses.mean() if len(losses) else math.nan,
+            "final_loss_std": losses.std(ddof=1) if len(losses) > 1 else math.nan,
+            "final_loss_n": len(losses),
+            "lr_loss": finished.capped_loss.mean() if len(finished) else math.nan,
+            "spikes": int(g.spikes.fillna(0).sum()),
+        })
+    columns = ["variant", "lr", "runs", "finished", "diverged", "failed", "diverged_frac", "median_diverged_step",
+               "final_loss_mean", "final_loss_std", "final_loss_n", "lr_loss", "spikes"]
+    return _variant_sorted(pd.DataFrame(rows, columns=columns), "lr")
+
+
+def by_variant(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per variant from `by_lr(runs)`: runs, diverged/finished over the grid,
+    LR sensitivity, best LR, loss and seed std at the best LR, LRs without a
+    divergence, initial loss, and the verdict against the first (reference) variant."""
+    rows = []
+    for variant, g in table.groupby("variant", sort=False):
+        grid = g[g.finished > 0]
+        best = grid.loc[grid.lr_loss.idxmin()] if len(grid) else None
+        mine = runs[runs.variant == variant]
+        rows.append({
+            "variant": variant, "runs": int(g.runs.sum()), "finished": int(g.finished.sum()),
+            "diverged": int(g.diverged.sum()), "failed": int(g.failed.sum()),
+            "diverged_frac": g.diverged.sum() / g.finished.sum() if g.finished.sum() else math.nan,
+            "lr_sensitivity": (grid.lr_loss - grid.lr_loss.min()).mean() if len(grid) else math.nan,
+            "best_lr": best.lr if best is not None else math.nan,
+            "best_lr_loss": best.final_loss_mean if best is not None else math.nan,
+            "seed_std": best.final_loss_std if best is not None else math.nan,
+            "stable_lrs": int((grid.diverged == 0).sum()), "lrs": len(grid),
+            "initial_loss": mine.initial_loss.astype(float).mean(),
+            "spikes": int(g.spikes.sum()),
+        })
+    out = _variant_sorted(pd.DataFrame(rows, columns=[
+        "variant", "runs", "finished", "diverged", "failed", "diverged_frac", "lr_sensitivity", "best_lr",
+        "best_lr_loss", "seed_std", "stable_lrs", "lrs", "initial_loss", "spikes"]))
+    if len(out):
+        ref = out.iloc[0]
+        out["p_more_diverged"] = [fisher_greater(r.diverged, r.finished, ref.diverged, ref.finished) if i else math.nan
+                                  for i, r in enumerate(out.itertuples())]
+    else:
+        out["p_more_diverged"] = []
+    out["verdict"], out["reason"] = _verdicts(out)
+    return out
+
+
+def fisher_greater(diverged: int, runs: int, ref_diverged: int, ref_runs: int) -> float:
+    """One-sided Fisher exact p-value that a variant with `diverged` of `runs` diverges more often
+    than a reference with `ref_diverged` of `ref_runs`: P(X >= diverged) for X hypergeometric
+    (all runs, all divergences, `runs` drawn)."""
+    total, failures = runs + ref_runs, diverged + ref_diverged
+    if total == 0:
+        return math.nan
+    tail = sum(math.comb(failures, x) * math.comb(total - failures, runs - x)
+               for x in range(diverged, min(failures, runs) + 1))
+    return tail / math.comb(total, runs)
+
+
+def _verdicts(table: pd.DataFrame) -> tuple[list[str], list[str]]:
+    if table.empty:
+        return [], []
+    ref = table.iloc[0]
+    noise = 0.0 if math.isnan(ref.seed_std) else ref.seed_std
+    verdicts, reasons = ["reference"], [""]
+    for row in table.iloc[1:].itertuples():
+        why = []
+        if row.finished == 0 or ref.finished == 0:
+            verdicts.append("no data"), reasons.append("")
+            continue
+        if row.diverged_frac > ref.diverged_frac:
+            why.append(f"diverged {row.diverged}/{row.finished} vs {ref.diverged}/{ref.finished}, "
+                       f"Fisher p = {row.p_more_diverged:.2g}")
+        if row.lr_sensitivity > ref.lr_sensitivity + noise:
+            why.append(f"LR sensitivity {row.lr_sensitivity:.3f} vs {ref.lr_sensitivity:.3f} ± {noise:.3f}")
+        verdicts.append("less stable" if why else "as stable")
+        reasons.append("; ".join(why))
+    return verdicts, reasons
+
+
+def sharpness_by_step(sharpness: pd.DataFrame) -> pd.DataFrame:
+    """Mean, std and count of each sharpness metric (with its parameters) per variant and step."""
+    columns = ["metric", "params", "variant", "step", "mean", "std", "n"]
+    if sharpness.empty:
+        return pd.DataFrame(columns=columns)
+    grouped = sharpness.groupby(["metric", "params", "variant", "step"]).value.agg(["mean", "std", "count"])
+    out = grouped.reset_index().rename(columns={"count": "n"})[columns]
+    return _variant_sorted(out, "metric", "params", "step")
+
+
+def _params_label(params: Any) -> str:
+    if not isinstance(params, dict) or not params:
+        return ""
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(params.items()))
+
+
+# --------------------------------------------------------------------------- filters
+
+
+def filter_runs(runs: pd.DataFrame, where: Sequence[str]) -> pd.DataFrame:
+    """Keep the runs every `where` expression accepts: `key=v1,v2` (membership) on
+    variant, format, lr, seed, status, rounding or model, or any pandas query over those columns."""
+    for expression in where:
+        simple = re.fullmatch(r"\s*(\w+)\s*=\s*([^=<>!].*)", expression)
+        if simple:
+            key, values = simple[1], [v.strip() for v in simple[2].split(",")]
+            if key not in WHERE_COLUMNS:
+                raise ReportError(f"--where {expression!r}: unknown column {key!r}; accepted: {', '.join(WHERE_COLUMNS)}")
+            column = runs[key]
+            if key in ("lr", "seed"):
+                try:
+                    wanted = [float(v) for v in values]
+                except ValueError:
+                    raise ReportError(f"--where {expression!r}: {key} takes numbers, e.g. {key}=1e-3,3e-3") from None
+                keep = np.zeros(len(runs), bool)
+                for v in wanted:
+                    keep |= np.isclose(column.astype(float), v, rtol=1e-9, atol=0)
+            else:
+                keep = column.astype(str).isin(values)
+            runs = runs[keep]
+            continue
+        try:
+            runs = runs.query(expression, engine="python", local_dict={},
+                              resolvers=[{c: runs[c] for c in WHERE_COLUMNS}])
+        except Exception as err:
+            raise ReportError(f"--where {expression!r} is not a usable filter ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else ''}); accepted: key=v1,v2 or a pandas "
+                              f"query over {', '.join(WHERE_COLUMNS)}, e.g. \"lr <= 1e-2 and format != 'e8m3'\"") from None
+    return runs
+
+
+# --------------------------------------------------------------------------- the whole report
+
+
+def build(store: ResultsStore, sweep: str | None = None, where: Sequence[str] = ()) -> Report:
+    """The report of `sweep` (default: the latest) in `store`, over the runs `where` keeps."""
+    try:
+        name = store.sweep_name(sweep)
+    except StoreError as err:
+        raise ReportError(str(err)) from None
+    runs = label_runs(store.runs(sweep=name))
+    total = len(runs)
+    runs = filter_runs(runs, where)
+    if runs.empty:
+        raise ReportError(f"sweep {name!r} has no runs" + (f" matching --where {' and '.join(where)}" if where else "")
+                          + f" ({total} in all)")
+    notes = []
+    if where:
+        notes.append(f"filtered with --where {' and '.join(where)}: {len(runs)} of {total} runs")
+    unfinished = runs[~runs.status.isin(DONE)]
+    for status, count in unfinished.status.value_counts().items():
+        how = {"failed": "their errors: ResultsStore(path).runs(status='failed').error",
+               "running": "still running, or interrupted: rerun the sweep command to finish them"}
+        notes.append(f"{count} run(s) {status}, not in the statistics ("
+                     + how.get(status, "rerun the sweep command to finish them") + ")")
+    table = by_lr(runs)
+    variants = by_variant(table, runs)
+    grids = {v: tuple(sorted(g.lr)) for v, g in table[table.finished > 0].groupby("variant")}
+    if len(set(grids.values())) > 1:
+        notes.append("variants were run over different LR grids: their LR sensitivities are not comparable")
+    ids = list(runs.run_id)
+    curves = store.metrics(run_ids=ids)
+    sharp = store.sharpness(run_ids=ids)
+    if not sharp.empty:
+        sharp = sharp.assign(params=[_params_label(p) for p in sharp.params])
+        sharp = sharp.merge(runs[["run_id", "variant", "lr", "seed", "status"]], on="run_id")
+    sweeps = store.sweeps()
+    info = sweeps[sweeps.name == name].iloc[0].to_dict()
+    return Report(sweep=name, store_path=store.path, info=info, runs=runs, by_lr=table, by_variant=variants,
+                  curves=curves, sharpness=sharp, sharpness_steps=sharpness_by_step(sharp), notes=notes)
+
+
+def compare(a: Report, b: Report) -> pd.DataFrame:
+    """One row per variant of either sweep: each sweep's diverged k/n, LR sensitivity, best LR and
+    its loss (columns suffixed _a, _b), and the one-sided Fisher p of each diverging more than the other."""
+    keep = ["variant", "finished", "diverged", "diverged_frac", "lr_sensitivity", "best_lr", "best_lr_loss", "seed_std"]
+    table = a.by_variant[keep].merge(b.by_variant[keep], on="variant", how="outer", suffixes=("_a", "_b"))
+    table = _variant_sorted(table)
+    both = table.finished_a.notna() & table.finished_b.notna()
+    def p(x, y):
+        return [fisher_greater(int(r[f"diverged_{x}"]), int(r[f"finished_{x}"]), int(r[f"diverged_{y}"]),
+                               int(r[f"finished_{y}"])) if ok else math.nan for ok, (_, r) in zip(both, table.iterrows())]
+    return table.assign(p_a_more_diverged=p("a", "b"), p_b_more_diverged=p("b", "a"))
+
+
+def compare_notes(a: Report, b: Report) -> list[str]:
+    """What makes the two sweeps' numbers not directly comparable."""
+    notes = []
+    grids = [sorted(r.runs.lr.dropna().unique()) for r in (a, b)]
+    if grids[0] != grids[1]:
+        notes.append(f"the sweeps ran different LR grids ({a.sweep}: {', '.join(f'{x:g}' for x in grids[0])}; "
+                     f"{b.sweep}: {', '.join(f'{x:g}' for x in grids[1])}): LR sensitivities are not comparable")
+    flat = [pd.json_normalize(list(r.runs.config)).astype(str) for r in (a, b)]
+    for key in ("train.steps", "model.n_layer", "model.n_embd", "data.source"):
+        values = [sorted(set(f[key])) if key in f else ["None"] for f in flat]
+        if values[0] != values[1]:
+            notes.append(f"{key} differs ({a.sweep}: {', '.join(values[0])}; {b.sweep}: {', '.join(values[1])})")
+    return notes

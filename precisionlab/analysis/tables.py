@@ -1,0 +1,73 @@
+"""Report tables as text: the strings every output (terminal, HTML, Markdown) shows."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+__all__ = ["display_by_lr", "display_by_variant", "display_compare", "text_table"]
+
+
+def _num(x: Any, spec: str = ".4f") -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def _mean_std(mean: float, std: float) -> str:
+    """'mean ± std', or 'mean' alone where the std is NaN (fewer than two runs)."""
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:.4f}" if math.isnan(std) else f"{mean:.4f} ± {std:.4f}"
+
+
+def display_by_lr(table: pd.DataFrame) -> pd.DataFrame:
+    """by_lr() as the strings every output shows."""
+    return pd.DataFrame({
+        "format": table.variant,
+        "lr": [f"{lr:.3g}" for lr in table.lr],
+        "diverged": [f"{d}/{f}" for d, f in zip(table.diverged, table.finished)],
+        "median div. step": [_num(s, ".0f") for s in table.median_diverged_step],
+        "final val loss": [_mean_std(m, s) for m, s in zip(table.final_loss_mean, table.final_loss_std)],
+        "spikes": table.spikes.astype(str),
+        **({"failed": table.failed.astype(str)} if table.failed.any() else {}),
+    })
+
+
+def display_by_variant(table: pd.DataFrame) -> pd.DataFrame:
+    """by_variant() as the strings every output shows."""
+    return pd.DataFrame({
+        "format": table.variant,
+        "diverged": [f"{d}/{f}" for d, f in zip(table.diverged, table.finished)],
+        "LR sensitivity": [_num(x) for x in table.lr_sensitivity],
+        "best lr": [_num(x, ".3g") for x in table.best_lr],
+        "loss at best lr": [_mean_std(m, s) for m, s in zip(table.best_lr_loss, table.seed_std)],
+        "stable lrs": [f"{s}/{n}" for s, n in zip(table.stable_lrs, table.lrs)],
+        "spikes": table.spikes.astype(str),
+        "p (more div.)": [_num(p, ".2g") for p in table.p_more_diverged],
+        "vs reference": table.verdict,
+    })
+
+
+def display_compare(table: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
+    """compare() as the strings every output shows, columns named after the sweeps."""
+    def div(d, f):
+        return "–" if pd.isna(f) else f"{int(d)}/{int(f)}"
+    out = {"format": table.variant}
+    for side, name in (("a", a), ("b", b)):
+        out[f"{name}: diverged"] = [div(d, f) for d, f in zip(table[f"diverged_{side}"], table[f"finished_{side}"])]
+        out[f"{name}: LR sens."] = [_num(x) for x in table[f"lr_sensitivity_{side}"]]
+        out[f"{name}: best lr"] = [_num(x, ".3g") for x in table[f"best_lr_{side}"]]
+        out[f"{name}: loss"] = [_mean_std(m, s) for m, s in zip(table[f"best_lr_loss_{side}"], table[f"seed_std_{side}"])]
+    out[f"p ({a} more div.)"] = [_num(p, ".2g") for p in table.p_a_more_diverged]
+    out[f"p ({b} more div.)"] = [_num(p, ".2g") for p in table.p_b_more_diverged]
+    return pd.DataFrame(out)
+
+
+def text_table(df: pd.DataFrame) -> str:
+    """Fixed-width text: the first column left-aligned, the others right-aligned."""
+    cells = [list(df.columns)] + df.astype(str).values.tolist()
+    widths = [max(len(row[i]) for row in cells) for i in range(len(df.columns))]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+                     for row in cells)
+

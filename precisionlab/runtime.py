@@ -1,0 +1,85 @@
+"""Where and with what a run executes: its device, absolute paths, and provenance.
+
+One home for three questions several stages ask:
+  resolve_device(name)      "auto" | "cpu" | "cuda" | "cuda:N" -> a usable torch.device
+  absolute_paths(cfg, base) data.path, data.cache_dir and store.path made absolute from the
+                            launch directory (`~` expanded), so a run's id and its files do
+                            not depend on the folder Hydra runs it in
+  provenance()              python, torch, triton and precisionlab versions and the git
+                            revision of the precisionlab checkout, recorded with every run
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from functools import cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DeviceError", "resolve_device", "absolute_paths", "PATH_KEYS", "provenance"]
+
+# The config keys holding file-system paths, relative to the launch directory when relative.
+PATH_KEYS = (("data", "path"), ("data", "cache_dir"), ("store", "path"))
+
+
+class DeviceError(ValueError):
+    """A device name that is not usable here; the message says what is accepted."""
+
+
+def resolve_device(name: str):
+    """The torch.device for `name`: auto (CUDA if present), cpu, cuda or cuda:N (CUDA must be available)."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise DeviceError(f"device must be auto, cpu, cuda or cuda:N; got {name!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise DeviceError(f"device must be auto, cpu, cuda or cuda:N; got {name!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"device {name} is not usable: CUDA is not available here; use auto or cpu")
+    return device
+
+
+def absolute_paths(cfg: Any, base: str | os.PathLike) -> None:
+    """Make the PATH_KEYS of `cfg` (a DictConfig) absolute, taken from `base`, in place; `~` is expanded.
+    Missing, null and `???` values are left alone."""
+    from omegaconf import OmegaConf, open_dict
+
+    with open_dict(cfg):
+        for group, key in PATH_KEYS:
+            node = cfg.get(group)
+            if node is None or key not in node or OmegaConf.is_missing(node, key) or node[key] is None:
+                continue
+            node[key] = str(Path(base) / os.path.expanduser(str(node[key])))
+
+
+@cache
+def provenance() -> dict[str, str | None]:
+    """{"python", "torch", "triton", "precisionlab": versions (None if absent), "git_rev": the
+    precisionlab checkout's revision, "-dirty" if modified, None outside a git checkout}."""
+
+    def version(package: str) -> str | None:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return None
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=os.path.dirname(os.path.abspath(__file__)),
+                                  capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    rev = git("rev-parse", "HEAD")
+    if rev and git("status", "--porcelain", "--untracked-files=no"):
+        rev += "-dirty"
+    return {"python": platform.python_version(), **{p: version(p) for p in ("torch", "triton", "precisionlab")},
+            "git_rev": rev}

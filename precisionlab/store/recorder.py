@@ -1,0 +1,157 @@
+"""`StoreRecorder`: the `Recorder` that writes one claimed run into a ResultsStore."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from precisionlab.runtime import provenance
+from precisionlab.store.identity import dumps
+from precisionlab.store.schema import (
+    METRIC_KEYS,
+    OUTCOME_KEYS,
+    OUTCOMES,
+    StoreError,
+    finite,
+)
+
+if TYPE_CHECKING:
+    from precisionlab.store.results import ResultsStore
+
+__all__ = ["StoreRecorder", "LIVE_CLAIMS"]
+
+LIVE_CLAIMS: set[str] = set()  # claim tokens this process holds and has not finished
+
+
+class StoreRecorder:
+    """`precisionlab.recorder.Recorder` writing one claimed run into a ResultsStore.
+
+    Metric rows are buffered and written every `flush_every` rows or
+    `flush_seconds`, before each checkpoint row and with the outcome. Every
+    write is guarded by the claim: if another process took the run over
+    (this one was presumed dead), writing raises StoreError.
+    As a context manager, a run that leaves without `finish` is recorded as
+    failed (with the exception, if any).
+    """
+
+    def __init__(self, store: ResultsStore, run_id: str, token: str, flush_every: int, flush_seconds: float):
+        self.store, self.run_id, self._token = store, run_id, token
+        self.flush_every, self.flush_seconds = flush_every, flush_seconds
+        self._rows: list[tuple] = []
+        self._last_flush = time.monotonic()
+        self.finished = False
+
+    def _commit(self, transaction=None, **columns: Any) -> None:
+        """One transaction: refresh the heartbeat and set `columns` if we still
+        hold the claim, write the buffered rows, then run `transaction(conn)`."""
+
+        def write(conn):
+            assignments = "".join(f", {name}=?" for name in columns)
+            held = conn.execute(f"UPDATE runs SET heartbeat=?{assignments} WHERE run_id=? AND claim=?",
+                                (time.time(), *columns.values(), self.run_id, self._token)).rowcount
+            if not held:
+                raise self.store._error(f"run {self.run_id} is no longer claimed by this process "
+                                        "(another process took it over as interrupted)")
+            conn.executemany(
+                "INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(run_id, step, split) DO UPDATE SET "
+                "loss=excluded.loss, lr=excluded.lr, grad_norm=excluded.grad_norm, tokens=excluded.tokens, "
+                "elapsed=excluded.elapsed, extra=excluded.extra", self._rows)
+            if transaction is not None:
+                transaction(conn)
+
+        self.store._write(write)
+        self._rows = []
+        self._last_flush = time.monotonic()
+
+    def flush(self) -> None:
+        self._commit()
+
+    # ---- the Recorder protocol
+
+    def start(self, meta: Mapping[str, Any]) -> None:
+        """Store `meta` (JSON) and provenance: meta's "git_rev" and "versions"
+        ({"torch", "triton", "precisionlab"}) win over what is detected here."""
+        versions = dict(meta.get("versions") or {})
+        found = provenance()
+        columns = {
+            "git_rev": meta.get("git_rev") or found["git_rev"],
+            **{f"{name}_version": versions.get(name) or found[name]
+               for name in ("torch", "triton", "precisionlab")},
+            "meta": dumps({k: v for k, v in meta.items() if k != "config"}),
+        }
+        self._commit(**columns)
+
+    def log(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
+        extra = {k: v for k, v in metrics.items() if k not in METRIC_KEYS}
+        self._rows.append((self.run_id, step, split, *(finite(metrics.get(k)) for k in METRIC_KEYS),
+                           dumps(extra) if extra else None))
+        if len(self._rows) >= self.flush_every or time.monotonic() - self._last_flush >= self.flush_seconds:
+            self._commit()
+
+    def checkpoint(self, step: int, path: str) -> None:
+        self._commit(lambda conn: conn.execute(
+            "INSERT INTO checkpoints VALUES (?, ?, ?, ?) ON CONFLICT(run_id, step) DO UPDATE SET "
+            "path=excluded.path, created=excluded.created",
+            (self.run_id, step, os.path.abspath(path), time.time())))
+
+    def sharpness(self, step: int, metric: str, value: float, params: Mapping[str, Any]) -> None:
+        """A sharpness value measured during training (`sharpness.every`), as `add_sharpness` writes it."""
+        self.store.add_sharpness(self.run_id, step, metric, value, params)
+
+    def finish(self, outcome: Mapping[str, Any]) -> None:
+        """Write the outcome and the last rows in one transaction. `outcome`:
+        "status" (completed/diverged/failed) and any of OUTCOME_KEYS ("steps"
+        is accepted for "steps_done"); losses and steps left out are taken
+        from the logged metrics."""
+        status = outcome.get("status")
+        if status not in OUTCOMES:
+            raise ValueError(f"outcome status must be one of {', '.join(OUTCOMES)}, not {status!r}")
+        values = {k: finite(outcome.get(k)) for k in OUTCOME_KEYS}
+        if values["steps_done"] is None:
+            values["steps_done"] = outcome.get("steps")
+        if values["error"] is not None:
+            values["error"] = str(values["error"])
+
+        def derive(conn):
+            def one(sql, split):
+                row = conn.execute(sql, (self.run_id, split)).fetchone()
+                return None if row is None else row[0]
+
+            last = "SELECT loss FROM metrics WHERE run_id=? AND split=? ORDER BY step DESC LIMIT 1"
+            derived = {
+                "steps_done": one("SELECT MAX(step) FROM metrics WHERE run_id=? AND split=?", "train"),
+                "final_train_loss": one(last, "train"),
+                "final_val_loss": one(last, "val"),
+                "min_val_loss": one("SELECT MIN(loss) FROM metrics WHERE run_id=? AND split=?", "val"),
+                "initial_loss": one(last.replace("DESC", "ASC"), "train"),
+            }
+            now = time.time()
+            started = conn.execute("SELECT started FROM runs WHERE run_id=?", (self.run_id,)).fetchone()[0]
+            derived["wall_time"] = None if started is None else now - started
+            columns = {k: (derived.get(k) if v is None else v) for k, v in values.items()}
+            conn.execute(
+                f"UPDATE runs SET status=?, finished=?, claim=NULL, "
+                f"{', '.join(f'{k}=?' for k in columns)} WHERE run_id=?",
+                (status, now, *columns.values(), self.run_id))
+
+        self._commit(derive)
+        self.finished = True
+        LIVE_CLAIMS.discard(self._token)
+        self.store._claims.pop(self.run_id, None)
+
+    # ---- context manager
+
+    def __enter__(self) -> "StoreRecorder":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.finished:
+            return
+        error = f"{exc_type.__name__}: {exc}" if exc_type else "ended without recording an outcome"
+        try:
+            self.finish({"status": "failed", "error": error})
+        except StoreError:
+            if exc_type is None:
+                raise  # otherwise the run's own exception is the one to see

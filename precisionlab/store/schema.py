@@ -1,0 +1,89 @@
+"""The results store's schema: its tables, what their columns hold, and its version."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+__all__ = ["SCHEMA_VERSION", "STATUSES", "OUTCOMES", "DONE", "CONFIG_COLUMNS", "OUTCOME_KEYS", "METRIC_KEYS",
+           "TIME_COLUMNS", "DDL", "finite", "StoreError"]
+
+SCHEMA_VERSION = 1
+STATUSES = ("pending", "running", "completed", "diverged", "failed")
+OUTCOMES = ("completed", "diverged", "failed")
+DONE = ("completed", "diverged")  # never recomputed unless forced
+
+# Where the runs table's columns come from in a run's config: the first
+# present dotted path wins; absent everywhere -> NULL. A format given as a
+# mapping contributes its "format" (or "name") entry.
+CONFIG_COLUMNS = {
+    "model": ("model.name", "model.preset", "model.arch", "model"),
+    "format_x": ("precision.x.format", "precision.x", "precision.formats.x", "precision.format", "precision.name"),
+    "format_w": ("precision.w.format", "precision.w", "precision.formats.w", "precision.format", "precision.name"),
+    "format_grad": ("precision.grad.format", "precision.grad", "precision.formats.grad", "precision.format", "precision.name"),
+    "rounding": ("precision.rounding",),
+    "lr": ("optim.lr", "lr"),
+    "seed": ("seed",),
+}
+
+# What `Recorder.finish(outcome)` may carry (absent -> derived from the logged
+# metrics where possible, else NULL).
+OUTCOME_KEYS = ("steps_done", "final_train_loss", "final_val_loss", "min_val_loss",
+                "initial_loss", "diverged_step", "spikes", "error", "wall_time")
+METRIC_KEYS = ("loss", "lr", "grad_norm", "tokens", "elapsed")
+TIME_COLUMNS = ("created", "started", "heartbeat", "finished")
+
+DDL = f"""
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE sweeps (
+    name    TEXT PRIMARY KEY,
+    created REAL NOT NULL,      -- unix time of the first invocation
+    command TEXT,               -- command line / overrides of the latest invocation
+    grid    TEXT                -- JSON description of the grid
+);
+CREATE TABLE runs (
+    run_id TEXT PRIMARY KEY,    -- run_id(config)
+    config TEXT NOT NULL,       -- JSON, the resolved config
+    model TEXT, format_x TEXT, format_w TEXT, format_grad TEXT, rounding TEXT, lr REAL, seed INTEGER,
+    status TEXT NOT NULL CHECK (status IN {STATUSES}),
+    steps_done INTEGER, final_train_loss REAL, final_val_loss REAL, min_val_loss REAL,
+    initial_loss REAL, diverged_step INTEGER, spikes INTEGER, error TEXT,
+    created REAL NOT NULL, started REAL, heartbeat REAL, finished REAL, wall_time REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    pid INTEGER, hostname TEXT, claim TEXT,  -- who runs it now (see the liveness rule)
+    git_rev TEXT, torch_version TEXT, triton_version TEXT, precisionlab_version TEXT,
+    meta TEXT                   -- JSON from Recorder.start: data fingerprint, device, ...
+);
+CREATE TABLE sweep_runs (
+    sweep  TEXT NOT NULL REFERENCES sweeps(name),
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    PRIMARY KEY (sweep, run_id)
+) WITHOUT ROWID;
+CREATE TABLE metrics (
+    run_id TEXT NOT NULL, step INTEGER NOT NULL, split TEXT NOT NULL,
+    loss REAL, lr REAL, grad_norm REAL, tokens INTEGER, elapsed REAL,
+    extra TEXT,                 -- JSON of any other logged values
+    PRIMARY KEY (run_id, step, split)
+) WITHOUT ROWID;
+CREATE TABLE checkpoints (
+    run_id TEXT NOT NULL, step INTEGER NOT NULL, path TEXT NOT NULL, created REAL NOT NULL,
+    PRIMARY KEY (run_id, step)
+) WITHOUT ROWID;
+CREATE TABLE sharpness (
+    run_id TEXT NOT NULL, step INTEGER NOT NULL, metric TEXT NOT NULL,
+    params TEXT NOT NULL,       -- canonical JSON of the metric's parameters (eps, ...)
+    value REAL, created REAL NOT NULL,
+    PRIMARY KEY (run_id, step, metric, params)
+) WITHOUT ROWID;
+CREATE INDEX runs_status ON runs(status);
+INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');
+"""
+
+
+def finite(x: Any) -> Any:
+    """SQLite turns NaN into NULL silently; keep Inf, make NaN an explicit None."""
+    return None if isinstance(x, float) and math.isnan(x) else x
+
+
+class StoreError(ValueError):
+    """A results store that cannot be used: one line naming the path and the problem."""

@@ -1,0 +1,78 @@
+"""The Hydra entry points: module-level `@hydra.main` functions around `precisionlab.train.loop.run`.
+
+`precisionlab train OVERRIDES...` (precisionlab.cli) calls `train_main()` with
+the overrides in sys.argv. Hydra makes the run directory the working
+directory (`hydra.job.chdir: true`), where the run writes metrics.csv,
+run.json and checkpoints/; relative data paths are taken from the directory
+the command was started in.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from precisionlab.config import ConfigError, validate
+from precisionlab.runtime import absolute_paths
+from precisionlab.store import StoreError
+from precisionlab.sweep.job import run_job, train_recorded
+from precisionlab.train.data import DataError
+from precisionlab.train.outcomes import RunResult
+from precisionlab.train.rundir import RunDirRecorder
+
+__all__ = ["train_main", "sweep_main", "describe"]
+
+
+class _ProgressRecorder(RunDirRecorder):
+    """Run-directory recorder that also drives a progress bar on stderr."""
+
+    def __init__(self, total: int):
+        super().__init__(".")
+        # disable=None: no bar when stderr is not a terminal (sweep workers, CI logs)
+        self.bar = tqdm(total=total, file=sys.stderr, unit="step", dynamic_ncols=True, leave=False, disable=None)
+
+    def log(self, step, split, metrics):
+        super().log(step, split, metrics)
+        if split == "train":
+            self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
+            self.bar.update(step - self.bar.n)
+
+    def finish(self, outcome):
+        self.bar.close()
+        super().finish(outcome)
+
+
+def describe(result: RunResult) -> str:
+    """The final line: outcome, steps and losses."""
+    def fmt(v):
+        return "n/a" if v is None else ("nan" if math.isnan(v) else f"{v:.4f}")
+
+    head = {"completed": "completed", "diverged": f"diverged at step {result.diverged_step}", "failed": "failed"}[result.status]
+    line = f"{head}: {result.steps_done} steps, final train loss {fmt(result.final_train_loss)}, val loss {fmt(result.final_val_loss)}, spikes {result.spikes}"
+    return f"{line}; error: {result.error}" if result.error else line
+
+
+@hydra.main(config_path="pkg://precisionlab.configs", config_name="train", version_base="1.3")
+def train_main(cfg: DictConfig) -> RunResult:
+    absolute_paths(cfg, HydraConfig.get().runtime.cwd)  # the launch directory, not the run directory
+    try:
+        validate(cfg)
+        result = train_recorded(cfg, _ProgressRecorder(cfg.train.steps))  # run directory + results store
+    except (ConfigError, DataError, StoreError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(describe(result))
+    if result.status == "failed":
+        sys.exit(1)
+    return result
+
+
+@hydra.main(config_path="pkg://precisionlab.configs", config_name="sweep", version_base="1.3")
+def sweep_main(cfg: DictConfig) -> str:
+    """One grid point of `precisionlab sweep` (run with -m); see precisionlab.sweep.job.run_job."""
+    return run_job(cfg)

@@ -1,0 +1,106 @@
+"""One grid point of a sweep, in whatever process the launcher picked, and `precisionlab train`'s run.
+
+`run_job` claims its run in the store (skip: completed or diverged, unless forced, or
+running in a live process elsewhere), resumes from the run's last checkpoint when an
+earlier attempt was killed or failed, trains with the store and the run directory as
+recorders, and never raises: a run that raises is recorded `failed` with its error and
+the sweep goes on. `train_recorded` is `precisionlab train`: always computes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from omegaconf import DictConfig, open_dict
+
+from precisionlab.config import validate
+from precisionlab.runtime import absolute_paths
+from precisionlab.store import ResultsStore, StoreError, run_id
+from precisionlab.sweep.launchers import threads_per_job
+from precisionlab.train.loop import run
+from precisionlab.train.outcomes import RunResult
+from precisionlab.train.recorder import Tee
+from precisionlab.train.rundir import RunDirRecorder
+
+__all__ = ["run_job", "recorded_run", "train_recorded", "open_store"]
+
+log = logging.getLogger(__name__)
+
+
+def recorded_run(cfg: DictConfig, store: ResultsStore, recorder: Any = None, *, sweep: str | None = None,
+                 force: bool = False) -> RunResult | None:
+    """Train the validated `cfg` into `store` (and `recorder`, default: the run directory "."),
+    resuming from the run's last recorded checkpoint; None when the store says not to
+    (completed or diverged and not `force`, or running in a live process elsewhere)."""
+    rid = run_id(cfg)
+    if not store.claim_run(rid, cfg, sweep, force=force):
+        return None
+    # Everything after the claim happens inside the recorder: leaving it without an outcome records `failed`.
+    with store.recorder(rid) as rec:
+        checkpoint = store.latest_checkpoint(rid)
+        resume_from = None
+        if checkpoint is not None:
+            if os.path.isfile(checkpoint[1]):
+                resume_from = checkpoint[1]
+                log.info("resuming run %s from its checkpoint at step %d: %s", rid, *checkpoint)
+            else:  # rows up to the checkpoint are kept and relogged identically from step 1
+                log.warning("run %s: checkpoint %s is gone; training from step 1", rid, checkpoint[1])
+        tee = Tee(rec, recorder if recorder is not None else RunDirRecorder("."),
+                  extra_meta={"run_id": rid, "run_dir": os.getcwd(),
+                              "threads": cfg.train.threads or os.cpu_count() or 1})  # as train.run sets them
+        return run(cfg, recorder=tee, resume_from=resume_from)
+
+
+def open_store(cfg: DictConfig) -> ResultsStore | None:
+    """The results store at cfg.store.path (made absolute by `runtime.absolute_paths`), or None if null."""
+    path = cfg.store.path if "store" in cfg else None
+    if path is None:
+        return None
+    return ResultsStore(path, journal_mode=cfg.store.get("journal_mode", "wal"))
+
+
+def train_recorded(cfg: DictConfig, recorder: Any = None) -> RunResult:
+    """`precisionlab train`: train `cfg` into the run directory and, unless store.path is null, the store.
+    Always computes (a run already in the store is replaced: same id, same config)."""
+    cfg = validate(cfg)
+    store = open_store(cfg)
+    if store is None:
+        return run(cfg, recorder=recorder)
+    result = recorded_run(cfg, store, recorder, force=True)
+    if result is None:
+        raise StoreError(f"results store {store.path}: run {run_id(cfg)} is being trained by another live "
+                         "process; wait for it, or set store.path to another file")
+    return result
+
+
+def run_job(cfg: DictConfig) -> str:
+    """One grid point: the task of `precisionlab.app.sweep_main`. Never raises; returns
+    the run's status ("completed", "diverged", "failed") or "skipped"."""
+    from hydra.core.hydra_config import HydraConfig
+
+    store = None
+    try:
+        hydra_cfg = HydraConfig.get()
+        absolute_paths(cfg, hydra_cfg.runtime.cwd)
+        with open_dict(cfg):
+            if cfg.train.threads is None:  # non-semantic: the run id stays the same
+                cfg.train.threads = threads_per_job(hydra_cfg.launcher)
+        cfg = validate(cfg)
+        store = ResultsStore(cfg.store.path)
+        sweep = cfg.sweep.name or hydra_cfg.runtime.choices.get("sweep")
+        result = recorded_run(cfg, store, sweep=sweep, force=bool(cfg.sweep.force))
+        if result is None:
+            log.info("skipped run %s: %s in the store", run_id(cfg), store.status(run_id(cfg)))
+            return "skipped"
+    except Exception:  # recorded `failed` by the recorder if the run was claimed; the sweep goes on
+        log.exception("run failed")
+        return "failed"
+    finally:
+        if store is not None:  # one process runs many jobs: keep no connection (2 fds) per finished job
+            store.close()
+    log.info("run %s %s: %d steps, final train loss %s, val loss %s%s", run_id(cfg), result.status,
+             result.steps_done, result.final_train_loss, result.final_val_loss,
+             f", error: {result.error}" if result.error else "")
+    return result.status

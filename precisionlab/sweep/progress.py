@@ -1,0 +1,120 @@
+"""What a sweep shows while it runs and when it ends: `Progress` (polls the store, so it sees
+runs finish in any process or machine the launcher uses) and `summary`."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+import pandas as pd
+
+from precisionlab.analysis.report import by_lr, label_runs
+from precisionlab.analysis.tables import display_by_lr, text_table
+from precisionlab.store import DEFAULT_STORE_PATH, DONE, OUTCOMES, ResultsStore
+from precisionlab.sweep.plan import Grid
+
+__all__ = ["Progress", "summary"]
+
+
+def _eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class Progress:
+    """Runs done / total, diverged and failed so far, ETA, while a sweep runs.
+
+    A thread polls the store every `interval` seconds, so it sees runs finish in
+    any process or machine the launcher uses. On a terminal: a tqdm bar on
+    stderr; otherwise (logs, CI): one line on stderr whenever the count changes.
+    Runs already done when the sweep starts count as done; the ETA is taken from
+    the runs finished since."""
+
+    def __init__(self, store: ResultsStore, grid: Grid, *, interval: float = 1.0, stream=None):
+        self.store, self.grid, self.interval = store, grid, interval
+        self.stream = stream or sys.stderr
+        self.ids = set(grid.runs)
+        self.t0 = time.time()
+        runs = self._runs()
+        self.skipped = set() if grid.force else set(runs.run_id[runs.status.isin(DONE)])
+        self.total = len(self.ids)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="sweep-progress", daemon=True)
+        self._shown: tuple | None = None
+        self._bar = None
+
+    def _runs(self) -> pd.DataFrame:
+        runs = self.store.runs(sweep=self.grid.name)
+        return runs[runs.run_id.isin(self.ids)]
+
+    def counts(self) -> dict[str, Any]:
+        """done, diverged, failed (among done), finished (since start), eta (seconds or None)."""
+        runs = self._runs()
+        t0 = pd.Timestamp(self.t0, unit="s", tz="UTC")
+        fresh = runs.status.isin(OUTCOMES) & (runs.finished >= t0)
+        done = runs[fresh | runs.run_id.isin(self.skipped)]
+        finished = int(fresh.sum())
+        elapsed = time.time() - self.t0
+        eta = 0.0 if len(done) == self.total else elapsed / finished * (self.total - len(done)) if finished else None
+        return {"done": len(done), "diverged": int((done.status == "diverged").sum()),
+                "failed": int((done.status == "failed").sum()), "finished": finished, "eta": eta}
+
+    def _show(self) -> None:
+        try:
+            c = self.counts()
+        except Exception:  # a store busy for longer than its timeout only delays the display
+            return
+        if self._bar is not None:
+            self._bar.set_postfix(diverged=c["diverged"], failed=c["failed"], refresh=False)
+            self._bar.update(c["done"] - self._bar.n)
+            return
+        state = (c["done"], c["diverged"], c["failed"])
+        if state != self._shown:
+            self._shown = state
+            print(f"sweep {self.grid.name}: {c['done']}/{self.total} runs done, {c['diverged']} diverged, "
+                  f"{c['failed']} failed, ETA {_eta(c['eta'])}", file=self.stream, flush=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._show()
+
+    def __enter__(self) -> "Progress":
+        to_run = self.total - len(self.skipped)
+        print(f"sweep {self.grid.name}: {self.total} runs, {len(self.skipped)} already done, {to_run} to run; "
+              f"store {self.store.path}", file=self.stream, flush=True)
+        if self.stream.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=self.total, initial=len(self.skipped), unit="run", desc=f"sweep {self.grid.name}",
+                             file=self.stream, dynamic_ncols=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._show()
+        if self._bar is not None:
+            self._bar.close()
+
+
+def summary(store: ResultsStore, grid: Grid) -> tuple[str, dict[str, int]]:
+    """The end-of-sweep lines (results per format x LR, counts by status, the report command) and the counts."""
+    runs = store.runs(sweep=grid.name)
+    runs = runs[runs.run_id.isin(set(grid.runs))]
+    statuses = runs.status.value_counts()
+    counts = {s: int(statuses.get(s, 0)) for s in ("completed", "diverged", "failed", "running", "pending")}
+    line = (f"sweep {grid.name}: {len(grid.runs)} runs: {counts['completed']} completed, "
+            f"{counts['diverged']} diverged, {counts['failed']} failed")
+    if counts["running"] + counts["pending"]:
+        line += f", {counts['running'] + counts['pending']} not finished (running in another process?)"
+    table = text_table(display_by_lr(by_lr(label_runs(runs)))) if len(runs) else "(no runs)"
+    command = f"precisionlab report --sweep {grid.name}"
+    if grid.store_path != os.path.abspath(DEFAULT_STORE_PATH):
+        command += f" --store {grid.store_path}"
+    return f"{table}\n{line}\nsee the report (tables, plots, HTML): {command}", counts

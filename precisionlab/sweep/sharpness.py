@@ -1,0 +1,70 @@
+"""`precisionlab sharpness`: measure the stored checkpoints of a sweep, resumably.
+
+Each checkpoint lacking a (metric, params) value is loaded, measured on the run's first
+fixed validation batch exactly as training measures it (`precisionlab.train.measure`),
+and every value is written to the store as soon as it is known.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from precisionlab.train.checkpoint import load_checkpoint
+from precisionlab.train.data import load_dataset
+from precisionlab.train.loop import eval_batches
+from precisionlab.train.measure import Settings, is_fp32, measure, params_key, planned
+
+__all__ = ["Outcome", "measure_checkpoints"]
+
+
+@dataclass
+class Outcome:
+    computed: int = 0  # values measured and written now
+    skipped: int = 0  # values the store already had
+    unreadable: list[str] | None = None  # checkpoints that could not be loaded: "path (why)"
+
+
+def measure_checkpoints(store: Any, sweep: str, metrics: Sequence[str], settings: Settings,
+                        batch_size: int | None = None, device: str = "cpu", progress: bool | None = None) -> Outcome:
+    """Measure every stored checkpoint of `sweep` that lacks a (metric, params) value; write each
+    value to `store` as soon as it is known, so an interrupted call loses at most one."""
+    checkpoints = store.checkpoints(sweep=sweep)
+    have = {(r.run_id, int(r.step), r.metric, params_key(r.params))
+            for r in store.sharpness(sweep=sweep).itertuples()}
+    outcome = Outcome(unreadable=[])
+    validation: dict[str, Any] = {}  # data config -> validation split, loaded once
+    bar = tqdm(checkpoints.itertuples(), total=len(checkpoints), unit="checkpoint", desc=f"sharpness {sweep}",
+               file=sys.stderr, dynamic_ncols=True, disable=None if progress is None else not progress)
+    configs = {r.run_id: r.config for r in store.runs(sweep=sweep).itertuples()}
+    for row in bar:
+        config = configs[row.run_id]
+        size = batch_size or int(config["train"]["batch_size"])
+        pairs = planned(metrics, settings, size, run_is_fp32=is_fp32(config))
+        todo = [(m, p) for m, p in pairs if (row.run_id, int(row.step), m, params_key(p)) not in have]
+        outcome.skipped += len(pairs) - len(todo)
+        if not todo:  # decided from the store alone: a finished checkpoint is not even loaded
+            continue
+        try:
+            model, cfg, _, _ = load_checkpoint(row.path, device)
+        except Exception as err:  # a deleted or torn file: report it, measure the rest
+            outcome.unreadable.append(f"{row.path} ({type(err).__name__}: {err})")
+            continue
+        data_key = json.dumps(OmegaConf.to_container(cfg.data), sort_keys=True)
+        if data_key not in validation:
+            validation[data_key] = load_dataset(cfg.data)[1]
+        cfg.train.batch_size, cfg.train.eval_batches = size, 1  # the first fixed validation batch, `size` sequences
+        batch = eval_batches(validation[data_key], cfg)[0]
+        for metric, params in todo:
+            values = measure(model, batch, metric, params)
+            for name in sorted(values, key=lambda name: name == metric):  # the metric's own row last: it marks done
+                store.add_sharpness(row.run_id, int(row.step), name, values[name], params)
+            outcome.computed += 1
+    bar.close()
+    return outcome

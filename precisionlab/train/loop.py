@@ -1,0 +1,209 @@
+"""One training run: `run(cfg) -> RunResult`, pure (no Hydra), never raises once training starts.
+
+The loop: AdamW on fp32 master weights, linear warmup then cosine (or
+constant) learning rate, gradient-norm clipping, a fixed set of validation
+batches evaluated every `train.eval_every` steps and at the end, checkpoints
+at `train.checkpoint_steps` / every `train.checkpoint_every` steps.
+
+Outcomes and loss spikes: `precisionlab.train.outcomes`.
+User-config errors (`ConfigError`, `DataError`) are raised by `validate` and
+before the first step, so nothing is recorded for a run that cannot start.
+
+
+Sharpness: with `sharpness.every=N` the `sharpness.metrics` are measured every N
+steps (after that step's checkpoint) on the first fixed validation batch, exactly as
+`precisionlab sharpness` measures a checkpoint (precisionlab.train.measure), and reported
+through the recorder's optional `sharpness` hook. Measuring draws no random numbers,
+keeps the stochastic-rounding call counts, the weights and their gradients, so the
+curve is the same as without it.
+
+Reproducibility: `run` seeds torch's global RNG (model init, dropout) and a
+private generator for batches from `seed`, and sets torch's thread count,
+so runs in one process do not leak state. Checkpoints hold the model,
+optimizer, both RNG states, the step and the loop's bookkeeping, so resuming
+continues the loss curve bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from precisionlab.config import ConfigError, validate
+from precisionlab.runtime import provenance, resolve_device
+from precisionlab.train.checkpoint import (
+    CHECKPOINT_FORMAT,
+    build_model,
+    save_checkpoint,
+)
+from precisionlab.train.data import DataError, get_batch, load_dataset
+from precisionlab.train.measure import Settings as SharpnessSettings
+from precisionlab.train.measure import is_fp32, measure, planned
+from precisionlab.train.model import LM
+from precisionlab.train.outcomes import RunResult, SpikeCounter
+from precisionlab.train.recorder import Recorder
+
+__all__ = ["run", "eval_batches", "lr_at"]
+
+
+def lr_at(step: int, optim: Any, total_steps: int) -> float:
+    """Learning rate for 1-based `step`: linear warmup to optim.lr, then cosine to min_lr_ratio * lr (or constant)."""
+    if step <= optim.warmup_steps:
+        return optim.lr * step / optim.warmup_steps
+    if optim.schedule == "constant":
+        return optim.lr
+    progress = (step - optim.warmup_steps) / max(1, total_steps - optim.warmup_steps)
+    floor = optim.min_lr_ratio * optim.lr
+    return floor + (optim.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def eval_batches(val_tokens: Any, cfg: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The fixed validation batches: drawn with `train.eval_seed`, identical for every run and seed."""
+    generator = torch.Generator().manual_seed(int(cfg.train.eval_seed))
+    return [get_batch(val_tokens, cfg.train.batch_size, cfg.train.seq_len, generator) for _ in range(cfg.train.eval_batches)]
+
+
+def run(cfg: Any, recorder: Recorder | None = None, resume_from: str | os.PathLike | None = None) -> RunResult:
+    """Train one model as `cfg` says; see the module docstring for outcomes and definitions.
+
+    `recorder` gets the metadata, per-step metrics, checkpoints and outcome
+    (default: `RunDirRecorder` on the current directory). `resume_from` is a
+    checkpoint path written by an earlier run with the same config.
+    """
+    cfg = validate(cfg)
+    t = cfg.train
+    device = resolve_device(cfg.device)
+    torch.set_num_threads(t.threads or os.cpu_count() or 1)
+    if resume_from is not None and not Path(resume_from).is_file():
+        raise ConfigError(f"checkpoint to resume from {str(resume_from)!r} does not exist")
+    torch.manual_seed(cfg.seed)
+    batch_gen = torch.Generator().manual_seed(cfg.seed)
+    try:
+        train_tokens, val_tokens, data_meta = load_dataset(cfg.data)
+    except OSError as err:
+        raise DataError(f"cannot read the data: {err}") from None
+    for split, tokens in (("train", train_tokens), ("val", val_tokens)):
+        if len(tokens) <= t.seq_len:
+            raise DataError(f"the {split} split has {len(tokens)} tokens, fewer than train.seq_len + 1 = {t.seq_len + 1}")
+    if recorder is None:
+        from precisionlab.train.rundir import RunDirRecorder
+
+        recorder = RunDirRecorder(".")
+    result = RunResult(status="completed")
+    try:
+        _train(cfg, device, batch_gen, train_tokens, val_tokens, data_meta, recorder, resume_from, result)
+    except Exception as err:  # never crash a sweep: record the failure
+        result.status, result.error = "failed", f"{type(err).__name__}: {err}"
+    recorder.finish(asdict(result))
+    return result
+
+
+def _train(cfg, device, batch_gen, train_tokens, val_tokens, data_meta, recorder, resume_from, result: RunResult) -> None:
+    t, o = cfg.train, cfg.optim
+    model = build_model(cfg).to(device)
+    decay = [p for p in model.parameters() if p.dim() >= 2]  # no weight decay on biases and norms
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+    )
+    spikes = SpikeCounter(t.spikes.factor, t.spikes.window)
+    start_step, elapsed0 = 0, 0.0
+    if resume_from is not None:
+        state = torch.load(resume_from, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        batch_gen.set_state(state["rng"]["batches"].cpu())
+        if device.type == "cuda" and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), device)
+        progress = state["progress"]
+        start_step, elapsed0 = int(state["step"]), progress["elapsed"]
+        result.initial_loss, result.min_val_loss = progress["initial_loss"], progress["min_val_loss"]
+        result.final_val_loss = progress["final_val_loss"]
+        spikes.load(progress["spikes"])
+    val_batches = eval_batches(val_tokens, cfg)
+    checkpoint_steps = set(t.checkpoint_steps)
+    sharpness_every = (cfg.get("sharpness") or {}).get("every", 0)
+    recorder.start({
+        "config": OmegaConf.to_container(cfg), "data": data_meta, "device": str(device),
+        "n_params": model.num_params(), "resumed_from": None if resume_from is None else str(resume_from),
+        "start_step": start_step, "versions": provenance(),
+    })
+    tokens_per_step = t.batch_size * t.seq_len
+    started = time.perf_counter()
+    model.train()
+    for step in range(start_step + 1, t.steps + 1):
+        lr = lr_at(step, o, t.steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x, y = get_batch(train_tokens, t.batch_size, t.seq_len, batch_gen)
+        _, loss = model(x.to(device), y.to(device))
+        loss_value = loss.item()
+        if math.isfinite(loss_value):
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip or math.inf).item()
+            optimizer.step()
+        else:
+            grad_norm = math.nan
+        if result.initial_loss is None:
+            result.initial_loss = loss_value
+        spikes.update(loss_value)
+        result.steps_done, result.final_train_loss, result.spikes = step, loss_value, spikes.count
+        recorder.log(step, "train", {
+            "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
+            "tokens": step * tokens_per_step, "elapsed": elapsed0 + time.perf_counter() - started,
+        })
+        bound = t.divergence.factor * result.initial_loss
+        if not math.isfinite(loss_value) or (step > o.warmup_steps and loss_value > bound):
+            result.status, result.diverged_step = "diverged", step
+            return
+        if (t.eval_every and step % t.eval_every == 0) or step == t.steps:
+            result.final_val_loss = _evaluate(model, val_batches, device)
+            result.min_val_loss = min(result.min_val_loss or math.inf, result.final_val_loss)
+            recorder.log(step, "val", {"loss": result.final_val_loss})
+        if step in checkpoint_steps or (t.checkpoint_every and step % t.checkpoint_every == 0):
+            path = Path(t.checkpoint_dir) / f"step_{step:07d}.pt"
+            save_checkpoint(path, {
+                "format": CHECKPOINT_FORMAT, "step": step, "config": OmegaConf.to_container(cfg),
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "data": data_meta,
+                "rng": {"torch": torch.get_rng_state(), "batches": batch_gen.get_state(),
+                        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+                "progress": {"initial_loss": result.initial_loss, "min_val_loss": result.min_val_loss,
+                             "final_val_loss": result.final_val_loss, "spikes": spikes.state(),
+                             "elapsed": elapsed0 + time.perf_counter() - started},
+            })
+            result.checkpoints.append((step, str(path.resolve())))
+            recorder.checkpoint(step, str(path.resolve()))
+        if sharpness_every and step % sharpness_every == 0:  # after the checkpoint: the same state it holds
+            _record_sharpness(model, val_batches[0], cfg, step, recorder)
+
+
+def _record_sharpness(model: LM, batch: tuple, cfg: DictConfig, step: int, recorder: Recorder) -> None:
+    """`sharpness.metrics` on the first fixed validation batch, as `precisionlab sharpness` measures
+    them (same params, same store key); the model, RNG and gradients are left as they were."""
+    hook = getattr(recorder, "sharpness", None)  # optional in the Recorder protocol
+    if hook is None:
+        return
+    s = cfg.sharpness
+    settings = SharpnessSettings(eps=(float(s.eps),))
+    for metric, params in planned(list(s.metrics), settings, batch[0].shape[0], run_is_fp32=is_fp32(cfg)):
+        values = measure(model, batch, metric, params)
+        for name in sorted(values, key=lambda name: name == metric):
+            hook(step, name, values[name], params)
+
+
+@torch.no_grad()
+def _evaluate(model: LM, batches: list, device: torch.device) -> float:
+    model.eval()
+    losses = [model(x.to(device), y.to(device))[1].item() for x, y in batches]
+    model.train()
+    return sum(losses) / len(losses)

@@ -1,0 +1,236 @@
+"""Report arithmetic on a store built here with known values.
+
+Every expectation is worked out by hand in the comments (initial loss ℓ₀ = 5.5 for every run):
+
+  format  lr     seed 0            seed 1            ℓ per run          ℓ(η)
+  fp32    1e-3   3.0               3.2               3.0, 3.2           3.1
+  fp32    1e-2   3.4               3.6               3.4, 3.6           3.5    -> sens mean(0, .4) = 0.2
+  e8m7    1e-3   3.1 (2 spikes)    3.3 (1 spike)     3.1, 3.3           3.2
+  e8m7    1e-2   diverged @ 40     3.5               5.5, 3.5           4.5    -> sens mean(0, 1.3) = 0.65
+  e8m3    1e-3   6.0 (> ℓ₀)        3.0               5.5, 3.0           4.25
+  e8m3    1e-2   diverged @ 30     diverged @ 50     5.5, 5.5           5.5    -> sens mean(0, 1.25) = 0.625
+  e7m7    1e-3   3.3               3.1               3.3, 3.1           3.2
+  e7m7    1e-2   3.35              failed            3.35               3.35   -> sens mean(0, .15) = 0.075
+
+Reference fp32 (most bits): diverged 0/4, sens 0.2, seed std at 1e-3 = std(3.0, 3.2) = 0.141421;
+the bar for LR sensitivity is 0.2 + 0.141421 = 0.341421.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from precisionlab.analysis.report import (
+    ReportError,
+    build,
+    compare,
+    compare_notes,
+    filter_runs,
+    fisher_greater,
+    format_order,
+    label_runs,
+)
+from precisionlab.analysis.tables import display_by_lr
+from precisionlab.store import ResultsStore, run_id
+
+L0 = 5.5
+SWEEP = "known"
+# (format or None for fp32, lr, seed) -> (status, final val loss, diverged step, spikes)
+RUNS = {
+    (None, 1e-3, 0): ("completed", 3.0, None, 0), (None, 1e-3, 1): ("completed", 3.2, None, 0),
+    (None, 1e-2, 0): ("completed", 3.4, None, 0), (None, 1e-2, 1): ("completed", 3.6, None, 0),
+    ("e8m7", 1e-3, 0): ("completed", 3.1, None, 2), ("e8m7", 1e-3, 1): ("completed", 3.3, None, 1),
+    ("e8m7", 1e-2, 0): ("diverged", 3.0, 40, 0), ("e8m7", 1e-2, 1): ("completed", 3.5, None, 0),
+    ("e8m3", 1e-3, 0): ("completed", 6.0, None, 0), ("e8m3", 1e-3, 1): ("completed", 3.0, None, 0),
+    ("e8m3", 1e-2, 0): ("diverged", 2.9, 30, 0), ("e8m3", 1e-2, 1): ("diverged", 2.9, 50, 0),
+    ("e7m7", 1e-3, 0): ("completed", 3.3, None, 0), ("e7m7", 1e-3, 1): ("completed", 3.1, None, 0),
+    ("e7m7", 1e-2, 0): ("completed", 3.35, None, 0), ("e7m7", 1e-2, 1): ("failed", None, None, 0),
+}
+
+
+def _config(fmt, lr, seed, rounding="toward_zero"):
+    precision = {"name": "fp32", "format": None, "x": None, "w": None, "grad": None, "rounding": "nearest_even"} \
+        if fmt is None else {"name": "mask", "format": fmt, "x": fmt, "w": fmt, "grad": fmt, "rounding": rounding}
+    return {"model": {"arch": "gpt2", "n_layer": 2}, "precision": precision, "optim": {"lr": lr}, "seed": seed,
+            "store": {"path": "ignored"}, "train": {"threads": seed}}  # threads vary but are not semantic
+
+
+def _record(store, cfg, status, final, diverged_step, spikes, sweep=SWEEP):
+    rid = run_id(cfg)
+    assert store.claim_run(rid, cfg, sweep)
+    with store.recorder(rid) as rec:
+        rec.log(1, "train", {"loss": L0})
+        if final is not None:
+            rec.log(10, "val", {"loss": final})  # a diverged run's earlier eval must not count
+        if status == "diverged":
+            rec.log(diverged_step, "train", {"loss": math.inf})
+        rec.finish({"status": status, "diverged_step": diverged_step, "spikes": spikes,
+                    **({"error": "RuntimeError: boom"} if status == "failed" else {})})
+    return rid
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = ResultsStore(tmp_path / "store.db")
+    store.add_sweep(SWEEP, command="test")
+    for (fmt, lr, seed), outcome in reversed(RUNS.items()):  # insertion order must not matter
+        _record(store, _config(fmt, lr, seed), *outcome)
+    return store
+
+
+def test_per_format_and_lr_table(store):
+    table = build(store, SWEEP).by_lr.set_index(["variant", "lr"])
+    assert list(dict.fromkeys(table.index.get_level_values(0))) == ["fp32", "e8m7", "e8m3", "e7m7"]
+    row = table.loc[("e8m7", 1e-2)]
+    assert (row.runs, row.finished, row.diverged, row.failed) == (2, 2, 1, 0)
+    assert row.diverged_frac == 0.5 and row.median_diverged_step == 40
+    assert row.final_loss_mean == pytest.approx(3.5) and math.isnan(row.final_loss_std) and row.final_loss_n == 1
+    assert row.lr_loss == pytest.approx(4.5)
+    row = table.loc[("e8m3", 1e-2)]
+    assert (row.diverged, row.finished, row.median_diverged_step, row.final_loss_n) == (2, 2, 40, 0)
+    assert math.isnan(row.final_loss_mean) and row.lr_loss == pytest.approx(L0)
+    row = table.loc[("e8m3", 1e-3)]  # the mean of final losses is uncapped; ℓ(η) is capped
+    assert row.final_loss_mean == pytest.approx(4.5) and row.final_loss_std == pytest.approx(np.std([6.0, 3.0], ddof=1))
+    assert row.lr_loss == pytest.approx(4.25)
+    row = table.loc[("e7m7", 1e-2)]
+    assert (row.runs, row.finished, row.failed, row.lr_loss) == (2, 1, 1, pytest.approx(3.35))
+    assert table.loc[("fp32", 1e-2)].final_loss_std == pytest.approx(np.std([3.4, 3.6], ddof=1))
+    assert table.loc[("e8m7", 1e-3)].spikes == 3
+
+
+def test_per_format_table_and_verdicts(store):
+    report = build(store, SWEEP)
+    table = report.by_variant.set_index("variant")
+    assert list(table.index) == ["fp32", "e8m7", "e8m3", "e7m7"] and report.reference == "fp32"
+    expected_sensitivity = {"fp32": 0.2, "e8m7": 0.65, "e8m3": 0.625, "e7m7": 0.075}
+    for variant, value in expected_sensitivity.items():
+        assert table.loc[variant, "lr_sensitivity"] == pytest.approx(value), variant
+    assert table.loc["fp32", "best_lr"] == 1e-3 and table.loc["fp32", "seed_std"] == pytest.approx(0.1414213562)
+    assert table.loc["e7m7", "best_lr"] == 1e-3 and table.loc["e8m3", "best_lr"] == 1e-3
+    assert table.loc["e8m3", "best_lr_loss"] == pytest.approx(4.5)
+    assert (table.loc["e8m3", "diverged"], table.loc["e8m3", "finished"], table.loc["e8m3", "diverged_frac"]) == (2, 4, 0.5)
+    assert (table.loc["e7m7", "finished"], table.loc["e7m7", "failed"]) == (3, 1)
+    assert (table.loc["e8m3", "stable_lrs"], table.loc["e8m3", "lrs"]) == (1, 2)
+    assert table.loc["e8m7", "initial_loss"] == pytest.approx(L0)
+    assert list(table.verdict) == ["reference", "less stable", "less stable", "as stable"]
+    assert "diverged 1/4 vs 0/4" in table.loc["e8m7", "reason"] and "0.650 vs 0.200" in table.loc["e8m7", "reason"]
+    assert report.headline().startswith("As stable as fp32 (reference): e7m7.")
+    assert any("1 run(s) failed" in note for note in report.notes)
+
+
+def test_display_strings(store):
+    shown = display_by_lr(build(store, SWEEP).by_lr)
+    row = shown[(shown.format == "e8m7") & (shown.lr == "0.01")].iloc[0]
+    assert (row.diverged, row["median div. step"], row["final val loss"]) == ("1/2", "40", "3.5000")
+    row = shown[(shown.format == "fp32") & (shown.lr == "0.001")].iloc[0]
+    assert row["final val loss"] == "3.1000 ± 0.1414"
+    assert "failed" in shown.columns
+
+
+def test_pending_runs_are_noted_not_counted(store):
+    store.register_runs([_config(None, 1e-3, 2)], sweep=SWEEP)
+    report = build(store, SWEEP)
+    row = report.by_lr.set_index(["variant", "lr"]).loc[("fp32", 1e-3)]
+    assert (row.runs, row.finished) == (3, 2) and row.lr_loss == pytest.approx(3.1)
+    assert any("1 run(s) pending" in note for note in report.notes)
+
+
+def test_sharpness_per_format_and_step(store):
+    runs = build(store, SWEEP).runs.set_index(["format", "lr", "seed"])
+    values = {("e8m7", 1e-3, 0): (1.0, 3.0), ("e8m7", 1e-3, 1): (2.0, 5.0), ("e8m3", 1e-3, 0): (4.0, 4.0)}
+    for key, (at10, at20) in values.items():
+        store.add_sharpness(runs.loc[key, "run_id"], 10, "logit", at10, {"eps": 1e-3})
+        store.add_sharpness(runs.loc[key, "run_id"], 20, "logit", at20, {"eps": 1e-3})
+    steps = build(store, SWEEP).sharpness_steps.set_index(["variant", "step"])
+    assert set(steps.metric) == {"logit"} and set(steps.params) == {"eps=0.001"}
+    assert steps.loc[("e8m7", 20), "mean"] == pytest.approx(4.0) and steps.loc[("e8m7", 20), "n"] == 2
+    assert steps.loc[("e8m7", 10), "std"] == pytest.approx(np.std([1.0, 2.0], ddof=1))
+    assert steps.loc[("e8m3", 10), "mean"] == 4.0 and steps.loc[("e8m3", 10), "n"] == 1
+    assert list(dict.fromkeys(steps.index.get_level_values(0))) == ["e8m7", "e8m3"]
+
+
+def test_format_order_reads_the_bit_reduction_top_to_bottom():
+    names = ["e7m7", "e8m3", "bf16", "e8m5", "fp32", "e4m3fn/e4m3fn/e5m2", "e8m4", "e8m6", "e5m2", "mystery"]
+    assert sorted(names, key=format_order) == [
+        "fp32", "bf16", "e8m6", "e8m5", "e8m4", "e8m3", "e7m7", "e5m2", "e4m3fn/e4m3fn/e5m2", "mystery"]
+
+
+def test_variants_name_what_else_varies(tmp_path):
+    store = ResultsStore(tmp_path / "store.db")
+    store.add_sweep("roundings")
+    for rounding in ("toward_zero", "nearest_even"):
+        _record(store, _config("e8m3", 1e-3, 0, rounding), "completed", 3.0, None, 0, sweep="roundings")
+    fp8 = _config("e4m3fn", 1e-3, 0, "toward_zero")
+    fp8["precision"]["grad"] = "e5m2"
+    _record(store, fp8, "completed", 3.0, None, 0, sweep="roundings")
+    variants = set(build(store, "roundings").runs.variant)
+    assert variants == {"e8m3 [rounding=toward_zero]", "e8m3 [rounding=nearest_even]",
+                        "e4m3fn/e4m3fn/e5m2 [rounding=toward_zero]"}
+
+
+def test_where_filters(store):
+    runs = label_runs(store.runs(sweep=SWEEP))
+    assert set(filter_runs(runs, ["format=e8m7,fp32"]).format) == {"e8m7", "fp32"}
+    assert set(filter_runs(runs, ["lr=1e-3"]).lr) == {1e-3}
+    kept = filter_runs(runs, ["lr < 0.005 and seed == 0", "format != 'e7m7'"])
+    assert sorted(kept.format) == ["e8m3", "e8m7", "fp32"] and set(kept.seed) == {0}
+    report = build(store, SWEEP, ["format=e8m3,e7m7"])
+    assert list(report.by_variant.variant) == ["e8m3", "e7m7"] and report.reference == "e8m3"
+    assert any("8 of 16 runs" in note for note in report.notes)
+
+
+@pytest.mark.parametrize("where, message", [
+    (["colour=red"], "unknown column 'colour'"),
+    (["lr=fast"], "lr takes numbers"),
+    (["lr <<< 3"], "is not a usable filter"),
+    (["nonsense_column > 3"], "is not a usable filter"),
+])
+def test_bad_where_is_one_line(store, where, message):
+    with pytest.raises(ReportError, match=message) as info:
+        build(store, SWEEP, where)
+    assert "\n" not in str(info.value)
+
+
+def test_empty_store_unknown_sweep_and_empty_selection(tmp_path, store):
+    with pytest.raises(ReportError, match="holds no sweeps"):
+        build(ResultsStore(tmp_path / "empty.db"))
+    with pytest.raises(ReportError, match=r"unknown sweep 'nope'.*sweeps there: known"):
+        build(store, "nope")
+    with pytest.raises(ReportError, match="no runs matching"):
+        build(store, SWEEP, ["format=e5m2"])
+    assert build(store).sweep == SWEEP  # the latest by default
+
+
+@pytest.mark.parametrize("counts", [(1, 4, 0, 4), (2, 18, 1, 18), (3, 18, 1, 18), (0, 5, 3, 5), (6, 6, 0, 6), (2, 3, 2, 9)])
+def test_fisher_p_value_matches_scipy(counts):
+    from scipy.stats import fisher_exact
+
+    diverged, runs, ref_diverged, ref_runs = counts
+    table = [[diverged, runs - diverged], [ref_diverged, ref_runs - ref_diverged]]
+    assert fisher_greater(*counts) == pytest.approx(fisher_exact(table, alternative="greater").pvalue, rel=1e-12)
+
+
+def test_verdict_reasons_carry_the_p_value(store):
+    table = build(store, SWEEP).by_variant.set_index("variant")
+    assert math.isnan(table.loc["fp32", "p_more_diverged"])
+    assert table.loc["e8m3", "p_more_diverged"] == pytest.approx(fisher_greater(2, 4, 0, 4))
+    assert f"Fisher p = {fisher_greater(1, 4, 0, 4):.2g}" in table.loc["e8m7", "reason"]
+
+
+def test_compare_two_sweeps(store):
+    # sweep "other": e8m3 only, lr 1e-3 and 1e-2, one seed: 3.0 completed, 1e-2 diverged -> 1/2, sens mean(0, 2.5)
+    _record(store, _config("e8m3", 1e-3, 0, "nearest_even"), "completed", 3.0, None, 0, sweep="other")
+    _record(store, _config("e8m3", 1e-2, 0, "nearest_even"), "diverged", None, 12, 0, sweep="other")
+    a, b = build(store, SWEEP), build(store, "other")
+    table = compare(a, b).set_index("variant")
+    assert list(table.index) == ["fp32", "e8m7", "e8m3", "e7m7"]
+    row = table.loc["e8m3"]
+    assert (row.diverged_a, row.finished_a, row.diverged_b, row.finished_b) == (2, 4, 1, 2)
+    assert row.lr_sensitivity_a == pytest.approx(0.625) and row.lr_sensitivity_b == pytest.approx(1.25)
+    assert row.p_a_more_diverged == pytest.approx(fisher_greater(2, 4, 1, 2))
+    assert row.p_b_more_diverged == pytest.approx(fisher_greater(1, 2, 2, 4))
+    assert math.isnan(table.loc["fp32", "finished_b"]) and math.isnan(table.loc["fp32", "p_a_more_diverged"])
+    assert compare_notes(a, b) == []  # same LR grid, same steps and model in both

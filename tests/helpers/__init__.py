@@ -1,0 +1,49 @@
+"""What several test modules share: micro-run overrides, composed configs, an in-memory recorder.
+
+Oracle formats live in `helpers.oracles`; `helpers/interpreted_kernel_check.py` is a script run
+under TRITON_INTERPRET=1 by `tests/numerics/test_cast_triton.py`.
+"""
+
+from __future__ import annotations
+
+from hydra import compose, initialize_config_module
+
+__all__ = ["MICRO", "compose_train", "MemoryRecorder"]
+
+# A micro model and run: a few layers of width 32, a handful of steps.
+MICRO = [
+    "model.n_layer=2", "model.n_embd=32", "model.n_head=2",
+    "train.steps=10", "train.batch_size=4", "train.seq_len=16",
+    "train.eval_every=5", "train.eval_batches=2", "train.threads=1", "optim.warmup_steps=2",
+]
+
+
+def compose_train(*overrides: str, micro: bool = True):
+    """The `train` config with these Hydra overrides (after the micro-run ones)."""
+    with initialize_config_module(config_module="precisionlab.configs", version_base="1.3"):
+        return compose(config_name="train", overrides=[*(MICRO if micro else []), *overrides])
+
+
+class MemoryRecorder:
+    """A `Recorder` that keeps everything a run reports, sharpness included."""
+
+    def __init__(self):
+        self.meta, self.rows, self.checkpoints, self.sharpness_values, self.outcome = None, [], [], [], None
+
+    def start(self, meta):
+        self.meta = meta
+
+    def log(self, step, split, metrics):
+        self.rows.append((step, split, metrics))
+
+    def checkpoint(self, step, path):
+        self.checkpoints.append((step, path))
+
+    def sharpness(self, step, metric, value, params):
+        self.sharpness_values.append((step, metric, value, params))
+
+    def finish(self, outcome):
+        self.outcome = outcome
+
+    def losses(self, split="train"):
+        return [(step, m["loss"]) for step, s, m in self.rows if s == split]

@@ -1,0 +1,86 @@
+"""Data: the embedded stdlib corpus, text and .bin loaders, batches, bad paths."""
+
+from __future__ import annotations
+
+import hashlib
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from precisionlab.train.data import DataError, get_batch, load_dataset
+
+
+def test_default_corpus_builds_offline_with_a_stable_fingerprint(tmp_path):
+    cfg = {"source": "stdlib", "budget_bytes": 300_000, "val_fraction": 0.1}
+    train, val, meta = load_dataset({**cfg, "cache_dir": str(tmp_path / "a")})
+    assert list((tmp_path / "a").iterdir())  # cached
+    again = load_dataset({**cfg, "cache_dir": str(tmp_path / "a")})[2]  # from the cache
+    rebuilt = load_dataset({**cfg, "cache_dir": str(tmp_path / "b")})[2]  # built again from scratch
+    assert meta["fingerprint"] == again["fingerprint"] == rebuilt["fingerprint"]
+    corpus = bytes(train) + bytes(val)
+    assert len(corpus) == 300_000 and len(val) == 30_000
+    assert meta["fingerprint"] == hashlib.sha256(corpus).hexdigest()
+    assert meta["vocab_size"] == 256 and meta["n_tokens"] == {"train": 270_000, "val": 30_000}
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    first = min((p for p in stdlib.glob("*.py")), key=lambda p: p.name)  # '__future__.py' sorts before any folder file
+    assert corpus.startswith(first.read_bytes()[:1000])
+    other = load_dataset({**cfg, "budget_bytes": 200_000, "cache_dir": str(tmp_path / "a")})[2]
+    assert other["fingerprint"] != meta["fingerprint"]
+
+
+def test_text_file_and_folder(tmp_path):
+    file = tmp_path / "one.txt"
+    file.write_bytes(bytes(range(256)) * 4)
+    train, val, meta = load_dataset({"source": "text", "path": str(file), "val_fraction": 0.25})
+    assert bytes(train) + bytes(val) == file.read_bytes() and len(val) == 256
+    assert meta["fingerprint"] == hashlib.sha256(file.read_bytes()).hexdigest()
+    folder = tmp_path / "corpus"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "b.txt").write_text("second " * 20)
+    (folder / "a.txt").write_text("first " * 20)
+    (folder / "sub" / "c.txt").write_text("third " * 20)
+    (folder / "skip.bin").write_bytes(b"\x00" * 50)
+    train, val, _ = load_dataset({"source": "text", "path": str(folder), "val_fraction": 0.1})
+    assert bytes(train) + bytes(val) == ("first " * 20 + "second " * 20 + "third " * 20).encode()
+
+
+def test_token_bin_files(tmp_path):
+    rng = np.random.default_rng(0)
+    train_ids, val_ids = rng.integers(0, 50257, 5000, dtype=np.uint16), rng.integers(0, 50257, 700, dtype=np.uint16)
+    train_ids.tofile(tmp_path / "train.bin")
+    val_ids.tofile(tmp_path / "val.bin")
+    train, val, meta = load_dataset({"source": "tokens", "path": str(tmp_path), "vocab_size": 50304})
+    assert np.array_equal(train, train_ids) and np.array_equal(val, val_ids)
+    assert meta["vocab_size"] == 50304
+    assert meta["fingerprint"] == hashlib.sha256(train_ids.tobytes() + val_ids.tobytes()).hexdigest()
+    x, y = get_batch(train, 3, 8, torch.Generator().manual_seed(0))
+    assert x.dtype == torch.int64 and int(x.max()) < 50257
+
+
+def test_batches_are_next_token_windows_and_seeded():
+    tokens = np.arange(1000, dtype=np.uint16)
+    x, y = get_batch(tokens, 4, 16, torch.Generator().manual_seed(0))
+    assert x.shape == y.shape == (4, 16)
+    assert torch.equal(y, x + 1)  # targets are the next tokens
+    assert torch.equal(x[:, 1:] - x[:, :-1], torch.ones(4, 15, dtype=torch.int64))  # contiguous windows
+    again, _ = get_batch(tokens, 4, 16, torch.Generator().manual_seed(0))
+    other, _ = get_batch(tokens, 4, 16, torch.Generator().manual_seed(1))
+    assert torch.equal(x, again) and not torch.equal(x, other)
+
+
+@pytest.mark.parametrize("cfg, message", [
+    ({"source": "text", "path": "/no/such/file.txt"}, "does not exist"),
+    ({"source": "text"}, "needs data.path"),
+    ({"source": "tokens", "path": "HERE"}, "missing: val.bin"),
+    ({"source": "text", "path": "HERE"}, "no files matching"),
+    ({"source": "web"}, "data.source must be one of"),
+])
+def test_bad_data_settings_are_user_errors(tmp_path, cfg, message):
+    (tmp_path / "train.bin").write_bytes(b"\x01\x00" * 10)
+    if cfg.get("path") == "HERE":
+        cfg = {**cfg, "path": str(tmp_path)}
+    with pytest.raises(DataError, match=message):
+        load_dataset(cfg)

@@ -1,0 +1,207 @@
+"""Training runs: determinism, resume, divergence, failures, checkpoints, config checks."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+import precisionlab.train.loop as train_mod
+from helpers import MemoryRecorder
+from precisionlab.config import ConfigError, validate
+from precisionlab.train.checkpoint import load_checkpoint
+from precisionlab.train.data import load_dataset
+from precisionlab.train.loop import eval_batches, lr_at, run
+from precisionlab.train.outcomes import SpikeCounter
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+
+def _run(cfg, **kw):
+    rec = MemoryRecorder()
+    result = run(cfg, recorder=rec, **kw)
+    return result, rec
+
+
+def test_same_seed_same_curve_other_seed_other_curve(train_cfg):
+    a, rec_a = _run(train_cfg("seed=3"))
+    b, rec_b = _run(train_cfg("seed=3"))
+    c, rec_c = _run(train_cfg("seed=4"))
+    assert a.status == "completed" and a.steps_done == 10
+    assert rec_a.losses() == rec_b.losses() and rec_a.losses("val") == rec_b.losses("val")
+    assert rec_a.losses() != rec_c.losses()
+    assert [s for s, _ in rec_a.losses("val")] == [5, 10]
+    assert a.final_val_loss == rec_a.losses("val")[-1][1] and a.min_val_loss == min(v for _, v in rec_a.losses("val"))
+    assert a.initial_loss == rec_a.losses()[0][1]
+    assert rec_a.meta["data"]["fingerprint"] and rec_a.outcome["status"] == "completed"
+
+
+@pytest.mark.parametrize("precision", [["precision=fp32"], ["precision=mask", "precision.format=e5m2", "precision.rounding=stochastic"]])
+def test_resume_continues_the_curve_bit_for_bit(train_cfg, tmp_path, precision):
+    straight, rec_straight = _run(train_cfg(*precision, "train.checkpoint_steps=[4]", "train.checkpoint_dir=first"))
+    assert [s for s, _ in straight.checkpoints] == [4]
+    ckpt = straight.checkpoints[0][1]
+    resumed, rec_resumed = _run(train_cfg(*precision, "train.checkpoint_dir=second"), resume_from=ckpt)
+    assert rec_resumed.losses() == rec_straight.losses()[4:]
+    assert rec_resumed.losses("val") == rec_straight.losses("val")
+    assert resumed.final_val_loss == straight.final_val_loss and resumed.initial_loss == straight.initial_loss
+
+
+def test_huge_learning_rate_diverges_and_stops(train_cfg):
+    result, rec = _run(train_cfg("optim.lr=30", "train.steps=40", "optim.grad_clip=0"))
+    assert result.status == "diverged"
+    assert result.diverged_step is not None and result.steps_done == result.diverged_step < 40
+    last = rec.losses()[-1][1]
+    assert not math.isfinite(last) or last > result.initial_loss
+    assert rec.outcome["status"] == "diverged"
+
+
+def test_nan_loss_diverges_without_raising(train_cfg, monkeypatch):
+    real_build = train_mod.build_model
+
+    def build_poisoned(cfg):
+        model = real_build(cfg)
+        calls = {"n": 0}
+
+        def poison(module, args, output):
+            calls["n"] += 1
+            return output * float("nan") if calls["n"] == 3 else output
+
+        model.lm_head.register_forward_hook(poison)
+        return model
+
+    monkeypatch.setattr(train_mod, "build_model", build_poisoned)
+    result, rec = _run(train_cfg())
+    assert result.status == "diverged" and result.diverged_step == 3 and result.steps_done == 3
+    assert math.isnan(rec.losses()[-1][1])
+
+
+def test_an_exception_during_training_is_a_failed_run(train_cfg, monkeypatch):
+    real_get_batch = train_mod.get_batch
+    calls = {"n": 0}
+
+    def flaky(*args):
+        calls["n"] += 1
+        if calls["n"] == 6:  # 2 eval batches, then 4 train steps
+            raise RuntimeError("disk on fire")
+        return real_get_batch(*args)
+
+    monkeypatch.setattr(train_mod, "get_batch", flaky)
+    result, rec = _run(train_cfg())
+    assert result.status == "failed" and "disk on fire" in result.error
+    assert result.steps_done == 3 and rec.outcome["status"] == "failed"
+
+
+def test_checkpoint_rebuilds_the_model(train_cfg):
+    result, _ = _run(train_cfg("precision=mask", "precision.format=e8m3", "train.checkpoint_every=5"))
+    assert [s for s, _ in result.checkpoints] == [5, 10]
+    ckpt = load_checkpoint(result.checkpoints[-1][1])
+    assert ckpt.step == 10 and ckpt.cfg.precision.format == "e8m3" and not ckpt.model.training
+    assert type(ckpt.model.lm_head).__name__ == "QuantLinear"
+    _, val, meta = load_dataset(ckpt.cfg.data)
+    assert meta["fingerprint"] == ckpt.state["data"]["fingerprint"]
+    with torch.no_grad():
+        losses = [ckpt.model(x, y)[1].item() for x, y in eval_batches(val, ckpt.cfg)]
+    assert sum(losses) / len(losses) == result.final_val_loss
+
+
+def test_default_recorder_writes_the_run_directory(train_cfg, tmp_path):
+    result = run(train_cfg("train.checkpoint_steps=[10]"))
+    with open(tmp_path / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    train_rows = [r for r in rows if r["split"] == "train"]
+    assert [int(r["step"]) for r in train_rows] == list(range(1, 11))
+    assert float(train_rows[-1]["loss"]) == result.final_train_loss
+    assert float(train_rows[-1]["tokens"]) == 10 * 4 * 16
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert record["status"] == "completed" and record["steps_done"] == 10
+    assert record["config"]["train"]["steps"] == 10 and record["data"]["source"] == "stdlib"
+    assert record["checkpoints"][0]["step"] == 10 and (tmp_path / "checkpoints" / "step_0000010.pt").is_file()
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob("checkpoints/*.tmp"))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lr=-1", r"optim\.lr must be a positive number"),
+    ("optim.lr=0", r"optim\.lr"),
+    ("precision.format=e9m3", r"precision\.format: .*e9m3.*accepted"),
+    ("precision.grad=bf17", r"precision\.grad"),
+    ("model.n_head=3", "divisible"),
+    ("train.steps=0", r"train\.steps"),
+    ("device=tpu", "device"),
+])
+def test_config_errors_raise_before_training(train_cfg, override, message):
+    rec = MemoryRecorder()
+    with pytest.raises(ConfigError, match=message):
+        run(train_cfg(override), recorder=rec)
+    assert rec.meta is None and rec.outcome is None
+
+
+MODELS, PRECISIONS = ["tiny", "small", "gpt2_124m", "llama_120m"], ["fp32", "bf16", "mask", "fp8"]
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_every_model_and_precision_composes(model, precision):
+    from helpers import compose_train
+
+    cfg = validate(compose_train(f"model={model}", f"precision={precision}", micro=False))
+    assert cfg.model.vocab_size == 256 and cfg.model.block_size == cfg.train.seq_len
+    assert cfg.precision.name == precision
+
+
+@pytest.mark.parametrize("data", ["default", "text", "tokens"])
+def test_every_data_source_composes(data, tmp_path):
+    from helpers import compose_train
+
+    (tmp_path / "a.txt").write_text("x" * 100)
+    (tmp_path / "train.bin").write_bytes(b"\x01\x00" * 100)
+    (tmp_path / "val.bin").write_bytes(b"\x01\x00" * 100)
+    extra = [] if data == "default" else [f"data.path={tmp_path}"]
+    cfg = validate(compose_train(f"data={data}", *extra))
+    assert cfg.data.source == {"default": "stdlib", "text": "text", "tokens": "tokens"}[data]
+    assert cfg.model.vocab_size == (50304 if data == "tokens" else 256)
+
+
+def test_lr_schedule():
+    class O:
+        lr, warmup_steps, schedule, min_lr_ratio = 1.0, 10, "cosine", 0.1
+
+    assert lr_at(1, O, 110) == 0.1 and lr_at(10, O, 110) == 1.0
+    assert lr_at(60, O, 110) == pytest.approx(0.55) and lr_at(110, O, 110) == pytest.approx(0.1)
+    O.schedule = "constant"
+    assert lr_at(110, O, 110) == 1.0
+
+
+def test_spike_counting():
+    counter = SpikeCounter(factor=1.5, window=5)
+    flags = [counter.update(x) for x in [1, 1, 1, 1, 1, 3, 3, 1, 1, 1, 5, 1.4]]
+    assert flags == [False] * 5 + [True, True] + [False] * 3 + [True, False]
+    assert counter.count == 2  # consecutive spike steps are one spike
+
+
+def test_resume_in_the_same_run_directory_keeps_the_curve(train_cfg, tmp_path):
+    straight = run(train_cfg("train.checkpoint_steps=[4]"))
+    with open(tmp_path / "metrics.csv") as f:
+        full = list(csv.DictReader(f))
+    resumed = run(train_cfg(), resume_from=straight.checkpoints[0][1])
+    with open(tmp_path / "metrics.csv") as f:
+        again = list(csv.DictReader(f))
+    assert resumed.status == "completed"
+    assert [(r["step"], r["split"], r["loss"]) for r in again] == [(r["step"], r["split"], r["loss"]) for r in full]
+    with pytest.raises(ConfigError, match="does not exist"):
+        run(train_cfg(), resume_from=tmp_path / "nope.pt")
+
+
+def test_incomplete_config_is_a_config_error(train_cfg):
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(train_cfg())
+    del cfg["train"]["spikes"]
+    with pytest.raises(ConfigError, match="spikes"):
+        validate(cfg)

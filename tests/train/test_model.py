@@ -1,0 +1,69 @@
+"""Models: causality, initial loss, presets' sizes, weight tying."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from helpers import compose_train
+from precisionlab.train.model import LM, ModelConfig
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_logits_depend_only_on_earlier_tokens(arch):
+    torch.manual_seed(0)
+    model = LM(ModelConfig(arch=arch, n_layer=2, n_embd=32, n_head=2, block_size=16)).eval()
+    idx = torch.randint(0, 256, (2, 16))
+    changed = idx.clone()
+    changed[:, 9] = (changed[:, 9] + 1) % 256
+    a, b = model(idx)[0], model(changed)[0]
+    torch.testing.assert_close(a[:, :9], b[:, :9], rtol=0, atol=1e-6)
+    assert not torch.allclose(a[:, 9:], b[:, 9:])
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_initial_loss_is_near_uniform(arch):
+    torch.manual_seed(1)
+    model = LM(ModelConfig(arch=arch, n_layer=2, n_embd=32, n_head=2, block_size=16))
+    idx, targets = torch.randint(0, 256, (8, 16)), torch.randint(0, 256, (8, 16))
+    _, loss = model(idx, targets)
+    assert abs(loss.item() - math.log(256)) < 0.05  # small init: near-uniform predictions
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def _preset_params(name: str, *overrides: str) -> int:
+    cfg = compose_train(f"model={name}", *overrides, micro=False)
+    with torch.device("meta"):
+        return LM(ModelConfig(**cfg.model)).num_params()
+
+
+def test_paper_sized_presets_match_published_counts():
+    # nanoGPT's GPT-2 small (vocab 50304, 1024 positions, tied head): 124,475,904 parameters
+    assert _preset_params("gpt2_124m", "data=tokens", "train.seq_len=1024") == 124_475_904
+    d, h, layers, vocab = 768, 2048, 12, 50304  # Llama: 4 d^2 attention + 3 d h SwiGLU + 2 RMSNorm per layer
+    assert _preset_params("llama_120m", "data=tokens", "train.seq_len=1024") == layers * (4 * d * d + 3 * d * h + 2 * d) + vocab * d + d
+
+
+def test_cpu_presets_are_small():
+    assert _preset_params("tiny") < 1_000_000
+    assert 5_000_000 < _preset_params("small") < 15_000_000
+
+
+def test_weights_tie_and_untie():
+    tied = LM(ModelConfig(n_layer=1, n_embd=32, n_head=2))
+    untied = LM(ModelConfig(n_layer=1, n_embd=32, n_head=2, tie_weights=False))
+    assert tied.lm_head.weight is tied.wte.weight
+    assert untied.lm_head.weight is not untied.wte.weight
+    assert untied.num_params() - tied.num_params() == 256 * 32
+
+
+def test_bad_model_config_is_a_clear_error():
+    with pytest.raises(ValueError, match="divisible"):
+        ModelConfig(n_embd=30, n_head=4)
+    with pytest.raises(ValueError, match="arch"):
+        ModelConfig(arch="bert")
+    with pytest.raises(ValueError, match="block_size"):
+        LM(ModelConfig(n_layer=1, n_embd=32, n_head=2, block_size=8))(torch.zeros(1, 9, dtype=torch.long))
