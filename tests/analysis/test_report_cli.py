@@ -12,9 +12,9 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from test_sweep import SWEEP_MICRO
 from typer.testing import CliRunner
 
+from helpers import SWEEP_MICRO
 from precisionlab.analysis.report import build
 from precisionlab.analysis.tables import display_by_lr, display_by_variant
 from precisionlab.cli import app

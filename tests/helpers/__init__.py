@@ -8,13 +8,20 @@ from __future__ import annotations
 
 from hydra import compose, initialize_config_module
 
-__all__ = ["MICRO", "compose_train", "MemoryRecorder"]
+__all__ = ["MICRO", "SWEEP_MICRO", "compose_train", "MemoryRecorder"]
 
 # A micro model and run: a few layers of width 32, a handful of steps.
 MICRO = [
     "model.n_layer=2", "model.n_embd=32", "model.n_head=2",
     "train.steps=10", "train.batch_size=4", "train.seq_len=16",
     "train.eval_every=5", "train.eval_batches=2", "train.threads=1", "optim.warmup_steps=2",
+]
+
+# A micro grid point for sweeps (one layer, 8 steps; threads left to the launcher).
+SWEEP_MICRO = [
+    "model.n_layer=1", "model.n_embd=32", "model.n_head=2",
+    "train.steps=8", "train.batch_size=4", "train.seq_len=16",
+    "train.eval_every=4", "train.eval_batches=2", "optim.warmup_steps=2",
 ]
 
 

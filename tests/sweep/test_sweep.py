@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 import precisionlab.sweep.job as job_mod
 import precisionlab.train.loop as train_mod
+from helpers import SWEEP_MICRO
 from precisionlab.cli import app
 from precisionlab.store import ResultsStore
 from precisionlab.sweep.launchers import threads_per_job
@@ -17,11 +18,6 @@ from precisionlab.sweep.plan import plan
 from precisionlab.train.recorder import Tee
 
 # A micro run for sweeps: a few steps of a very small model (threads left to the sweep).
-SWEEP_MICRO = [
-    "model.n_layer=1", "model.n_embd=32", "model.n_head=2",
-    "train.steps=8", "train.batch_size=4", "train.seq_len=16",
-    "train.eval_every=4", "train.eval_batches=2", "optim.warmup_steps=2",
-]
 
 
 def _files(folder):

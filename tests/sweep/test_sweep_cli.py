@@ -12,10 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_sweep import SWEEP_MICRO
 from typer.testing import CliRunner
 
-from helpers import MICRO
+from helpers import MICRO, SWEEP_MICRO
 from precisionlab.cli import app
 from precisionlab.store import ResultsStore
 
