@@ -17,8 +17,6 @@ from precisionlab.sweep.launchers import threads_per_job
 from precisionlab.sweep.plan import plan
 from precisionlab.train.recorder import Tee
 
-# A micro run for sweeps: a few steps of a very small model (threads left to the sweep).
-
 
 def _files(folder):
     return sorted(p.relative_to(folder) for p in folder.rglob("*"))
