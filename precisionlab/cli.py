@@ -240,7 +240,7 @@ def report(
     sweep_name: Optional[str] = typer.Option(None, "--sweep", help="Sweep to report (default: the latest in the store)."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Folder for report.html, report.md, CSVs and PNGs (default: reports/SWEEP)."),
     store_path: str = typer.Option("results/precisionlab.db", "--store", help="The results store (SQLite file)."),
-    where: Optional[list[str]] = typer.Option(None, "--where", "-w", help="Keep only these runs: key=v1,v2 on format, lr, seed, status, rounding, model, or a pandas query (repeatable: all must hold)."),
+    where: Optional[list[str]] = typer.Option(None, "--where", "-w", help="Keep only these runs: key=v1,v2 on format, lr, seed, status, rounding, model, or comparisons like \"lr <= 1e-2 and format != 'e8m3'\" (repeatable: all must hold)."),
     compare: Optional[tuple[str, str]] = typer.Option(None, "--compare", metavar="SWEEP_A SWEEP_B", help="Put two sweeps side by side (compare.html in reports/A-vs-B/) instead."),
 ) -> None:
     """Stability tables, plots and an HTML/Markdown report of a sweep.

@@ -187,11 +187,39 @@ def test_where_filters(store):
     (["lr=fast"], "lr takes numbers"),
     (["lr <<< 3"], "is not a usable filter"),
     (["nonsense_column > 3"], "is not a usable filter"),
+    (["lr in 3"], "in / not in take a list"),
+    (["format < 3"], "is not a usable filter"),
 ])
 def test_bad_where_is_one_line(store, where, message):
     with pytest.raises(ReportError, match=message) as info:
         build(store, SWEEP, where)
     assert "\n" not in str(info.value)
+
+
+def test_where_accepts_comparisons_lists_and_boolean_logic(store):
+    runs = label_runs(store.runs(sweep=SWEEP))
+    assert set(filter_runs(runs, ["format in ['e8m7', 'fp32']"]).format) == {"e8m7", "fp32"}
+    assert set(filter_runs(runs, ["format not in ('e8m7', 'fp32') and not seed == 1"]).seed) == {0}
+    assert set(filter_runs(runs, ["1e-3 <= lr < 5e-3"]).lr) == {1e-3}
+    assert len(filter_runs(runs, ["lr > -1 or seed == 99"])) == len(runs)
+
+
+@pytest.mark.parametrize("escape", [
+    "lr.to_csv.__globals__['sys'].modules['os'].system('touch PWNED') == 0",
+    "__import__('os').system('touch PWNED') == 0",
+    "@lr.__class__ == 1",
+    "(lambda: open('PWNED', 'w'))() == 1",
+    "seed == seed.__class__.__mro__[-1].__subclasses__()",
+    "[x for x in ().__class__.__base__.__subclasses__()] == 1",
+    "format == f'{open(\"PWNED\", \"w\")}'",
+])
+def test_where_runs_no_code(store, escape, tmp_path, monkeypatch):
+    """--where went to pandas' query, which evaluates Python: these ran commands. Now only
+    names, literals, comparisons and and/or/not are evaluated; everything else is refused."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ReportError, match="is not a usable filter") as info:
+        build(store, SWEEP, [escape])
+    assert "\n" not in str(info.value) and not (tmp_path / "PWNED").exists()
 
 
 def test_empty_store_unknown_sweep_and_empty_selection(tmp_path, store):
