@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from precisionlab.config import validate
 from precisionlab.runtime import absolute_paths
 from precisionlab.store import NON_SEMANTIC_KEYS, ResultsStore, run_id
+from precisionlab.store.names import sweep_name_problem
 
 __all__ = ["Grid", "SweepError", "plan", "CONFIG_MODULE", "CONFIG_NAME"]
 
@@ -112,6 +113,9 @@ def plan(overrides: Sequence[str], cwd: str | os.PathLike | None = None) -> Grid
         name = base.hydra.runtime.choices.get("sweep") or "sweep"
         if any(_changes_runs(o.get_key_element()) for o in given):
             name += "-" + hashlib.sha256(" ".join(sorted(set(ids))).encode()).hexdigest()[:6]
+    problem = sweep_name_problem(str(name))  # the name becomes a folder name: reports/NAME
+    if problem:
+        raise SweepError(f"sweep.name: {problem}")
     return Grid(name=str(name), config=str(base.hydra.runtime.choices.get("sweep")), overrides=overrides,
                 params=params, points=points, configs=configs, run_ids=ids,
                 store_path=str(Path(cwd) / os.path.expanduser(str(store_path))), journal_mode=str(journal_mode),
