@@ -3,18 +3,22 @@
 report.md, one CSV per table and the PNG plots; `write_comparison(a, b, out)`
 puts two sweeps side by side (compare.html, compare.md, compare.csv, a plot).
 
-Everything is rendered into a temporary folder inside `out` first and then
-renamed into place, so an interrupted report never leaves half a file.
+Everything is rendered in memory, then written into a staging folder beside `out`
+and swapped into place in one rename, so an interrupted report leaves the whole old
+report or the whole new one, never a mix (`_write_files`).
 """
 
 from __future__ import annotations
 
 import base64
+import ctypes
+import errno
 import html
 import os
+import re
 import shutil
-import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -26,8 +30,9 @@ from precisionlab.analysis.tables import (
     display_by_variant,
     display_compare,
 )
+from precisionlab.store.names import sweep_name_problem
 
-__all__ = ["write", "write_comparison", "html_document", "comparison_html", "markdown_document", "sharpness_display", "DEFINITIONS"]
+__all__ = ["write", "write_comparison", "default_out", "html_document", "comparison_html", "markdown_document", "sharpness_display", "DEFINITIONS"]
 
 DEFINITIONS = [
     ("format", "the formats of the GEMM inputs: one name when activations (x), weights (w) and output "
@@ -190,21 +195,18 @@ def markdown_document(report: Report, image_names: list[str]) -> str:
     return "\n".join(parts) + "\n"
 
 
-def _prepare(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ReportError(f"--out {out}: cannot create the folder ({err.strerror}); choose a writable folder") from None
-    if not out.is_dir():
-        raise ReportError(f"--out {out} is not a folder")
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise ReportError(f"--out {out} is not writable; choose a writable folder")
+def default_out(*sweeps: str) -> Path:
+    """The default --out: reports/NAME, or reports/A-vs-B for two sweeps. A name `precisionlab
+    sweep` would refuse (a store written by other means: '../x', '/etc') is never used as a path."""
+    for name in sweeps:
+        problem = sweep_name_problem(name)
+        if problem:
+            raise ReportError(f"{problem}; pass --out DIR to write its report")
+    return Path("reports", "-vs-".join(sweeps))
 
 
 def write(report: Report, out: str | os.PathLike) -> list[Path]:
-    """Write every file of the report into `out` (created if missing); returns their paths."""
-    out = Path(out).resolve()
-    _prepare(out)
+    """Write every file of the report into the folder `out` (see `_write_files`); returns their paths."""
     images = {name: plots.png(fig) for name, fig in plots.figures(report).items()}
     files: dict[str, bytes | str] = {
         "report.html": html_document(report, images),
@@ -248,8 +250,6 @@ def write_comparison(a: Report, b: Report, table: pd.DataFrame, notes: list[str]
                      out: str | os.PathLike) -> list[Path]:
     """compare.html, compare.md, compare.csv and stability_vs_bits.png of sweeps `a` and `b` into
     `out`; `table` and `notes` are `compare(a, b)` and `compare_notes(a, b)`."""
-    out = Path(out).resolve()
-    _prepare(out)
     figure = plots.stability_vs_bits(a, b)
     images = {} if figure is None else {"stability_vs_bits.png": plots.png(figure)}
     markdown = [f"# Sweeps `{a.sweep}` and `{b.sweep}`", "", _md_table(display_compare(table, a.sweep, b.sweep)), ""]
@@ -262,18 +262,101 @@ def write_comparison(a: Report, b: Report, table: pd.DataFrame, notes: list[str]
     return _write_files(files, out)
 
 
-def _write_files(files: dict[str, bytes | str], out: Path) -> list[Path]:
-    """Render into a staging folder inside `out`, then rename each file into place."""
-    staging = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
+def _write_files(files: dict[str, bytes | str], out: str | os.PathLike) -> list[Path]:
+    """Make `out` hold exactly `files`, all or nothing: render them into a staging folder beside
+    `out`, then swap it with `out` in one atomic rename (renameat2 RENAME_EXCHANGE where the
+    system has it). A kill leaves the whole old report or the whole new one, plus at most a
+    staging folder, which the next report into the same parent folder removes (or renames back
+    into place, see `_clean_stale`). `out` must be new or hold an earlier report: a report
+    replaces its folder as a whole, so it never mixes into (or deletes) other files."""
+    out = Path(out).resolve()
+    for name in files:  # names can come from the store (sharpness_METRIC.png): plain names inside `out` only
+        if Path(name).name != name or name.startswith(".") or name in ("", "."):
+            raise ReportError(f"refusing to write {name!r}: report files are plain names inside --out")
+    if Path.cwd().resolve().is_relative_to(out):
+        raise ReportError(f"--out {out} is the working directory or holds it; choose a folder of its own")
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        reason = "Not a directory" if isinstance(err, FileExistsError) else err.strerror
+        raise ReportError(f"--out {out}: cannot create the folder ({reason}); choose a writable folder") from None
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise ReportError(f"--out {out}: its folder {out.parent} is not writable; choose a writable folder")
+    _clean_stale(out)
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"--out {out} is not a folder")
+    others = sorted(p.name for p in out.iterdir() if not _old_report_entry(p)) if out.is_dir() else []
+    if others:
+        raise ReportError(f"--out {out} holds files that are not a report's ({', '.join(others[:3])}"
+                          f"{', ...' if len(others) > 3 else ''}); a report replaces its folder as a whole: "
+                          "choose a new folder")
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging = out.parent / f".{out.name}.report-{tag}"
+    try:
+        staging.mkdir()
         for name, content in files.items():
             mode = "wb" if isinstance(content, bytes) else "w"
             with open(staging / name, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as f:
                 f.write(content)
-        for name in files:
-            os.replace(staging / name, out / name)
+        if out.exists():
+            _exchange(staging, out, out.parent / f".{out.name}.old-{tag}")  # `staging` now holds the old report
+        else:
+            os.rename(staging, out)
     except OSError as err:
         raise ReportError(f"--out {out}: writing the report failed ({err.strerror})") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return [out / name for name in files]
+
+
+# What a report folder may hold: every file `write` and `write_comparison` produce.
+_REPORT_FILE = re.compile(r"(report|compare)\.(html|md)|(by_format|by_format_lr|runs|sharpness|compare)\.csv|"
+                          r"(loss_curves|final_loss_heatmap|stability_vs_bits|sharpness_[\w.-]+)\.png")
+
+
+def _old_report_entry(path: Path) -> bool:
+    """A file an earlier report wrote, or the staging folder an earlier precisionlab left inside it."""
+    return _REPORT_FILE.fullmatch(path.name) is not None and path.is_file() or path.name.startswith(".report-")
+
+
+_STAGING = re.compile(r"\.(?P<out>.+)\.(?P<kind>report|old)-(?P<pid>\d+)-[0-9a-f]{8}")
+
+
+def _exchange(new: Path, out: Path, old: Path) -> None:
+    """Swap the folders `new` and `out` atomically (Linux renameat2). Elsewhere: `out` is first
+    renamed to `old` and `new` into place, then `old` to `new` (for the caller to remove); a kill
+    in between leaves no `out` but the whole old report in `old`, which `_clean_stale` restores."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is not None:
+        at_fdcwd, rename_exchange = -100, 2
+        if renameat2(at_fdcwd, os.fsencode(new), at_fdcwd, os.fsencode(out), rename_exchange) == 0:
+            return
+        if ctypes.get_errno() not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):  # a real error, not "unsupported here"
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    os.rename(out, old)
+    os.rename(new, out)
+    os.rename(old, new)
+
+
+def _clean_stale(out: Path) -> None:
+    """Remove the staging folders beside `out` that a killed `report` left (their process is gone);
+    an old report that a kill left outside `out` (see `_exchange`) goes back into place."""
+    for path in out.parent.iterdir():
+        match = _STAGING.fullmatch(path.name)
+        if not match or match["out"] != out.name or _alive(int(match["pid"])):
+            continue
+        if match["kind"] == "old" and not out.exists():
+            os.rename(path, out)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        pass
+    return True
