@@ -51,7 +51,8 @@ def _lr_legend(fig: Figure, colours: dict[float, tuple], diverged: bool) -> None
 
 def _loss_limits(report: Report, curves: pd.DataFrame) -> tuple[float, float]:
     """From just below the lowest loss to just above the highest initial loss: divergences are clipped."""
-    finite = curves.loss[np.isfinite(curves.loss)]
+    loss = curves.loss.astype(float)  # an empty column comes back from SQLite as objects
+    finite = loss[np.isfinite(loss)]
     top = np.nanmax(report.runs.initial_loss.astype(float)) if report.runs.initial_loss.notna().any() else finite.max()
     low = finite.min() if len(finite) else 0.0
     pad = 0.05 * (top - low if top > low else 1.0)
@@ -205,11 +206,16 @@ def sharpness_curves(report: Report, metric: str, params: str) -> Figure:
 
 
 def figures(report: Report) -> dict[str, Figure]:
-    """Every figure the report has data for, by file name."""
-    out = {"loss_curves.png": loss_curves(report), "final_loss_heatmap.png": final_loss_heatmap(report)}
-    bits = stability_vs_bits(report)
-    if bits is not None:
-        out["stability_vs_bits.png"] = bits
+    """Every figure the report has data for, by file name: none of a sweep whose runs have
+    not logged a step yet, loss curves only while no run has finished."""
+    out = {}
+    if (report.curves.split == "train").any():
+        out["loss_curves.png"] = loss_curves(report)
+    if report.by_lr.finished.sum():
+        out["final_loss_heatmap.png"] = final_loss_heatmap(report)
+        bits = stability_vs_bits(report)
+        if bits is not None:
+            out["stability_vs_bits.png"] = bits
     if not report.sharpness.empty:
         for metric, group in report.sharpness.groupby("metric"):
             settings = sorted(group.params.unique())  # one figure per parameter setting, numbered if several

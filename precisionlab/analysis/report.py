@@ -73,6 +73,8 @@ class Report:
     def headline(self) -> str:
         """One sentence: which variants train as stably as the reference."""
         table = self.by_variant
+        if not table.finished.sum():
+            return "no finished runs yet"
         if len(table) < 2:
             return f"one variant ({self.reference}): nothing to compare" if len(table) else "no finished runs"
         same = table[table.verdict == "as stable"].variant.tolist()
