@@ -36,11 +36,13 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import socket
 import sqlite3
 import threading
 import time
 import uuid
+from pathlib import Path
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -65,6 +67,10 @@ BUSY_TIMEOUT_S = 60.0
 RETRIES = 8  # after the busy timeout itself gave up; ~8 minutes in all
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
+# Who measures which sharpness value now (see `claim_sharpness`); rows live only while a value is measured.
+_SHARPNESS_CLAIMS = ("CREATE TABLE IF NOT EXISTS sharpness_claims (run_id TEXT NOT NULL, step INTEGER NOT NULL, "
+                     "metric TEXT NOT NULL, params TEXT NOT NULL, pid INTEGER, hostname TEXT, claimed REAL, "
+                     "PRIMARY KEY (run_id, step, metric, params)) WITHOUT ROWID")
 _HOST = socket.gethostname()
 
 
@@ -87,6 +93,17 @@ def _config_columns(config: Mapping[str, Any]) -> dict[str, Any]:
     return columns
 
 
+def _pid_alive(pid: int) -> bool:
+    """Whether process `pid` of this host still runs (a zombie does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return not _is_zombie(pid)
+
+
 def _is_zombie(pid: int) -> bool:
     """A killed process its parent has not reaped yet still answers kill(pid, 0) (Linux only)."""
     try:
@@ -94,6 +111,14 @@ def _is_zombie(pid: int) -> bool:
             return f.read().rpartition(")")[2].split()[0] == "Z"
     except (OSError, IndexError):
         return False
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    try:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+    except sqlite3.Error:  # a damaged file may refuse even that; the connection is dropped anyway
+        pass
 
 
 def _parse_json(column: pd.Series) -> list:
@@ -108,7 +133,7 @@ class ResultsStore:
     (connections are per process and opened on first use)."""
 
     def __init__(self, path: str | os.PathLike = DEFAULT_STORE_PATH, *, journal_mode: str = "wal",
-                 stale_after: float = 600.0):
+                 stale_after: float = 600.0, read_only: bool = False):
         """Open the store at `path`, creating it (and missing parent folders) if absent.
 
         journal_mode: "wal" (default; all writers on one host) or "delete"
@@ -116,12 +141,15 @@ class ResultsStore:
             used when the store is created.
         stale_after: seconds without a heartbeat after which a `running` run
             is considered interrupted, whatever host ran it.
+        read_only: for readers (`precisionlab report`): a store the user may
+            not write is accepted; nothing is written through this object.
         Raises StoreError when the path is not usable as a store.
         """
         if journal_mode not in ("wal", "delete"):
             raise ValueError(f"journal_mode must be 'wal' or 'delete', not {journal_mode!r}")
         self.path = os.path.abspath(os.fspath(path))
         self.stale_after = stale_after
+        self.read_only = read_only
         self._local = threading.local()
         self._claims: dict[str, str] = {}  # run_id -> claim token held through this object
         if os.path.exists(self.path):
@@ -133,6 +161,11 @@ class ResultsStore:
 
     def _error(self, problem: str) -> StoreError:
         return StoreError(f"results store {self.path}: {problem}")
+
+    def _damaged(self, err: BaseException) -> StoreError:
+        """SQLite failing on the file itself (a torn or overwritten page): what to do, in one line."""
+        return self._error(f"cannot be read as SQLite ({str(err).splitlines()[0]}): the file is damaged; "
+                           "move it aside (or restore a backup) and rerun")
 
     def _check_existing(self) -> None:
         if os.path.isdir(self.path):
@@ -164,13 +197,16 @@ class ResultsStore:
                               f"({SCHEMA_VERSION}); upgrade precisionlab")
         if str(found) != str(SCHEMA_VERSION):
             raise self._error(f"has unknown schema version {found!r} (this precisionlab reads {SCHEMA_VERSION})")
-        if not os.access(self.path, os.W_OK):
+        if not self.read_only and not os.access(self.path, os.W_OK):
             raise self._error("is not writable")
 
     def _create(self, journal_mode: str) -> None:
         """Build the schema in a temporary file, then link it into place: no
         partial or empty store is ever visible, and concurrent creators agree.
         Missing folders are created, and removed again if creation fails."""
+        if self.read_only:
+            raise self._error("does not exist; run precisionlab sweep first or pass --store PATH")
+        self._remove_stale_temp_files()
         missing, parent = [], os.path.dirname(self.path)
         while not os.path.exists(parent):
             missing.append(parent)
@@ -208,12 +244,35 @@ class ResultsStore:
         os.unlink(tmp)
         self._check_existing()
 
+    def _remove_stale_temp_files(self) -> None:
+        """A creator killed before linking its temporary file into place leaves
+        `NAME.PID.HEX.tmp` (and its -wal/-shm/-journal) behind: remove those of dead processes."""
+        folder, prefix = os.path.dirname(self.path), os.path.basename(self.path) + "."
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            return
+        for name in names:
+            match = re.fullmatch(re.escape(prefix) + r"(\d+)\.[0-9a-f]{8}\.tmp(-wal|-shm|-journal)?", name)
+            if match and not _pid_alive(int(match[1])):
+                try:
+                    os.unlink(os.path.join(folder, name))
+                except OSError:  # another opener removed it first
+                    pass
+
     def _conn(self) -> sqlite3.Connection:
         """This process's (and thread's) connection, reopened after a fork."""
         local = self._local
         if getattr(local, "pid", None) != os.getpid():
-            local.conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
-            local.conn.execute("PRAGMA synchronous=NORMAL")  # durable against process kills in WAL mode
+            try:
+                if self.read_only:  # mode=ro: SQLite itself refuses every write through this connection
+                    local.conn = sqlite3.connect(f"{Path(self.path).as_uri()}?mode=ro", uri=True,
+                                                 isolation_level=None, timeout=BUSY_TIMEOUT_S)
+                else:
+                    local.conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
+                    local.conn.execute("PRAGMA synchronous=NORMAL")  # durable against process kills in WAL mode
+            except sqlite3.DatabaseError as err:
+                raise self._damaged(err) from None
             local.pid = os.getpid()
         return local.conn
 
@@ -224,10 +283,10 @@ class ResultsStore:
         self._local = threading.local()
 
     def __getstate__(self) -> dict:
-        return {"path": self.path, "stale_after": self.stale_after}
+        return {"path": self.path, "stale_after": self.stale_after, "read_only": self.read_only}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
+        self.__dict__.update({"read_only": False, **state})
         self._local = threading.local()
         self._claims = {}
 
@@ -252,13 +311,24 @@ class ResultsStore:
                     raise self._error(f"still locked after {RETRIES} retries ({err})") from None
                 time.sleep(delay * (1 + random.random()))
                 delay = min(delay * 2, 30.0)
+            except sqlite3.DatabaseError as err:  # not a lock: the file is damaged
+                _rollback(conn)
+                raise self._damaged(err) from None
             except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                _rollback(conn)
                 raise
 
     def _read(self, sql: str, params: Iterable[Any] = ()) -> pd.DataFrame:
-        return pd.read_sql_query(sql, self._conn(), params=list(params))
+        try:
+            return pd.read_sql_query(sql, self._conn(), params=list(params))
+        except (sqlite3.DatabaseError, pd.errors.DatabaseError) as err:  # pandas wraps it, SQL text and all
+            raise self._damaged(err.__cause__ or err) from None
+
+    def _fetchone(self, sql: str, params: Iterable[Any] = ()) -> tuple | None:
+        try:
+            return self._conn().execute(sql, list(params)).fetchone()
+        except sqlite3.DatabaseError as err:
+            raise self._damaged(err) from None
 
     # ---- sweeps and runs
 
@@ -301,13 +371,7 @@ class ResultsStore:
         if hostname == _HOST and pid is not None:
             if pid == os.getpid():
                 return token in LIVE_CLAIMS
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return False
-            except PermissionError:
-                return True
-            return not _is_zombie(pid)
+            return _pid_alive(pid)
         return True
 
     def claim_run(self, run_id: str, config: Mapping[str, Any], sweep: str | None = None, *,
@@ -358,14 +422,20 @@ class ResultsStore:
             raise RuntimeError(f"run {run_id} was not claimed through this store; call claim_run first")
         return StoreRecorder(self, run_id, self._claims[run_id], flush_every, flush_seconds)
 
+    def fail_pending(self, run_id: str, error: str) -> bool:
+        """Record a run that failed before it was claimed (its job could not start it) as
+        `failed` with `error`, so it does not look unstarted; True if the run was `pending`."""
+        return bool(self._write(lambda c: c.execute(
+            "UPDATE runs SET status='failed', error=?, finished=? WHERE run_id=? AND status='pending'",
+            (error, time.time(), run_id)).rowcount))
+
     def latest_checkpoint(self, run_id: str) -> tuple[int, str] | None:
         """(step, path) of the run's last recorded checkpoint, or None."""
-        return self._conn().execute(
-            "SELECT step, path FROM checkpoints WHERE run_id=? ORDER BY step DESC LIMIT 1", (run_id,)).fetchone()
+        return self._fetchone("SELECT step, path FROM checkpoints WHERE run_id=? ORDER BY step DESC LIMIT 1", (run_id,))
 
     def status(self, run_id: str) -> str | None:
         """The run's status, or None if the store has no such run."""
-        row = self._conn().execute("SELECT status FROM runs WHERE run_id=?", (run_id,)).fetchone()
+        row = self._fetchone("SELECT status FROM runs WHERE run_id=?", (run_id,))
         return row and row[0]
 
     def add_sharpness(self, run_id: str, step: int, metric: str, value: float,
@@ -375,6 +445,40 @@ class ResultsStore:
             "INSERT INTO sharpness VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(run_id, step, metric, params) "
             "DO UPDATE SET value=excluded.value, created=excluded.created",
             (run_id, step, metric, dumps(dict(params or {})), finite(value), time.time())))
+
+    def claim_sharpness(self, run_id: str, step: int, metric: str, params: Mapping[str, Any] | None = None) -> str:
+        """Decide whether this process measures one sharpness value, so concurrent
+        `precisionlab sharpness` processes never compute it twice: "done" (the store has
+        it), "busy" (a live process claimed it), or "claimed" (ours now; `add_sharpness`
+        then `release_sharpness`). A claim of a dead process, or one older than
+        `stale_after` from another host, is taken over."""
+        key = (run_id, step, metric, dumps(dict(params or {})))
+
+        def transaction(conn):
+            conn.execute(_SHARPNESS_CLAIMS)  # created on first use: older stores get it too
+            if conn.execute("SELECT 1 FROM sharpness WHERE run_id=? AND step=? AND metric=? AND params=?",
+                            key).fetchone():
+                return "done"
+            row = conn.execute("SELECT pid, hostname, claimed FROM sharpness_claims WHERE run_id=? AND step=? "
+                               "AND metric=? AND params=?", key).fetchone()
+            now = time.time()
+            if row and row[0] != os.getpid():
+                # this host: the claimer's pid decides (a Hessian may take longer than stale_after);
+                # another host: the claim's age
+                alive = _pid_alive(row[0]) if row[1] == _HOST else now - row[2] <= self.stale_after
+                if alive:
+                    return "busy"
+            conn.execute("INSERT OR REPLACE INTO sharpness_claims VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (*key, os.getpid(), _HOST, now))
+            return "claimed"
+
+        return self._write(transaction)
+
+    def release_sharpness(self, run_id: str, step: int, metric: str, params: Mapping[str, Any] | None = None) -> None:
+        """Drop this process's claim on a sharpness value (measured, or given up)."""
+        self._write(lambda c: c.execute(
+            "DELETE FROM sharpness_claims WHERE run_id=? AND step=? AND metric=? AND params=? AND pid=? AND hostname=?",
+            (run_id, step, metric, dumps(dict(params or {})), os.getpid(), _HOST)))
 
     # ---- pandas accessors
 
