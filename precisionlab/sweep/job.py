@@ -18,7 +18,7 @@ from omegaconf import DictConfig, open_dict
 from precisionlab.config import validate
 from precisionlab.runtime import absolute_paths
 from precisionlab.store import ResultsStore, StoreError, run_id
-from precisionlab.sweep.launchers import threads_per_job
+from precisionlab.sweep.launchers import exit_with_parent, threads_per_job
 from precisionlab.train.loop import run
 from precisionlab.train.outcomes import RunResult
 from precisionlab.train.recorder import Tee
@@ -75,12 +75,24 @@ def train_recorded(cfg: DictConfig, recorder: Any = None) -> RunResult:
     return result
 
 
+def _record_unclaimed_failure(store: ResultsStore | None, cfg: DictConfig, err: Exception) -> None:
+    """A job that failed before or at its claim would leave its run `pending`, looking unstarted:
+    record it `failed` with the error, where the store can still take a write."""
+    if store is None:  # the store itself could not be opened: nothing to record into
+        return
+    try:
+        store.fail_pending(run_id(cfg), f"{type(err).__name__}: {err}")
+    except Exception as again:
+        log.warning("could not record the failure in the store either: %s", again)
+
+
 def run_job(cfg: DictConfig) -> str:
     """One grid point: the task of `precisionlab.app.sweep_main`. Never raises; returns
     the run's status ("completed", "diverged", "failed") or "skipped"."""
     from hydra.core.hydra_config import HydraConfig
 
     store = None
+    exit_with_parent()  # a joblib worker must not outlive a killed sweep
     try:
         hydra_cfg = HydraConfig.get()
         absolute_paths(cfg, hydra_cfg.runtime.cwd)
@@ -94,8 +106,9 @@ def run_job(cfg: DictConfig) -> str:
         if result is None:
             log.info("skipped run %s: %s in the store", run_id(cfg), store.status(run_id(cfg)))
             return "skipped"
-    except Exception:  # recorded `failed` by the recorder if the run was claimed; the sweep goes on
+    except Exception as err:  # recorded `failed` by the recorder if the run was claimed; the sweep goes on
         log.exception("run failed")
+        _record_unclaimed_failure(store, cfg, err)
         return "failed"
     finally:
         if store is not None:  # one process runs many jobs: keep no connection (2 fds) per finished job

@@ -1,12 +1,18 @@
-"""How many torch threads one job of a launcher gets, so jobs sharing a machine do not oversubscribe it."""
+"""What a sweep's jobs need from their launcher: how many torch threads one job gets, so jobs sharing
+a machine do not oversubscribe it, and (joblib) worker processes that end with the sweep."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["threads_per_job"]
+__all__ = ["threads_per_job", "exit_with_parent"]
+
+_watching = False
 
 
 def threads_per_job(launcher: Mapping[str, Any]) -> int:
@@ -26,3 +32,23 @@ def threads_per_job(launcher: Mapping[str, Any]) -> int:
     elif "submitit" in target:
         cpus = launcher.get("cpus_per_task")
     return max(1, min(cores, int(cpus))) if cpus else cores
+
+
+def exit_with_parent(interval: float = 1.0) -> None:
+    """In a launcher's worker process (joblib's loky workers), end the process once the sweep
+    that started it is gone. A killed sweep's workers are reparented and would otherwise train
+    on, then idle for loky's timeout, and hold joblib's /dev/shm semaphores and memmapping
+    folders until they exit (their resource trackers clean those up then). The run in progress
+    is left `running` with a dead pid: the next sweep resumes it. No-op in the main process
+    (the sequential launcher, n_jobs=1), and started once per process."""
+    global _watching
+    if _watching or multiprocessing.current_process().name == "MainProcess":
+        return
+    _watching, parent = True, os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)  # like the kill of the sweep itself: no cleanup that could write a wrong outcome
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()

@@ -104,15 +104,25 @@ class Progress:
 
 
 def summary(store: ResultsStore, grid: Grid) -> tuple[str, dict[str, int]]:
-    """The end-of-sweep lines (results per format x LR, counts by status, the report command) and the counts."""
+    """The end-of-sweep lines (results per format x LR, counts by status, the report command) and the counts:
+    by status, `unfinished` (runs of the grid still pending or running, or missing from the store) and,
+    when there are any, `unfinished_reason` (one line)."""
     runs = store.runs(sweep=grid.name)
     runs = runs[runs.run_id.isin(set(grid.runs))]
     statuses = runs.status.value_counts()
     counts = {s: int(statuses.get(s, 0)) for s in ("completed", "diverged", "failed", "running", "pending")}
     line = (f"sweep {grid.name}: {len(grid.runs)} runs: {counts['completed']} completed, "
             f"{counts['diverged']} diverged, {counts['failed']} failed")
-    if counts["running"] + counts["pending"]:
-        line += f", {counts['running'] + counts['pending']} not finished (running in another process?)"
+    counts["unfinished"] = counts["running"] + counts["pending"] + len(set(grid.runs) - set(runs.run_id))
+    if counts["unfinished"]:
+        line += f", {counts['unfinished']} not finished"
+        why = []
+        if counts["running"]:
+            why.append(f"{counts['running']} running in another process, or killed (rerun to resume them)")
+        if counts["unfinished"] - counts["running"]:
+            why.append(f"{counts['unfinished'] - counts['running']} never started: their jobs failed before "
+                       "training and the store could not record why (see their run.log)")
+        counts["unfinished_reason"] = f"sweep {grid.name}: {counts['unfinished']} runs not finished: {'; '.join(why)}"
     table = text_table(display_by_lr(by_lr(label_runs(runs)))) if len(runs) else "(no runs)"
     command = f"precisionlab report --sweep {grid.name}"
     if grid.store_path != os.path.abspath(DEFAULT_STORE_PATH):
