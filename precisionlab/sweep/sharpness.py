@@ -1,6 +1,7 @@
 """`precisionlab sharpness`: measure the stored checkpoints of a sweep, resumably.
 
-Each checkpoint lacking a (metric, params) value is loaded, measured on the run's first
+Each checkpoint lacking a (metric, params) value is claimed in the store (so concurrent
+processes split the work, and a claim of a dead process is taken over), loaded, measured on the run's first
 fixed validation batch exactly as training measures it (`precisionlab.train.measure`),
 and every value is written to the store as soon as it is known.
 """
@@ -28,6 +29,7 @@ __all__ = ["Outcome", "measure_checkpoints"]
 class Outcome:
     computed: int = 0  # values measured and written now
     skipped: int = 0  # values the store already had
+    busy: int = 0  # values another live process is measuring now (claimed in the store)
     unreadable: list[str] | None = None  # checkpoints that could not be loaded: "path (why)"
 
 
@@ -49,22 +51,39 @@ def measure_checkpoints(store: Any, sweep: str, metrics: Sequence[str], settings
         pairs = planned(metrics, settings, size, run_is_fp32=is_fp32(config))
         todo = [(m, p) for m, p in pairs if (row.run_id, int(row.step), m, params_key(p)) not in have]
         outcome.skipped += len(pairs) - len(todo)
-        if not todo:  # decided from the store alone: a finished checkpoint is not even loaded
+        claimed = []  # claimed in the store first, so a concurrent process never measures the same value
+        for metric, params in todo:
+            state = store.claim_sharpness(row.run_id, int(row.step), metric, params)
+            if state == "claimed":
+                claimed.append((metric, params))
+            else:
+                outcome.skipped += state == "done"
+                outcome.busy += state == "busy"
+        if not claimed:  # decided from the store alone: a finished checkpoint is not even loaded
             continue
         try:
-            model, cfg, _, _ = load_checkpoint(row.path, device)
-        except Exception as err:  # a deleted or torn file: report it, measure the rest
-            outcome.unreadable.append(f"{row.path} ({type(err).__name__}: {err})")
-            continue
-        data_key = json.dumps(OmegaConf.to_container(cfg.data), sort_keys=True)
-        if data_key not in validation:
-            validation[data_key] = load_dataset(cfg.data)[1]
-        cfg.train.batch_size, cfg.train.eval_batches = size, 1  # the first fixed validation batch, `size` sequences
-        batch = eval_batches(validation[data_key], cfg)[0]
-        for metric, params in todo:
-            values = measure(model, batch, metric, params)
-            for name in sorted(values, key=lambda name: name == metric):  # the metric's own row last: it marks done
-                store.add_sharpness(row.run_id, int(row.step), name, values[name], params)
-            outcome.computed += 1
+            _measure(store, row, claimed, size, device, validation, outcome)
+        finally:  # measured or not: a claim left behind would only wait for this process to exit
+            for metric, params in claimed:
+                store.release_sharpness(row.run_id, int(row.step), metric, params)
     bar.close()
     return outcome
+
+
+def _measure(store: Any, row: Any, todo: list, size: int, device: str, validation: dict, outcome: Outcome) -> None:
+    """Load checkpoint `row` and write each (metric, params) of `todo` into `store`."""
+    try:
+        model, cfg, _, _ = load_checkpoint(row.path, device)
+    except Exception as err:  # a deleted or torn file: report it, measure the rest
+        outcome.unreadable.append(f"{row.path} ({type(err).__name__}: {err})")
+        return
+    data_key = json.dumps(OmegaConf.to_container(cfg.data), sort_keys=True)
+    if data_key not in validation:
+        validation[data_key] = load_dataset(cfg.data)[1]
+    cfg.train.batch_size, cfg.train.eval_batches = size, 1  # the first fixed validation batch, `size` sequences
+    batch = eval_batches(validation[data_key], cfg)[0]
+    for metric, params in todo:
+        values = measure(model, batch, metric, params)
+        for name in sorted(values, key=lambda name: name == metric):  # the metric's own row last: it marks done
+            store.add_sharpness(row.run_id, int(row.step), name, values[name], params)
+        outcome.computed += 1
