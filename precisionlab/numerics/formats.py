@@ -31,7 +31,8 @@ FORMAT_NAME_HELP = (
 )
 
 _ALIASES = {"fp32": "e8m23", "tf32": "e8m10", "bf16": "e8m7", "fp16": "e5m10"}
-_NAME_RE = re.compile(r"e(\d+)m(\d+)(fnuz|fn)?")
+# Exactly one spelling per format: lower-case ASCII, no spaces, no leading zeros (e4m3, not E4M3 or e04m03).
+_NAME_RE = re.compile(r"e(0|[1-9][0-9]*)m(0|[1-9][0-9]*)(fnuz|fn)?")
 
 FP32_MAX = 3.4028234663852886e38
 FP32_MIN_SUBNORMAL = 2.0**-149
@@ -72,12 +73,13 @@ class FloatFormat:
 
     @classmethod
     def parse(cls, name: str | FloatFormat) -> FloatFormat:
-        """Parse `fp32 tf32 bf16 fp16 eXmY eXmYfn eXmYfnuz` (case-insensitive)."""
+        """Parse `fp32 tf32 bf16 fp16 eXmY eXmYfn eXmYfnuz`, spelled exactly so (lower case, no
+        spaces or leading zeros): one name per format, so names in configs and the store compare equal."""
         if isinstance(name, FloatFormat):
             return name
         if not isinstance(name, str):
             raise ValueError(f"format must be a name or FloatFormat, got {type(name).__name__}; {FORMAT_NAME_HELP}")
-        key = name.strip().lower()
+        key = name
         spelled = _ALIASES.get(key, key)
         match = _NAME_RE.fullmatch(spelled)
         if match is None:

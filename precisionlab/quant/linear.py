@@ -29,6 +29,7 @@ the same random bits as an uninterrupted one.
 from __future__ import annotations
 
 import fnmatch
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,8 @@ import torch.nn.functional as F
 
 from precisionlab.numerics.cast import ROUNDING_MODES, quantize
 from precisionlab.numerics.formats import FloatFormat
+
+log = logging.getLogger(__name__)
 
 __all__ = ["RoleCast", "PrecisionConfig", "QuantLinear", "convert_model", "ROLES", "SCALINGS"]
 
@@ -209,11 +212,13 @@ def convert_model(model: nn.Module, precision: Any, seed: int = 0) -> nn.Module:
     precision = PrecisionConfig.from_cfg(precision)
     if precision.is_fp32:
         return model
-    targets = [
-        (name, module)
-        for name, module in model.named_modules()
-        if type(module) is nn.Linear and not any(fnmatch.fnmatchcase(name, pat) for pat in precision.exclude)
-    ]
+    linears = [(name, module) for name, module in model.named_modules() if type(module) is nn.Linear]
+    for pattern in precision.exclude:  # a typo would silently quantize the layer it meant to keep in fp32
+        if not any(fnmatch.fnmatchcase(name, pattern) for name, _ in linears):
+            log.warning("precision.exclude pattern %r matches no linear layer (they are: %s)", pattern,
+                        ", ".join(name for name, _ in linears[:6]) + (", ..." if len(linears) > 6 else ""))
+    targets = [(name, module) for name, module in linears
+               if not any(fnmatch.fnmatchcase(name, pat) for pat in precision.exclude)]
     for index, (name, linear) in enumerate(targets):
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)

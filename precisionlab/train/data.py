@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["DataError", "check_data_config", "load_dataset", "get_batch", "build_stdlib_corpus", "cache_dir", "SOURCES"]
+__all__ = ["DataError", "check_data_config", "check_data_size", "load_dataset", "get_batch", "build_stdlib_corpus", "cache_dir", "SOURCES"]
 
 SOURCES = ("stdlib", "text", "tokens")
 _FULL_HASH_LIMIT = 256 * 2**20
@@ -140,6 +140,38 @@ def check_data_config(data_cfg: Any) -> dict[str, Any]:
         if missing:
             raise DataError(f"data.path {str(path)!r} must be a folder with train.bin and val.bin (missing: {', '.join(missing)})")
     return cfg
+
+
+def check_data_size(data_cfg: Any, seq_len: int) -> None:
+    """Cheap checks from file sizes alone (nothing read): data that is not a regular file or
+    folder, or whose splits hold no window of seq_len + 1 tokens. Raises DataError, so
+    `precisionlab train` refuses such data before it creates a run directory. The stdlib
+    corpus is judged by its budget (an upper bound)."""
+    cfg = check_data_config(data_cfg)
+    source, val_fraction = cfg.get("source", "stdlib"), float(cfg.get("val_fraction", 0.1))
+    if source == "tokens":
+        path = Path(str(cfg["path"])).expanduser()
+        splits = {name: (path / f"{name}.bin").stat().st_size // 2 for name in ("train", "val")}
+    else:
+        if source == "stdlib":
+            total = int(cfg.get("budget_bytes", 4_000_000))
+        else:
+            path = Path(str(cfg["path"])).expanduser()
+            if path.is_file():
+                total = path.stat().st_size
+            elif path.is_dir():
+                files = [p for p in path.glob(cfg.get("glob", "**/*.txt")) if p.is_file()]
+                if not files:
+                    raise DataError(f"data.path {str(path)!r} has no files matching data.glob={cfg.get('glob', '**/*.txt')!r}")
+                total = sum(p.stat().st_size for p in files)
+            else:
+                raise DataError(f"data.path {str(path)!r} is not a regular file or folder (data=text reads bytes from files)")
+        n_val = int(total * val_fraction)
+        splits = {"train": total - n_val, "val": n_val}
+    for split, tokens in splits.items():
+        if tokens <= seq_len:
+            raise DataError(f"the {split} split of data.source={source} has {tokens} tokens, fewer than "
+                            f"train.seq_len + 1 = {seq_len + 1}; use more data or a shorter train.seq_len")
 
 
 def load_dataset(data_cfg: Any) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:

@@ -36,8 +36,10 @@ def test_ieee_names_match_torch_finfo(name, dtype):
     assert fmt.min_subnormal == info.smallest_normal * info.eps  # 2^(emin - M)
 
 
-def test_aliases_and_case():
-    assert FloatFormat.parse("BF16") == FloatFormat.parse("e8m7")
+def test_aliases_one_spelling():
+    assert FloatFormat.parse("bf16") == FloatFormat.parse("e8m7")
+    with pytest.raises(ValueError, match="unknown format 'BF16'"):  # one spelling per name (issue 17)
+        FloatFormat.parse("BF16")
     assert FloatFormat.parse("tf32") == FloatFormat.parse("e8m10")
     assert FloatFormat.parse("fp16") == FloatFormat(5, 10)
     assert str(FloatFormat.parse("e4m3fn")) == "e4m3fn"
