@@ -42,7 +42,7 @@ def _fmt_value(v: float) -> str:
 def formats(
     format: Optional[list[str]] = typer.Option(None, "--format", "-f", help="Describe this format name (repeatable)."),
 ) -> None:
-    """Table of number formats: bits, bias, range, Inf/NaN conventions."""
+    """Table of number formats: bits, bias, range, Inf/NaN conventions ('-': the format has no such value)."""
     names = format or list(NAMED_FORMATS)
     try:
         parsed = [FloatFormat.parse(n) for n in names]
@@ -53,7 +53,8 @@ def formats(
     for f in parsed:
         typer.echo(
             f"{f.name:<10} {f.bits:>4} {f.exp_bits:>2} {f.man_bits:>2} {f.bias:>5} {_fmt_value(f.max_finite):>12} "
-            f"{_fmt_value(f.min_normal) if f.emax >= f.emin else '-':>12} {_fmt_value(f.min_subnormal):>13}  {'yes' if f.has_inf else 'no':<3} "
+            f"{_fmt_value(f.min_normal) if f.emax >= f.emin else '-':>12} "
+            f"{_fmt_value(f.min_subnormal) if f.has_subnormals and f.man_bits else '-':>13}  {'yes' if f.has_inf else 'no':<3} "
             f"{f.nan if f.has_nan else 'none':<8} {'yes' if f.has_negative_zero else 'no':<3}"
         )
 
@@ -80,7 +81,7 @@ def _check_train_overrides(overrides: list[str]) -> None:
 
     from precisionlab.config import ConfigError, validate
     from precisionlab.runtime import absolute_paths
-    from precisionlab.train.data import DataError
+    from precisionlab.train.data import DataError, check_data_size
 
     try:
         with initialize_config_module(config_module="precisionlab.configs", version_base="1.3"):
@@ -88,14 +89,19 @@ def _check_train_overrides(overrides: list[str]) -> None:
     except Exception as err:  # Hydra's override and composition errors
         fail(_one_line(err))
     try:
-        validate(cfg)
+        checked = validate(cfg)
+        check_data_size(checked.data, checked.train.seq_len)  # no window of seq_len + 1 tokens: no run at all
     except (ConfigError, DataError) as err:
         fail(str(err))
+    from precisionlab.store import run_id
     from precisionlab.sweep.job import open_store
 
     absolute_paths(cfg, ".")
     try:
-        open_store(cfg)  # creates it if absent; an unusable store.path fails here, before any run directory
+        store = open_store(cfg)  # creates it if absent; an unusable store.path fails here, before any run directory
+        if store is not None:  # reads the pages the run's claim will write: a damaged file fails here too
+            store.status(run_id(cfg))
+            store.close()
     except ValueError as err:  # StoreError, or a bad store.journal_mode
         fail(str(err))
 
@@ -161,12 +167,18 @@ def sweep(
         fail(str(err))
     except Exception as err:  # Hydra's override and composition errors
         fail(_one_line(err))
-    grid.register(store, command=" ".join(["precisionlab sweep", *ctx.args, *(["--jobs", str(jobs)] if jobs else []), *(["--force"] if force else [])]))
-    with Progress(store, grid):
-        _run_hydra(sweep_main, ["-m", *overrides, *([f"sweep.name={grid.name}"] if grid.name_derived else [])])
-    text, counts = summary(store, grid)
+    command = " ".join(["precisionlab sweep", *ctx.args, *(["--jobs", str(jobs)] if jobs else []), *(["--force"] if force else [])])
+    try:  # a store damaged or made unusable before or during the sweep: one line, not a traceback
+        grid.register(store, command=command)
+        with Progress(store, grid):
+            _run_hydra(sweep_main, ["-m", *overrides, *([f"sweep.name={grid.name}"] if grid.name_derived else [])])
+        text, counts = summary(store, grid)
+    except StoreError as err:
+        fail(str(err))
     typer.echo(text)
-    if counts["failed"]:
+    if counts["unfinished"]:  # runs of this sweep still pending or running: it did not do its job
+        typer.echo(f"error: {counts['unfinished_reason']}", err=True)
+    if counts["failed"] or counts["unfinished"]:
         raise typer.Exit(code=1)
 
 
@@ -174,7 +186,7 @@ def sweep(
 def sharpness(
     sweep_name: Optional[str] = typer.Option(None, "--sweep", help="Sweep whose checkpoints to measure (default: the latest in the store)."),
     metric: Optional[list[str]] = typer.Option(None, "--metric", "-m", help="logit (default), hessian, trace, keskar; repeatable or comma-separated."),
-    eps: Optional[list[float]] = typer.Option(None, "--eps", help="epsilon of logit and keskar (default 1e-3); repeatable."),
+    eps: Optional[list[str]] = typer.Option(None, "--eps", help="epsilon of logit and keskar (default 1e-3); repeatable or comma-separated."),
     store_path: str = typer.Option("results/precisionlab.db", "--store", help="The results store (SQLite file)."),
     fp32: bool = typer.Option(False, "--fp32", help="Measure logit and keskar without the run's casts (hessian and trace always are)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Sequences in the evaluation batch (default: the run's train.batch_size)."),
@@ -193,6 +205,7 @@ def sharpness(
     Values go to the store's sharpness table, keyed by run, step, metric and parameters.
     """
     from precisionlab.runtime import DeviceError, resolve_device
+    from precisionlab.store import StoreError
     from precisionlab.sweep.sharpness import measure_checkpoints
     from precisionlab.train import measure
 
@@ -201,8 +214,10 @@ def sharpness(
         measure.check_metrics(metrics)
     except ValueError as err:
         fail(str(err))
+    eps_given = [e.strip() for item in eps or [] for e in item.split(",")]
+    eps = [_number(e) for e in eps_given]
     for name, value, ok, accepted in (
-        ("--eps", eps, all(math.isfinite(e) and e >= 0 for e in eps or []), "finite numbers >= 0"),
+        ("--eps", ",".join(eps_given), all(e is not None and math.isfinite(e) and e >= 0 for e in eps), "finite numbers >= 0"),
         ("--batch-size", batch_size, batch_size is None or batch_size >= 1, "a positive integer"),
         ("--iters", iters, iters >= 1, "a positive integer"),
         ("--tol", tol, math.isfinite(tol) and tol > 0, "a number > 0"),
@@ -222,10 +237,15 @@ def sharpness(
             name = store.sweep_name(sweep_name)
         except Exception as err:  # StoreError, or SQLite/pandas failing on a damaged file
             fail(_first_line(err))
-        outcome = measure_checkpoints(store, name, metrics, settings, batch_size=batch_size, device=device)
+        try:
+            outcome = measure_checkpoints(store, name, metrics, settings, batch_size=batch_size, device=device)
+        except StoreError as err:  # damaged, or made unwritable, while measuring
+            fail(str(err))
     for problem in outcome.unreadable:
         typer.echo(f"warning: checkpoint not measured: {problem}", err=True)
     line = f"sharpness of sweep {name}: computed {outcome.computed}, skipped {outcome.skipped} (already in the store)"
+    if outcome.busy:
+        line += f", {outcome.busy} left to the other process measuring them now"
     if outcome.unreadable:
         line += f", {len(outcome.unreadable)} checkpoints unreadable"
     elif not outcome.computed + outcome.skipped:
@@ -253,8 +273,6 @@ def report(
 
     precisionlab report --compare paper paper-rne            (two sweeps side by side)
     """
-    import os
-
     from precisionlab.analysis import render
     from precisionlab.analysis.report import build, compare_notes
     from precisionlab.analysis.report import compare as compare_reports
@@ -267,15 +285,15 @@ def report(
 
     if compare and sweep_name:
         fail("--sweep and --compare exclude each other; --compare SWEEP_A SWEEP_B names both sweeps")
-    with _existing_store(store_path) as store:
+    with _existing_store(store_path, read_only=True) as store:
         try:
             if compare:
                 a, b = (build(store, name, where or []) for name in compare)
                 table, notes = compare_reports(a, b), compare_notes(a, b)
-                written = render.write_comparison(a, b, table, notes, out or os.path.join("reports", f"{a.sweep}-vs-{b.sweep}"))
+                written = render.write_comparison(a, b, table, notes, out or render.default_out(a.sweep, b.sweep))
             else:
                 result = build(store, sweep_name, where or [])
-                written = render.write(result, out or os.path.join("reports", result.sweep))
+                written = render.write(result, out or render.default_out(result.sweep))
         except Exception as err:  # ReportError, StoreError, or SQLite/pandas failing on a damaged file
             fail(_first_line(err))
     if compare:
@@ -299,24 +317,37 @@ def report(
     typer.echo(f"report: {written[0]} (beside it: {', '.join(p.name for p in written[1:])})")
 
 
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 def _first_line(err: BaseException) -> str:
     return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
 @contextmanager
-def _existing_store(path: str):
+def _existing_store(path: str, read_only: bool = False):
     """The results store at `path`, which must exist (commands that only read never create one),
     closed on leaving: the last connection to close removes SQLite's -wal/-shm files, and a
     sqlite3 connection left open waits for the garbage collector. One line and exit 2 when it
-    is missing or not a usable store."""
+    is missing or not a usable store. `read_only`: for commands that only read (a store the
+    user may not write is fine)."""
     import os
 
     from precisionlab.store import ResultsStore
 
-    if not os.path.isfile(path):
-        fail(f"results store {os.path.abspath(path)} does not exist; run precisionlab sweep first or pass --store PATH")
+    where = os.path.abspath(path)
+    if os.path.isdir(path):
+        fail(f"results store {where} is a folder, not a results store file; pass --store FILE (e.g. {os.path.join(path, 'precisionlab.db')})")
+    if os.path.exists(path) and not os.path.isfile(path):
+        fail(f"results store {where} is not a regular file (a device, pipe or socket); pass --store FILE")
+    if not os.path.exists(path):
+        fail(f"results store {where} does not exist; run precisionlab sweep first or pass --store PATH")
     try:
-        store = ResultsStore(path)
+        store = ResultsStore(path, read_only=read_only)
     except Exception as err:  # StoreError, or SQLite failing on a damaged file
         fail(_first_line(err))
     try:
