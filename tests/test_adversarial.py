@@ -1,0 +1,463 @@
+"""Bad input across every command (issue 17): each case exits 2 with exactly one line on stderr,
+no traceback, and writes nothing into the working directory. Plus what the defects of that issue
+left behind: unsafe sweep names, runs stuck `pending`, reports of unfinished sweeps, damaged and
+read-only stores, leftovers of killed processes, concurrent `sharpness` processes.
+
+Most cases go through typer's CliRunner (in-process, fast); `precisionlab.cli.main`, the console
+entry, is exercised where Typer's own parse errors matter. Config-key cases of train/sweep live in
+tests/test_config.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch.nn as nn
+from typer.testing import CliRunner
+
+from helpers import MICRO, SWEEP_MICRO, compose_train
+from precisionlab.analysis import render
+from precisionlab.analysis.report import ReportError, build
+from precisionlab.cli import app
+from precisionlab.config import validate
+from precisionlab.numerics.formats import FloatFormat
+from precisionlab.quant.linear import convert_model
+from precisionlab.store import ResultsStore, StoreError
+from precisionlab.store.names import sweep_name_problem
+
+CLI = str(Path(sys.executable).with_name("precisionlab"))
+DEAD_PID = 2**22 + 12345  # above Linux's pid_max default: never a live process
+
+
+def _store_with_pending_runs(path: Path, sweep: str = "p") -> ResultsStore:
+    """A store holding a sweep of two registered (pending) micro runs."""
+    store = ResultsStore(path)
+    configs = [validate(compose_train("precision=mask", "precision.format=e8m3", f"optim.lr={lr}")) for lr in (1e-3, 3e-3)]
+    store.add_sweep(sweep, command="test")
+    store.register_runs(configs, sweep=sweep)
+    return store
+
+
+def _damage(path: Path) -> None:
+    """Overwrite every page but the schema's and the meta table's: the store opens, reads fail."""
+    with sqlite3.connect(path) as conn:
+        keep = {1, *(r for n, r in conn.execute("SELECT name, rootpage FROM sqlite_master") if "meta" in n)}
+        size = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    data = bytearray(path.read_bytes())
+    for page in range(2, len(data) // size + 1):
+        if page not in keep:
+            data[(page - 1) * size: page * size] = b"\x5a" * size
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Stores and files the cases point at (outside each case's working directory)."""
+    root = tmp_path_factory.mktemp("inputs")
+    _store_with_pending_runs(root / "good.db").close()
+    (root / "damaged.db").write_bytes((root / "good.db").read_bytes())
+    _damage(root / "damaged.db")
+    (root / "header-only.db").write_bytes(b"SQLite format 3\x00" + b"junk" * 300)
+    (root / "truncated.db").write_bytes((root / "good.db").read_bytes()[:100])
+    (root / "text.db").write_text("hello")
+    (root / "folder.db").mkdir()
+    (root / "empty.db").write_bytes(b"")
+    ResultsStore(root / "nosweeps.db").close()
+    return root
+
+
+def _cases(files: Path) -> list[tuple[list[str], str]]:
+    """(command line, a fragment of the one error line)."""
+    good, stores = str(files / "good.db"), {n: str(files / n) for n in (
+        "damaged.db", "header-only.db", "truncated.db", "text.db", "folder.db", "empty.db", "nosweeps.db")}
+    cases = [
+        # formats: names have one spelling (lower-case ASCII, no spaces, no leading zeros)
+        *[(["formats", "-f", name], "accepted: fp32") for name in (
+            "E4M3", " e4m3", "e4m3 ", "e04m03", "e4m03", "e4m3\u0663", "e\u0664m3", "FP32", "Bf16", "e9m3", "e0m3",
+            "e4m24", "e4m3fnx", "e4m3FN", "fp7", "", "e", "e4", "m3", "e4m", "e-1m3", "e4m-3", "e+4m3", "e4.0m3",
+            "e4m3\n", "e4_m3", "ｅ4m3", "e" + "9" * 400 + "m3")],
+        (["formats", "-f", "e4m3", "-f", "nope"], "unknown format 'nope'"),
+        # stores: what a --store path is, and damaged files
+        *[([cmd, "--store", stores[name]], fragment) for cmd in ("report", "sharpness") for name, fragment in (
+            ("damaged.db", "the file is damaged; move it aside"), ("header-only.db", "cannot be read as SQLite"),
+            ("truncated.db", "cannot be read as SQLite"), ("text.db", "is not an SQLite database"),
+            ("folder.db", "is a folder, not a results store file"), ("empty.db", "is not an SQLite database"),
+            ("nosweeps.db", "holds no sweeps"))],
+        *[([cmd, "--store", path], fragment) for cmd in ("report", "sharpness") for path, fragment in (
+            ("/dev/null", "is not a regular file"), ("missing.db", "does not exist"), ("", "does not exist"))],
+        # report
+        (["report", "--store", good, "--sweep", "nope"], "unknown sweep 'nope'"),
+        (["report", "--store", good, "--where", "colour=red"], "unknown column 'colour'"),
+        (["report", "--store", good, "--where", "__import__('os').system('touch x')"], "not a usable filter"),
+        (["report", "--store", good, "--where", "lr.__class__ == 1"], "not a usable filter"),
+        (["report", "--store", good, "--where", "seed=abc"], "seed takes numbers"),
+        (["report", "--store", good, "--where", "format=e5m2"], "has no runs matching"),
+        (["report", "--store", good, "--compare", "p", "nope"], "unknown sweep 'nope'"),
+        (["report", "--store", good, "--compare", "p", "p", "--sweep", "p"], "exclude each other"),
+        (["report", "--store", good, "--out", "/proc/precisionlab-report"], "--out"),
+        (["report", "--store", good, "--out", "."], "is the working directory"),
+        # sharpness
+        (["sharpness", "--store", good, "--metric", "nope"], "nope"),
+        (["sharpness", "--store", good, "--metric", "logit,"], ""),
+        (["sharpness", "--store", good, "--sweep", "nope"], "unknown sweep 'nope'"),
+        *[(["sharpness", "--store", good, "--eps", eps], "--eps must be finite numbers >= 0") for eps in (
+            "x", "1e-3,x", "-1", "1e-3,-1e-3", "nan", "inf", "1e-3,,1e-2")],
+        (["sharpness", "--store", good, "--batch-size", "0"], "--batch-size must be a positive integer"),
+        (["sharpness", "--store", good, "--iters", "0"], "--iters must be a positive integer"),
+        (["sharpness", "--store", good, "--tol", "0"], "--tol must be a number > 0"),
+        (["sharpness", "--store", good, "--tol", "nan"], "--tol must be a number > 0"),
+        (["sharpness", "--store", good, "--samples", "1"], "--samples must be an integer >= 2"),
+        (["sharpness", "--store", good, "--ascent-steps", "0"], "--ascent-steps must be a positive integer"),
+        (["sharpness", "--store", good, "--device", "tpu"], "device"),
+        # sweep: names that would be paths, and stores that cannot be used
+        *[(["sweep", f"sweep.name={name}", *SWEEP_MICRO], "is not usable as a folder name") for name in (
+            "../../../escaped", "/tmp/abs", "a/b", "..", ".hidden", "-dash", "a..b", "x" * 101, "'a b'", "'ä'", "'a;b'")],
+        (["sweep", "store.path=" + stores["damaged.db"], *SWEEP_MICRO], "the file is damaged"),
+        (["sweep", "store.path=" + stores["folder.db"], *SWEEP_MICRO], "is a directory"),
+        (["sweep", "--jobs", "0"], "--jobs must be a positive number"),
+        # train: data that has no window of seq_len + 1 tokens is refused before any run directory
+        (["train", "data=text", "data.path=/dev/null", *MICRO], "is not a regular file or folder"),
+        (["train", "train.seq_len=100000000", "train.steps=1"], "fewer than train.seq_len + 1"),
+        (["train", "data=text", "data.path=tiny.txt", *MICRO], "fewer than train.seq_len + 1"),
+        (["train", "store.path=" + stores["damaged.db"], *MICRO], "the file is damaged"),
+    ]
+    return cases
+
+
+def _snapshot(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_the_catalogue_is_broad(files):
+    assert len(_cases(files)) >= 60
+
+
+@pytest.mark.slow
+def test_every_bad_input_is_one_line_exit_2_nothing_written(files, tmp_path, monkeypatch):
+    """Each case in a fresh working directory; all of them, then a list of those that misbehaved."""
+    failures = []
+    for i, (args, fragment) in enumerate(_cases(files)):
+        cwd = tmp_path / f"case{i}"
+        cwd.mkdir()
+        (cwd / "tiny.txt").write_text("too short")
+        before = _snapshot(cwd)
+        monkeypatch.chdir(cwd)
+        result = CliRunner().invoke(app, args)
+        lines = result.stderr.strip().splitlines()
+        problems = []
+        if result.exit_code != 2:
+            problems.append(f"exit {result.exit_code}")
+        if len(lines) != 1 or not lines[0].startswith("error: ") or fragment not in lines[0]:
+            problems.append(f"stderr {result.stderr!r}")
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            problems.append(f"raised {result.exception!r}")
+        if _snapshot(cwd) != before:
+            problems.append(f"wrote {sorted(set(_snapshot(cwd)) - set(before))}")
+        if problems:
+            failures.append(f"{args}: {'; '.join(problems)}")
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args", [
+    ["sharpness", "--eps", "oops", "--store", "missing.db"],
+    ["report", "--store", "missing.db"],
+    ["formats", "-f", "E4M3"],
+])
+def test_console_script_one_line_no_traceback(tmp_path, args):
+    proc = subprocess.run([CLI, *args], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- formats (defect 10)
+
+
+@pytest.mark.parametrize("name", ["E4M3", " e4m3", "e04m03", "e4m3\u0663", "FP32"])
+def test_format_names_have_one_spelling(name):
+    with pytest.raises(ValueError, match="accepted: fp32"):
+        FloatFormat.parse(name)
+
+
+def test_formats_table_shows_dash_for_values_a_format_lacks():
+    result = CliRunner().invoke(app, ["formats", "-f", "e1m0", "-f", "e2m0", "-f", "e2m1fn"])
+    assert result.exit_code == 0
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:]}
+    assert rows["e1m0"][6:8] == ["-", "-"]        # neither normals nor subnormals: only zero
+    assert rows["e2m0"][6:8] == ["1", "-"]        # no mantissa bits: no subnormals
+    assert rows["e2m1fn"][6:8] == ["1", "0.5"]
+
+
+def test_exclude_matching_no_layer_warns(caplog):
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    with caplog.at_level(logging.WARNING, logger="precisionlab.quant.linear"):
+        convert_model(model, {"format": "e4m3", "exclude": ["lm_haed", "1"]})
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "'lm_haed' matches no linear layer" in warnings[0]
+    assert type(model[1]) is nn.Linear and type(model[0]) is not nn.Linear  # "1" did exclude layer 1
+
+
+# --------------------------------------------------------------------------- sweep names (defect 3)
+
+
+@pytest.mark.parametrize("name, ok", [
+    ("default", True), ("default-3fa2c1", True), ("paper_rne.v2", True), ("A1", True),
+    ("../../../escaped", False), ("/abs", False), ("a/b", False), ("a\\b", False), ("..", False), ("a..b", False),
+    (".hidden", False), ("-x", False), ("", False), ("x" * 101, False), ("é", False), ("a\nb", False), ("a b", False),
+])
+def test_sweep_name_alphabet(name, ok):
+    assert (sweep_name_problem(name) is None) == ok
+
+
+def test_report_never_uses_an_unsafe_stored_name_as_a_path(tmp_path, monkeypatch):
+    """A store written by other means may hold any name: the report refuses to make it a folder."""
+    monkeypatch.chdir(tmp_path)
+    _store_with_pending_runs(tmp_path / "s.db", sweep="../../escaped").close()
+    result = CliRunner().invoke(app, ["report", "--store", "s.db"])
+    assert result.exit_code == 2 and "is not usable as a folder name" in result.stderr and "--out" in result.stderr
+    assert not (tmp_path.parent / "escaped").exists() and not (tmp_path / "reports").exists()
+    result = CliRunner().invoke(app, ["report", "--store", "s.db", "--out", "mine"])  # the user's own path: fine
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "mine" / "report.html").is_file()
+
+
+def test_report_file_names_from_the_store_stay_inside_out(tmp_path):
+    with pytest.raises(ReportError, match="plain names inside --out"):
+        render._write_files({"sharpness_../../x.png": b"png"}, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- unfinished sweeps (defects 4, 5)
+
+
+def test_report_of_a_sweep_without_finished_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _store_with_pending_runs(tmp_path / "s.db").close()
+    result = CliRunner().invoke(app, ["report", "--store", "s.db"])
+    assert result.exit_code == 0, result.output
+    assert "2 runs (2 pending)" in result.stdout and "no finished runs yet" in result.stdout
+    written = {p.name for p in (tmp_path / "reports" / "p").iterdir()}
+    assert {"report.html", "report.md", "runs.csv"} <= written and not any(n.endswith(".png") for n in written)
+
+
+def test_job_failing_before_its_claim_is_recorded_failed(tmp_path, monkeypatch):
+    """A store that refuses the claim (e.g. made read-only mid-sweep): before, the run stayed pending."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from precisionlab.sweep import job
+
+    store = _store_with_pending_runs(tmp_path / "s.db")
+    cfg = compose_train("precision=mask", "precision.format=e8m3", "optim.lr=1e-3")
+    with open_dict(cfg):
+        cfg.store = {"path": str(tmp_path / "s.db")}
+        cfg.sweep = {"name": "p", "force": False}
+
+    class Hydra:
+        runtime = type("R", (), {"cwd": str(tmp_path), "choices": {}})
+        launcher = {"_target_": "basic"}
+
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: Hydra))
+    monkeypatch.setattr(ResultsStore, "claim_run", lambda *a, **k: (_ for _ in ()).throw(StoreError("disk full")))
+    assert job.run_job(cfg) == "failed"
+    runs = store.runs(sweep="p")
+    row = runs[runs.lr == 1e-3].iloc[0]
+    assert row.status == "failed" and "disk full" in row.error
+    assert set(runs.status) == {"failed", "pending"}  # the other run was never started
+
+
+@pytest.mark.slow
+def test_sweep_with_runs_left_pending_exits_1(tmp_path, monkeypatch):
+    """Jobs that could not even record their failure leave runs pending: the sweep says so and exits 1."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(ResultsStore, "claim_run", lambda *a, **k: (_ for _ in ()).throw(StoreError("locked out")))
+    monkeypatch.setattr(ResultsStore, "fail_pending", lambda *a, **k: (_ for _ in ()).throw(StoreError("locked out")))
+    result = CliRunner().invoke(app, ["sweep", "seed=0,1", "precision.format=e8m3", "optim.lr=1e-3",
+                                      "sweep.name=stuck", *SWEEP_MICRO])
+    assert result.exit_code == 1, result.output
+    assert "sweep stuck: 2 runs not finished: 2 never started" in result.stderr
+
+
+# --------------------------------------------------------------------------- stores (defects 6, 9b, 10)
+
+
+def test_damaged_store_reads_and_writes_raise_store_error(files, tmp_path):
+    path = tmp_path / "d.db"
+    path.write_bytes((files / "damaged.db").read_bytes())
+    store = ResultsStore(path)  # the schema pages are intact: it opens
+    for call in (store.sweeps, lambda: store.runs(), lambda: store.status("x"),
+                 lambda: store.add_sweep("q"), lambda: store.latest_checkpoint("x")):
+        with pytest.raises(StoreError, match="the file is damaged; move it aside"):
+            call()
+
+
+def test_read_only_store_is_reported(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _store_with_pending_runs(tmp_path / "s.db").close()
+    os.chmod(tmp_path / "s.db", 0o444)
+    access = os.access  # root may write anything: the store is what the user may not write
+    monkeypatch.setattr(os, "access", lambda p, mode: access(p, mode) and not (str(p).endswith("s.db") and mode & os.W_OK))
+    with pytest.raises(StoreError, match="is not writable"):
+        ResultsStore(tmp_path / "s.db")  # writers are still refused up front
+    result = CliRunner().invoke(app, ["report", "--store", "s.db"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "reports" / "p" / "report.html").is_file()
+
+
+def test_read_only_store_object_never_writes(tmp_path):
+    _store_with_pending_runs(tmp_path / "s.db").close()
+    store = ResultsStore(tmp_path / "s.db", read_only=True)
+    assert len(store.runs()) == 2
+    with pytest.raises(StoreError, match="readonly"):
+        store.add_sweep("q")
+    with pytest.raises(StoreError, match="does not exist"):
+        ResultsStore(tmp_path / "absent.db", read_only=True)
+    assert not (tmp_path / "absent.db").exists()
+
+
+def test_creation_removes_temp_files_of_killed_creators(tmp_path):
+    dead = [tmp_path / f"precisionlab.db.{DEAD_PID}.0123abcd.tmp{suffix}" for suffix in ("", "-wal", "-shm")]
+    live = tmp_path / f"precisionlab.db.{os.getpid()}.89abcdef.tmp"  # a creator still at work: left alone
+    for path in (*dead, live):
+        path.write_bytes(b"half a store")
+    ResultsStore(tmp_path / "precisionlab.db").close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["precisionlab.db", live.name])
+
+
+# --------------------------------------------------------------------------- report swap (defect 9c)
+
+
+def _report_files(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+
+def test_report_swap_replaces_the_whole_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "reports" / "p"
+    render._write_files({"report.html": "old", "sharpness_logit.png": b"old"}, out)
+    render._write_files({"report.html": "new", "runs.csv": "new"}, out)
+    assert _report_files(out) == {"report.html": b"new", "runs.csv": b"new"}  # no stale sharpness plot
+    assert sorted(p.name for p in out.parent.iterdir()) == ["p"]  # no staging folder left
+
+
+def test_report_refuses_a_folder_with_other_files(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ReportError, match=r"holds files that are not a report's \(notes.txt\)"):
+        render._write_files({"report.html": "new"}, tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_kill_during_report_leaves_nothing_behind_next_time(tmp_path, monkeypatch):
+    """What a `report` killed while writing or swapping leaves, as a dead process's files: its staging
+    folder (new or old files), the legacy staging folder inside out, and an old report moved aside
+    when the kill fell between the two renames of the fallback swap."""
+    monkeypatch.chdir(tmp_path)
+    reports = tmp_path / "reports"
+    out = reports / "p"
+    render._write_files({"report.html": "old"}, out)
+    (reports / f".p.report-{DEAD_PID}-0123abcd").mkdir()
+    (reports / f".p.report-{DEAD_PID}-0123abcd" / "report.html").write_text("half")
+    (reports / f".q.report-{os.getpid()}-0123abcd").mkdir()  # another report's, alive: left alone
+    (out / ".report-x1y2z3").mkdir()  # the old code's staging folder (tempfile name, no pid)
+    render._write_files({"report.html": "new"}, out)
+    assert _report_files(out) == {"report.html": b"new"}
+    assert sorted(p.name for p in reports.iterdir()) == [f".q.report-{os.getpid()}-0123abcd", "p"]
+    # killed between the fallback's two renames: no out, the whole old report aside
+    os.rename(out, reports / f".p.old-{DEAD_PID}-89abcdef")
+    render._clean_stale(out)
+    assert _report_files(out) == {"report.html": b"new"}
+
+
+def test_report_that_fails_to_render_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    report = build(_store_with_pending_runs(tmp_path / "s.db"))
+    monkeypatch.setattr(render.plots, "figures", lambda r: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        render.write(report, tmp_path / "reports" / "p")
+    assert not (tmp_path / "reports").exists()
+
+
+# --------------------------------------------------------------------------- sharpness claims (defect 10)
+
+
+def test_sharpness_claims_split_the_work(tmp_path):
+    store = _store_with_pending_runs(tmp_path / "s.db")
+    other = ResultsStore(tmp_path / "s.db")
+    rid = store.runs().run_id.iloc[0]
+    assert store.claim_sharpness(rid, 4, "logit", {"eps": 1e-3}) == "claimed"
+    with sqlite3.connect(tmp_path / "s.db") as conn:  # as if a live other process held it: this test's parent
+        conn.execute("UPDATE sharpness_claims SET pid=?", (os.getppid(),))
+    conn.close()
+    assert other.claim_sharpness(rid, 4, "logit", {"eps": 1e-3}) == "busy"
+    assert other.claim_sharpness(rid, 4, "logit", {"eps": 1e-2}) == "claimed"  # other parameters: other work
+    with sqlite3.connect(tmp_path / "s.db") as conn:  # the claimer dies: its claim is taken over
+        conn.execute("UPDATE sharpness_claims SET pid=? WHERE params LIKE '%0.001%'", (DEAD_PID,))
+    conn.close()
+    assert other.claim_sharpness(rid, 4, "logit", {"eps": 1e-3}) == "claimed"
+    other.add_sharpness(rid, 4, "logit", 1.5, {"eps": 1e-3})
+    other.release_sharpness(rid, 4, "logit", {"eps": 1e-3})
+    assert store.claim_sharpness(rid, 4, "logit", {"eps": 1e-3}) == "done"
+
+
+def test_sharpness_accepts_comma_separated_eps(tmp_path, monkeypatch):
+    """The README's `--metric logit,hessian --eps 1e-3,1e-2` (exit 2 before)."""
+    monkeypatch.chdir(tmp_path)
+    _store_with_pending_runs(tmp_path / "s.db").close()
+    seen = {}
+
+    def fake(store, name, metrics, settings, **kwargs):
+        seen.update(metrics=metrics, eps=settings.eps)
+        from precisionlab.sweep.sharpness import Outcome
+        return Outcome(unreadable=[])
+
+    monkeypatch.setattr("precisionlab.sweep.sharpness.measure_checkpoints", fake)
+    result = CliRunner().invoke(app, ["sharpness", "--store", "s.db", "--metric", "logit,hessian",
+                                      "--eps", "1e-3,1e-2", "--eps", "0.1", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert seen == {"metrics": ["logit", "hessian"], "eps": (1e-3, 1e-2, 0.1)}
+
+
+# --------------------------------------------------------------------------- joblib workers (defect 9d)
+
+
+def test_launcher_worker_exits_when_its_parent_dies(tmp_path):
+    """A worker process whose sweep is killed ends itself (before: it trained on, reparented)."""
+    script = textwrap.dedent("""
+        import multiprocessing, os, sys, time
+        from precisionlab.sweep.launchers import exit_with_parent
+
+        def worker():
+            exit_with_parent(interval=0.05)
+            time.sleep(120)
+
+        if __name__ == "__main__":
+            child = multiprocessing.get_context("fork").Process(target=worker, name="LokyProcess-1")
+            child.start()
+            print(child.pid, flush=True)
+            os._exit(0)  # the sweep dies without a word to its worker
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    pid = int(proc.stdout)
+    deadline = time.monotonic() + 30
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(pid)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except (ProcessLookupError, FileNotFoundError):
+        return False
