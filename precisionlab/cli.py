@@ -143,7 +143,7 @@ def sweep(
     """
     from precisionlab.sweep.app import sweep_main
     from precisionlab.sweep.plan import SweepError, plan
-    from precisionlab.sweep.progress import Progress, summary
+    from precisionlab.sweep.progress import Progress, complete, summary
 
     overrides = list(ctx.args)
     if jobs is not None:
@@ -171,7 +171,8 @@ def sweep(
     try:  # a store damaged or made unusable before or during the sweep: one line, not a traceback
         grid.register(store, command=command)
         with Progress(store, grid):
-            _run_hydra(sweep_main, ["-m", *overrides, *([f"sweep.name={grid.name}"] if grid.name_derived else [])])
+            complete(store, grid, lambda: _run_hydra(sweep_main, ["-m", *overrides, *(
+                [f"sweep.name={grid.name}"] if grid.name_derived else [])]))
         text, counts = summary(store, grid)
     except StoreError as err:
         fail(str(err))

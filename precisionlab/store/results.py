@@ -438,6 +438,17 @@ class ResultsStore:
         row = self._fetchone("SELECT status FROM runs WHERE run_id=?", (run_id,))
         return row and row[0]
 
+    def running(self, run_ids: Iterable[str]) -> tuple[set[str], set[str]]:
+        """The `running` runs among `run_ids`, split by the liveness rule: (in a live process, interrupted)."""
+        where, params = self._where(run_ids, None)
+        rows = self._read(f"SELECT run_id, pid, hostname, heartbeat, claim FROM runs t "
+                          f"WHERE {where} AND status='running'", params)
+        now, alive, interrupted = time.time(), set(), set()
+        for rid, pid, host, heartbeat, token in rows.itertuples(index=False):
+            pid = None if pid is None or pid != pid else int(pid)  # NULL arrives as NaN
+            (alive if self._alive(pid, host, heartbeat, token, now) else interrupted).add(rid)
+        return alive, interrupted
+
     def add_sharpness(self, run_id: str, step: int, metric: str, value: float,
                       params: Mapping[str, Any] | None = None) -> None:
         """Record (or replace) one sharpness value of a run at a step."""

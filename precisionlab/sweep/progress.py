@@ -16,7 +16,7 @@ from precisionlab.analysis.tables import display_by_lr, text_table
 from precisionlab.store import DEFAULT_STORE_PATH, DONE, OUTCOMES, ResultsStore
 from precisionlab.sweep.plan import Grid
 
-__all__ = ["Progress", "summary"]
+__all__ = ["Progress", "summary", "complete"]
 
 
 def _eta(seconds: float | None) -> str:
@@ -128,3 +128,24 @@ def summary(store: ResultsStore, grid: Grid) -> tuple[str, dict[str, int]]:
     if grid.store_path != os.path.abspath(DEFAULT_STORE_PATH):
         command += f" --store {grid.store_path}"
     return f"{table}\n{line}\nsee the report (tables, plots, HTML): {command}", counts
+
+
+def complete(store: ResultsStore, grid: Grid, launch, *, poll: float = 2.0, stream=None) -> None:
+    """Launch the grid, then see it finished: runs that another process was computing (an
+    overlapping sweep on the same store) are waited for, and runs left interrupted (their
+    process died, here or elsewhere) are launched once more, which resumes them. Returns when
+    no run of the grid is running in a live process; `summary` then tells what is unfinished."""
+    stream = stream or sys.stderr
+    launch()
+    for last in (False, True):
+        alive, interrupted = store.running(grid.runs)
+        if alive:
+            print(f"sweep {grid.name}: waiting for {len(alive)} runs that other processes are computing",
+                  file=stream, flush=True)
+        while alive:
+            time.sleep(poll)
+            alive, interrupted = store.running(grid.runs)
+        if not interrupted or last:
+            return
+        print(f"sweep {grid.name}: resuming {len(interrupted)} interrupted runs", file=stream, flush=True)
+        launch()

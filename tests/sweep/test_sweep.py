@@ -162,3 +162,36 @@ def test_tee_hands_every_call_on_and_skips_missing_optional_hooks():
     common = [("start", {"a": 1, "run_dir": "/x"}), ("log", 1, "train", {"loss": 2.0}), ("checkpoint", 1, "c.pt")]
     assert plain.calls == [*common, ("finish", {"status": "completed"})]
     assert sharp.calls == [*common, ("sharpness", 1, "logit", 0.5, {"eps": 1e-3}), ("finish", {"status": "completed"})]
+
+
+class _ScriptedStore:
+    """`running()` answers from a script: one (alive, interrupted) pair per call, the last one repeating."""
+
+    def __init__(self, *answers):
+        self.answers, self.calls = list(answers), 0
+
+    def running(self, run_ids):
+        self.calls += 1
+        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+
+
+class _Grid:
+    name, runs = "g", ["a", "b"]
+
+
+@pytest.mark.parametrize("answers, launches", [
+    ([(set(), set())], 1),                                        # all done by this sweep
+    ([({"a"}, set()), ({"a"}, set()), (set(), set())], 1),        # "a" computed by another process: wait
+    ([(set(), {"a"}), (set(), set())], 2),                        # "a" interrupted: resumed once
+    ([({"b"}, set()), (set(), {"b"}), (set(), set())], 2),        # the other process died: resumed here
+    ([(set(), {"a"})], 2),                                        # still interrupted: no endless relaunching
+])
+def test_complete_waits_for_other_processes_and_resumes_interrupted_runs(answers, launches):
+    from precisionlab.sweep.progress import complete
+
+    launched, lines = [], []
+    store = _ScriptedStore(*answers)
+    complete(store, _Grid(), lambda: launched.append(1), poll=0, stream=type("S", (), {
+        "write": lambda self, text: lines.append(text), "flush": lambda self: None})())
+    assert len(launched) == launches
+    assert any("waiting for 1 runs" in line for line in lines) == any(alive for alive, _ in answers)
