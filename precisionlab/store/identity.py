@@ -1,18 +1,38 @@
 """A run's identity: the hash of its semantic config.
 
-Two configs that train the same thing get the same id, so the same run in two sweeps,
-on another machine or writing elsewhere is one run, and a rerun of a sweep skips its
-finished runs.
+Two configs that train the same thing get the same id, so the same run in two sweeps, on
+another machine or writing elsewhere is one run, and a rerun of a sweep skips its finished
+runs. The hash covers the *semantic* config (`semantic_config`):
+
+  - the resolved config as plain JSON, numbers normalised (1 and 1.0 are one value);
+  - minus `NON_SEMANTIC_KEYS` (where a run writes, how fast it runs, what it measures on the side);
+  - minus every leaf whose value equals its `NEUTRAL` value: the schema default of the
+    version that introduced the key, which reproduces what runs computed before the key
+    existed. So a release that adds a knob at its neutral default leaves every existing id
+    unchanged, and a rerun of an old sweep still skips its finished runs;
+  - tagged with `IDENTITY_VERSION`.
+
+How to add a config key: give it a default that reproduces the old behaviour and add
+`"group.key": that_default` to `NEUTRAL`. Never change an entry of `NEUTRAL` (not even when
+the schema's default changes later: the table records what the key meant when it appeared).
+A release that changes what an existing config computes bumps `IDENTITY_VERSION`, which
+changes every id; the store records the version its ids were computed with and migrates an
+older store's ids on open (`precisionlab.store.results`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["NON_SEMANTIC_KEYS", "run_id", "canonical", "dumps"]
+__all__ = ["NON_SEMANTIC_KEYS", "NEUTRAL", "IDENTITY_VERSION", "run_id", "semantic_config", "canonical", "dumps"]
+
+# Bumped only when a release changes what an existing config computes (every id changes).
+# 1: hash of the whole config (0.1); 2: neutral defaults left out, numbers normalised (0.2).
+IDENTITY_VERSION = 2
 
 # Config keys that do not change what a run computes, so they are left out of
 # its id: the same run in two sweeps, on another machine or writing elsewhere
@@ -25,6 +45,62 @@ NON_SEMANTIC_KEYS = frozenset({
     "progress", "verbose", "resume", "force", "jobs",
     "sharpness",  # what training measures on the side (sharpness.every), never the curve it trains
 })
+
+# Each config leaf's neutral value (dotted path -> value), frozen when the key was introduced:
+# a leaf at its neutral value is left out of the id. Identity version 2 (precisionlab 0.2) starts
+# the table with every key of that release at its schema default. Append, never edit.
+NEUTRAL: Mapping[str, Any] = {
+    # introduced with identity version 2 (precisionlab 0.2)
+    "seed": 0,
+    "model.arch": "gpt2",
+    "model.vocab_size": 256,
+    "model.block_size": 64,
+    "model.n_layer": 2,
+    "model.n_head": 4,
+    "model.n_embd": 128,
+    "model.mlp_hidden": None,
+    "model.dropout": 0,
+    "model.bias": None,
+    "model.tie_weights": True,
+    "model.rope_theta": 10000,
+    "model.norm_eps": 1e-05,
+    "precision.name": "fp32",
+    "precision.format": "fp32",
+    "precision.x": "fp32",
+    "precision.w": "fp32",
+    "precision.grad": "fp32",
+    "precision.rounding": "nearest_even",
+    "precision.saturate": True,
+    "precision.subnormals": True,
+    "precision.scaling": "none",
+    "precision.pow2_scale": True,
+    "precision.exclude": [],
+    "data.source": "stdlib",
+    "data.vocab_size": 256,
+    "data.budget_bytes": 4000000,
+    "data.val_fraction": 0.1,
+    "data.cache_dir": None,
+    "optim.name": "adamw",
+    "optim.lr": 0.003,
+    "optim.betas": [0.9, 0.95],
+    "optim.eps": 1e-08,
+    "optim.weight_decay": 0.1,
+    "optim.warmup_steps": 20,
+    "optim.schedule": "cosine",
+    "optim.min_lr_ratio": 0.1,
+    "optim.grad_clip": 1,
+    "train.steps": 200,
+    "train.batch_size": 16,
+    "train.seq_len": 64,
+    "train.eval_every": 50,
+    "train.eval_batches": 4,
+    "train.eval_seed": 1234,
+    "train.checkpoint_steps": [],
+    "train.checkpoint_every": 0,
+    "train.divergence.factor": 1,
+    "train.spikes.factor": 1.5,
+    "train.spikes.window": 20,
+}
 
 
 def canonical(value: Any, path: str = "", *, semantic: bool = True) -> Any:
@@ -45,11 +121,43 @@ def canonical(value: Any, path: str = "", *, semantic: bool = True) -> Any:
     return str(value)  # paths, enums, dtypes
 
 
+def _normalised(value: Any) -> Any:
+    """Numbers by value: an integral float becomes an int (`optim.lr=1` and `1.0` are one run)."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_normalised(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _normalised(v) for k, v in value.items()}
+    return value
+
+
+def semantic_config(config: Mapping[str, Any], neutral: Mapping[str, Any] = NEUTRAL) -> dict[str, Any]:
+    """What a run's id hashes: `config` without non-semantic keys and without leaves at their
+    neutral value, numbers normalised; groups left empty are dropped."""
+
+    def prune(node: dict, path: str) -> dict:
+        out = {}
+        for key, value in node.items():
+            dotted = f"{path}.{key}" if path else key
+            if isinstance(value, dict) and value:
+                value = prune(value, dotted)
+                if value:
+                    out[key] = value
+            elif not (dotted in neutral and _normalised(neutral[dotted]) == value
+                      and type(_normalised(neutral[dotted])) is type(value)):
+                out[key] = value
+        return out
+
+    return prune(_normalised(canonical(config)), "")
+
+
 def dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def run_id(config: Mapping[str, Any]) -> str:
-    """Stable id of a run: first 16 hex digits of sha256 over the canonical JSON
-    (sorted keys) of its config without `NON_SEMANTIC_KEYS`."""
-    return hashlib.sha256(dumps(canonical(config)).encode()).hexdigest()[:16]
+    """Stable id of a run: the first 16 hex digits of sha256 over the JSON (sorted keys) of
+    {"identity": IDENTITY_VERSION, "config": semantic_config(config)}."""
+    payload = {"identity": IDENTITY_VERSION, "config": semantic_config(config)}
+    return hashlib.sha256(dumps(payload).encode()).hexdigest()[:16]

@@ -42,13 +42,15 @@ import sqlite3
 import threading
 import time
 import uuid
-from pathlib import Path
+from collections import Counter
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from precisionlab.store.identity import canonical, dumps, run_id
+from precisionlab.store.migrate import MIGRATIONS, migrate
 from precisionlab.store.recorder import LIVE_CLAIMS, StoreRecorder
 from precisionlab.store.schema import (
     CONFIG_COLUMNS,
@@ -66,12 +68,15 @@ DEFAULT_STORE_PATH = "results/precisionlab.db"
 BUSY_TIMEOUT_S = 60.0
 RETRIES = 8  # after the busy timeout itself gave up; ~8 minutes in all
 
-_SQLITE_HEADER = b"SQLite format 3\x00"
 # Who measures which sharpness value now (see `claim_sharpness`); rows live only while a value is measured.
 _SHARPNESS_CLAIMS = ("CREATE TABLE IF NOT EXISTS sharpness_claims (run_id TEXT NOT NULL, step INTEGER NOT NULL, "
                      "metric TEXT NOT NULL, params TEXT NOT NULL, pid INTEGER, hostname TEXT, claimed REAL, "
                      "PRIMARY KEY (run_id, step, metric, params)) WITHOUT ROWID")
+_SQLITE_HEADER = b"SQLite format 3\x00"
 _HOST = socket.gethostname()
+# Connections this process opened per store path and has not closed (those of other threads, and
+# those left to the garbage collector, are never subtracted: the count errs on the side of "open").
+_CONNECTED: Counter[str] = Counter()
 
 
 def _lookup(config: Mapping[str, Any], dotted: str) -> Any:
@@ -152,6 +157,7 @@ class ResultsStore:
         self.read_only = read_only
         self._local = threading.local()
         self._claims: dict[str, str] = {}  # run_id -> claim token held through this object
+        self.migrated_from: str | None = None  # the backup's path, when opening migrated an older store
         if os.path.exists(self.path):
             self._check_existing()
         else:
@@ -168,15 +174,23 @@ class ResultsStore:
                            "move it aside (or restore a backup) and rerun")
 
     def _check_existing(self) -> None:
+        """Judge an existing file. Its header is read with open() only while this process has no
+        SQLite connection to it: closing any descriptor of a file drops every POSIX lock the
+        process holds on it, so an open connection would lose its locks and another process
+        could delete its -wal/-shm under it (SQLite's "How to corrupt", 2.2). Otherwise SQLite
+        alone judges the file."""
         if os.path.isdir(self.path):
             raise self._error("is a directory, expected an SQLite file (set store.path to a file name)")
-        try:
-            with open(self.path, "rb") as f:
-                header = f.read(len(_SQLITE_HEADER))
-        except OSError as err:
-            raise self._error(f"cannot be read ({err.strerror})") from None
-        if header != _SQLITE_HEADER:
-            raise self._error("is not an SQLite database (expected a precisionlab results store or a new path)")
+        if not os.path.isfile(self.path):
+            raise self._error("is not a regular file (expected a precisionlab results store or a new path)")
+        if not _CONNECTED[self.path]:  # no connection to it here: reading the header drops no lock
+            try:
+                with open(self.path, "rb") as f:
+                    header = f.read(len(_SQLITE_HEADER))
+            except OSError as err:
+                raise self._error(f"cannot be read ({err.strerror})") from None
+            if header != _SQLITE_HEADER:  # an empty file too, which SQLite would take for an empty database
+                raise self._error("is not an SQLite database (expected a precisionlab results store or a new path)")
         try:
             self._check_schema()
         except BaseException:
@@ -190,11 +204,18 @@ class ResultsStore:
                 raise self._error("is an SQLite database but not a precisionlab results store (no meta table)")
             row = self._conn().execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         except sqlite3.DatabaseError as err:
-            raise self._error(f"cannot be read as SQLite ({err})") from None
+            raise self._damaged(err) from None
         found = row[0] if row else None
         if str(found).isdigit() and int(found) > SCHEMA_VERSION:
             raise self._error(f"has schema version {found}, newer than this precisionlab reads "
                               f"({SCHEMA_VERSION}); upgrade precisionlab")
+        if str(found).isdigit() and int(found) in MIGRATIONS:
+            if not os.access(self.path, os.W_OK):
+                raise self._error(f"has schema version {found}, older than this precisionlab's ({SCHEMA_VERSION}), "
+                                  "and is not writable, so it cannot be migrated; make it writable and rerun")
+            self.close()
+            self.migrated_from = migrate(self.path, BUSY_TIMEOUT_S)
+            found = self._conn().execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
         if str(found) != str(SCHEMA_VERSION):
             raise self._error(f"has unknown schema version {found!r} (this precisionlab reads {SCHEMA_VERSION})")
         if not self.read_only and not os.access(self.path, os.W_OK):
@@ -274,12 +295,14 @@ class ResultsStore:
             except sqlite3.DatabaseError as err:
                 raise self._damaged(err) from None
             local.pid = os.getpid()
+            _CONNECTED[self.path] += 1
         return local.conn
 
     def close(self) -> None:
         """Close this process's connection (reopened on next use)."""
         if getattr(self._local, "pid", None) == os.getpid():
             self._local.conn.close()
+            _CONNECTED[self.path] -= 1
         self._local = threading.local()
 
     def __getstate__(self) -> dict:

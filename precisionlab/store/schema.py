@@ -5,10 +5,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from precisionlab.store.identity import IDENTITY_VERSION
+
 __all__ = ["SCHEMA_VERSION", "STATUSES", "OUTCOMES", "DONE", "CONFIG_COLUMNS", "OUTCOME_KEYS", "METRIC_KEYS",
            "TIME_COLUMNS", "DDL", "finite", "StoreError"]
 
-SCHEMA_VERSION = 1
+# 1: precisionlab 0.1. 2: run ids of identity version 2 (meta 'identity_version'); see store.migrate.
+SCHEMA_VERSION = 2
 STATUSES = ("pending", "running", "completed", "diverged", "failed")
 OUTCOMES = ("completed", "diverged", "failed")
 DONE = ("completed", "diverged")  # never recomputed unless forced
@@ -77,6 +80,7 @@ CREATE TABLE sharpness (
 ) WITHOUT ROWID;
 CREATE INDEX runs_status ON runs(status);
 INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');
+INSERT INTO meta VALUES ('identity_version', '{IDENTITY_VERSION}');
 """
 
 

@@ -67,11 +67,13 @@ def test_run_id_ignores_order_and_non_semantic_keys():
     same_with_ckpt_every = make_config(checkpoint={"every": 5})
     assert run_id(base) == run_id(reordered)
     assert run_id(moved) == run_id(same_with_ckpt_every)
-    # An independent recomputation: sha256 of sorted, compact JSON of the semantic part.
-    semantic = json.loads(json.dumps(base))
-    del semantic["train"]["device"], semantic["train"]["threads"]
-    digest = hashlib.sha256(json.dumps(semantic, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-    assert run_id(base) == digest[:16]
+    # An independent recomputation: sha256 of sorted, compact JSON of {"identity": 2, "config": the
+    # semantic part}: device and threads are not semantic; model.n_layer 2, optim.weight_decay 0.1
+    # and seed 0 are at their neutral defaults.
+    semantic = {"model": {"name": "tiny", "n_embd": 64}, "precision": {"format": "e8m3", "rounding": "toward_zero"},
+                "optim": {"lr": 1e-3}, "train": {"steps": 20}}
+    payload = json.dumps({"identity": 2, "config": semantic}, sort_keys=True, separators=(",", ":"))
+    assert run_id(base) == hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 @pytest.mark.parametrize("change", [
@@ -449,7 +451,7 @@ def test_newer_schema_is_refused_untouched(tmp_path):
         conn.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
     conn.close()
     before = _snapshot(tmp_path)
-    with pytest.raises(StoreError, match=r"future\.db: has schema version 99, newer than .* \(1\); upgrade"):
+    with pytest.raises(StoreError, match=r"future\.db: has schema version 99, newer than .* \(2\); upgrade"):
         ResultsStore(path)
     assert _snapshot(tmp_path) == before
 
