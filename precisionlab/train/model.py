@@ -14,7 +14,7 @@ Shapes: B batch, T sequence length, C = n_embd, H = n_head, D = C // H, V vocab.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -27,10 +27,13 @@ ARCHS = ("gpt2", "llama")
 
 @dataclass
 class ModelConfig:
-    arch: str = "gpt2"  # "gpt2" (LayerNorm, GELU, learned positions) or "llama" (RMSNorm, SwiGLU, RoPE)
+    """The model's hyperparameters, and the `model` config group's schema (precisionlab.config
+    registers it and checks the values; the defaults are the `tiny` preset's)."""
+
+    arch: str = field(default="gpt2", metadata={"choices": ARCHS})  # "gpt2" (LayerNorm, GELU, learned positions) or "llama" (RMSNorm, SwiGLU, RoPE)
     vocab_size: int = 256  # tokens; 256 for byte-level data, 50304 for padded GPT-2 tokens
     block_size: int = 64  # longest sequence the model accepts (size of the position table)
-    n_layer: int = 4  # transformer blocks
+    n_layer: int = 2  # transformer blocks
     n_head: int = 4  # attention heads; must divide n_embd
     n_embd: int = 128  # residual width C
     mlp_hidden: int | None = None  # MLP width; None: 4*C (gpt2), 8/3*C rounded up to 64 (llama)
@@ -41,15 +44,7 @@ class ModelConfig:
     norm_eps: float = 1e-5  # epsilon of LayerNorm / RMSNorm
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHS:
-            raise ValueError(f"model.arch must be one of {', '.join(ARCHS)}; got {self.arch!r}")
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            if not (isinstance(getattr(self, name), int) and getattr(self, name) > 0):
-                raise ValueError(f"model.{name} must be a positive integer; got {getattr(self, name)!r}")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
-        if self.arch == "llama" and (self.n_embd // self.n_head) % 2:
-            raise ValueError("llama (RoPE) needs an even head size n_embd // n_head")
+        # Derived defaults only: the config's values are checked once, by precisionlab.config.validate.
         if self.bias is None:
             self.bias = self.arch == "gpt2"
         if self.mlp_hidden is None:
