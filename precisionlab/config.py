@@ -246,13 +246,15 @@ _MARK = "precisionlab_validated"  # an OmegaConf node flag: kept by copy and pic
 def _typed(cfg: Any) -> DictConfig:
     """`cfg` merged onto its schema (SweepConfig when it has a `sweep` key; the data source's
     schema), interpolations resolved."""
-    cfg = OmegaConf.create(OmegaConf.to_container(OmegaConf.create(cfg), resolve=True))
+    cfg = OmegaConf.to_container(OmegaConf.create(cfg))  # plain: a data node typed for another source merges too
     schema = OmegaConf.structured(SweepConfig if "sweep" in cfg else TrainConfig)
     source = cfg.get("data", {}).get("source", "stdlib")
     if source not in DATA_SOURCES:
         raise ConfigError(f"data.source must be one of {', '.join(DATA_SOURCES)}; got {source!r}")
     schema.data = DATA_SOURCES[source]
-    return OmegaConf.merge(schema, cfg)
+    typed = OmegaConf.merge(schema, cfg)
+    OmegaConf.resolve(typed)
+    return typed
 
 
 def _mark(cfg: DictConfig) -> DictConfig:

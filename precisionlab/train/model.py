@@ -43,12 +43,17 @@ class ModelConfig:
     rope_theta: float = 10000.0  # RoPE base frequency (llama only)
     norm_eps: float = 1e-5  # epsilon of LayerNorm / RMSNorm
 
-    def __post_init__(self) -> None:
-        # Derived defaults only: the config's values are checked once, by precisionlab.config.validate.
-        if self.bias is None:
-            self.bias = self.arch == "gpt2"
-        if self.mlp_hidden is None:
-            self.mlp_hidden = 4 * self.n_embd if self.arch == "gpt2" else 64 * math.ceil(8 * self.n_embd / 3 / 64)
+    # Derived, not written back: the dataclass holds exactly the config's values (it is the schema).
+
+    @property
+    def has_bias(self) -> bool:
+        return self.arch == "gpt2" if self.bias is None else self.bias
+
+    @property
+    def mlp_width(self) -> int:
+        if self.mlp_hidden is not None:
+            return self.mlp_hidden
+        return 4 * self.n_embd if self.arch == "gpt2" else 64 * math.ceil(8 * self.n_embd / 3 / 64)
 
 
 def _rope_tables(cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,15 +74,15 @@ def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
 def _norm(cfg: ModelConfig) -> nn.Module:
     if cfg.arch == "llama":
         return nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
-    return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
+    return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.has_bias)
 
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_head, self.dropout, self.rope = cfg.n_head, cfg.dropout, cfg.arch == "llama"
-        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v in one GEMM
-        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.has_bias)  # q, k, v in one GEMM
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.has_bias)
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
@@ -96,8 +101,8 @@ class MLP(nn.Module):
         super().__init__()
         self.swiglu = cfg.arch == "llama"
         # SwiGLU's gate and up projections share one GEMM: (C) -> (2 * hidden)
-        self.c_fc = nn.Linear(cfg.n_embd, (2 if self.swiglu else 1) * cfg.mlp_hidden, bias=cfg.bias)
-        self.c_proj = nn.Linear(cfg.mlp_hidden, cfg.n_embd, bias=cfg.bias)
+        self.c_fc = nn.Linear(cfg.n_embd, (2 if self.swiglu else 1) * cfg.mlp_width, bias=cfg.has_bias)
+        self.c_proj = nn.Linear(cfg.mlp_width, cfg.n_embd, bias=cfg.has_bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -174,6 +174,7 @@ def _bad(tmp_path, monkeypatch, *args):
     (["sweep=default,paper"], "sweep takes one value per sweep"),
     (["--jobs", "0"], "--jobs must be a positive number"),
     (["store.path=null"], "store.path is null"),
+    (["--config-dir", "mine"], "precisionlab sweep takes Hydra overrides and only these Hydra flags: --cfg, "),
     (["store.journal_mode=fast"], "store.journal_mode must be one of wal, delete; got 'fast'"),
 ])
 def test_bad_input(tmp_path, monkeypatch, args, expected):
