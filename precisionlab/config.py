@@ -2,7 +2,7 @@
 
 Schema. Every group is a dataclass registered in Hydra's ConfigStore (a structured
 config); the YAML files under `configs/` are presets on top of them: each preset's
-defaults list starts with its group's schema (`model/tiny.yaml`: `- schema`), and
+defaults list starts with its group's schema (`model/tiny.yaml`: `- /schema/model@_here_`), and
 `train.yaml` starts with the root schema (`- schema@_global_: train`, which `sweep.yaml`
 overrides with `sweep`: the same plus the `sweep` key). A field's default is the value
 of the default preset (model=tiny, precision=fp32, data=default, optim=adamw, train.yaml's
@@ -23,11 +23,12 @@ Validated once. `validate` returns the resolved config read-only and marked vali
 a marked config as it is and validates anything else: `train.loop.run` and
 `sweep.job.train_recorded` use it, so a config built in Python is validated once on the
 way in and never again. The CLI validates before Hydra starts (bad input must fail before
-a run directory or store row exists): `precisionlab train` the one composed config,
-`precisionlab sweep` every grid point in `sweep.plan.plan`. Hydra then composes the same
-configs again for its task functions (`sweep.app`), which take the CLI's word for them
-through `assume_valid` (resolve and mark, no checks): they may run in other processes
-(joblib, Slurm), where no mark made in the CLI's process survives.
+a run directory or store row exists): `precisionlab train` its one composed config, which
+it hands to Hydra's task function (`sweep.app.train_main`, in its process); `precisionlab
+sweep` every grid point, in `sweep.plan.plan`. Hydra composes those grid points again for
+`sweep.job.run_job`, maybe in other processes (joblib, Slurm) where no mark made in the
+CLI's process survives, so run_job takes plan()'s word for them: `assume_valid` resolves
+and marks without checking.
 """
 
 from __future__ import annotations
@@ -240,7 +241,8 @@ def is_validated(cfg: Any) -> bool:
     return isinstance(cfg, DictConfig) and cfg._get_node_flag(_MARK) is True
 
 
-_MARK = "precisionlab_validated"  # an OmegaConf node flag: kept by copy and pickle, dropped by to_container
+_MARK = "precisionlab_validated"  # a custom OmegaConf node flag (as struct and readonly are): kept by copy
+                                  # and pickle, dropped by to_container
 
 
 def _typed(cfg: Any) -> DictConfig:
@@ -248,7 +250,7 @@ def _typed(cfg: Any) -> DictConfig:
     schema), interpolations resolved."""
     cfg = OmegaConf.to_container(OmegaConf.create(cfg))  # plain: a data node typed for another source merges too
     schema = OmegaConf.structured(SweepConfig if "sweep" in cfg else TrainConfig)
-    source = cfg.get("data", {}).get("source", "stdlib")
+    source = (cfg.get("data") or {}).get("source", "stdlib")
     if source not in DATA_SOURCES:
         raise ConfigError(f"data.source must be one of {', '.join(DATA_SOURCES)}; got {source!r}")
     schema.data = DATA_SOURCES[source]
