@@ -8,6 +8,7 @@ use the Compose API or no Hydra at all.
 from __future__ import annotations
 
 import math
+import os
 import sys
 from contextlib import contextmanager
 from typing import Optional
@@ -59,51 +60,42 @@ def formats(
         )
 
 
-def _one_line(err: BaseException) -> str:
-    """An exception and its causes as one line, without OmegaConf's key dumps and Hydra's search path."""
-    parts = []
-    while err is not None:
-        lines = str(err).split("Config search path")[0].splitlines()
-        text = " ".join(ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith(_NOISE))
-        text = text.rstrip(".")
-        if text and text not in parts:
-            parts.append(text)
-        err = err.__cause__
-    return ": ".join(parts)
+# Hydra's flags that only show something (the config, help, info): they run no task, so need no validation.
+_SHOW_FLAGS = {"--cfg", "-c", "--resolve", "--package", "-p", "--info", "-i", "--help", "-h", "--hydra-help",
+               "--version", "--shell-completion", "-sc"}
 
 
-_NOISE = ("full_key:", "object_type=", "reference_type=", "To append to your config")
-
-
-def _check_train_overrides(overrides: list[str]) -> None:
-    """Compose and validate the config first, so bad input fails before Hydra creates a run directory."""
+def _check_train_overrides(overrides: list[str]):
+    """Compose and validate the config first, so bad input fails before Hydra creates a run
+    directory; returns the validated config."""
     from hydra import compose, initialize_config_module
 
-    from precisionlab.config import ConfigError, validate
+    from precisionlab.config import ConfigError, one_line, validate
     from precisionlab.runtime import absolute_paths
     from precisionlab.train.data import DataError, check_data_size
 
     try:
         with initialize_config_module(config_module="precisionlab.configs", version_base="1.3"):
             cfg = compose(config_name="train", overrides=overrides)
-    except Exception as err:  # Hydra's override and composition errors
-        fail(_one_line(err))
+    except Exception as err:  # Hydra's override and composition errors, OmegaConf's type errors
+        fail(one_line(err))
+    absolute_paths(cfg, os.getcwd())  # as train_main does: the config it trains is this one
     try:
-        checked = validate(cfg)
-        check_data_size(checked.data, checked.train.seq_len)  # no window of seq_len + 1 tokens: no run at all
+        cfg = validate(cfg)
+        check_data_size(cfg.data, cfg.train.seq_len)  # no window of seq_len + 1 tokens: no run at all
     except (ConfigError, DataError) as err:
         fail(str(err))
     from precisionlab.store import run_id
     from precisionlab.sweep.job import open_store
 
-    absolute_paths(cfg, ".")
     try:
         store = open_store(cfg)  # creates it if absent; an unusable store.path fails here, before any run directory
         if store is not None:  # reads the pages the run's claim will write: a damaged file fails here too
             store.status(run_id(cfg))
             store.close()
-    except ValueError as err:  # StoreError, or a bad store.journal_mode
+    except ValueError as err:  # StoreError
         fail(str(err))
+    return cfg
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -116,12 +108,14 @@ def train(ctx: typer.Context) -> None:
     data (default, text, tokens), optim (adamw). Writes metrics.csv, run.json and checkpoints/
     into the Hydra run directory (outputs/DATE/TIME).
     """
-    overrides = list(ctx.args)
-    if not any(arg.startswith("-") for arg in overrides):  # flags (--cfg, --help, ...) go to Hydra as they are
-        _check_train_overrides(overrides)
-    from precisionlab.sweep.app import train_main
+    from precisionlab.sweep.app import train_main, validated_by_cli
 
-    _run_hydra(train_main, overrides)
+    overrides = list(ctx.args)
+    if any(arg.startswith("-") for arg in overrides):  # Hydra's flags (--cfg job, -m, ...): as they are
+        _run_hydra(train_main, overrides)  # a run, if any, validates its config in train_main
+        return
+    with validated_by_cli(_check_train_overrides(overrides)):
+        _run_hydra(train_main, overrides)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -152,11 +146,14 @@ def sweep(
         overrides += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]
     if force:
         overrides.append("sweep.force=true")
-    if any(arg.startswith("-") for arg in overrides):  # Hydra's own flags (--cfg job, --info, ...): as they are
-        shows = {"--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help", "--shell-completion", "-sc"}
-        _run_hydra(sweep_main, overrides if shows & set(overrides) else ["-m", *overrides])
+    flags = [arg for arg in overrides if arg.startswith("-")]
+    if _SHOW_FLAGS & set(flags):  # Hydra's --cfg job, --info, ...: shown as they are, nothing runs
+        _run_hydra(sweep_main, overrides)
         return
-    from precisionlab.config import ConfigError
+    if flags:  # the runs trust plan() below, which composes with the Compose API: no Hydra flags
+        fail(f"precisionlab sweep takes Hydra overrides and only these Hydra flags: {', '.join(sorted(_SHOW_FLAGS))}; "
+             f"got {' '.join(flags)}")
+    from precisionlab.config import ConfigError, one_line
     from precisionlab.store import ResultsStore, StoreError
     from precisionlab.train.data import DataError
 
@@ -165,8 +162,8 @@ def sweep(
         store = ResultsStore(grid.store_path, journal_mode=grid.journal_mode)
     except (SweepError, ConfigError, DataError, StoreError) as err:
         fail(str(err))
-    except Exception as err:  # Hydra's override and composition errors
-        fail(_one_line(err))
+    except Exception as err:  # Hydra's override and composition errors, OmegaConf's type errors
+        fail(one_line(err))
     command = " ".join(["precisionlab sweep", *ctx.args, *(["--jobs", str(jobs)] if jobs else []), *(["--force"] if force else [])])
     try:  # a store damaged or made unusable before or during the sweep: one line, not a traceback
         grid.register(store, command=command)
@@ -336,8 +333,6 @@ def _existing_store(path: str, read_only: bool = False):
     sqlite3 connection left open waits for the garbage collector. One line and exit 2 when it
     is missing or not a usable store. `read_only`: for commands that only read (a store the
     user may not write is fine)."""
-    import os
-
     from precisionlab.store import ResultsStore
 
     where = os.path.abspath(path)

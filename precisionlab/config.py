@@ -1,87 +1,436 @@
-"""The config of a run: what every key means and which values are accepted.
+"""The one typed schema of every config group, and the checks types cannot express.
 
-`validate(cfg)` resolves a composed config and checks every value training uses,
-raising `ConfigError` (or the data loader's `DataError`) with one line naming the key,
-what was given and what is accepted. The CLI turns that line into exit code 2.
+Schema. Every group is a dataclass registered in Hydra's ConfigStore (a structured
+config); the YAML files under `configs/` are presets on top of them: each preset's
+defaults list starts with its group's schema (`model/tiny.yaml`: `- /schema/model@_here_`), and
+`train.yaml` starts with the root schema (`- schema@_global_: train`, which `sweep.yaml`
+overrides with `sweep`: the same plus the `sweep` key). A field's default is the value
+of the default preset (model=tiny, precision=fp32, data=default, optim=adamw, train.yaml's
+train/sharpness/store), so a key a config leaves out means what it always meant. While
+Hydra composes, OmegaConf rejects a key the schema does not know (`train.stepz=5`,
+`+foo=1`, `+model.foo=1`) and a value of the wrong type (`optim.lr=abc`,
+`train.steps=1.5`, `seed=true`); `one_line` turns its multi-line error into our line.
+
+Checks. `validate(cfg)` types `cfg` against the schema (for configs built in Python),
+resolves it, checks allowed values (a field's `choices`) and runs one check per group
+for what types cannot say (lr > 0, a parseable format name, n_embd divisible by n_head,
+data.path exists, ...). Every error is `ConfigError` (or the data loader's `DataError`)
+with one line naming the key, what was given and what is accepted; the CLI prints it
+and exits with code 2.
+
+Validated once. `validate` returns the resolved config read-only and marked validated
+(`is_validated`); being read-only, the mark cannot go stale. `ensure_valid(cfg)` returns
+a marked config as it is and validates anything else: `train.loop.run` and
+`sweep.job.train_recorded` use it, so a config built in Python is validated once on the
+way in and never again. The CLI validates before Hydra starts (bad input must fail before
+a run directory or store row exists): `precisionlab train` its one composed config, which
+it hands to Hydra's task function (`sweep.app.train_main`, in its process); `precisionlab
+sweep` every grid point, in `sweep.plan.plan`. Hydra composes those grid points again for
+`sweep.job.run_job`, maybe in other processes (joblib, Slurm) where no mark made in the
+CLI's process survives, so run_job takes plan()'s word for them: `assume_valid` resolves
+and marks without checking.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any
+import typing
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
 
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from precisionlab.quant.linear import PrecisionConfig
+from precisionlab.numerics.cast import ROUNDING_MODES
+from precisionlab.quant.linear import SCALINGS, PrecisionConfig
 from precisionlab.runtime import DeviceError, resolve_device
-from precisionlab.train.data import check_data_config
+from precisionlab.train.data import data_path
 from precisionlab.train.measure import METRICS as SHARPNESS_METRICS
 from precisionlab.train.model import ModelConfig
 
-__all__ = ["ConfigError", "validate", "SCHEDULES"]
+__all__ = ["ConfigError", "validate", "ensure_valid", "assume_valid", "is_validated", "one_line",
+           "TrainConfig", "SweepConfig", "DATA_SOURCES", "SCHEDULES", "register"]
 
 SCHEDULES = ("cosine", "constant")
+JOURNAL_MODES = ("wal", "delete")
 
 
 class ConfigError(ValueError):
     """A config value the user must fix; the message names the key and what is accepted."""
 
 
+def choice(default: str, choices: tuple[str, ...]) -> Any:
+    """A str field that takes one of `choices` (OmegaConf has no Literal; `validate` checks it)."""
+    return field(default=default, metadata={"choices": choices})
+
+
+# ---- the schema: one dataclass per group; defaults are the default presets' values
+
+# model: the model's own ModelConfig (precisionlab.train.model), so the keys are declared once.
+
+
+@dataclass
+class Precision:
+    name: str = "fp32"                  # the preset's name, a label
+    format: str = "fp32"                # sets all three roles unless they are overridden
+    x: str = "${.format}"               # forward activation input of each GEMM
+    w: str = "${.format}"               # forward weight input
+    grad: str = "${.format}"            # output gradient, for both backward GEMMs
+    rounding: str = choice("nearest_even", ROUNDING_MODES)
+    saturate: bool = True               # overflow clamps to +-max_finite
+    subnormals: bool = True             # false: flush to zero
+    scaling: str = choice("none", SCALINGS)
+    pow2_scale: bool = True             # tensor scaling with power-of-two scales
+    exclude: List[str] = field(default_factory=list)  # Linear layers kept in fp32 (fnmatch on module names)
+
+
+@dataclass
+class StdlibData:
+    source: str = "stdlib"
+    vocab_size: int = 256
+    budget_bytes: int = 4_000_000       # first bytes of the sorted .py files
+    val_fraction: float = 0.1           # held-out tail
+    cache_dir: Optional[str] = None     # null: $PRECISIONLAB_CACHE, $XDG_CACHE_HOME/precisionlab or ~/.cache/precisionlab
+
+
+@dataclass
+class TextData:
+    source: str = "text"
+    path: str = MISSING                 # a text file or a folder
+    glob: str = "**/*.txt"
+    vocab_size: int = 256
+    val_fraction: float = 0.1
+
+
+@dataclass
+class TokensData:
+    source: str = "tokens"
+    path: str = MISSING                 # a folder with train.bin and val.bin (uint16)
+    vocab_size: int = 50304
+
+
+# The data sources have different keys, so each has its schema; `data.source` picks it.
+DATA_SOURCES = {"stdlib": StdlibData, "text": TextData, "tokens": TokensData}
+
+
+@dataclass
+class Optim:
+    name: str = choice("adamw", ("adamw",))
+    lr: float = 3.0e-3
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1.0e-8
+    weight_decay: float = 0.1           # on matrices only
+    warmup_steps: int = 20
+    schedule: str = choice("cosine", SCHEDULES)
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0              # max global grad norm; 0: no clipping
+
+
+@dataclass
+class Divergence:
+    factor: float = 1.0                 # diverged if loss > factor * initial loss after warmup (or NaN/Inf)
+
+
+@dataclass
+class Spikes:
+    factor: float = 1.5                 # a spike: loss > factor * median of the previous `window` losses
+    window: int = 20
+
+
+@dataclass
+class Train:
+    steps: int = 200
+    batch_size: int = 16
+    seq_len: int = 64
+    eval_every: int = 50                # 0: only at the end
+    eval_batches: int = 4
+    eval_seed: int = 1234
+    threads: Optional[int] = None       # torch CPU threads; null: all cores
+    checkpoint_steps: List[int] = field(default_factory=list)
+    checkpoint_every: int = 0           # 0: never
+    checkpoint_dir: str = "checkpoints"
+    divergence: Divergence = field(default_factory=Divergence)
+    spikes: Spikes = field(default_factory=Spikes)
+
+
+@dataclass
+class Sharpness:
+    every: int = 0                      # 0: off
+    metrics: List[str] = field(default_factory=lambda: ["logit"])
+    eps: float = 1.0e-3
+
+
+@dataclass
+class Store:
+    path: Optional[str] = "results/precisionlab.db"  # null: don't record
+    journal_mode: str = choice("wal", JOURNAL_MODES)
+
+
+@dataclass
+class TrainConfig:
+    """The root of `precisionlab train` (configs/train.yaml); fields in the composed order."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    precision: Precision = field(default_factory=Precision)
+    data: Any = MISSING                 # one of DATA_SOURCES' schemas, from the data preset
+    optim: Optim = field(default_factory=Optim)
+    seed: int = 0
+    device: str = "auto"                # auto | cpu | cuda | cuda:N
+    train: Train = field(default_factory=Train)
+    sharpness: Sharpness = field(default_factory=Sharpness)
+    store: Store = field(default_factory=Store)
+
+
+@dataclass
+class Sweep:
+    name: Optional[str] = None          # null: the grid config's name (plus a hash when the command line changes the grid)
+    force: bool = False                 # rerun completed and diverged runs too
+
+
+@dataclass
+class SweepConfig(TrainConfig):
+    """The root of `precisionlab sweep` (configs/sweep.yaml)."""
+
+    sweep: Sweep = field(default_factory=Sweep)
+
+
+def register() -> None:
+    """Put the schema into Hydra's ConfigStore (configs/__init__.py calls it: before any composition)."""
+    cs = ConfigStore.instance()
+    cs.store(group="schema", name="train", node=TrainConfig, package="_global_")
+    cs.store(group="schema", name="sweep", node=SweepConfig, package="_global_")
+    # Outside the groups they type, so they are no options of them (model=schema); the presets
+    # name them with their own package: `- /schema/model@_here_`.
+    cs.store(group="schema", name="model", node=ModelConfig)
+    cs.store(group="schema", name="precision", node=Precision)
+    cs.store(group="schema", name="optim", node=Optim)
+    for source, schema in DATA_SOURCES.items():
+        cs.store(group="schema/data", name=source, node=schema)
+
+
+# ---- validation
+
+
 def validate(cfg: Any) -> DictConfig:
-    """Resolve `cfg` and check every value training uses; returns the resolved config or raises ConfigError/DataError."""
+    """Type `cfg` (a DictConfig or dict) against the schema, resolve it and check every value;
+    returns it resolved, read-only and marked validated, or raises ConfigError / DataError."""
     try:
-        cfg = OmegaConf.create(OmegaConf.to_container(OmegaConf.create(cfg), resolve=True))
-        _validate(cfg)
-    except OmegaConfBaseException as err:  # unresolvable interpolations, missing keys
-        raise ConfigError(f"config error: {str(err).splitlines()[0]}") from None
+        cfg = _typed(cfg)
+        _check_choices(cfg)
+        for check in _CHECKS:
+            check(cfg)
+    except OmegaConfBaseException as err:  # a wrong type or unknown key in a config built in Python
+        raise ConfigError(one_line(err)) from None
+    return _mark(cfg)
+
+
+def ensure_valid(cfg: Any) -> DictConfig:
+    """`cfg` itself when `validate` made it, else `validate(cfg)`."""
+    return cfg if is_validated(cfg) else validate(cfg)
+
+
+def assume_valid(cfg: DictConfig) -> DictConfig:
+    """`cfg` resolved and marked validated without checks: only for a config the CLI validated
+    before launching (Hydra's task functions compose the same config again, maybe elsewhere)."""
+    return _mark(_typed(cfg))
+
+
+def is_validated(cfg: Any) -> bool:
+    return isinstance(cfg, DictConfig) and cfg._get_node_flag(_MARK) is True
+
+
+_MARK = "precisionlab_validated"  # a custom OmegaConf node flag (as struct and readonly are): kept by copy
+                                  # and pickle, dropped by to_container
+
+
+def _typed(cfg: Any) -> DictConfig:
+    """`cfg` merged onto its schema (SweepConfig when it has a `sweep` key; the data source's
+    schema), interpolations resolved."""
+    cfg = OmegaConf.to_container(OmegaConf.create(cfg))  # plain: a data node typed for another source merges too
+    schema = OmegaConf.structured(SweepConfig if "sweep" in cfg else TrainConfig)
+    source = (cfg.get("data") or {}).get("source", "stdlib")
+    if source not in DATA_SOURCES:
+        raise ConfigError(f"data.source must be one of {', '.join(DATA_SOURCES)}; got {source!r}")
+    schema.data = DATA_SOURCES[source]
+    typed = OmegaConf.merge(schema, cfg)
+    OmegaConf.resolve(typed)
+    return typed
+
+
+def _mark(cfg: DictConfig) -> DictConfig:
+    cfg._set_flag(_MARK, True)
+    OmegaConf.set_readonly(cfg, True)
     return cfg
 
 
-def _validate(cfg: DictConfig) -> None:
-    t, o = cfg.train, cfg.optim
-    _check(isinstance(cfg.seed, int) and cfg.seed >= 0, "seed must be an integer >= 0", cfg.seed)
-    for key in ("steps", "batch_size", "seq_len", "eval_batches"):
-        _check(isinstance(t[key], int) and t[key] > 0, f"train.{key} must be a positive integer", t[key])
-    for key in ("eval_every", "checkpoint_every"):
-        _check(isinstance(t[key], int) and t[key] >= 0, f"train.{key} must be an integer >= 0 (0: never)", t[key])
-    _check(all(isinstance(s, int) and s > 0 for s in t.checkpoint_steps), "train.checkpoint_steps must be a list of positive steps", t.checkpoint_steps)
-    _check(t.threads is None or (isinstance(t.threads, int) and t.threads > 0), "train.threads must be a positive integer or null (all cores)", t.threads)
-    _check(_number(t.divergence.factor) and t.divergence.factor > 0, "train.divergence.factor must be > 0", t.divergence.factor)
-    _check(_number(t.spikes.factor) and t.spikes.factor > 1, "train.spikes.factor must be > 1", t.spikes.factor)
-    _check(isinstance(t.spikes.window, int) and t.spikes.window > 0, "train.spikes.window must be a positive integer", t.spikes.window)
-    _check(o.name == "adamw", "optim.name must be adamw", o.name)
-    _check(_number(o.lr) and 0 < o.lr < math.inf, "optim.lr must be a positive number", o.lr)
-    _check(isinstance(o.warmup_steps, int) and o.warmup_steps >= 0, "optim.warmup_steps must be an integer >= 0", o.warmup_steps)
-    _check(o.schedule in SCHEDULES, f"optim.schedule must be one of {', '.join(SCHEDULES)}", o.schedule)
-    _check(_number(o.min_lr_ratio) and 0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio must be in [0, 1]", o.min_lr_ratio)
-    _check(_number(o.grad_clip) and o.grad_clip >= 0, "optim.grad_clip must be >= 0 (0: no clipping)", o.grad_clip)
-    _check(_number(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay must be >= 0", o.weight_decay)
-    _check(len(o.betas) == 2 and all(_number(b) and 0 <= b < 1 for b in o.betas), "optim.betas must be two numbers in [0, 1)", list(o.betas))
-    _check(_number(o.eps) and o.eps > 0, "optim.eps must be > 0", o.eps)
-    try:
-        model_cfg = ModelConfig(**cfg.model)
-        PrecisionConfig.from_cfg(cfg.precision)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(str(err).replace("__init__() got an unexpected keyword argument", "model: unknown key")) from None
-    _check(t.seq_len <= model_cfg.block_size, f"train.seq_len must be <= model.block_size ({model_cfg.block_size})", t.seq_len)
+def _check_choices(node: DictConfig, prefix: str = "") -> None:
+    """Every `choice` field of the schema (recursively) holds one of its choices."""
+    for f in dataclasses.fields(OmegaConf.get_type(node)):
+        if OmegaConf.is_missing(node, f.name):  # data.path=???: the group's check names it
+            continue
+        value = node[f.name]
+        if isinstance(value, DictConfig):
+            _check_choices(value, f"{prefix}{f.name}.")
+        elif "choices" in f.metadata:
+            choices = f.metadata["choices"]
+            _check(value in choices, f"{prefix}{f.name} must be {_one_of(choices)}", value)
+
+
+def _one_of(choices: tuple[str, ...]) -> str:
+    return choices[0] if len(choices) == 1 else f"one of {', '.join(choices)}"
+
+
+def _check_top(cfg: DictConfig) -> None:
+    _check(cfg.seed >= 0, "seed must be an integer >= 0", cfg.seed)
     try:
         resolve_device(cfg.device)
     except DeviceError as err:
         raise ConfigError(str(err)) from None
-    check_data_config(cfg.data)
-    s = cfg.get("sharpness") or {}
-    every, metrics, eps = s.get("every", 0), s.get("metrics", ["logit"]), s.get("eps", 1e-3)
-    _check(isinstance(every, int) and not isinstance(every, bool) and every >= 0, "sharpness.every must be an integer >= 0 (0: off)", every)
-    _check(not isinstance(metrics, str) and all(m in SHARPNESS_METRICS for m in metrics),
-           f"sharpness.metrics must be a list of {', '.join(SHARPNESS_METRICS)}, e.g. [logit,keskar]", metrics)
-    _check(_number(eps) and 0 <= eps < math.inf, "sharpness.eps must be a finite number >= 0", eps)
 
 
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
+def _check_model(cfg: DictConfig) -> None:
+    m = cfg.model
+    for key in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+        _check(m[key] > 0, f"model.{key} must be a positive integer", m[key])
+    _check(m.n_embd % m.n_head == 0, f"model.n_embd ({m.n_embd}) must be divisible by model.n_head", m.n_head)
+    if m.arch == "llama":
+        _check((m.n_embd // m.n_head) % 2 == 0, f"model.arch=llama (RoPE) needs an even head size model.n_embd "
+               f"({m.n_embd}) // model.n_head", m.n_head)
+    _check(m.mlp_hidden is None or m.mlp_hidden > 0, "model.mlp_hidden must be a positive integer or null (derived)", m.mlp_hidden)
+    _check(0 <= m.dropout < 1, "model.dropout must be in [0, 1)", m.dropout)
+    _check(m.rope_theta > 0, "model.rope_theta must be > 0", m.rope_theta)
+    _check(m.norm_eps > 0, "model.norm_eps must be > 0", m.norm_eps)
+
+
+def _check_precision(cfg: DictConfig) -> None:
+    try:
+        PrecisionConfig.from_cfg(cfg.precision)  # parses every format name, naming its key
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def _check_data(cfg: DictConfig) -> None:
+    d = cfg.data
+    if "val_fraction" in d:
+        _check(0 < d.val_fraction < 1, "data.val_fraction must be in (0, 1)", d.val_fraction)
+    least = 2 if d.source == "tokens" else 256
+    _check(d.vocab_size >= least, f"data.vocab_size must be an integer >= {least}"
+           f"{'' if d.source == 'tokens' else ' for byte-level data'}", d.vocab_size)
+    if d.source == "stdlib":
+        _check(d.budget_bytes >= 1024, "data.budget_bytes must be at least 1024", d.budget_bytes)
+    else:
+        data_path(OmegaConf.to_container(d))  # DataError: not given, or not there
+
+
+def _check_optim(cfg: DictConfig) -> None:
+    o = cfg.optim
+    _check(0 < o.lr < math.inf, "optim.lr must be a positive number", o.lr)
+    _check(o.warmup_steps >= 0, "optim.warmup_steps must be an integer >= 0", o.warmup_steps)
+    _check(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio must be in [0, 1]", o.min_lr_ratio)
+    _check(o.grad_clip >= 0, "optim.grad_clip must be >= 0 (0: no clipping)", o.grad_clip)
+    _check(o.weight_decay >= 0, "optim.weight_decay must be >= 0", o.weight_decay)
+    _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas must be two numbers in [0, 1)", list(o.betas))
+    _check(o.eps > 0, "optim.eps must be > 0", o.eps)
+
+
+def _check_train(cfg: DictConfig) -> None:
+    t = cfg.train
+    for key in ("steps", "batch_size", "seq_len", "eval_batches"):
+        _check(t[key] > 0, f"train.{key} must be a positive integer", t[key])
+    for key in ("eval_every", "checkpoint_every"):
+        _check(t[key] >= 0, f"train.{key} must be an integer >= 0 (0: never)", t[key])
+    _check(all(s > 0 for s in t.checkpoint_steps), "train.checkpoint_steps must be a list of positive steps", list(t.checkpoint_steps))
+    _check(t.threads is None or t.threads > 0, "train.threads must be a positive integer or null (all cores)", t.threads)
+    _check(t.seq_len <= cfg.model.block_size, f"train.seq_len must be <= model.block_size ({cfg.model.block_size})", t.seq_len)
+    _check(t.divergence.factor > 0, "train.divergence.factor must be > 0", t.divergence.factor)
+    _check(t.spikes.factor > 1, "train.spikes.factor must be > 1", t.spikes.factor)
+    _check(t.spikes.window > 0, "train.spikes.window must be a positive integer", t.spikes.window)
+
+
+def _check_sharpness(cfg: DictConfig) -> None:
+    s = cfg.sharpness
+    _check(s.every >= 0, "sharpness.every must be an integer >= 0 (0: off)", s.every)
+    _check(all(m in SHARPNESS_METRICS for m in s.metrics),
+           f"sharpness.metrics must be a list of {', '.join(SHARPNESS_METRICS)}, e.g. [logit,keskar]", list(s.metrics))
+    _check(0 <= s.eps < math.inf, "sharpness.eps must be a finite number >= 0", s.eps)
+
+
+# One check per group; allowed values (`choice` fields) and types are the schema's.
+_CHECKS = (_check_model, _check_precision, _check_data, _check_optim, _check_top, _check_train, _check_sharpness)
 
 
 def _check(ok: bool, message: str, value: Any) -> None:
     if not ok:
         raise ConfigError(f"{message}; got {value!r}")
+
+
+# ---- OmegaConf's errors as one line
+
+
+def one_line(err: BaseException) -> str:
+    """The one-line message of a Hydra / OmegaConf error and its causes: for a wrong type or an
+    unknown key, the key, what was given and what is accepted (from the schema)."""
+    found = err
+    while found is not None and not (isinstance(found, OmegaConfBaseException) and found.full_key):
+        found = found.__cause__
+    if found is not None:
+        message = _schema_message(found)
+        if message:
+            return message
+    parts = []
+    while err is not None:
+        lines = str(err).split("Config search path")[0].splitlines()
+        text = " ".join(ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith(_NOISE))
+        text = text.rstrip(".")
+        if text and text not in parts:
+            parts.append(text)
+        err = err.__cause__
+    return ": ".join(parts)
+
+
+_NOISE = ("full_key:", "object_type=", "reference_type=", "To append to your config")
+
+
+def _schema_message(err: OmegaConfBaseException) -> str | None:
+    """'KEY must be TYPE; got VALUE' or 'KEY is not a config key; GROUP takes ...' for an
+    OmegaConf error on a node of the schema, None for anything else."""
+    node, key, element = err.parent_node, err.key, ""
+    if OmegaConf.is_list(node):  # an element of a list field: the field's type says what it takes
+        node, key, element = node._get_parent(), node._key(), f"[{key}]"
+    schema = OmegaConf.get_type(node) if node is not None else err.object_type
+    if not dataclasses.is_dataclass(schema) or key is None:
+        return None
+    names = [f.name for f in dataclasses.fields(schema)]
+    full_key = err.full_key or str(key)
+    if isinstance(err, (ConfigKeyError, ConfigAttributeError)) and key not in names:
+        parent = full_key[: -len(str(key))].rstrip(".")
+        return f"{full_key} is not a config key; {parent or 'the top level'} takes {', '.join(names)}"
+    if isinstance(err, ValidationError) and key in names:
+        expected = typing.get_type_hints(schema)[key]
+        if element:
+            (expected,) = typing.get_args(expected)
+        return f"{full_key} must be {_describe(expected)}; got {_given(err.value)}"
+    return None
+
+
+def _given(value: Any) -> str:
+    return repr(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)
+
+
+def _describe(annotation: Any) -> str:
+    """What a field of this type accepts, in words."""
+    args = typing.get_args(annotation)
+    if type(None) in args:  # Optional[X], X | None
+        (inner,) = [a for a in args if a is not type(None)]
+        return f"{_describe(inner)} or null"
+    if typing.get_origin(annotation) is list:
+        return f"a list of {_PLURAL.get(args[0], 'values')}"
+    if dataclasses.is_dataclass(annotation):
+        return f"a mapping of {', '.join(f.name for f in dataclasses.fields(annotation))}"
+    return _WORDS.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+_PLURAL = {int: "integers", float: "numbers", bool: "booleans", str: "strings"}

@@ -252,16 +252,16 @@ def test_report_of_a_sweep_without_finished_runs(tmp_path, monkeypatch):
 
 def test_job_failing_before_its_claim_is_recorded_failed(tmp_path, monkeypatch):
     """A store that refuses the claim (e.g. made read-only mid-sweep): before, the run stayed pending."""
+    from hydra import compose, initialize_config_module
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
 
     from precisionlab.sweep import job
 
     store = _store_with_pending_runs(tmp_path / "s.db")
-    cfg = compose_train("precision=mask", "precision.format=e8m3", "optim.lr=1e-3")
-    with open_dict(cfg):
-        cfg.store = {"path": str(tmp_path / "s.db")}
-        cfg.sweep = {"name": "p", "force": False}
+    with initialize_config_module(config_module="precisionlab.configs", version_base="1.3"):
+        cfg = compose(config_name="sweep", overrides=[*MICRO, "precision=mask", "precision.format=e8m3", "optim.lr=1e-3",
+                                                      "train.checkpoint_every=0",  # as the train config (sweep=default sets 50)
+                                                      f"store.path={tmp_path / 's.db'}", "sweep.name=p"])
 
     class Hydra:
         runtime = type("R", (), {"cwd": str(tmp_path), "choices": {}})

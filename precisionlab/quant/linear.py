@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from precisionlab.numerics.cast import ROUNDING_MODES, quantize
+from precisionlab.numerics.cast import quantize
 from precisionlab.numerics.formats import FloatFormat
 
 log = logging.getLogger(__name__)
@@ -102,23 +102,19 @@ class PrecisionConfig:
 
     @classmethod
     def from_cfg(cls, cfg: Any) -> PrecisionConfig:
-        """Build from a `precision` config node (DictConfig or dict); ValueError names the bad key."""
+        """Build from a `precision` config node (DictConfig or dict); a format name that does not
+        parse is a ValueError naming its key. The other values are checked by the config schema
+        (precisionlab.config)."""
         if isinstance(cfg, PrecisionConfig):
             return cfg
         cfg = _plain(cfg)
-        rounding = cfg.get("rounding", "nearest_even")
-        if rounding not in ROUNDING_MODES:
-            raise ValueError(f"precision.rounding: unknown {rounding!r}; accepted: {', '.join(ROUNDING_MODES)}")
-        scaling = cfg.get("scaling", "none")
-        if scaling not in SCALINGS:
-            raise ValueError(f"precision.scaling: unknown {scaling!r}; accepted: {', '.join(SCALINGS)}")
         if cfg.get("format") is not None:
             _parse("format", cfg["format"])  # report the key the user typed, not an interpolated role
         options = dict(
-            rounding=rounding,
+            rounding=cfg.get("rounding", "nearest_even"),
             saturate=bool(cfg.get("saturate", True)),
             subnormals=bool(cfg.get("subnormals", True)),
-            scaling=scaling,
+            scaling=cfg.get("scaling", "none"),
             pow2_scale=bool(cfg.get("pow2_scale", True)),
         )
         roles = {r: RoleCast(_parse(r, cfg.get(r, cfg.get("format", "fp32"))), **options) for r in ROLES}

@@ -5,12 +5,22 @@ the overrides in sys.argv. Hydra makes the run directory the working
 directory (`hydra.job.chdir: true`), where the run writes metrics.csv,
 run.json and checkpoints/; relative data paths are taken from the directory
 the command was started in.
+
+Validation: the CLI validates before it launches Hydra (bad input must fail before Hydra
+writes a run directory), and Hydra composes the same config again for the task function.
+`precisionlab train` hands its validated config over (`validated_by_cli`), so `train_main`
+checks nothing again; with Hydra flags (-m, --config-dir ...) the CLI composes nothing and
+`train_main` validates. `sweep_main` runs grid points `precisionlab sweep` validated in
+`sweep.plan.plan`, possibly in other processes: it takes their validity on trust
+(`precisionlab.config.assume_valid`).
 """
 
 from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -25,7 +35,7 @@ from precisionlab.train.data import DataError
 from precisionlab.train.outcomes import RunResult
 from precisionlab.train.rundir import RunDirRecorder
 
-__all__ = ["train_main", "sweep_main", "describe"]
+__all__ = ["train_main", "sweep_main", "describe", "validated_by_cli"]
 
 
 class _ProgressRecorder(RunDirRecorder):
@@ -57,11 +67,25 @@ def describe(result: RunResult) -> str:
     return f"{line}; error: {result.error}" if result.error else line
 
 
+_validated: DictConfig | None = None  # what `precisionlab train` validated, while it runs train_main
+
+
+@contextmanager
+def validated_by_cli(cfg: DictConfig) -> Iterator[None]:
+    """Within: `train_main`'s config is `cfg`, composed from the same overrides and validated."""
+    global _validated
+    _validated = cfg
+    try:
+        yield
+    finally:
+        _validated = None
+
+
 @hydra.main(config_path="pkg://precisionlab.configs", config_name="train", version_base="1.3")
 def train_main(cfg: DictConfig) -> RunResult:
     absolute_paths(cfg, HydraConfig.get().runtime.cwd)  # the launch directory, not the run directory
     try:
-        validate(cfg)
+        cfg = _validated if _validated is not None else validate(cfg)
         result = train_recorded(cfg, _ProgressRecorder(cfg.train.steps))  # run directory + results store
     except (ConfigError, DataError, StoreError) as err:
         print(f"error: {err}", file=sys.stderr)

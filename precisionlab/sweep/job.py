@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
-from precisionlab.config import validate
+from precisionlab.config import assume_valid, ensure_valid
 from precisionlab.runtime import absolute_paths
 from precisionlab.store import ResultsStore, StoreError, run_id
 from precisionlab.sweep.launchers import exit_with_parent, threads_per_job
@@ -63,8 +63,9 @@ def open_store(cfg: DictConfig) -> ResultsStore | None:
 
 def train_recorded(cfg: DictConfig, recorder: Any = None) -> RunResult:
     """`precisionlab train`: train `cfg` into the run directory and, unless store.path is null, the store.
-    Always computes (a run already in the store is replaced: same id, same config)."""
-    cfg = validate(cfg)
+    Always computes (a run already in the store is replaced: same id, same config). Validates `cfg`
+    unless `precisionlab.config.validate` made it."""
+    cfg = ensure_valid(cfg)
     store = open_store(cfg)
     if store is None:
         return run(cfg, recorder=recorder)
@@ -99,7 +100,7 @@ def run_job(cfg: DictConfig) -> str:
         with open_dict(cfg):
             if cfg.train.threads is None:  # non-semantic: the run id stays the same
                 cfg.train.threads = threads_per_job(hydra_cfg.launcher)
-        cfg = validate(cfg)
+        cfg = assume_valid(cfg)  # plan() validated this grid point before the sweep was launched
         store = ResultsStore(cfg.store.path)
         sweep = cfg.sweep.name or hydra_cfg.runtime.choices.get("sweep")
         result = recorded_run(cfg, store, sweep=sweep, force=bool(cfg.sweep.force))

@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["DataError", "check_data_config", "check_data_size", "load_dataset", "get_batch", "build_stdlib_corpus", "cache_dir", "SOURCES"]
+__all__ = ["DataError", "data_path", "check_data_size", "load_dataset", "get_batch", "build_stdlib_corpus", "cache_dir",
+           "SOURCES"]
 
 SOURCES = ("stdlib", "text", "tokens")
 _FULL_HASH_LIMIT = 256 * 2**20
@@ -118,45 +119,21 @@ def _file_fingerprint(paths: list[Path]) -> tuple[str, str]:
     return digest.hexdigest(), "sha256-sampled"
 
 
-def check_data_config(data_cfg: Any) -> dict[str, Any]:
-    """Cheap checks of a `data` config node (no reading); returns it as a dict. Raises DataError."""
-    cfg = dict(data_cfg) if isinstance(data_cfg, dict) else _to_dict(data_cfg)
-    source = cfg.get("source", "stdlib")
-    if source not in SOURCES:
-        raise DataError(f"data.source must be one of {', '.join(SOURCES)}; got {source!r}")
-    val_fraction = float(cfg.get("val_fraction", 0.1))
-    if source != "tokens" and not 0.0 < val_fraction < 1.0:
-        raise DataError(f"data.val_fraction must be in (0, 1); got {val_fraction}")
-    vocab_size = cfg.get("vocab_size") or 256
-    if not isinstance(vocab_size, int) or vocab_size < (2 if source == "tokens" else 256):
-        raise DataError(f"data.vocab_size must be an integer >= 256 for byte-level data; got {vocab_size!r}")
-    if source == "stdlib":
-        if int(cfg.get("budget_bytes", 4_000_000)) < 1024:
-            raise DataError(f"data.budget_bytes must be at least 1024; got {cfg.get('budget_bytes')}")
-        return cfg
-    path = _existing_path(cfg.get("path"), source)
-    if source == "tokens":
-        missing = [name for name in ("train.bin", "val.bin") if not (path / name).is_file()]
-        if missing:
-            raise DataError(f"data.path {str(path)!r} must be a folder with train.bin and val.bin (missing: {', '.join(missing)})")
-    return cfg
-
-
 def check_data_size(data_cfg: Any, seq_len: int) -> None:
     """Cheap checks from file sizes alone (nothing read): data that is not a regular file or
     folder, or whose splits hold no window of seq_len + 1 tokens. Raises DataError, so
     `precisionlab train` refuses such data before it creates a run directory. The stdlib
     corpus is judged by its budget (an upper bound)."""
-    cfg = check_data_config(data_cfg)
+    cfg = dict(data_cfg) if isinstance(data_cfg, dict) else _to_dict(data_cfg)
     source, val_fraction = cfg.get("source", "stdlib"), float(cfg.get("val_fraction", 0.1))
     if source == "tokens":
-        path = Path(str(cfg["path"])).expanduser()
+        path = data_path(cfg)
         splits = {name: (path / f"{name}.bin").stat().st_size // 2 for name in ("train", "val")}
     else:
         if source == "stdlib":
             total = int(cfg.get("budget_bytes", 4_000_000))
         else:
-            path = Path(str(cfg["path"])).expanduser()
+            path = data_path(cfg)
             if path.is_file():
                 total = path.stat().st_size
             elif path.is_dir():
@@ -181,17 +158,19 @@ def load_dataset(data_cfg: Any) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]
     meta has source, path, fingerprint, fingerprint_kind, n_tokens (train,
     val) and vocab_size. Raises DataError for anything the user must fix.
     """
-    cfg = check_data_config(data_cfg)
+    cfg = dict(data_cfg) if isinstance(data_cfg, dict) else _to_dict(data_cfg)
     source, vocab_size = cfg.get("source", "stdlib"), int(cfg.get("vocab_size") or 256)
+    if source not in SOURCES:
+        raise DataError(f"data.source must be one of {', '.join(SOURCES)}; got {source!r}")
     val_fraction = float(cfg.get("val_fraction", 0.1))
     path = None
     if source == "stdlib":
         corpus = build_stdlib_corpus(int(cfg.get("budget_bytes", 4_000_000)), cache_dir(cfg.get("cache_dir")))
     elif source == "text":
-        path = Path(str(cfg["path"])).expanduser()
+        path = data_path(cfg)
         corpus = _read_text(path, cfg.get("glob", "**/*.txt"))
     if source == "tokens":
-        path = Path(str(cfg["path"])).expanduser()
+        path = data_path(cfg)
         files = [path / "train.bin", path / "val.bin"]
         for f in files:
             if f.stat().st_size < 4 or f.stat().st_size % 2:
@@ -221,12 +200,20 @@ def _to_dict(cfg: Any) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def _existing_path(value: Any, source: str) -> Path:
+def data_path(data_cfg: Any) -> Path:
+    """The existing file or folder `data.path` of a text or tokens `data` config (a tokens folder
+    must hold train.bin and val.bin); DataError names what is missing. Config validation
+    (precisionlab.config) and `load_dataset` both ask it."""
+    source, value = data_cfg.get("source"), data_cfg.get("path")
     if value in (None, "", "???"):
         raise DataError(f"data={source} needs data.path=FILE_OR_FOLDER")
     path = Path(str(value)).expanduser()
     if not path.exists():
         raise DataError(f"data.path {str(value)!r} does not exist (data={source} expects a {'file or folder' if source == 'text' else 'folder with train.bin and val.bin'})")
+    if source == "tokens":
+        missing = [name for name in ("train.bin", "val.bin") if not (path / name).is_file()]
+        if missing:
+            raise DataError(f"data.path {str(path)!r} must be a folder with train.bin and val.bin (missing: {', '.join(missing)})")
     return path
 
 

@@ -6,8 +6,8 @@ batches evaluated every `train.eval_every` steps and at the end, checkpoints
 at `train.checkpoint_steps` / every `train.checkpoint_every` steps.
 
 Outcomes and loss spikes: `precisionlab.train.outcomes`.
-User-config errors (`ConfigError`, `DataError`) are raised by `validate` and
-before the first step, so nothing is recorded for a run that cannot start.
+User-config errors (`ConfigError`, `DataError`) are raised by `precisionlab.config.validate`
+and before the first step, so nothing is recorded for a run that cannot start.
 
 
 Sharpness: with `sharpness.every=N` the `sharpness.metrics` are measured every N
@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from precisionlab.config import ConfigError, validate
+from precisionlab.config import ConfigError, ensure_valid
 from precisionlab.runtime import provenance, resolve_device
 from precisionlab.train.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -75,9 +75,10 @@ def run(cfg: Any, recorder: Recorder | None = None, resume_from: str | os.PathLi
 
     `recorder` gets the metadata, per-step metrics, checkpoints and outcome
     (default: `RunDirRecorder` on the current directory). `resume_from` is a
-    checkpoint path written by an earlier run with the same config.
+    checkpoint path written by an earlier run with the same config. `cfg` is validated unless
+    `precisionlab.config.validate` made it (the CLI and the sweep validate before they call this).
     """
-    cfg = validate(cfg)
+    cfg = ensure_valid(cfg)
     t = cfg.train
     device = resolve_device(cfg.device)
     torch.set_num_threads(t.threads or os.cpu_count() or 1)

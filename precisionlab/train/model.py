@@ -14,7 +14,7 @@ Shapes: B batch, T sequence length, C = n_embd, H = n_head, D = C // H, V vocab.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -27,10 +27,13 @@ ARCHS = ("gpt2", "llama")
 
 @dataclass
 class ModelConfig:
-    arch: str = "gpt2"  # "gpt2" (LayerNorm, GELU, learned positions) or "llama" (RMSNorm, SwiGLU, RoPE)
+    """The model's hyperparameters, and the `model` config group's schema (precisionlab.config
+    registers it and checks the values; the defaults are the `tiny` preset's)."""
+
+    arch: str = field(default="gpt2", metadata={"choices": ARCHS})  # "gpt2" (LayerNorm, GELU, learned positions) or "llama" (RMSNorm, SwiGLU, RoPE)
     vocab_size: int = 256  # tokens; 256 for byte-level data, 50304 for padded GPT-2 tokens
     block_size: int = 64  # longest sequence the model accepts (size of the position table)
-    n_layer: int = 4  # transformer blocks
+    n_layer: int = 2  # transformer blocks
     n_head: int = 4  # attention heads; must divide n_embd
     n_embd: int = 128  # residual width C
     mlp_hidden: int | None = None  # MLP width; None: 4*C (gpt2), 8/3*C rounded up to 64 (llama)
@@ -40,20 +43,17 @@ class ModelConfig:
     rope_theta: float = 10000.0  # RoPE base frequency (llama only)
     norm_eps: float = 1e-5  # epsilon of LayerNorm / RMSNorm
 
-    def __post_init__(self) -> None:
-        if self.arch not in ARCHS:
-            raise ValueError(f"model.arch must be one of {', '.join(ARCHS)}; got {self.arch!r}")
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            if not (isinstance(getattr(self, name), int) and getattr(self, name) > 0):
-                raise ValueError(f"model.{name} must be a positive integer; got {getattr(self, name)!r}")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
-        if self.arch == "llama" and (self.n_embd // self.n_head) % 2:
-            raise ValueError("llama (RoPE) needs an even head size n_embd // n_head")
-        if self.bias is None:
-            self.bias = self.arch == "gpt2"
-        if self.mlp_hidden is None:
-            self.mlp_hidden = 4 * self.n_embd if self.arch == "gpt2" else 64 * math.ceil(8 * self.n_embd / 3 / 64)
+    # Derived, not written back: the dataclass holds exactly the config's values (it is the schema).
+
+    @property
+    def has_bias(self) -> bool:
+        return self.arch == "gpt2" if self.bias is None else self.bias
+
+    @property
+    def mlp_width(self) -> int:
+        if self.mlp_hidden is not None:
+            return self.mlp_hidden
+        return 4 * self.n_embd if self.arch == "gpt2" else 64 * math.ceil(8 * self.n_embd / 3 / 64)
 
 
 def _rope_tables(cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,15 +74,15 @@ def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
 def _norm(cfg: ModelConfig) -> nn.Module:
     if cfg.arch == "llama":
         return nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
-    return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
+    return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.has_bias)
 
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_head, self.dropout, self.rope = cfg.n_head, cfg.dropout, cfg.arch == "llama"
-        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v in one GEMM
-        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.has_bias)  # q, k, v in one GEMM
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.has_bias)
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
@@ -101,8 +101,8 @@ class MLP(nn.Module):
         super().__init__()
         self.swiglu = cfg.arch == "llama"
         # SwiGLU's gate and up projections share one GEMM: (C) -> (2 * hidden)
-        self.c_fc = nn.Linear(cfg.n_embd, (2 if self.swiglu else 1) * cfg.mlp_hidden, bias=cfg.bias)
-        self.c_proj = nn.Linear(cfg.mlp_hidden, cfg.n_embd, bias=cfg.bias)
+        self.c_fc = nn.Linear(cfg.n_embd, (2 if self.swiglu else 1) * cfg.mlp_width, bias=cfg.has_bias)
+        self.c_proj = nn.Linear(cfg.mlp_width, cfg.n_embd, bias=cfg.has_bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

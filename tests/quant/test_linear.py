@@ -127,8 +127,8 @@ def test_format_sets_all_roles_and_presets(train_cfg):
 def test_bad_format_names_the_key():
     with pytest.raises(ValueError, match=r"precision\.format: .*e9m3.*accepted"):
         PrecisionConfig.from_cfg({"format": "e9m3"})
-    with pytest.raises(ValueError, match=r"precision\.rounding"):
-        PrecisionConfig.from_cfg({"format": "e4m3", "rounding": "up"})
+    with pytest.raises(ValueError, match=r"precision\.grad: .*bf17"):
+        PrecisionConfig.from_cfg({"format": "e4m3", "grad": "bf17"})
 
 
 @pytest.mark.parametrize("pow2", [True, False])

@@ -198,10 +198,12 @@ def test_resume_in_the_same_run_directory_keeps_the_curve(train_cfg, tmp_path):
         run(train_cfg(), resume_from=tmp_path / "nope.pt")
 
 
-def test_incomplete_config_is_a_config_error(train_cfg):
+def test_a_key_left_out_takes_its_schema_default_and_a_misspelt_one_is_an_error(train_cfg):
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.to_container(train_cfg())
     del cfg["train"]["spikes"]
-    with pytest.raises(ConfigError, match="spikes"):
+    assert validate(cfg).train.spikes == {"factor": 1.5, "window": 20}
+    cfg["train"]["spikez"] = {"factor": 2.0}
+    with pytest.raises(ConfigError, match=r"train\.spikez is not a config key; train takes steps, "):
         validate(cfg)

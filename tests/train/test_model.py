@@ -60,10 +60,7 @@ def test_weights_tie_and_untie():
     assert untied.num_params() - tied.num_params() == 256 * 32
 
 
-def test_bad_model_config_is_a_clear_error():
-    with pytest.raises(ValueError, match="divisible"):
-        ModelConfig(n_embd=30, n_head=4)
-    with pytest.raises(ValueError, match="arch"):
-        ModelConfig(arch="bert")
+def test_a_sequence_longer_than_block_size_is_a_clear_error():
+    # bad model.* values are config errors: tests/test_config.py
     with pytest.raises(ValueError, match="block_size"):
         LM(ModelConfig(n_layer=1, n_embd=32, n_head=2, block_size=8))(torch.zeros(1, 9, dtype=torch.long))

@@ -44,7 +44,7 @@ def test_relative_data_path_is_taken_from_the_launch_directory(tmp_path):
 @pytest.mark.parametrize("overrides, expected", [
     (["precision.format=e9m3"], "format 'e9m3' is out of range; accepted: fp32"),
     (["optim.lr=-1"], "optim.lr must be a positive number"),
-    (["train.stepz=5"], "Key 'stepz' is not in struct"),
+    (["train.stepz=5"], "train.stepz is not a config key; train takes steps, batch_size, "),
     (["model=huge"], "Available options in 'model'"),
     (["data=text", "data.path=/no/such/corpus"], "data.path '/no/such/corpus' does not exist"),
     (["data=tokens"], "data=tokens needs data.path"),
