@@ -80,6 +80,8 @@ NEUTRAL: Mapping[str, Any] = {
     "data.budget_bytes": 4000000,
     "data.val_fraction": 0.1,
     "data.cache_dir": None,
+    "data.path": None,
+    "data.glob": "**/*.txt",
     "optim.name": "adamw",
     "optim.lr": 0.003,
     "optim.betas": [0.9, 0.95],
