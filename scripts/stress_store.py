@@ -30,7 +30,7 @@ from precisionlab.store import ResultsStore
 CLI = str(Path(sys.executable).with_name("precisionlab"))
 MICRO = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "train.steps=12", "train.batch_size=4",
          "train.seq_len=16", "train.eval_every=6", "train.eval_batches=1", "optim.warmup_steps=2",
-         "train.checkpoint_every=6", "train.threads=1", "precision=mask", "precision.format=e8m5"]
+         "train.checkpoint_every=6", "train.threads=1", "precision=mask", "precision.format=e8m5", "optim.lr=3e-3"]
 SEEDS, SHIFT = 6, 3  # a round's grid; consecutive rounds (and sweeps) overlap by SEEDS - SHIFT seeds
 
 

@@ -53,10 +53,12 @@ class Grid:
         return list(dict.fromkeys(self.run_ids))
 
     def register(self, store: ResultsStore, command: str) -> None:
-        """Record the sweep and its runs (`pending` if new) before anything is launched."""
+        """Record the sweep and its runs (`pending` if new) before anything is launched. The runs
+        first: that one transaction creates the sweep with all its runs, so a reader (a report
+        meanwhile) never sees the sweep without them; its command and grid follow."""
+        store.register_runs(self.configs, sweep=self.name)
         store.add_sweep(self.name, command=command, grid={
             "config": self.config, "params": self.params, "overrides": self.overrides, "runs": len(self.runs)})
-        store.register_runs(self.configs, sweep=self.name)
 
 
 def _changes_runs(key: str) -> bool:
