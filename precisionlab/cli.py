@@ -111,9 +111,13 @@ def train(ctx: typer.Context) -> None:
     from precisionlab.sweep.app import train_main, validated_by_cli
 
     overrides = list(ctx.args)
-    if any(arg.startswith("-") for arg in overrides):  # Hydra's flags (--cfg job, -m, ...): as they are
-        _run_hydra(train_main, overrides)  # a run, if any, validates its config in train_main
+    flags = [arg for arg in overrides if arg.startswith("-")]
+    if _SHOW_FLAGS & set(flags):  # Hydra's --cfg job, --info, ...: shown as they are, nothing runs
+        _run_hydra(train_main, overrides)
         return
+    if flags:
+        fail(f"precisionlab train takes Hydra overrides and only these Hydra flags: {', '.join(sorted(_SHOW_FLAGS))}; "
+             f"got {' '.join(flags)} (a grid of runs: precisionlab sweep)")
     with validated_by_cli(_check_train_overrides(overrides)):
         _run_hydra(train_main, overrides)
 

@@ -347,6 +347,31 @@ def _check_train(cfg: DictConfig) -> None:
     _check(t.divergence.factor > 0, "train.divergence.factor must be > 0", t.divergence.factor)
     _check(t.spikes.factor > 1, "train.spikes.factor must be > 1", t.spikes.factor)
     _check(t.spikes.window > 0, "train.spikes.window must be a positive integer", t.spikes.window)
+    _check(t.steps <= MAX_STEPS, f"train.steps must be at most {MAX_STEPS:.0e} (a run that could never end)", t.steps)
+    _check_memory(cfg)
+
+
+MAX_STEPS = 10**9
+
+
+def _check_memory(cfg: DictConfig) -> None:
+    """Refuse a step that cannot fit in the device's memory up front, instead of swapping or
+    being killed hours later (the estimate is a lower bound: one that passes may still not fit)."""
+    import os
+
+    import torch
+
+    device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+    else:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    model = ModelConfig(**OmegaConf.to_container(cfg.model))
+    need = model.step_bytes(cfg.train.batch_size, cfg.train.seq_len)
+    if need > total:
+        raise ConfigError(f"a training step needs at least {need / 2**30:.3g} GiB (train.batch_size="
+                          f"{cfg.train.batch_size}, train.seq_len={cfg.train.seq_len}, this model), more than the "
+                          f"{total / 2**30:.3g} GiB of {device.type} memory here; lower train.batch_size or train.seq_len")
 
 
 def _check_sharpness(cfg: DictConfig) -> None:

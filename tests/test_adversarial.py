@@ -126,9 +126,19 @@ def _cases(files: Path) -> list[tuple[list[str], str]]:
         (["sweep", "--jobs", "0"], "--jobs must be a positive number"),
         # train: data that has no window of seq_len + 1 tokens is refused before any run directory
         (["train", "data=text", "data.path=/dev/null", *MICRO], "is not a regular file or folder"),
-        (["train", "train.seq_len=100000000", "train.steps=1"], "fewer than train.seq_len + 1"),
+        (["train", "train.seq_len=100000000", "train.steps=1"], "lower train.batch_size or train.seq_len"),
         (["train", "data=text", "data.path=tiny.txt", *MICRO], "fewer than train.seq_len + 1"),
         (["train", "store.path=" + stores["damaged.db"], *MICRO], "the file is damaged"),
+        # flags Hydra would answer with its usage text or a traceback; runs that could never end or fit
+        (["train", "--foo"], "takes Hydra overrides and only these Hydra flags"),
+        (["train", "-m", "seed=1"], "a grid of runs: precisionlab sweep"),
+        (["sweep", "--foo", *SWEEP_MICRO], "takes Hydra overrides and only these Hydra flags"),
+        (["sweep", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0", *SWEEP_MICRO], "hydra.launcher.n_jobs must be"),
+        (["train", "seed=true"], "seed must be an integer"),
+        (["train", "train.steps=1e20"], "train.steps must be an integer"),
+        (["train", "train.steps=100000000000"], "train.steps must be at most"),
+        (["train", "train.batch_size=1000000000"], "lower train.batch_size or train.seq_len"),
+        (["sweep", "train.batch_size=1000000000", *SWEEP_MICRO[:3]], "lower train.batch_size or train.seq_len"),
     ]
     return cases
 

@@ -91,6 +91,12 @@ def plan(overrides: Sequence[str], cwd: str | os.PathLike | None = None) -> Grid
         if not str(base.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
             raise SweepError(f"precisionlab sweep runs grids with Hydra's basic sweeper; got "
                              f"hydra/sweeper={base.hydra.runtime.choices.get('hydra/sweeper')}")
+        launcher = base.hydra.launcher
+        if "joblib" in str(launcher.get("_target_", "")):
+            jobs = launcher.get("n_jobs")
+            if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs == 0:
+                raise SweepError(f"hydra.launcher.n_jobs must be a non-zero integer (N runs at once; -1: all "
+                                 f"cores, -2: all but one, ...); got {jobs!r}")
         params = {str(k): str(v) for k, v in (base.hydra.sweeper.params or {}).items()}
         # What BasicSweeper.sweep does: the grid config's params first, the command line after.
         grid = parser.parse_overrides([f"{k}={v}" for k, v in params.items()] + overrides)

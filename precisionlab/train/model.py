@@ -55,6 +55,17 @@ class ModelConfig:
             return self.mlp_hidden
         return 4 * self.n_embd if self.arch == "gpt2" else 64 * math.ceil(8 * self.n_embd / 3 / 64)
 
+    def step_bytes(self, batch_size: int, seq_len: int) -> int:
+        """A rough lower bound on the memory of one fp32 training step: weights, gradients and
+        AdamW's two moments (16 bytes a parameter), plus the fp32 activations kept for backward
+        (per token: per layer at least 8 widths C and two MLP widths, then the logits and their
+        gradient; fused attention keeps no (T, T) scores). Used to refuse, before it starts, a
+        batch that cannot fit, never to plan one that can."""
+        C, L, V = self.n_embd, self.n_layer, self.vocab_size
+        params = L * (4 * C * C + 3 * C * self.mlp_width) + V * C * (1 if self.tie_weights else 2) + self.block_size * C
+        activations = batch_size * seq_len * (L * (8 * C + 2 * self.mlp_width) + 2 * V)
+        return 16 * params + 4 * activations
+
 
 def _rope_tables(cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin of shape (block_size, D/2) for rotary embeddings."""
