@@ -9,8 +9,7 @@ the command was started in.
 Validation: the CLI validates before it launches Hydra (bad input must fail before Hydra
 writes a run directory), and Hydra composes the same config again for the task function.
 `precisionlab train` hands its validated config over (`validated_by_cli`), so `train_main`
-checks nothing again; with Hydra flags (-m, --config-dir ...) the CLI composes nothing and
-`train_main` validates. `sweep_main` runs grid points `precisionlab sweep` validated in
+checks nothing again; called any other way, `train_main` validates. `sweep_main` runs grid points `precisionlab sweep` validated in
 `sweep.plan.plan`, possibly in other processes: it takes their validity on trust
 (`precisionlab.config.assume_valid`).
 """
