@@ -20,7 +20,7 @@ import torch
 
 from .spec import NEAREST_AWAY, NEAREST_EVEN, STOCHASTIC, TOWARD_ZERO, CastSpec
 
-__all__ = ["cast_torch", "cast_bits", "philox_randint", "SOURCE_FORMATS"]
+__all__ = ["cast_torch", "cast_bits", "philox_randint", "philox_key", "SOURCE_FORMATS"]
 
 # Source-format constants: (int dtype, stored mantissa bits, exponent bias).
 SOURCE_FORMATS = {torch.float32: (torch.int32, 23, 127), torch.float64: (torch.int64, 52, 1023)}
@@ -30,25 +30,32 @@ _PHILOX_ROUND_A, _PHILOX_ROUND_B = 0xD2511F53, 0xCD9E8D57
 _U32 = 0xFFFFFFFF
 
 
-def _mul_wide(const: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(high, low) 32-bit halves of const * b for uint32 values held in int64."""
-    b_lo, b_hi = b & 0xFFFF, b >> 16
-    p_lo, p_hi = const * b_lo, const * b_hi  # each < 2^48: no int64 overflow
-    high = (p_hi + (p_lo >> 16)) >> 16
-    low = (p_lo + ((p_hi & 0xFFFF) << 16)) & _U32
-    return high, low
+def philox_key(seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A 64-bit Philox key as an int64 tensor [k0, k1] (low, high 32 bits).
+
+    Passing the key as a tensor keeps it data, not a constant, inside `torch.compile`d graphs:
+    one graph serves every seed.
+    """
+    return torch.tensor([seed & _U32, (seed >> 32) & _U32], dtype=torch.int64, device=device)
 
 
-def philox_randint(seed: int, offsets: torch.Tensor, n_rounds: int = 10) -> torch.Tensor:
-    """Triton's `tl.randint(seed, offsets)` (first Philox-4x32 output) as int64 in [0, 2^32)."""
+def philox_randint(seed: int | torch.Tensor, offsets: torch.Tensor, n_rounds: int = 10) -> torch.Tensor:
+    """Triton's `tl.randint(seed, offsets)` (first Philox-4x32 output) as int64 in [0, 2^32).
+
+    `seed` is an int in [0, 2^64) or its `philox_key` tensor. Each round's 32 x 32 -> 64-bit
+    products are one int64 multiply: the product of two values below 2^32 can exceed 2^63,
+    but int64 multiplication wraps, so its 64 bits are the unsigned product's exactly
+    (two's complement), and `>> 32` then `& 0xFFFFFFFF` is its high word.
+    """
+    key = seed if isinstance(seed, torch.Tensor) else philox_key(seed, offsets.device)
+    k0, k1 = key[0], key[1]
     offsets = offsets.to(torch.int64)
     c0, c1 = offsets & _U32, (offsets >> 32) & _U32
     c2 = c3 = torch.zeros_like(c0)
-    k0, k1 = seed & _U32, (seed >> 32) & _U32
     for _ in range(n_rounds):
-        hi_b, lo_b = _mul_wide(_PHILOX_ROUND_B, c2)
-        hi_a, lo_a = _mul_wide(_PHILOX_ROUND_A, c0)
-        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+        prod_b, prod_a = c2 * _PHILOX_ROUND_B, c0 * _PHILOX_ROUND_A
+        c0, c1 = ((prod_b >> 32) & _U32) ^ c1 ^ k0, prod_b & _U32
+        c2, c3 = ((prod_a >> 32) & _U32) ^ c3 ^ k1, prod_a & _U32
         k0, k1 = (k0 + _PHILOX_KEY_A) & _U32, (k1 + _PHILOX_KEY_B) & _U32
     return c0
 
@@ -70,10 +77,13 @@ def cast_torch(x: torch.Tensor, spec: CastSpec, seed: int = 0, offset: int = 0) 
     return cast_bits(x.contiguous().view(int_dtype), spec, x.dtype, seed, offset).view(x.dtype)
 
 
-def cast_bits(u: torch.Tensor, spec: CastSpec, dtype: torch.dtype, seed: int = 0, offset: int = 0) -> torch.Tensor:
+def cast_bits(
+    u: torch.Tensor, spec: CastSpec, dtype: torch.dtype, seed: int | torch.Tensor = 0, offset: int = 0
+) -> torch.Tensor:
     """`cast_torch` on the bit patterns `u` of a float tensor of `dtype`; returns bit patterns.
 
-    Taking and returning integers keeps every bitcast outside `torch.compile`d graphs.
+    Taking and returning integers keeps every bitcast outside `torch.compile`d graphs; `seed`
+    may be a `philox_key` tensor for the same reason.
     """
     int_dtype, P, src_bias = SOURCE_FORMATS[dtype]
     width = 32 if int_dtype == torch.int32 else 64

@@ -8,7 +8,7 @@ import struct
 
 import torch
 
-from precisionlab.kernels.cast_torch import SOURCE_FORMATS, cast_bits
+from precisionlab.kernels.cast_torch import SOURCE_FORMATS, cast_bits, philox_key
 from precisionlab.kernels.spec import (
     FP32_INF_BITS,
     FP32_NAN_BITS,
@@ -26,8 +26,8 @@ _WIDENED = (torch.float16, torch.bfloat16)  # cast in fp32: widening them is exa
 # CPU tensors this large go through a torch.compile'd (fused, vectorised) copy of
 # the torch twin, bit-identical to it: 4-10x faster per call (a tiny-model
 # training step: ~4x -> ~1.5x the fp32 step), paid for by a one-off compile per
-# process (~15 s on a cold inductor cache, ~4 s warm). Stochastic rounding stays
-# eager: inductor takes minutes over its unrolled 64-bit Philox.
+# process (~15 s on a cold inductor cache, ~4 s warm), plus ~5 s the first time a
+# process rounds stochastically (the Philox rounds are their own graph variant).
 # PRECISIONLAB_COMPILE=0 turns compiling off, PRECISIONLAB_COMPILE_MIN_NUMEL sets
 # the size; a compile failure falls back to the eager twin.
 COMPILE_MIN_NUMEL = int(os.environ.get("PRECISIONLAB_COMPILE_MIN_NUMEL", 1 << 14))
@@ -130,7 +130,8 @@ def quantize(
         out = cast_triton(work, spec, seed)
     else:
         bits = work.contiguous().view(SOURCE_FORMATS[work.dtype][0])
-        out = _cast_bits_on_cpu(bits, spec)(bits, spec, work.dtype, seed).view(work.dtype)
+        key = philox_key(seed, bits.device) if spec.rounding == STOCHASTIC else 0  # data, not a graph constant
+        out = _cast_bits_on_cpu(bits, spec)(bits, spec, work.dtype, key).view(work.dtype)
     return out.view(x.shape).to(x.dtype)
 
 
@@ -143,7 +144,6 @@ def _cast_bits_on_cpu(bits: torch.Tensor, spec: CastSpec):
     if (
         bits.numel() < COMPILE_MIN_NUMEL
         or bits.is_cuda
-        or spec.rounding == STOCHASTIC
         or os.environ.get("PRECISIONLAB_COMPILE", "1") == "0"
     ):
         return cast_bits

@@ -282,6 +282,7 @@ def test_compiled_twin_is_bit_identical_to_eager(monkeypatch):
     x = torch.from_numpy(np.concatenate([all_bf16_patterns(), random_fp32((1 << 20) + 3, seed=9)]))
     cases = [("e4m3fn", r, True, True) for r in ("nearest_even", "nearest_away", "toward_zero")]
     cases += [("e5m2fnuz", "nearest_even", False, False), ("e2m1fn", "nearest_even", False, True), ("e8m0", "nearest_even", False, True)]
+    cases += [("e4m3fn", "stochastic", True, True), ("e2m1fn", "stochastic", False, False)]  # the Philox rounds compiled too
     for name, rounding, saturate, subnormals in cases:
         kw = dict(rounding=rounding, saturate=saturate, subnormals=subnormals, seed=5)
         monkeypatch.setenv("PRECISIONLAB_COMPILE", "0")
