@@ -1,11 +1,12 @@
-"""Step time of the `tiny` preset: fp32 (no casts) vs fp8 vs mask e8m3, measured in one run.
+"""Step time of the `tiny` preset: fp32 (no casts) vs the cast recipes, measured in one run.
 
-    python scripts/bench_train.py [--steps 10] [--rounds 3] [--threads N] [--device auto] [OVERRIDES...]
+    python scripts/bench_train.py [--steps 10] [--rounds 3] [--threads N] [--device auto]
+                                  [--only fp8,nvfp4] [OVERRIDES...]
 
 One training step = batch, forward, backward, clipping, AdamW. Rounds
 interleave the precisions so machine load hits them alike; the table shows
 the median over rounds of the mean step time, tokens/s, and the ratio to fp32
-(goal: casting costs <= 1.25x the fp32 step). Extra arguments are Hydra
+(goals: element casts <= 1.25x the fp32 step, nvfp4 <= 2x). Extra arguments are Hydra
 overrides applied to every variant (e.g. model=small train.batch_size=32).
 """
 
@@ -27,6 +28,9 @@ VARIANTS = {
     "fp32": ["precision=fp32"],
     "fp8": ["precision=fp8"],
     "mask e8m3": ["precision=mask", "precision.format=e8m3"],
+    "mxfp8": ["precision=mxfp8"],
+    "mxfp4": ["precision=mxfp4"],
+    "nvfp4": ["precision=nvfp4"],  # stochastic rounding on gradients, Hadamard-16 on wgrad operands
 }
 
 
@@ -55,12 +59,17 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--only", default=None, help="comma-separated variants besides fp32 (default: all: "
+                        + ", ".join(VARIANTS) + ")")
     args, overrides = parser.parse_known_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    chosen = set(VARIANTS) if args.only is None else set(args.only.split(","))
+    if not chosen <= set(VARIANTS):
+        parser.error(f"unknown variant in --only: {', '.join(sorted(chosen - set(VARIANTS)))}; accepted: {', '.join(VARIANTS)}")
     with initialize_config_module(config_module="precisionlab.configs", version_base="1.3"):
         cfgs = {name: validate(compose(config_name="train", overrides=[*extra, *overrides, f"device={args.device}"]))
-                for name, extra in VARIANTS.items()}
+                for name, extra in VARIANTS.items() if name == "fp32" or name in chosen}
     base = cfgs["fp32"]
     device = resolve_device(base.device)
     tokens = load_dataset(base.data)[0]

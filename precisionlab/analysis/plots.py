@@ -18,8 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
-from precisionlab.analysis.report import Report, mantissa_bits
-from precisionlab.numerics.formats import FloatFormat
+from precisionlab.analysis.report import Report, bits_per_element, format_family
 
 __all__ = ["figures", "png", "loss_curves", "final_loss_heatmap", "stability_vs_bits", "sharpness_curves"]
 
@@ -140,42 +139,41 @@ def _hatch(x: int, y: int) -> Rectangle:
 
 
 def stability_vs_bits(*reports: Report) -> Figure | None:
-    """Diverged fraction and LR sensitivity against mantissa bits, one line per exponent width
-    (and per sweep when given several); variants with more than 10 mantissa bits (fp32, tf32)
+    """Diverged fraction and LR sensitivity against bits per element (a block format's scales
+    included), one line per family: element formats by exponent width, block formats by scale
+    and block (and per sweep when given several); variants of more than 16 bits (fp32, tf32)
     are dashed reference lines."""
     tables = []
     for report in reports:
-        table = report.by_variant.assign(man=report.by_variant.variant.map(mantissa_bits))
+        table = report.by_variant.assign(bits=report.by_variant.variant.map(bits_per_element))
         prefix = f"{report.sweep}: " if len(reports) > 1 else ""
-        tables.append(table[table.man.notna()].assign(sweep=prefix))
+        tables.append(table[table.bits.notna()].assign(sweep=prefix))
     table = pd.concat(tables, ignore_index=True)
     if table.empty:
         return None
     fig = Figure(figsize=(9.5, 3.4), layout="constrained")
     axes = fig.subplots(1, 2)
-    wide, narrow = table[table.man > 10], table[table.man <= 10]
-    series = narrow.assign(exp=[FloatFormat.parse(v.split("/")[0].split(" ")[0]).exp_bits for v in narrow.variant],
+    wide, narrow = table[table.bits > 16], table[table.bits <= 16]
+    series = narrow.assign(family=narrow.variant.map(format_family),
                            extra=[v.split(" ", 1)[1] if " " in v else "" for v in narrow.variant])
     for ax, column, label in ((axes[0], "diverged_frac", "diverged runs (%)"),
                               (axes[1], "lr_sensitivity", "LR sensitivity")):
         scale = 100.0 if column == "diverged_frac" else 1.0
-        for k, ((sweep, exp, extra), group) in enumerate(series.groupby(["sweep", "exp", "extra"], sort=False)):
-            group = group.sort_values("man")
-            ax.plot(group.man, group[column] * scale, marker="o", label=f"{sweep}E{exp} {extra}".strip())
+        for k, ((sweep, family, extra), group) in enumerate(series.groupby(["sweep", "family", "extra"], sort=False)):
+            group = group.sort_values("bits")
+            ax.plot(group.bits, group[column] * scale, marker="o", label=f"{sweep}{family} {extra}".strip())
             for row in group.itertuples():  # labels of later series sit lower, so equal values stay legible
-                ax.annotate(row.variant.split(" ")[0], (row.man, getattr(row, column) * scale), fontsize=7,
+                ax.annotate(row.variant.split(" ")[0], (row.bits, getattr(row, column) * scale), fontsize=7,
                             textcoords="offset points", xytext=(4, 4 - 11 * k))
         for i, row in enumerate(wide.itertuples()):
             ax.axhline(getattr(row, column) * scale, ls="--", lw=1, color=f"C{(i + 5) % 10}",
                        label=f"{row.sweep}{row.variant}")
-        ax.set_xlabel("mantissa bits")
+        ax.set_xlabel("bits per element (scales included)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        if len(narrow):
-            ax.set_xticks(sorted(set(narrow.man.astype(int))))
     axes[0].set_ylim(-4, 104)
     axes[0].legend(fontsize=8)
-    fig.suptitle("stability against mantissa bits", fontsize=10)
+    fig.suptitle("stability against bits per element", fontsize=10)
     return fig
 
 

@@ -76,8 +76,9 @@ CAPTIONS = {
                        "per seed; × marks where a run diverged (clipped to the top of the panel).",
     "final_loss_heatmap.png": "Final validation loss per format and learning rate (mean ± std over completed "
                               "seeds); hatched grey cells have no completed run.",
-    "stability_vs_bits.png": "Diverged fraction and LR sensitivity against mantissa bits, one line per exponent "
-                             "width; dashed lines are formats with more than 10 mantissa bits.",
+    "stability_vs_bits.png": "Diverged fraction and LR sensitivity against bits per element (a block format's "
+                             "scales included: mxfp4 4.25, nvfp4 4.5), one line per exponent width or block "
+                             "scaling; dashed lines are formats of more than 16 bits.",
 }
 
 

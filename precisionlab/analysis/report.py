@@ -7,7 +7,8 @@ on runs with known values.
 
 Definitions (the README's "Reading a report" repeats them):
   variant       what a row compares: the formats of the GEMM inputs (one name when
-                x, w and grad share it, else x/w/grad; fp32 when nothing is cast),
+                x, w and grad share it, else x/w/grad; fp32 when nothing is cast;
+                a generic block spelling with ':' for '/', e.g. e2m1fn:b16x16:e4m3fn),
                 plus every other config value that varies between runs of one format
                 besides the learning rate and the seed, e.g. "e8m7 [rounding=toward_zero]".
   ℓ₀            a run's initial loss: its train loss at step 1.
@@ -38,11 +39,12 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from precisionlab.numerics.blocks import BlockFormat, parse_format
 from precisionlab.numerics.formats import FloatFormat
 from precisionlab.store import DONE, NON_SEMANTIC_KEYS, ResultsStore, StoreError
 
-__all__ = ["Report", "ReportError", "build", "by_lr", "by_variant", "compare", "compare_notes", "filter_runs", "fisher_greater", "format_order",
-           "label_runs", "sharpness_by_step"]
+__all__ = ["Report", "ReportError", "bits_per_element", "build", "by_lr", "by_variant", "compare", "compare_notes", "filter_runs",
+           "fisher_greater", "format_family", "format_order", "label_runs", "role_formats", "sharpness_by_step", "short_format"]
 
 FORMAT_KEYS = {"format", "x", "w", "grad", "name"}  # precision.* keys the formats columns already show
 GRID_AXES = {"seed", "optim.lr", "lr"}              # what the tables are taken over, never part of a variant
@@ -88,22 +90,57 @@ class Report:
 # --------------------------------------------------------------------------- ordering and labels
 
 
-def format_order(label: str) -> tuple:
-    """Sort key: more exponent bits first, then more mantissa bits (e8m7 > e8m3 > e7m7), then the label.
-    `label` is a variant; its first format name decides."""
-    name = re.split(r"[/ ]", label, maxsplit=1)[0]
-    try:
-        fmt = FloatFormat.parse(name)
-    except ValueError:
-        return (1, 0, 0, label)
-    return (0, -fmt.exp_bits, -fmt.man_bits, label)
+def role_formats(label: str) -> list[str]:
+    """The format names a variant label starts with: one, or x/w/grad."""
+    return label.split(" ", 1)[0].split("/")
 
 
-def mantissa_bits(label: str) -> int | None:
+def _parsed(label: str) -> list[FloatFormat | BlockFormat] | None:
     try:
-        return FloatFormat.parse(re.split(r"[/ ]", label, maxsplit=1)[0]).man_bits
+        return [parse_format(_unshort(name)) for name in role_formats(label)]
     except ValueError:
         return None
+
+
+def bits_per_element(label: str) -> float | None:
+    """Storage bits per element of a variant, a block format's share of its scales included
+    (mxfp4 4.25, nvfp4 4.5); the mean over x, w and grad when they differ; None if unparseable."""
+    fmts = _parsed(label)
+    if fmts is None:
+        return None
+    return float(np.mean([f.bits_per_element if isinstance(f, BlockFormat) else f.bits for f in fmts]))
+
+
+def format_order(label: str) -> tuple:
+    """Sort key: more bits per element first (fp32, bf16, e8m6, …, mxfp8, nvfp4, mxfp4), then more
+    exponent bits, more mantissa bits, then the label. `label` is a variant; unparseable ones last."""
+    fmts = _parsed(label)
+    if fmts is None:
+        return (1, 0.0, 0, 0, label)
+    first = fmts[0].element if isinstance(fmts[0], BlockFormat) else fmts[0]
+    return (0, -bits_per_element(label), -first.exp_bits, -first.man_bits, label)
+
+
+def format_family(label: str) -> str | None:
+    """What a stability-vs-bits line connects: element formats by exponent width ("E8"), block
+    formats by scale format and block ("e8m0-scaled b32"); None if unparseable."""
+    fmts = _parsed(label)
+    if fmts is None:
+        return None
+    f = fmts[0]
+    if not isinstance(f, BlockFormat):
+        return f"E{f.exp_bits}"
+    shape = f"{f.block}x{f.block_cols}" if f.block_cols > 1 else f"{f.block}"
+    return f"{f.scale}-scaled b{shape}" + (" + tensor scale" if f.tensor_scale else "")
+
+
+def short_format(name: str) -> str:
+    """A format name fit for a label: generic block spellings use ':' (labels split roles at '/')."""
+    return name.replace("/", ":")
+
+
+def _unshort(name: str) -> str:
+    return name.replace(":", "/")
 
 
 def _skipped(key: str) -> bool:
@@ -118,6 +155,7 @@ def label_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """`runs` (store.runs()) plus `format`, `variant` and `capped_loss` (ℓ, see the module docstring)."""
     runs = runs.copy()
     roles = [runs[c].astype(object).where(runs[c].notna(), "fp32") for c in ("format_x", "format_w", "format_grad")]
+    roles = [r.map(lambda name: short_format(str(name))) for r in roles]
     runs["format"] = [x if x == w == g else f"{x}/{w}/{g}" for x, w, g in zip(*roles)]
     extras = [""] * len(runs)
     if "config" in runs and len(runs):

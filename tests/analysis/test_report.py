@@ -30,6 +30,8 @@ from precisionlab.analysis.report import (
     compare_notes,
     filter_runs,
     fisher_greater,
+    bits_per_element,
+    format_family,
     format_order,
     label_runs,
 )
@@ -153,9 +155,37 @@ def test_sharpness_per_format_and_step(store):
 
 
 def test_format_order_reads_the_bit_reduction_top_to_bottom():
-    names = ["e7m7", "e8m3", "bf16", "e8m5", "fp32", "e4m3fn/e4m3fn/e5m2", "e8m4", "e8m6", "e5m2", "mystery"]
+    names = ["e7m7", "e8m3", "bf16", "e8m5", "fp32", "e4m3fn/e4m3fn/e5m2", "e8m4", "e8m6", "e5m2", "mystery",
+             "mxfp4", "nvfp4", "mxfp8", "mxfp6", "e2m1fn:b16x16:e4m3fn:amax:tensor", "e2m1fn"]
+    # bits per element: 32, 16, 15, 15, 14, 13, 12, 8, 8, 8.25, 6.25, 4.5, 4.25, 4 + 8/256, 4
     assert sorted(names, key=format_order) == [
-        "fp32", "bf16", "e8m6", "e8m5", "e8m4", "e8m3", "e7m7", "e5m2", "e4m3fn/e4m3fn/e5m2", "mystery"]
+        "fp32", "bf16", "e8m6", "e7m7", "e8m5", "e8m4", "e8m3", "mxfp8", "e5m2", "e4m3fn/e4m3fn/e5m2",
+        "mxfp6", "nvfp4", "mxfp4", "e2m1fn:b16x16:e4m3fn:amax:tensor", "e2m1fn", "mystery"]
+
+
+def test_bits_per_element_counts_the_scales():
+    # written out from the formats' definitions: element bits + scale bits / block elements
+    assert bits_per_element("mxfp4") == 4 + 8 / 32
+    assert bits_per_element("nvfp4") == 4 + 8 / 16
+    assert bits_per_element("mxfp8_e5m2") == 8 + 8 / 32
+    assert bits_per_element("e4m3fn:b128:fp32") == 8 + 32 / 128
+    assert bits_per_element("e2m1fn:b16x16:e4m3fn:amax:tensor") == 4 + 8 / 256
+    assert bits_per_element("e4m3fn/e4m3fn/e5m2") == 8
+    assert bits_per_element("nvfp4/e2m1fn:b16x16:e4m3fn:amax:tensor/nvfp4 [hadamard=16]") == (4.5 + 4 + 8 / 256 + 4.5) / 3
+    assert bits_per_element("mystery") is None
+    assert format_family("e8m3") == "E8" and format_family("mxfp4") == format_family("mxfp8") != format_family("nvfp4")
+
+
+def test_block_format_variants_are_readable_and_sorted_by_bits(tmp_path):
+    store = ResultsStore(tmp_path / "store.db")
+    store.add_sweep("fp4")
+    nvfp4 = _config("nvfp4", 1e-3, 0, "nearest_even")
+    nvfp4["precision"]["w"] = "e2m1fn/b16x16/e4m3fn/amax/tensor"
+    for cfg in (_config("mxfp4", 1e-3, 0, "nearest_even"), nvfp4, _config("bf16", 1e-3, 0, "nearest_even"),
+                _config("mxfp8", 1e-3, 0, "nearest_even")):
+        _record(store, cfg, "completed", 3.0, None, 0, sweep="fp4")
+    table = build(store, "fp4").by_variant
+    assert list(table.variant) == ["bf16", "mxfp8", "nvfp4/e2m1fn:b16x16:e4m3fn:amax:tensor/nvfp4", "mxfp4"]
 
 
 def test_variants_name_what_else_varies(tmp_path):
