@@ -85,7 +85,7 @@ def store(tmp_path):
 
 def test_per_format_and_lr_table(store):
     table = build(store, SWEEP).by_lr.set_index(["variant", "lr"])
-    assert list(dict.fromkeys(table.index.get_level_values(0))) == ["fp32", "e8m7", "e8m3", "e7m7"]
+    assert list(dict.fromkeys(table.index.get_level_values(0))) == ["fp32", "e8m7", "e7m7", "e8m3"]
     row = table.loc[("e8m7", 1e-2)]
     assert (row.runs, row.finished, row.diverged, row.failed) == (2, 2, 1, 0)
     assert row.diverged_frac == 0.5 and row.median_diverged_step == 40
@@ -106,7 +106,7 @@ def test_per_format_and_lr_table(store):
 def test_per_format_table_and_verdicts(store):
     report = build(store, SWEEP)
     table = report.by_variant.set_index("variant")
-    assert list(table.index) == ["fp32", "e8m7", "e8m3", "e7m7"] and report.reference == "fp32"
+    assert list(table.index) == ["fp32", "e8m7", "e7m7", "e8m3"] and report.reference == "fp32"
     expected_sensitivity = {"fp32": 0.2, "e8m7": 0.65, "e8m3": 0.625, "e7m7": 0.075}
     for variant, value in expected_sensitivity.items():
         assert table.loc[variant, "lr_sensitivity"] == pytest.approx(value), variant
@@ -117,7 +117,7 @@ def test_per_format_table_and_verdicts(store):
     assert (table.loc["e7m7", "finished"], table.loc["e7m7", "failed"]) == (3, 1)
     assert (table.loc["e8m3", "stable_lrs"], table.loc["e8m3", "lrs"]) == (1, 2)
     assert table.loc["e8m7", "initial_loss"] == pytest.approx(L0)
-    assert list(table.verdict) == ["reference", "less stable", "less stable", "as stable"]
+    assert list(table.verdict) == ["reference", "less stable", "as stable", "less stable"]
     assert "diverged 1/4 vs 0/4" in table.loc["e8m7", "reason"] and "0.650 vs 0.200" in table.loc["e8m7", "reason"]
     assert report.headline().startswith("As stable as fp32 (reference): e7m7.")
     assert any("1 run(s) failed" in note for note in report.notes)
@@ -208,7 +208,7 @@ def test_where_filters(store):
     kept = filter_runs(runs, ["lr < 0.005 and seed == 0", "format != 'e7m7'"])
     assert sorted(kept.format) == ["e8m3", "e8m7", "fp32"] and set(kept.seed) == {0}
     report = build(store, SWEEP, ["format=e8m3,e7m7"])
-    assert list(report.by_variant.variant) == ["e8m3", "e7m7"] and report.reference == "e8m3"
+    assert list(report.by_variant.variant) == ["e7m7", "e8m3"] and report.reference == "e7m7"
     assert any("8 of 16 runs" in note for note in report.notes)
 
 
@@ -284,7 +284,7 @@ def test_compare_two_sweeps(store):
     _record(store, _config("e8m3", 1e-2, 0, "nearest_even"), "diverged", None, 12, 0, sweep="other")
     a, b = build(store, SWEEP), build(store, "other")
     table = compare(a, b).set_index("variant")
-    assert list(table.index) == ["fp32", "e8m7", "e8m3", "e7m7"]
+    assert list(table.index) == ["fp32", "e8m7", "e7m7", "e8m3"]
     row = table.loc["e8m3"]
     assert (row.diverged_a, row.finished_a, row.diverged_b, row.finished_b) == (2, 4, 1, 2)
     assert row.lr_sensitivity_a == pytest.approx(0.625) and row.lr_sensitivity_b == pytest.approx(1.25)
