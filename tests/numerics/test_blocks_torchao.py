@@ -18,7 +18,10 @@ with warnings.catch_warnings():
     from torchao.prototype.mx_formats.constants import DTYPE_FP6_E2M3, DTYPE_FP6_E3M2
     from torchao.prototype.mx_formats.kernels import f4_unpacked_to_f32, unpack_uint4
     from torchao.prototype.mx_formats.mx_tensor import to_dtype, to_mx
-    from torchao.prototype.mx_formats.nvfp4_tensor import nvfp4_quantize, per_tensor_amax_to_scale
+    from torchao.prototype.mx_formats.nvfp4_tensor import (
+        nvfp4_quantize,
+        per_tensor_amax_to_scale,
+    )
 
 FLOOR, RCEIL = ScaleCalculationMode.FLOOR, ScaleCalculationMode.RCEIL
 # our MX name -> (torchao element dtype, our element name)
