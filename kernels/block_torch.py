@@ -131,10 +131,14 @@ def _consts(spec: BlockSpec, device) -> torch.Tensor:
     return torch.cat([em, sm, 1 / em, sm * em]).to(device)
 
 
-def block_cast_torch(x: torch.Tensor, spec: BlockSpec, seed: int = 0, compiled: bool = False) -> torch.Tensor:
+def block_cast_torch(
+    x: torch.Tensor, spec: BlockSpec, seed: int | torch.Tensor = 0, compiled: bool = False, element_cast=cast_bits
+) -> torch.Tensor:
     """Fake-quantize contiguous fp32 `x` (rows, K) in blocks per `spec`; returns a new (rows, K) tensor.
 
     `compiled` runs large non-stochastic casts through the torch.compile'd `_fused` (same bits).
+    Stochastic rounding casts the scaled elements with `element_cast` (`cast_bits` or a compiled
+    copy of it, same bits); `seed` is an int or its `philox_key` tensor.
     """
     if x.dtype != torch.float32 or x.dim() != 2:
         raise ValueError(f"block_cast_torch takes a 2-D float32 tensor, got {x.dim()}-d {x.dtype}")
@@ -164,7 +168,7 @@ def block_cast_torch(x: torch.Tensor, spec: BlockSpec, seed: int = 0, compiled: 
         m, d, a, b = _factors(amax, spec, consts, S)
         _blocked(y, *r).copy_((v * m) / d)
         post.append((a, b, torch.isfinite(amax)))
-    q = cast_bits(y.view(torch.int32), spec.elem, torch.float32, seed).view(torch.float32)
+    q = element_cast(y.view(torch.int32), spec.elem, torch.float32, seed).view(torch.float32)
     out = torch.empty_like(x)
     for r, (a, b, finite) in zip(regions, post):
         _blocked(out, *r).copy_(torch.where(finite, (_blocked(q, *r) * a) / b, float("nan")))

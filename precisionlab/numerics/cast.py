@@ -197,8 +197,12 @@ def _quantize_blocks(x: torch.Tensor, spec: BlockSpec, axis: int, seed: int, bac
     else:
         from precisionlab.kernels.block_torch import block_cast_torch
 
-        compiled = x2d.numel() >= COMPILE_MIN_NUMEL and spec.elem.rounding != STOCHASTIC and not x2d.is_cuda
-        out2d = block_cast_torch(x2d, spec, seed, compiled=compiled and os.environ.get("PRECISIONLAB_COMPILE", "1") != "0")
+        if spec.elem.rounding == STOCHASTIC:  # the elements through the (compiled) element cast, Philox included
+            element_cast = _cast_bits_on_cpu(x2d, spec.elem)
+            out2d = block_cast_torch(x2d, spec, philox_key(seed, x2d.device), element_cast=element_cast)
+        else:
+            compiled = x2d.numel() >= COMPILE_MIN_NUMEL and not x2d.is_cuda
+            out2d = block_cast_torch(x2d, spec, seed, compiled=compiled and os.environ.get("PRECISIONLAB_COMPILE", "1") != "0")
     out = out2d.view(moved.shape).movedim(-1, axis).reshape(x.shape)
     return out.contiguous().to(x.dtype)
 

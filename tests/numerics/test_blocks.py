@@ -327,3 +327,9 @@ def test_compiled_twin_is_bit_identical_to_eager(monkeypatch):
         monkeypatch.setenv("PRECISIONLAB_COMPILE", "1")
         compiled = quantize(x, name, axis=axis)
         assert_same_bits(compiled.numpy(), eager.numpy(), x.numpy(), f"compiled {name} axis={axis}")
+    for name in ("mxfp4", "nvfp4"):  # stochastic: the elements go through the compiled element cast
+        monkeypatch.setenv("PRECISIONLAB_COMPILE", "0")
+        eager = quantize(x, name, rounding="stochastic", seed=11)
+        monkeypatch.setenv("PRECISIONLAB_COMPILE", "1")
+        compiled = quantize(x, name, rounding="stochastic", seed=11)
+        assert_same_bits(compiled.numpy(), eager.numpy(), x.numpy(), f"compiled {name} stochastic")
