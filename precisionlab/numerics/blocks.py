@@ -205,8 +205,9 @@ def parse_format(name: str | FloatFormat | BlockFormat) -> FloatFormat | BlockFo
     if "/" not in name:
         try:
             return FloatFormat.parse(name)
-        except ValueError:
-            raise ValueError(f"unknown format {name!r}; {_BOTH_HELP}") from None
+        except ValueError as err:  # keep FloatFormat's reason ("out of range", "unknown format")
+            reason = str(err).split("; accepted", 1)[0]
+            raise ValueError(f"{reason}; {_BOTH_HELP}") from None
     return _parse_generic(name)
 
 
