@@ -29,3 +29,25 @@ class CastSpec(NamedTuple):
     def finite_overflow_bits(self) -> int:
         """A finite value beyond max_finite: IEEE round-toward-zero never overflows to Inf."""
         return self.max_bits if self.rounding == TOWARD_ZERO else self.overflow_bits
+
+
+# Block scale rules (BlockSpec.rule) and scale kinds (BlockSpec.scale_kind).
+RULES = ("floor", "rceil", "amax")
+RULE_FLOOR, RULE_RCEIL, RULE_AMAX = range(3)
+SCALE_E8M0, SCALE_FLOAT = range(2)
+
+
+class BlockSpec(NamedTuple):
+    """Everything a block cast needs (see /work/notes/blockspec.md); hashable, ints/bools and CastSpecs only.
+
+    The scaled element x / s is cast with `elem`; the scale s comes from the block's amax per `rule`.
+    """
+
+    elem: CastSpec  # the element cast (rounding, saturate, subnormals of the user's call)
+    elem_emax: int  # unbiased exponent of the element format's largest normal (rule floor: s = 2^(floor(log2 amax) - elem_emax))
+    block: int  # B: elements per block along the cast axis (a power of two)
+    block_cols: int  # C: rows of the other axis per block (2-D blocks B x C); 1 = 1-D blocks
+    rule: int  # RULE_FLOOR, RULE_RCEIL (both with SCALE_E8M0) or RULE_AMAX (with SCALE_FLOAT)
+    scale_kind: int  # SCALE_E8M0 (power of two, exponent clamped to [-127, 127]) or SCALE_FLOAT
+    scale: CastSpec | None  # SCALE_FLOAT: the scale's cast (nearest even, saturating, subnormals kept); None for E8M0
+    tensor_scale: bool  # second-level fp32 tensor scale S (NVFP4 arithmetic); only with RULE_AMAX

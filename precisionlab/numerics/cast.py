@@ -13,12 +13,17 @@ from precisionlab.kernels.spec import (
     FP32_INF_BITS,
     FP32_NAN_BITS,
     ROUNDING_MODES,
+    RULES,
+    SCALE_E8M0,
+    SCALE_FLOAT,
     STOCHASTIC,
+    BlockSpec,
     CastSpec,
 )
+from precisionlab.numerics.blocks import BlockFormat, parse_format
 from precisionlab.numerics.formats import FloatFormat
 
-__all__ = ["quantize", "cast_spec", "ROUNDING_MODES", "BACKENDS"]
+__all__ = ["quantize", "cast_spec", "block_spec", "ROUNDING_MODES", "BACKENDS"]
 
 BACKENDS = ("auto", "torch", "triton")
 _WIDENED = (torch.float16, torch.bfloat16)  # cast in fp32: widening them is exact
@@ -64,10 +69,29 @@ def cast_spec(fmt: FloatFormat, rounding: str, saturate: bool, subnormals: bool)
     )
 
 
+@functools.lru_cache(maxsize=None)
+def block_spec(fmt: BlockFormat, rounding: str, saturate: bool, subnormals: bool) -> BlockSpec:
+    """The constants of a block cast: the elements round per the options, the scale always to nearest
+    even, saturating, subnormals kept."""
+    elem = cast_spec(fmt.element, rounding, saturate, subnormals)
+    scale = None if fmt.scale_format is None else cast_spec(fmt.scale_format, "nearest_even", True, True)
+    return BlockSpec(
+        elem=elem,
+        elem_emax=(elem.max_bits >> 23) - 127,
+        block=fmt.block,
+        block_cols=fmt.block_cols,
+        rule=RULES.index(fmt.rule),
+        scale_kind=SCALE_E8M0 if scale is None else SCALE_FLOAT,
+        scale=scale,
+        tensor_scale=fmt.tensor_scale,
+    )
+
+
 def quantize(
     x: torch.Tensor,
-    fmt: FloatFormat | str,
+    fmt: FloatFormat | BlockFormat | str,
     *,
+    axis: int = -1,
     rounding: str = "nearest_even",
     saturate: bool = True,
     subnormals: bool = True,
@@ -82,7 +106,11 @@ def quantize(
     straight-through autograd Function (`precisionlab.quant.linear`).
 
     Args:
-      fmt: a `FloatFormat` or a name such as "e4m3fn", "e5m2", "e8m3", "bf16".
+      fmt: a `FloatFormat`, a `BlockFormat` or a name such as "e4m3fn", "e5m2", "e8m3", "bf16",
+        "mxfp8", "nvfp4", "e2m1fn/b32/e8m0" (`parse_format`).
+      axis: block formats only: blocks are B consecutive elements along this axis (the last
+        block may be partial); 2-D blocks (B x C) need a 2-D tensor, C along the other axis.
+        Ignored for element formats.
       rounding: "nearest_even" (IEEE default), "nearest_away" (ties away from
         zero), "toward_zero" (mantissa bit masking), "stochastic" (rounds up
         with probability equal to the discarded fraction, 31 random bits).
@@ -100,18 +128,23 @@ def quantize(
     NaN stays NaN even for formats that have no NaN code (so a training run
     can still see it diverge); signed zero is kept, except fnuz formats (+0).
     """
-    fmt = FloatFormat.parse(fmt)
+    fmt = parse_format(fmt)
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"quantize needs a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point() or x.dtype not in (torch.float32, torch.float64, *_WIDENED):
         raise ValueError(f"quantize needs a float32, float64, float16 or bfloat16 tensor, got {x.dtype}")
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; accepted: {', '.join(BACKENDS)}")
-    spec = cast_spec(fmt, rounding, bool(saturate), bool(subnormals))
+    if rounding not in ROUNDING_MODES:
+        raise ValueError(f"unknown rounding {rounding!r}; accepted: {', '.join(ROUNDING_MODES)}")
     if seed is None:
         seed = int(torch.randint(0, 2**62, ()).item()) if rounding == "stochastic" else 0
     elif not 0 <= seed < 2**63:
         raise ValueError(f"seed must be in [0, 2^63), got {seed}")
+    if isinstance(fmt, BlockFormat):
+        spec = block_spec(fmt, rounding, bool(saturate), bool(subnormals))
+        return _quantize_blocks(x, spec, axis, seed, backend)
+    spec = cast_spec(fmt, rounding, bool(saturate), bool(subnormals))
 
     work = x.detach()
     if work.dtype in _WIDENED:
@@ -132,6 +165,39 @@ def quantize(
         bits = work.contiguous().view(SOURCE_FORMATS[work.dtype][0])
         out = _cast_bits_on_cpu(bits, spec)(bits, spec, work.dtype, seed).view(work.dtype)
     return out.view(x.shape).to(x.dtype)
+
+
+def _quantize_blocks(x: torch.Tensor, spec: BlockSpec, axis: int, seed: int, backend: str) -> torch.Tensor:
+    """Move the block axis last, cast the (rows, K) view block by block, move it back."""
+    if x.dtype == torch.float64:
+        raise ValueError("block formats cast float32, float16 or bfloat16 tensors (their scale arithmetic is fp32)")
+    ndim = max(x.dim(), 1)  # a 0-d tensor is one block of one element
+    if isinstance(axis, bool) or not isinstance(axis, int) or not -ndim <= axis < ndim:
+        raise ValueError(f"axis {axis!r} is out of range for a {x.dim()}-d tensor; accepted: -{ndim}..{ndim - 1}")
+    if spec.block_cols > 1 and x.dim() != 2:
+        raise ValueError(f"2-D blocks ({spec.block}x{spec.block_cols}) need a 2-D tensor, got {x.dim()}-d")
+    work = x.detach().float()
+    if work.dim() == 0:
+        work = work.reshape(1)
+    if backend == "auto":
+        backend = "triton" if work.is_cuda else "torch"
+    moved = work.movedim(axis, -1)
+    x2d = moved.reshape(-1, moved.shape[-1]).contiguous()
+    if x2d.numel() == 0:
+        out2d = x2d.clone()
+    elif backend == "triton":
+        if not work.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError("backend='triton' needs a CUDA tensor (or TRITON_INTERPRET=1 for CPU tensors)")
+        from precisionlab.kernels.block_triton import block_cast_triton  # helper "blockkernel"'s kernel
+
+        out2d = block_cast_triton(x2d, spec, seed)
+    else:
+        from precisionlab.kernels.block_torch import block_cast_torch
+
+        compiled = x2d.numel() >= COMPILE_MIN_NUMEL and spec.elem.rounding != STOCHASTIC and not x2d.is_cuda
+        out2d = block_cast_torch(x2d, spec, seed, compiled=compiled and os.environ.get("PRECISIONLAB_COMPILE", "1") != "0")
+    out = out2d.view(moved.shape).movedim(-1, axis).reshape(x.shape)
+    return out.contiguous().to(x.dtype)
 
 
 _compiled = None
