@@ -9,7 +9,7 @@ One program casts a tile of whole blocks held as an (NB, CHUNK) register tile:
 row i of the tile is one block, column j its j-th element (row-major inside the
 B x C block), so the block amax is one `tl.max(axis=1)` and the scale
 broadcasts along axis 1. Blocks larger than MAX_TILE elements (B x C up to
-65536) take one program each and are walked in MAX_TILE-element chunks twice:
+65536) take one program each and are walked in CHUNK_SIZE-element chunks twice:
 once for amax, once for the cast (the re-read is served by L2).
 
 The arithmetic is kernels/block_torch.py's (DESIGN "Block-scaled formats",
@@ -53,9 +53,10 @@ from .spec import SCALE_E8M0 as _SCALE_E8M0
 from .spec import BlockSpec
 from .spec import RULE_RCEIL as _RULE_RCEIL
 
-__all__ = ["block_cast_kernel", "block_cast_triton", "block_kernel_constexprs", "tile_config", "MAX_TILE"]
+__all__ = ["block_cast_kernel", "block_cast_triton", "block_kernel_constexprs", "tile_config", "MAX_TILE", "CHUNK_SIZE"]
 
-MAX_TILE = 2048  # elements per program (and per chunk of a larger block)
+MAX_TILE = 2048  # elements per program (whole blocks)
+CHUNK_SIZE = 1024  # elements per step through a block larger than MAX_TILE (2048 spills on sm_80 around div.rn)
 NUM_WARPS = 8
 # Globals read inside @triton.jit must be constexpr.
 SCALE_E8M0 = tl.constexpr(_SCALE_E8M0)
@@ -143,12 +144,23 @@ def block_cast_kernel(
     C: tl.constexpr,  # rows per block (power of two; 1 = 1-D blocks)
     CB: tl.constexpr,  # blocks per tile along K
     NB: tl.constexpr,  # blocks per tile (NB // CB along the rows); 1 when chunked
-    CHUNK: tl.constexpr,  # elements of each block loaded at once: min(B * C, MAX_TILE)
+    CHUNK: tl.constexpr,  # elements of each block loaded at once: B * C, or CHUNK_SIZE above MAX_TILE
     NCHUNK: tl.constexpr,  # B * C // CHUNK: 1 = one pass over registers, > 1 = two sweeps over the block
 ):
     pid = tl.program_id(0).to(tl.int64)
     pid_r = pid // n_col_tiles
     pid_c = pid % n_col_tiles
+    one = _f32(0x3F800000)
+
+    # -- two-level scaling: S and 1/S from amax_t, first (fewer live values across the divisions) --
+    tensor_s = one
+    inv_tensor_s = one
+    if TENSOR_SCALE:
+        if not AMAX_PASS:
+            amax_t = tl.load(amax_ptr).to(tl.float32, bitcast=True)
+            big = tl.math.div_rn(_f32(SCALE_MAX_BITS) * _f32(MAX_BITS), amax_t)  # fp32(SM * EM) / amax_t
+            tensor_s = tl.where(amax_t == 0, one, tl.minimum(big, _f32(FP32_MAX_BITS)))
+            inv_tensor_s = tl.math.div_rn(one, tensor_s)
 
     # -- amax of each block of the tile, as magnitude bits (NaN > Inf > every finite value) --
     if NCHUNK == 1:
@@ -168,7 +180,6 @@ def block_cast_kernel(
     else:
         # -- the block scale s (applied as q * s) and the element multiplier or divisor --
         amax_f = amax.to(tl.float32, bitcast=True)
-        tensor_s = _f32(0x3F800000)  # S (two-level scaling only)
         if SCALE_KIND == SCALE_E8M0:
             # floor(log2 amax) from the exponent bits (subnormal amax normalised by an exact * 2^64)
             sub = amax < 0x00800000
@@ -181,10 +192,7 @@ def block_cast_kernel(
             mult = _pow2(-k)  # exact 1 / s
         else:
             if TENSOR_SCALE:
-                amax_t = tl.load(amax_ptr).to(tl.float32, bitcast=True)
-                big = tl.math.div_rn(_f32(SCALE_MAX_BITS) * _f32(MAX_BITS), amax_t)  # fp32(SM * EM) / amax_t
-                tensor_s = tl.where(amax_t == 0, _f32(0x3F800000), tl.minimum(big, _f32(FP32_MAX_BITS)))
-                inv_em = tl.math.div_rn(_f32(0x3F800000), _f32(MAX_BITS))  # fp32(1 / EM)
+                inv_em = tl.math.div_rn(one, _f32(MAX_BITS))  # fp32(1 / EM), folded at compile time
                 unscaled = tl.minimum(amax_f * (tensor_s * inv_em), _f32(SCALE_MAX_BITS))
             else:
                 unscaled = tl.math.div_rn(amax_f, _f32(MAX_BITS))
@@ -194,8 +202,7 @@ def block_cast_kernel(
                 SCALE_OVERFLOW_BITS, SCALE_OVERFLOW_BITS, 0, SCALE_FLUSH_SUBNORMALS, SCALE_NO_NEGATIVE_ZERO,
             ).to(tl.float32, bitcast=True)
             if TENSOR_SCALE:
-                one = _f32(0x3F800000)
-                mult = tl.math.div_rn(one, s * tl.math.div_rn(one, tensor_s))  # enc
+                mult = tl.math.div_rn(one, s * inv_tensor_s)  # enc = 1 / (s_b * (1 / S))
             else:
                 mult = s  # unused: the elements are divided by s
         s2 = s[:, None]
@@ -295,8 +302,8 @@ def block_kernel_constexprs(spec: BlockSpec) -> dict:
 def tile_config(spec: BlockSpec, K: int) -> dict:
     """Tiling constexprs: whole blocks per program up to MAX_TILE elements, as many as fit along K first."""
     B, C = spec.block, spec.block_cols
-    chunk = min(B * C, MAX_TILE)
-    nb = MAX_TILE // chunk
+    chunk = B * C if B * C <= MAX_TILE else CHUNK_SIZE
+    nb = max(MAX_TILE // chunk, 1) if B * C <= MAX_TILE else 1
     cb = min(triton.next_power_of_2(triton.cdiv(K, B)), nb)
     return dict(B=B, C=C, CB=cb, NB=nb, CHUNK=chunk, NCHUNK=B * C // chunk)
 
