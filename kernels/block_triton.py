@@ -192,7 +192,7 @@ def block_cast_kernel(
             mult = _pow2(-k)  # exact 1 / s
         else:
             if TENSOR_SCALE:
-                inv_em = tl.math.div_rn(one, _f32(MAX_BITS))  # fp32(1 / EM), folded at compile time
+                inv_em = tl.math.div_rn(one, _f32(MAX_BITS))  # fp32(1 / EM)
                 unscaled = tl.minimum(amax_f * (tensor_s * inv_em), _f32(SCALE_MAX_BITS))
             else:
                 unscaled = tl.math.div_rn(amax_f, _f32(MAX_BITS))
