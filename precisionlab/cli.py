@@ -15,6 +15,7 @@ from typing import Optional
 
 import typer
 
+from precisionlab.numerics.blocks import NAMED_BLOCK_FORMATS, BlockFormat, parse_format
 from precisionlab.numerics.formats import NAMED_FORMATS, FloatFormat
 
 app = typer.Typer(
@@ -43,21 +44,33 @@ def _fmt_value(v: float) -> str:
 def formats(
     format: Optional[list[str]] = typer.Option(None, "--format", "-f", help="Describe this format name (repeatable)."),
 ) -> None:
-    """Table of number formats: bits, bias, range, Inf/NaN conventions ('-': the format has no such value)."""
-    names = format or list(NAMED_FORMATS)
+    """Table of number formats: bits, bias, range, Inf/NaN conventions ('-': the format has no such value);
+    block formats (mxfp8, nvfp4, ELEMENT/bB[xC]/SCALE...) in a second table."""
+    names = format or [*NAMED_FORMATS, *NAMED_BLOCK_FORMATS]
     try:
-        parsed = [FloatFormat.parse(n) for n in names]
+        parsed = [parse_format(n) for n in names]
     except ValueError as err:
         fail(str(err))
-    header = f"{'name':<10} {'bits':>4} {'E':>2} {'M':>2} {'bias':>5} {'max_finite':>12} {'min_normal':>12} {'min_subnormal':>13}  {'inf':<3} {'nan':<8} {'-0':<3}"
-    typer.echo(header)
-    for f in parsed:
+    elements = [f for f in parsed if isinstance(f, FloatFormat)]
+    blocks = [f for f in parsed if isinstance(f, BlockFormat)]
+    if elements:
+        header = f"{'name':<10} {'bits':>4} {'E':>2} {'M':>2} {'bias':>5} {'max_finite':>12} {'min_normal':>12} {'min_subnormal':>13}  {'inf':<3} {'nan':<8} {'-0':<3}"
+        typer.echo(header)
+    for f in elements:
         typer.echo(
             f"{f.name:<10} {f.bits:>4} {f.exp_bits:>2} {f.man_bits:>2} {f.bias:>5} {_fmt_value(f.max_finite):>12} "
             f"{_fmt_value(f.min_normal) if f.emax >= f.emin else '-':>12} "
             f"{_fmt_value(f.min_subnormal) if f.has_subnormals and f.man_bits else '-':>13}  {'yes' if f.has_inf else 'no':<3} "
             f"{f.nan if f.has_nan else 'none':<8} {'yes' if f.has_negative_zero else 'no':<3}"
         )
+    if blocks:
+        rows = [f.describe() for f in blocks]
+        widths = {k: max(len(k), *(len(r[k]) for r in rows)) for k in rows[0]}
+        if elements:
+            typer.echo("")
+        typer.echo("  ".join(f"{k:<{w}}" for k, w in widths.items()).rstrip())
+        for r in rows:
+            typer.echo("  ".join(f"{r[k]:<{w}}" for k, w in widths.items()).rstrip())
 
 
 # Hydra's flags that only show something (the config, help, info): they run no task, so need no validation.

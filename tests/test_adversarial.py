@@ -86,6 +86,16 @@ def _cases(files: Path) -> list[tuple[list[str], str]]:
             "e4m24", "e4m3fnx", "e4m3FN", "fp7", "", "e", "e4", "m3", "e4m", "e-1m3", "e4m-3", "e+4m3", "e4.0m3",
             "e4m3\n", "e4_m3", "ｅ4m3", "e" + "9" * 400 + "m3")],
         (["formats", "-f", "e4m3", "-f", "nope"], "unknown format 'nope'"),
+        # block formats (issue 11): block size, scale format, rule, grammar
+        *[(["formats", "-f", name], fragment) for name, fragment in (
+            ("e2m1fn/b0/e8m0", "block size B must be a power of two"), ("e2m1fn/b24/e8m0", "must be a power of two"),
+            ("e2m1fn/b16x3/e4m3fn", "block columns C must be a power of two"), ("e2m1fn/b32/e9m1", "unknown scale format"),
+            ("e2m1fn/b32/e8m0/ceil", "unknown scale rule"), ("e2m1fn/b32/fp32/floor", "does not go with scale fp32"),
+            ("e2m1fn/b32/e8m0/amax", "does not go with scale e8m0"), ("e2m1fn/b32/e8m0/tensor", "needs rule amax"),
+            ("e2m1fn/b32", "ELEMENT/bB[xC]/SCALE"), ("mxfp3", "block formats: mxfp8"), ("MXFP4", "block formats: mxfp8"),
+            ("e2m1fn/b32/e8m0/floor/x", "too many parts"), ("e2m1fn/b99999999999999999999/e8m0", "power of two"))],
+        *[(["train", f"precision.format={name}", "train.steps=1"], f"'{name}'") for name in (
+            "e2m1fn/b0/e8m0", "e2m1fn/b24/e8m0", "e2m1fn/b32/e9m1", "e2m1fn/b32/fp32/rceil", "mxfp3")],
         # stores: what a --store path is, and damaged files
         *[([cmd, "--store", stores[name]], fragment) for cmd in ("report", "sharpness") for name, fragment in (
             ("damaged.db", "the file is damaged; move it aside"), ("header-only.db", "cannot be read as SQLite"),

@@ -19,9 +19,23 @@ def run(*args: str) -> subprocess.CompletedProcess:
 def test_formats_table_lists_named_formats():
     proc = run("formats")
     assert proc.returncode == 0, proc.stderr
-    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines()[1:]}
+    elements, blocks = proc.stdout.split("\n\n")  # element formats, then block formats
+    rows = {line.split()[0]: line.split() for line in elements.splitlines()[1:]}
     assert {"fp32", "bf16", "e4m3fn", "e5m2", "e2m1fn", "e8m3", "e7m7"} <= set(rows)
     assert rows["e4m3fn"][5] == "448" and rows["e5m2"][5] == "57344"
+    block_rows = [line.split()[0] for line in blocks.splitlines()[1:]]
+    assert block_rows == ["mxfp8", "mxfp8_e4m3", "mxfp8_e5m2", "mxfp6", "mxfp6_e2m3", "mxfp6_e3m2", "mxfp4", "nvfp4"]
+
+
+def test_formats_describes_block_formats():
+    proc = run("formats", "-f", "mxfp4", "-f", "nvfp4", "-f", "e2m1fn/b16x16/e4m3fn/tensor")
+    assert proc.returncode == 0, proc.stderr
+    header, *lines = proc.stdout.splitlines()
+    assert header.split() == ["name", "element", "block", "scale", "rule", "bits/elem", "max", "min_subnormal", "binades"]
+    assert lines[0].split() == ["mxfp4", "e2m1fn", "32", "e8m0", "floor", "4.25", "1.02e+39", "2.94e-39", "257.6"]
+    assert lines[1].split() == ["nvfp4", "e2m1fn", "16", "e4m3fn", "+", "fp32", "tensor", "amax", "4.5", "2688",
+                                "0.000976562", "21.4"]
+    assert lines[2].split()[:3] == ["e2m1fn/b16x16/e4m3fn/tensor", "e2m1fn", "16x16"]
 
 
 def test_formats_describes_any_parseable_format():

@@ -188,7 +188,9 @@ def _quantize_blocks(x: torch.Tensor, spec: BlockSpec, axis: int, seed: int, bac
     elif backend == "triton":
         if not work.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
             raise ValueError("backend='triton' needs a CUDA tensor (or TRITON_INTERPRET=1 for CPU tensors)")
-        from precisionlab.kernels.block_triton import block_cast_triton  # helper "blockkernel"'s kernel
+        from precisionlab.kernels.block_triton import (
+            block_cast_triton,  # helper "blockkernel"'s kernel
+        )
 
         out2d = block_cast_triton(x2d, spec, seed)
     else:

@@ -8,7 +8,12 @@ import math
 import numpy as np
 import pytest
 import torch
-
+from gfloat.formats import (
+    format_info_bfloat16,
+    format_info_binary32,
+    format_info_ocp_e2m1,
+    format_info_ocp_e4m3,
+)
 from helpers.block_oracles import (
     GFLOAT_ELEMENTS,
     amax_rule,
@@ -18,7 +23,7 @@ from helpers.block_oracles import (
     rceil_mx,
 )
 from helpers.oracles import assert_same_bits
-from gfloat.formats import format_info_bfloat16, format_info_binary32, format_info_ocp_e2m1, format_info_ocp_e4m3
+
 from precisionlab import BlockFormat, FloatFormat, parse_format, quantize
 from precisionlab.numerics.blocks import NAMED_BLOCK_FORMATS
 
