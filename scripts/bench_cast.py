@@ -263,7 +263,7 @@ def bench_blocks_gpu(x: torch.Tensor) -> None:
     print(f"\nGPU ({torch.cuda.get_device_name()}): {x.numel():,} fp32 as {tuple(x2d.shape)}, do_bench median ms")
     t_clone = do_bench(lambda: x2d.clone())
     rows = [("torch clone (memory floor)", t_clone, "")]
-    ours = {}
+    ours, speedups = {}, []
     for name, kw in [("mxfp8", {}), ("mxfp4", {}), ("nvfp4", {}), ("e4m3fn/b32/e8m0/rceil", {}),
                      ("e2m1fn/b16x16/e4m3fn/tensor", {}), ("nvfp4", dict(rounding="stochastic", seed=1))]:
         label = f"quantize {name} {kw.get('rounding', 'nearest_even')} (Triton)"
@@ -271,16 +271,23 @@ def bench_blocks_gpu(x: torch.Tensor) -> None:
         rows.append((label, t, ""))
     for label, name, fn in block_peers(x2d):
         match = agreement(fn(), quantize(x2d, name))
-        rows.append((label + " eager", do_bench(fn), match))
+        timed = [(label + " eager", fn)]
         try:
             compiled = torch.compile(fn)
             compiled()
-            rows.append((label + " compiled", do_bench(compiled), match))
+            timed.append((label + " compiled", compiled))
         except Exception as err:  # noqa: BLE001
             print(f"torch.compile of {label}: {type(err).__name__}")
+        for what, f in timed:
+            t = do_bench(f)
+            rows.append((what, t, match))
+            speedups.append((what, t / ours[(name, False)]))
     print(f"{'what':<60} {'ms':>8} {'GB/s':>8} {'vs clone':>9}  same bits")
     for label, ms, match in rows:
         print(f"{label:<60} {ms:>8.3f} {8 * x.numel() / ms / 1e6:>8.0f} {t_clone / ms:>8.2f}x  {match}")
+    print("Triton kernel speed-up over each torchao path (same format):")
+    for what, ratio in speedups:
+        print(f"  {what:<62} {ratio:7.2f}x")
 
 
 if __name__ == "__main__":
