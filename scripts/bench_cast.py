@@ -22,6 +22,11 @@ share of bit-identical elements; where some differ, the share within 2 units
 in the last place and the largest gap in ulps. On a CUDA machine a GPU section times the Triton
 block kernel vs clone and vs torchao (eager and torch.compile'd) with
 triton.testing.do_bench; scripts/check_cast_gpu.py checks its bits.
+
+Block timings run each cast alternately with what it is compared with (clone
+for "vs clone", our cast for a peer's speed-up), so both see the same machine
+and allocator state: on small VMs a fresh 64 MB output costs tens of ms of
+page faults, which a run right after another large free may not pay.
 """
 
 from __future__ import annotations
@@ -212,16 +217,30 @@ def gfloat_block(x2d: torch.Tensor, element: str, numel: int):
     return torch.from_numpy(np.concatenate(out).astype(np.float32))
 
 
+def interleaved(fn, reference, repeat: int) -> tuple[float, float]:
+    """(best time of fn, best time of reference), the two timed alternately after a warm-up of each,
+    so their ratio holds when a shared machine's speed drifts during the run."""
+    fn(), reference()
+    t_fn, t_ref = [], []
+    for _ in range(repeat):
+        for f, times in ((reference, t_ref), (fn, t_fn)):
+            start = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - start)
+    return min(t_fn), min(t_ref)
+
+
 def bench_blocks(x: torch.Tensor, repeat: int) -> None:
-    """Block formats on CPU: precisionlab's quantize vs clone and the peers, ratios from this one run."""
+    """Block formats on CPU: precisionlab's quantize vs clone and the peers, ratios from this one run
+    (our casts timed alternately with clone, see `interleaved`)."""
     x2d = x.reshape(-1, BLOCK_K)
     print(f"\nblock formats: {x.numel():,} fp32 values as {tuple(x2d.shape)}, blocks along the last axis")
     t_clone = best_time(lambda: x2d.clone(), repeat)
     rows = [("torch.clone (memory floor)", t_clone, "", "")]
     ours = {}
     for name in ("mxfp8", "mxfp4", "nvfp4", "e4m3fn/b32/e8m0/rceil"):
-        ours[name] = best_time(lambda: quantize(x2d, name), repeat)
-        rows.append((f"precisionlab quantize {name}", ours[name], f"{t_clone / ours[name]:.2f}x", ""))
+        ours[name], t_ref = interleaved(lambda: quantize(x2d, name), lambda: x2d.clone(), repeat)
+        rows.append((f"precisionlab quantize {name}", ours[name], f"{t_ref / ours[name]:.2f}x", ""))
     part = x2d[: max(1, x2d.shape[0] // 16)]  # stochastic rounding: a 1/16 slice, time scaled up
     t = best_time(lambda: quantize(part, "nvfp4", rounding="stochastic", seed=1), 1) * x2d.numel() / part.numel()
     rows.append(("precisionlab quantize nvfp4 stochastic (1/16 slice, scaled)", t, f"{t_clone / t:.2f}x", ""))
@@ -229,8 +248,8 @@ def bench_blocks(x: torch.Tensor, repeat: int) -> None:
     speedups = []
     for label, name, fn in block_peers(x2d):
         match = agreement(fn(), quantize(x2d, name))
-        t = best_time(fn, max(1, repeat // 2))
-        speedups.append((label, t / ours[name], match))
+        t, mine = interleaved(fn, lambda: quantize(x2d, name), max(1, repeat // 2))
+        speedups.append((f"{label} [{1e3 * t:.0f} vs {1e3 * mine:.0f} ms]", t / mine, match))
         rows.append((label, t, f"{t_clone / t:.2f}x", match))
     try:
         part = min(1 << 15, x.numel())
@@ -240,7 +259,7 @@ def bench_blocks(x: torch.Tensor, repeat: int) -> None:
             t = (time.perf_counter() - start) * x.numel() / part
             match = agreement(ref, quantize(x2d, name).reshape(-1)[:part])
             label = f"gfloat quantize_block ({name}; {part:,} values, scaled)"
-            speedups.append((label, t / ours[name], match))
+            speedups.append((f"{label} [{1e3 * t:.0f} vs {1e3 * ours[name]:.0f} ms]", t / ours[name], match))
             rows.append((label, t, f"{t_clone / t:.4f}x", match))
     except ImportError:
         print("gfloat: not installed")
@@ -248,11 +267,12 @@ def bench_blocks(x: torch.Tensor, repeat: int) -> None:
     print(f"\n{'what':<60} {'ms':>10} {'vs clone':>9}  same bits")
     for label, t, ratio, match in rows:
         print(f"{label:<60} {1e3 * t:>10.1f} {ratio:>9}  {match}")
-    print("\n'vs clone' = clone time / this time; 'same bits' = share of elements bit-identical to ours.")
+    print("\n'vs clone' = clone time / this time (our casts: vs clone timed alternately with them);"
+          " 'same bits' = share of elements bit-identical to ours.")
     if speedups:
-        print("precisionlab speed-up over each block peer (same format):")
+        print("precisionlab speed-up over each block peer (same format; torchao timed alternately with ours):")
         for label, ratio, match in speedups:
-            print(f"  {label:<62} {ratio:7.1f}x  (same bits: {match})")
+            print(f"  {label:<78} {ratio:7.1f}x  (same bits: {match})")
 
 
 def bench_blocks_gpu(x: torch.Tensor) -> None:
