@@ -16,7 +16,7 @@ import triton.language as tl
 from . import spec as _modes
 from .spec import CastSpec
 
-__all__ = ["cast_kernel", "cast_triton", "kernel_constexprs", "BLOCK_SIZE"]
+__all__ = ["cast_kernel", "round_bits", "cast_triton", "kernel_constexprs", "BLOCK_SIZE"]
 
 BLOCK_SIZE = 1024
 # Globals read inside @triton.jit must be constexpr.
@@ -26,12 +26,10 @@ STOCHASTIC = tl.constexpr(_modes.STOCHASTIC)
 
 
 @triton.jit
-def cast_kernel(
-    x_ptr,  # *fp32: input, contiguous
-    y_ptr,  # *fp32: output, contiguous, same number of elements (may equal x_ptr)
-    n_elements,  # number of elements to cast
-    seed,  # Philox key for stochastic rounding, in [0, 2^63); unused otherwise
-    offset,  # random-stream index of element 0 (element i draws philox(seed, offset + i))
+def round_bits(
+    u,  # int32 tensor: fp32 bit patterns to round
+    seed,  # Philox key for stochastic rounding; unused otherwise
+    rand_index,  # int32/int64 tensor like u: the random-stream index of each element (stochastic only)
     MAN_BITS: tl.constexpr,  # M, mantissa bits the format keeps
     EMIN: tl.constexpr,  # unbiased exponent of the format's smallest normal
     BIAS_PARITY: tl.constexpr,  # bias & 1; with M == 0 the tie goes to the even exponent code
@@ -42,14 +40,11 @@ def cast_kernel(
     ROUNDING: tl.constexpr,  # 0 nearest_even, 1 nearest_away, 2 toward_zero, 3 stochastic
     FLUSH_SUBNORMALS: tl.constexpr,  # results below min_normal become signed zero
     NO_NEGATIVE_ZERO: tl.constexpr,  # fnuz: a zero result is +0
-    BLOCK_SIZE: tl.constexpr,  # elements per program
 ):
-    pid = tl.program_id(0)
-    offs = pid.to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
-    mask = offs < n_elements
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+    """The element cast on bit patterns: fp32 bits in, fp32 bits of the rounded value out.
 
-    u = x.to(tl.int32, bitcast=True)
+    Shared by `cast_kernel` and the block kernel (`block_triton.py`); the twin is `cast_torch.cast_bits`.
+    """
     a = u & 0x7FFFFFFF
     biased_exp = a >> 23
     e = tl.maximum(biased_exp, 1) - 127
@@ -77,7 +72,7 @@ def cast_kernel(
             rem << tl.maximum(31 - shift, 0),
             rem >> tl.minimum(tl.maximum(shift - 31, 0), 31),
         )
-        rand31 = (tl.randint(seed, offs + offset) >> 1).to(tl.int32)
+        rand31 = (tl.randint(seed, rand_index) >> 1).to(tl.int32)
         up = rand31 < frac31
     else:  # TOWARD_ZERO
         up = rem < 0
@@ -94,7 +89,38 @@ def cast_kernel(
     sign = u & -0x80000000
     if NO_NEGATIVE_ZERO:
         sign = tl.where(mag == 0, 0, sign)
-    tl.store(y_ptr + offs, (mag | sign).to(tl.float32, bitcast=True), mask=mask)
+    return mag | sign
+
+
+@triton.jit
+def cast_kernel(
+    x_ptr,  # *fp32: input, contiguous
+    y_ptr,  # *fp32: output, contiguous, same number of elements (may equal x_ptr)
+    n_elements,  # number of elements to cast
+    seed,  # Philox key for stochastic rounding, in [0, 2^63); unused otherwise
+    offset,  # random-stream index of element 0 (element i draws philox(seed, offset + i))
+    MAN_BITS: tl.constexpr,  # M, mantissa bits the format keeps
+    EMIN: tl.constexpr,  # unbiased exponent of the format's smallest normal
+    BIAS_PARITY: tl.constexpr,  # bias & 1; with M == 0 the tie goes to the even exponent code
+    MAX_BITS: tl.constexpr,  # fp32 bits of +max_finite
+    MIN_NORMAL_BITS: tl.constexpr,  # fp32 bits of +min_normal
+    OVERFLOW_BITS: tl.constexpr,  # magnitude bits an Inf input becomes
+    FINITE_OVERFLOW_BITS: tl.constexpr,  # magnitude bits a finite overflow becomes
+    ROUNDING: tl.constexpr,  # 0 nearest_even, 1 nearest_away, 2 toward_zero, 3 stochastic
+    FLUSH_SUBNORMALS: tl.constexpr,  # results below min_normal become signed zero
+    NO_NEGATIVE_ZERO: tl.constexpr,  # fnuz: a zero result is +0
+    BLOCK_SIZE: tl.constexpr,  # elements per program
+):
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+    mask = offs < n_elements
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+    q = round_bits(
+        x.to(tl.int32, bitcast=True), seed, offs + offset,
+        MAN_BITS, EMIN, BIAS_PARITY, MAX_BITS, MIN_NORMAL_BITS, OVERFLOW_BITS, FINITE_OVERFLOW_BITS,
+        ROUNDING, FLUSH_SUBNORMALS, NO_NEGATIVE_ZERO,
+    )
+    tl.store(y_ptr + offs, q.to(tl.float32, bitcast=True), mask=mask)
 
 
 def kernel_constexprs(spec: CastSpec) -> dict:

@@ -1,4 +1,4 @@
-"""On a CUDA machine: the Triton cast kernel against the CPU torch twin and ml_dtypes, and its speed.
+"""On a CUDA machine: the Triton cast kernels against the CPU torch twins and ml_dtypes, and their speed.
 
     python scripts/check_cast_gpu.py [--numel 268435456]
 
@@ -7,7 +7,13 @@
    twin's on the CPU bit for bit (inputs: every bf16 pattern + 4M random fp32 bit
    patterns, so every exponent, Inf and NaN), and saturate=False nearest-even
    equals ml_dtypes.
-2. Throughput on a large randn tensor: the kernel vs `clone` (the memory floor)
+2. Block formats: for MX (floor and rceil), NVFP4 (1x16 and 16x16), rule amax
+   with fp32/bf16 scales and a chunked block (> 2048 elements), every rounding
+   mode, saturation and flush-to-zero, the block kernel's output on the GPU
+   equals the torch twin's on the CPU bit for bit (NaN as NaN) on a (rows, K)
+   matrix with partial blocks along both axes: random fp32 bit patterns (NaN/Inf
+   blocks), finite patterns, and randn blocks scaled across the exponent range.
+3. Throughput on a large randn tensor: the kernels vs `clone` (the memory floor)
    and vs torch's native `x.to(float8_e4m3fn).float()`, timed with
    triton.testing.do_bench in one run; printed as ratios.
 Exits 1 on the first mismatch.
@@ -69,6 +75,49 @@ def check_bits() -> int:
     return cases
 
 
+BLOCK_FORMATS = ["mxfp8", "mxfp8_e5m2", "mxfp6", "mxfp6_e3m2", "mxfp4", "nvfp4", "e4m3fn/b32/e8m0/rceil",
+                 "e2m1fn/b32/e8m0/rceil", "e2m1fn/b16x16/e4m3fn/tensor", "e4m3fn/b16x16/e8m0", "e4m3fn/b128/fp32",
+                 "e2m1fn/b32/bf16", "e2m1fn/b16/e4m3fn", "e4m3fn/b8192/e8m0", "e2m1fn/b64x64/e4m3fn/tensor"]
+
+
+def block_input(rows: int = 600, K: int = 4096 + 17) -> torch.Tensor:
+    """(rows, K) fp32 with partial blocks along both axes: random bit patterns in the first third
+    (NaN/Inf blocks), finite random bit patterns in the second, randn blocks scaled over the whole
+    exponent range in the last (its first rows start with all-zero blocks)."""
+    g = torch.Generator().manual_seed(1)
+    a, b = rows // 3, 2 * (rows // 3)
+    x = torch.randint(-(2**31), 2**31, (rows, K), generator=g, dtype=torch.int64).to(torch.int32)
+    finite = x[a:b]
+    x[a:b] = torch.where((finite & 0x7F800000) == 0x7F800000, finite & ~0x40000000, finite)
+    x = x.view(torch.float32)
+    scale = torch.exp2(torch.randint(-150, 125, (rows - b, -(-K // 32)), generator=g).float())
+    x[b:] = torch.randn(rows - b, K, generator=g) * scale.repeat_interleave(32, 1)[:, :K]
+    x[b : b + 8, :64] = 0.0  # all-zero blocks
+    return x
+
+
+def check_block_bits() -> int:
+    x_cpu = block_input()
+    x_gpu = x_cpu.cuda()
+    cases = 0
+    for name in BLOCK_FORMATS:
+        for rounding in MODES:
+            for saturate, subnormals in [(True, True), (False, True), (True, False)]:
+                kw = dict(rounding=rounding, saturate=saturate, subnormals=subnormals, seed=2024)
+                gpu = quantize(x_gpu, name, backend="triton", **kw).cpu()
+                cpu = quantize(x_cpu, name, backend="torch", **kw)
+                if not same(gpu, cpu):
+                    print(f"MISMATCH block kernel vs torch twin: {name} {kw}")
+                    sys.exit(1)
+                cases += 1
+        for axis in (0,):  # blocks along the other axis: quantize transposes into the (rows, K) view
+            if not same(quantize(x_gpu, name, axis=axis).cpu(), quantize(x_cpu, name, axis=axis, backend="torch")):
+                print(f"MISMATCH block kernel vs torch twin: {name} axis={axis}")
+                sys.exit(1)
+            cases += 1
+    return cases
+
+
 def bench(numel: int) -> None:
     x = torch.randn(numel, device="cuda") * 64
     t_clone = do_bench(lambda: x.clone())
@@ -79,6 +128,10 @@ def bench(numel: int) -> None:
     for name, rounding in [("e4m3fn", "nearest_even"), ("e5m2", "nearest_even"), ("e8m3", "toward_zero"),
                            ("e8m3", "nearest_even"), ("e2m1fn", "nearest_even"), ("e4m3fn", "stochastic")]:
         rows.append((f"quantize {name} {rounding} (Triton)", do_bench(lambda: quantize(x, name, rounding=rounding, seed=1))))
+    x2d = x.view(-1, 4096)
+    for name, rounding in [("mxfp8", "nearest_even"), ("mxfp4", "nearest_even"), ("nvfp4", "nearest_even"),
+                           ("e2m1fn/b16x16/e4m3fn/tensor", "nearest_even"), ("nvfp4", "stochastic")]:
+        rows.append((f"quantize {name} {rounding} (Triton)", do_bench(lambda: quantize(x2d, name, rounding=rounding, seed=1))))
     for label, ms in rows:
         print(f"{label:<44} {ms:>8.3f} {8 * numel / ms / 1e6:>8.0f} {t_clone / ms:>8.2f}x")
 
@@ -89,6 +142,7 @@ def main() -> None:
     args = parser.parse_args()
     assert torch.cuda.is_available(), "needs a CUDA GPU"
     print(f"bit-exact: {check_bits()} cases (kernel on GPU == torch twin on CPU; == ml_dtypes)")
+    print(f"block bit-exact: {check_block_bits()} cases (block kernel on GPU == torch twin on CPU)")
     bench(args.numel)
 
 
