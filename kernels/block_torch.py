@@ -148,9 +148,10 @@ def block_cast_torch(
     views = [_blocked(x, *r) for r in regions]
     consts = _consts(spec, x.device)
     fused = _compiled_fused() if compiled else _fused
+    finite_amax = _compiled_finite_amax() if compiled and _compiled_fused() is not _fused else _finite_amax
     S = None
     if spec.tensor_scale:
-        S = _tensor_scale(torch.stack([_finite_amax(v) for v in views]).amax(), consts)
+        S = _tensor_scale(torch.stack([finite_amax(v) for v in views]).amax(), consts)
 
     if spec.elem.rounding != STOCHASTIC:
         if len(regions) == 1:
@@ -204,3 +205,14 @@ def _compiled_fused():
                           stacklevel=3)
             _compiled = _fused
     return _compiled
+
+
+_compiled_amax = None
+
+
+def _compiled_finite_amax():
+    """torch.compile'd `_finite_amax` (the tensor-scale pass: one fused read instead of four passes)."""
+    global _compiled_amax
+    if _compiled_amax is None:
+        _compiled_amax = torch.compile(_finite_amax, dynamic=True)
+    return _compiled_amax
