@@ -3,7 +3,7 @@
 `block_cast_torch(x2d, spec, seed)` casts a contiguous fp32 (rows, K) tensor in blocks of
 B consecutive elements along dim 1, times C consecutive rows (2-D blocks) along dim 0; a last
 partial block (K % B, rows % C) is a block of its real elements. It computes, per block
-(`/work/notes/blockspec.md` and DESIGN's "Block-scaled formats" spell the arithmetic):
+(DESIGN's "Block-scaled formats" and the README's block-format section spell the arithmetic):
 
   amax      max |x| over the block, a float max, so a NaN propagates; a NaN/Inf block -> all NaN
   E8M0      k = floor(log2 amax) - emax_elem from amax's fp32 exponent bits (subnormals normalised
@@ -59,8 +59,8 @@ def _exp2i(k: torch.Tensor) -> torch.Tensor:
     return bits.view(torch.float32)
 
 
-def _qcast(v: torch.Tensor, spec) -> torch.Tensor:
-    return cast_bits(v.contiguous().view(torch.int32), spec, torch.float32).view(torch.float32)
+def _qcast(v: torch.Tensor, spec, key: torch.Tensor | int = 0) -> torch.Tensor:
+    return cast_bits(v.contiguous().view(torch.int32), spec, torch.float32, key).view(torch.float32)
 
 
 def _factors(amax: torch.Tensor, spec: BlockSpec, consts: torch.Tensor, S: torch.Tensor | None):
@@ -93,11 +93,14 @@ def _block_amax(xv: torch.Tensor) -> torch.Tensor:
     return xv.abs().amax(dim=(1, 3), keepdim=True)  # (G, 1, N, 1); NaN propagates
 
 
-def _fused(xv: torch.Tensor, spec: BlockSpec, consts: torch.Tensor, S: torch.Tensor | None) -> torch.Tensor:
-    """One region (G, Cr, N, Br) of blocks (Cr x Br each): amax, scale and cast (no stochastic rounding)."""
+def _fused(xv: torch.Tensor, spec: BlockSpec, consts: torch.Tensor, S: torch.Tensor | None,
+           key: torch.Tensor | int = 0) -> torch.Tensor:
+    """One region (G, Cr, N, Br) of blocks (Cr x Br each): amax, scale and cast. Stochastic rounding
+    (`key`) only for a region that is the whole contiguous tensor, so that element (r, k) is
+    element r * K + k of the scaled tensor and draws philox(seed, r * K + k)."""
     amax = _block_amax(xv)
     m, d, a, b = _factors(amax, spec, consts, S)
-    q = _qcast((xv * m) / d, spec.elem)
+    q = _qcast((xv * m) / d, spec.elem, key)
     return torch.where(torch.isfinite(amax), (q * a) / b, float("nan"))
 
 
@@ -136,9 +139,9 @@ def block_cast_torch(
 ) -> torch.Tensor:
     """Fake-quantize contiguous fp32 `x` (rows, K) in blocks per `spec`; returns a new (rows, K) tensor.
 
-    `compiled` runs large non-stochastic casts through the torch.compile'd `_fused` (same bits).
-    Stochastic rounding casts the scaled elements with `element_cast` (`cast_bits` or a compiled
-    copy of it, same bits); `seed` is an int or its `philox_key` tensor.
+    `compiled` runs large casts through the torch.compile'd `_fused` (same bits). Stochastic
+    rounding of a tensor with partial blocks casts the scaled elements with `element_cast`
+    (`cast_bits` or a compiled copy of it, same bits); `seed` is an int or its `philox_key` tensor.
     """
     if x.dtype != torch.float32 or x.dim() != 2:
         raise ValueError(f"block_cast_torch takes a 2-D float32 tensor, got {x.dim()}-d {x.dtype}")
@@ -153,6 +156,8 @@ def block_cast_torch(
     if spec.tensor_scale:
         S = _tensor_scale(torch.stack([finite_amax(v) for v in views]).amax(), consts)
 
+    if spec.elem.rounding == STOCHASTIC and len(regions) == 1:  # whole blocks only: one pass, as any other rounding
+        return fused(views[0], spec, consts, S, seed).reshape(rows, K)
     if spec.elem.rounding != STOCHASTIC:
         if len(regions) == 1:
             return fused(views[0], spec, consts, S).reshape(rows, K)

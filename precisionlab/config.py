@@ -44,7 +44,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from precisionlab.numerics.cast import ROUNDING_MODES
-from precisionlab.quant.linear import SCALINGS, PrecisionConfig
+from precisionlab.quant.linear import SCALINGS, PrecisionConfig, check_hadamard_dims
+from precisionlab.quant.operands import SIGNS
 from precisionlab.runtime import DeviceError, resolve_device
 from precisionlab.train.data import data_path
 from precisionlab.train.measure import METRICS as SHARPNESS_METRICS
@@ -72,6 +73,43 @@ def choice(default: str, choices: tuple[str, ...]) -> Any:
 
 
 @dataclass
+class Operand:
+    """Overrides of one GEMM operand's cast (precisionlab.quant.operands); null: its role's value."""
+
+    format: Optional[str] = None        # element or block format name
+    rounding: Optional[str] = None      # nearest_even | nearest_away | toward_zero | stochastic
+    saturate: Optional[bool] = None
+    subnormals: Optional[bool] = None
+    scaling: Optional[str] = None       # none | tensor (element formats)
+    pow2_scale: Optional[bool] = None
+
+
+@dataclass
+class Operands:
+    fwd_x: Operand = field(default_factory=Operand)     # forward y = x W^T: x, blocks along in
+    fwd_w: Operand = field(default_factory=Operand)     # forward: W, blocks along in
+    dgrad_g: Operand = field(default_factory=Operand)   # input gradient dx = g W: g, blocks along out
+    dgrad_w: Operand = field(default_factory=Operand)   # input gradient: W, blocks along out
+    wgrad_g: Operand = field(default_factory=Operand)   # weight gradient dW = g^T x: g, blocks along tokens
+    wgrad_x: Operand = field(default_factory=Operand)   # weight gradient: x, blocks along tokens
+
+
+@dataclass
+class Hadamard:
+    size: int = 0                       # 0: off; 16, 32 or 128: block size of the random Hadamard transform
+    gemms: List[str] = field(default_factory=lambda: ["wgrad"])  # which GEMMs rotate both operands: fwd, dgrad, wgrad
+    signs: str = choice("fixed", SIGNS)  # fixed per layer, or per_call (fresh each call, as Quartet)
+
+
+@dataclass
+class Keep:
+    format: str = "bf16"                # what kept layers use (fp32: they stay nn.Linear)
+    first: int = 0                      # keep the first k transformer blocks
+    last: int = 0                       # keep the last k transformer blocks (NVFP4 recipe)
+    match: List[str] = field(default_factory=list)  # and the Linear layers matching these fnmatch patterns
+
+
+@dataclass
 class Precision:
     name: str = "fp32"                  # the preset's name, a label
     format: str = "fp32"                # sets all three roles unless they are overridden
@@ -84,6 +122,9 @@ class Precision:
     scaling: str = choice("none", SCALINGS)
     pow2_scale: bool = True             # tensor scaling with power-of-two scales
     exclude: List[str] = field(default_factory=list)  # Linear layers kept in fp32 (fnmatch on module names)
+    operands: Operands = field(default_factory=Operands)  # per-operand overrides of the roles
+    hadamard: Hadamard = field(default_factory=Hadamard)
+    keep: Keep = field(default_factory=Keep)            # layers kept in keep.format
 
 
 @dataclass
@@ -306,7 +347,15 @@ def _check_model(cfg: DictConfig) -> None:
 
 def _check_precision(cfg: DictConfig) -> None:
     try:
-        PrecisionConfig.from_cfg(cfg.precision)  # parses every format name, naming its key
+        precision = PrecisionConfig.from_cfg(cfg.precision)  # parses every format name, naming its key
+        if precision.casts.hadamard:
+            import torch
+
+            from precisionlab.train.model import LM
+
+            with torch.device("meta"):  # the layer shapes, without allocating the model
+                model = LM(ModelConfig(**OmegaConf.to_container(cfg.model)))
+            check_hadamard_dims(model, precision, cfg.train.batch_size * cfg.train.seq_len)
     except ValueError as err:
         raise ConfigError(str(err)) from None
 

@@ -182,6 +182,15 @@ def _quantize_blocks(x: torch.Tensor, spec: BlockSpec, axis: int, seed: int, bac
         work = work.reshape(1)
     if backend == "auto":
         backend = "triton" if work.is_cuda else "torch"
+    if (backend == "torch" and work.dim() == 2 and axis % 2 == 0 and spec.block_cols == 1
+            and spec.elem.rounding != STOCHASTIC and work.numel()):
+        # 1-D blocks down the columns are B x 1 blocks of the untransposed tensor: same blocks, same
+        # bits, no transposed copies (stochastic rounding keeps the moved layout: its draws are
+        # indexed by it)
+        from precisionlab.kernels.block_torch import block_cast_torch
+
+        columns = spec._replace(block=1, block_cols=spec.block)
+        return block_cast_torch(work.contiguous(), columns, seed, compiled=_compile_blocks(work)).to(x.dtype)
     moved = work.movedim(axis, -1)
     x2d = moved.reshape(-1, moved.shape[-1]).contiguous()
     if x2d.numel() == 0:
@@ -197,14 +206,19 @@ def _quantize_blocks(x: torch.Tensor, spec: BlockSpec, axis: int, seed: int, bac
     else:
         from precisionlab.kernels.block_torch import block_cast_torch
 
-        if spec.elem.rounding == STOCHASTIC:  # the elements through the (compiled) element cast, Philox included
+        compiled = _compile_blocks(x2d)
+        if spec.elem.rounding == STOCHASTIC:  # Philox key as data; partial blocks via the (compiled) element cast
             element_cast = _cast_bits_on_cpu(x2d, spec.elem)
-            out2d = block_cast_torch(x2d, spec, philox_key(seed, x2d.device), element_cast=element_cast)
+            out2d = block_cast_torch(x2d, spec, philox_key(seed, x2d.device), compiled=compiled, element_cast=element_cast)
         else:
-            compiled = x2d.numel() >= COMPILE_MIN_NUMEL and not x2d.is_cuda
-            out2d = block_cast_torch(x2d, spec, seed, compiled=compiled and os.environ.get("PRECISIONLAB_COMPILE", "1") != "0")
+            out2d = block_cast_torch(x2d, spec, seed, compiled=compiled)
     out = out2d.view(moved.shape).movedim(-1, axis).reshape(x.shape)
     return out.contiguous().to(x.dtype)
+
+
+def _compile_blocks(x: torch.Tensor) -> bool:
+    """Whether a CPU block cast of `x` runs the compiled twin (see COMPILE_MIN_NUMEL)."""
+    return x.numel() >= COMPILE_MIN_NUMEL and not x.is_cuda and os.environ.get("PRECISIONLAB_COMPILE", "1") != "0"
 
 
 _compiled = None

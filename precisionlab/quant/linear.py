@@ -1,143 +1,56 @@
 """Simulated low-precision GEMMs: a module swap of every `nn.Linear`.
 
-`convert_model(model, precision)` replaces each `nn.Linear` (except those
-matching `precision.exclude`) by a `QuantLinear` whose autograd Function
-fake-quantizes the GEMM *inputs* with `precisionlab.quantize` and multiplies
-in fp32 (fp32 accumulation):
+`convert_model(model, precision)` replaces each `nn.Linear` (except those matching
+`precision.exclude`) by a `QuantLinear` whose autograd Function fake-quantizes the operands
+of its three GEMMs with `precisionlab.quantize`, each along that GEMM's reduction axis and
+from the high-precision tensor, and multiplies in fp32 (fp32 accumulation):
 
-  forward   y      = x_q @ w_q^T + b        x_q = cast_x(x), w_q = cast_w(w)
-  backward  grad_x = g_q @ w_q              g_q = cast_grad(dL/dy), cast once
-            grad_w = g_q^T @ x_q            x_q, w_q saved from forward
-            grad_b = sum of dL/dy            bias and its gradient stay fp32
+  forward      y  = fwd_x(x) . fwd_w(W)^T + b          reduction over in
+  input grad   dx = dgrad_g(g) . dgrad_w(W)            reduction over out
+  weight grad  dW = wgrad_g(g)^T . wgrad_x(x)          reduction over tokens
+  bias grad    db = sum of g                           bias and its gradient stay fp32
 
-Each role (x, w, grad) has its own format; a role in fp32 skips the cast, and
-a model whose three roles are fp32 is returned untouched.
+(`precisionlab.quant.operands` says how the six casts are configured and when one cast serves
+two operands.) With a Hadamard transform on a GEMM both its operands are multiplied along
+the reduction axis by the same orthogonal block-diagonal matrix before their casts.
 
-Scaling `tensor` is per-tensor current scaling: before the cast a tensor is
-multiplied by s = 2^floor(log2(max_finite / amax)) and divided by s after it.
-The scale is a power of two (as in MX and Transformer Engine's
-power-of-two option), so scaling moves values into the format's range but
-never adds a rounding of its own: q(x*s)/s is exact apart from q. With
-`pow2_scale: false` it is FP8 recipes' s = max_finite / amax instead.
-
-Stochastic rounding is reproducible: each cast gets an explicit seed mixed
-from the run seed, the layer's index, the layer's call count and the role;
-the call count is part of the module's state_dict, so a resumed run draws
-the same random bits as an uninterrupted one.
+Stochastic rounding and per-call Hadamard signs are reproducible: each draw gets an explicit
+seed mixed from the run seed, the layer's index, the layer's call count and the operand's
+seed slot; the call count is part of the module's state_dict, so a resumed run draws the
+same random bits as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import logging
-import math
-from dataclasses import dataclass
+import re
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from precisionlab.numerics.cast import quantize
-from precisionlab.numerics.formats import FloatFormat
+from precisionlab.numerics.hadamard import hadamard_matrix, hadamard_transform, random_signs
+from precisionlab.quant.operands import (
+    GEMMS,
+    ROLES,
+    SCALINGS,
+    LayerCasts,
+    OperandCast,
+    PrecisionConfig,
+    RoleCast,
+)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RoleCast", "PrecisionConfig", "QuantLinear", "convert_model", "ROLES", "SCALINGS"]
+__all__ = ["RoleCast", "OperandCast", "LayerCasts", "PrecisionConfig", "QuantLinear", "convert_model",
+           "ROLES", "SCALINGS"]
 
-ROLES = ("x", "w", "grad")
-SCALINGS = ("none", "tensor")
-_FP32 = FloatFormat.parse("fp32")
 _MASK63 = (1 << 63) - 1
-
-
-@dataclass(frozen=True)
-class RoleCast:
-    """How one GEMM input is cast; `fmt=None` means fp32 (no cast)."""
-
-    fmt: FloatFormat | None
-    rounding: str = "nearest_even"
-    saturate: bool = True
-    subnormals: bool = True
-    scaling: str = "none"
-    pow2_scale: bool = True
-
-    def __call__(self, t: torch.Tensor, seed: int) -> torch.Tensor:
-        if self.fmt is None:
-            return t
-        kw = dict(rounding=self.rounding, saturate=self.saturate, subnormals=self.subnormals, seed=seed)
-        if self.scaling == "none":
-            return quantize(t, self.fmt, **kw)
-        scale = self._scale(t)
-        return quantize(t * scale, self.fmt, **kw) / scale
-
-    def _scale(self, t: torch.Tensor) -> torch.Tensor:
-        """Per-tensor scale (0-dim, on t's device, no host sync); 1 when amax is 0, Inf or NaN."""
-        amax = t.detach().abs().amax().float()
-        usable = torch.isfinite(amax) & (amax > 0)
-        amax = torch.where(usable, amax, torch.ones_like(amax))
-        if self.pow2_scale:
-            # exact floor(log2(max_finite / amax)) from the binary exponents: a = m 2^e, max = M 2^E, m, M in [0.5, 1)
-            m, e = torch.frexp(amax)
-            big_m, big_e = math.frexp(self.fmt.max_finite)
-            k = (big_e - e - (m > big_m).to(e.dtype)).clamp(-126, 126)
-            scale = torch.ldexp(torch.ones_like(amax), k)
-        else:
-            scale = (self.fmt.max_finite / amax).clamp(2.0**-126, 2.0**126)
-        return torch.where(usable, scale, torch.ones_like(scale)).to(t.dtype)
-
-
-@dataclass(frozen=True)
-class PrecisionConfig:
-    """Casts of the three GEMM roles, and which Linear layers keep full precision."""
-
-    x: RoleCast
-    w: RoleCast
-    grad: RoleCast
-    exclude: tuple[str, ...] = ()  # fnmatch patterns on module names, e.g. "lm_head"
-
-    @property
-    def is_fp32(self) -> bool:
-        return self.x.fmt is None and self.w.fmt is None and self.grad.fmt is None
-
-    @classmethod
-    def from_cfg(cls, cfg: Any) -> PrecisionConfig:
-        """Build from a `precision` config node (DictConfig or dict); a format name that does not
-        parse is a ValueError naming its key. The other values are checked by the config schema
-        (precisionlab.config)."""
-        if isinstance(cfg, PrecisionConfig):
-            return cfg
-        cfg = _plain(cfg)
-        if cfg.get("format") is not None:
-            _parse("format", cfg["format"])  # report the key the user typed, not an interpolated role
-        options = dict(
-            rounding=cfg.get("rounding", "nearest_even"),
-            saturate=bool(cfg.get("saturate", True)),
-            subnormals=bool(cfg.get("subnormals", True)),
-            scaling=cfg.get("scaling", "none"),
-            pow2_scale=bool(cfg.get("pow2_scale", True)),
-        )
-        roles = {r: RoleCast(_parse(r, cfg.get(r, cfg.get("format", "fp32"))), **options) for r in ROLES}
-        exclude = cfg.get("exclude") or ()
-        if isinstance(exclude, str):
-            exclude = (exclude,)
-        return cls(**roles, exclude=tuple(exclude))
-
-
-def _plain(cfg: Any) -> dict:
-    if isinstance(cfg, dict):
-        return dict(cfg)
-    from omegaconf import OmegaConf  # only when handed a DictConfig
-
-    return OmegaConf.to_container(cfg, resolve=True)
-
-
-def _parse(role: str, name: Any) -> FloatFormat | None:
-    try:
-        fmt = FloatFormat.parse(name)
-    except ValueError as err:
-        raise ValueError(f"precision.{role}: {err}") from None
-    return None if fmt == _FP32 else fmt
+_NO_SEEDS = (0,) * 9
+_BLOCK_NAME = re.compile(r"(?:^|\.)blocks\.(\d+)\.")  # LM's transformer blocks: blocks.<i>.attn.c_attn, ...
 
 
 def _mix_seed(*parts: int) -> int:
@@ -150,42 +63,89 @@ def _mix_seed(*parts: int) -> int:
 
 
 class _QuantLinearFn(torch.autograd.Function):
+    """seeds: the six operands' by SEED_SLOT, then the three GEMMs' Hadamard-sign seeds."""
+
     @staticmethod
-    def forward(ctx, x, weight, bias, precision: PrecisionConfig, seeds: tuple[int, int, int]):
-        x_q, w_q = precision.x(x, seeds[0]), precision.w(weight, seeds[1])  # (..., in), (out, in)
-        ctx.save_for_backward(x_q, w_q)
-        ctx.cast_grad, ctx.grad_seed, ctx.has_bias = precision.grad, seeds[2], bias is not None
+    def forward(ctx, x, weight, bias, casts: LayerCasts, seeds: tuple[int, ...]):
+        xa, wa = x, weight  # (..., in), (out, in)
+        if casts.rotates("fwd"):
+            h = _hadamard(casts, seeds[6], x.device)
+            xa, wa = hadamard_transform(x, h, -1), hadamard_transform(weight, h, -1)
+        x_q = casts.fwd_x(xa, seeds[0], axis=-1)
+        w_q = casts.fwd_w(wa, seeds[1], axis=-1)
+        # backward recasts x and W from the high-precision tensors unless one cast serves both GEMMs
+        ctx.save_for_backward(x_q if casts.share_x else x, w_q if casts.share_w else weight)
+        ctx.casts, ctx.seeds, ctx.has_bias = casts, seeds, bias is not None
         return F.linear(x_q, w_q, bias)  # (..., out)
 
     @staticmethod
     def backward(ctx, grad_out):
-        x_q, w_q = ctx.saved_tensors
-        g_q = ctx.cast_grad(grad_out, ctx.grad_seed).reshape(-1, w_q.shape[0])  # (N, out), cast once
+        casts, seeds = ctx.casts, ctx.seeds
+        x_saved, w_saved = ctx.saved_tensors
+        out_f, in_f = w_saved.shape
+        g = grad_out.reshape(-1, out_f)  # (N, out)
         grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = (g_q @ w_q).view(x_q.shape)  # (N, out) @ (out, in) -> (..., in)
+        g_q = None
+        if ctx.needs_input_grad[0] or casts.share_g:
+            ga, wb = g, w_saved
+            if casts.rotates("dgrad"):
+                h = _hadamard(casts, seeds[7], g.device)
+                ga, wb = hadamard_transform(g, h, -1), hadamard_transform(w_saved, h, 0)
+            g_q = casts.dgrad_g(ga, seeds[2], axis=-1)  # (N, out), blocks along out
+            if ctx.needs_input_grad[0]:
+                w_dq = w_saved if casts.share_w else casts.dgrad_w(wb, seeds[4], axis=0)  # (out, in), blocks along out
+                grad_x = (g_q @ w_dq).view(*grad_out.shape[:-1], in_f)  # (N, out) @ (out, in) -> (..., in)
         if ctx.needs_input_grad[1]:
-            grad_w = g_q.t() @ x_q.reshape(-1, x_q.shape[-1])  # (out, N) @ (N, in) -> (out, in)
+            x2 = x_saved.reshape(-1, in_f)  # (N, in)
+            if casts.share_g and casts.share_x:
+                grad_w = g_q.t() @ x2  # (out, N) @ (N, in) -> (out, in)
+            else:
+                # tokens last: casting (out, N) along -1 is casting (N, out) along 0, the same bits
+                # (quantize moves the axis last itself), without transposing back and forth
+                gt, xt = g.t(), x2.t()  # (out, N), (in, N)
+                if casts.rotates("wgrad"):
+                    h = _hadamard(casts, seeds[8], g.device)
+                    gt, xt = hadamard_transform(gt, h, -1), hadamard_transform(xt, h, -1)
+                g_wq = g_q.t() if casts.share_g else casts.wgrad_g(gt, seeds[5], axis=-1)  # (out, N)
+                x_wq = x2.t() if casts.share_x else casts.wgrad_x(xt, seeds[3], axis=-1)  # (in, N)
+                grad_w = g_wq @ x_wq.t()  # (out, N) @ (N, in) -> (out, in)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad_out.reshape(-1, w_q.shape[0]).sum(0)  # (out,)
+            grad_b = g.sum(0)  # (out,)
         return grad_x, grad_w, grad_b, None, None
 
 
-class QuantLinear(nn.Linear):
-    """`nn.Linear` whose GEMMs take fake-quantized inputs (see the module docstring)."""
+def _hadamard(casts: LayerCasts, signs_seed: int, device: torch.device) -> torch.Tensor:
+    if casts.per_call_signs:
+        return hadamard_matrix(casts.hadamard, random_signs(casts.hadamard, signs_seed), device)
+    return _fixed_hadamard(casts.hadamard, signs_seed, device)
 
-    def __init__(self, linear: nn.Linear, precision: PrecisionConfig, index: int = 0, seed: int = 0):
+
+@functools.lru_cache(maxsize=1024)
+def _fixed_hadamard(n: int, signs_seed: int, device: torch.device) -> torch.Tensor:
+    """A layer's fixed-sign matrix, built once (it is the same every call)."""
+    return hadamard_matrix(n, random_signs(n, signs_seed), device)
+
+
+class QuantLinear(nn.Linear):
+    """`nn.Linear` whose GEMMs take fake-quantized operands (see the module docstring)."""
+
+    def __init__(self, linear: nn.Linear, precision: PrecisionConfig | LayerCasts, index: int = 0, seed: int = 0):
         super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
         self.weight, self.bias = linear.weight, linear.bias  # the same Parameters: ties survive
-        self.precision, self.index, self.seed = precision, index, seed
-        self.calls = 0  # forward calls so far; seeds stochastic rounding
+        self.casts = precision.casts if isinstance(precision, PrecisionConfig) else precision
+        self.index, self.seed = index, seed
+        self.calls = 0  # forward calls so far; seeds stochastic rounding and per-call Hadamard signs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        seeds = (0, 0, 0)
-        if self.precision.x.rounding == "stochastic":
-            seeds = tuple(_mix_seed(self.seed, self.index, self.calls, role) for role in range(3))
+        seeds = _NO_SEEDS
+        casts = self.casts
+        if casts.needs_seeds:
+            per_call = (_mix_seed(self.seed, self.index, self.calls, slot) for slot in range(9))
+            seeds = tuple(per_call)
+        if casts.hadamard and not casts.per_call_signs:  # fixed signs: one draw per layer and GEMM
+            seeds = seeds[:6] + tuple(_mix_seed(self.seed, self.index, 6 + g) for g in range(len(GEMMS)))
         self.calls += 1
-        return _QuantLinearFn.apply(x, self.weight, self.bias, self.precision, seeds)
+        return _QuantLinearFn.apply(x, self.weight, self.bias, casts, seeds)
 
     def get_extra_state(self) -> dict:
         return {"calls": self.calls}
@@ -194,29 +154,63 @@ class QuantLinear(nn.Linear):
         self.calls = int(state["calls"])
 
     def extra_repr(self) -> str:
-        fmts = ", ".join(f"{r}={getattr(self.precision, r).fmt or 'fp32'}" for r in ROLES)
-        return f"{super().extra_repr()}, {fmts}, scaling={self.precision.x.scaling}"
+        return f"{super().extra_repr()}, {self.casts.describe()}"
 
 
 def convert_model(model: nn.Module, precision: Any, seed: int = 0) -> nn.Module:
     """Swap every `nn.Linear` not matching `precision.exclude` for a `QuantLinear`, in place.
 
-    `precision` is a `PrecisionConfig` or a `precision` config node. `seed`
-    (the run seed) keys stochastic rounding. Returns `model`; a precision
-    whose three roles are fp32 leaves it untouched.
+    `precision` is a `PrecisionConfig` or a `precision` config node. `seed` (the run seed)
+    keys stochastic rounding and Hadamard signs. Layers that `precision.keep` matches get the
+    keep format. Returns `model`; a precision without casts leaves it untouched.
     """
     precision = PrecisionConfig.from_cfg(precision)
     if precision.is_fp32:
         return model
     linears = [(name, module) for name, module in model.named_modules() if type(module) is nn.Linear]
-    for pattern in precision.exclude:  # a typo would silently quantize the layer it meant to keep in fp32
-        if not any(fnmatch.fnmatchcase(name, pattern) for name, _ in linears):
-            log.warning("precision.exclude pattern %r matches no linear layer (they are: %s)", pattern,
-                        ", ".join(name for name, _ in linears[:6]) + (", ..." if len(linears) > 6 else ""))
-    targets = [(name, module) for name, module in linears
-               if not any(fnmatch.fnmatchcase(name, pat) for pat in precision.exclude)]
-    for index, (name, linear) in enumerate(targets):
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        setattr(parent, child, QuantLinear(linear, precision, index=index, seed=seed))
+    for key, patterns in (("exclude", precision.exclude), ("keep.match", precision.keep.match)):
+        for pattern in patterns:  # a typo would silently quantize the layer it meant to keep
+            if not any(fnmatch.fnmatchcase(name, pattern) for name, _ in linears):
+                log.warning("precision.%s pattern %r matches no linear layer (they are: %s)", key, pattern,
+                            ", ".join(name for name, _ in linears[:6]) + (", ..." if len(linears) > 6 else ""))
+    n_blocks = _count_blocks(name for name, _ in linears)
+    index = 0  # position among the layers not excluded: seeds their random draws
+    for name, linear in linears:
+        if precision.excludes(name):
+            continue
+        casts = precision.layer_casts(name, _block_of(name), n_blocks)
+        if casts is not None:
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child, QuantLinear(linear, casts, index=index, seed=seed))
+        index += 1
     return model
+
+
+def _block_of(name: str) -> int | None:
+    match = _BLOCK_NAME.search(name)
+    return None if match is None else int(match[1])
+
+
+def _count_blocks(names) -> int:
+    return 1 + max((b for b in map(_block_of, names) if b is not None), default=-1)
+
+
+def check_hadamard_dims(model: nn.Module, precision: Any, tokens: int) -> None:
+    """ValueError naming `precision.hadamard.size` when a GEMM it rotates has a reduction axis
+    (in features, out features, or `tokens` = batch x sequence) that is not a multiple of it."""
+    precision = PrecisionConfig.from_cfg(precision)
+    n_blocks = _count_blocks(name for name, _ in model.named_modules())
+    for name, module in model.named_modules():
+        if type(module) is not nn.Linear:
+            continue
+        casts = precision.layer_casts(name, _block_of(name), n_blocks)
+        if casts is None or not casts.hadamard:
+            continue
+        axes = {"fwd": ("in features", module.in_features), "dgrad": ("out features", module.out_features),
+                "wgrad": ("tokens per step (train.batch_size x train.seq_len)", tokens)}
+        for gemm in casts.hadamard_gemms:
+            what, size = axes[gemm]
+            if size % casts.hadamard:
+                raise ValueError(f"precision.hadamard.size={casts.hadamard} must divide the {gemm} GEMM's reduction "
+                                 f"axis, but {name} has {size} {what}; choose a size that divides it or drop {gemm} "
+                                 "from precision.hadamard.gemms")

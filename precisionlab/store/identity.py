@@ -102,6 +102,16 @@ NEUTRAL: Mapping[str, Any] = {
     "train.divergence.factor": 1,
     "train.spikes.factor": 1.5,
     "train.spikes.window": 20,
+    # six operand casts, Hadamard transforms, kept layers (issue 11)
+    **{f"precision.operands.{op}.{opt}": None for op in ("fwd_x", "fwd_w", "dgrad_g", "dgrad_w", "wgrad_g", "wgrad_x")
+       for opt in ("format", "rounding", "saturate", "subnormals", "scaling", "pow2_scale")},
+    "precision.hadamard.size": 0,
+    "precision.hadamard.gemms": ["wgrad"],
+    "precision.hadamard.signs": "fixed",
+    "precision.keep.format": "bf16",
+    "precision.keep.first": 0,
+    "precision.keep.last": 0,
+    "precision.keep.match": [],
 }
 
 

@@ -333,3 +333,25 @@ def test_compiled_twin_is_bit_identical_to_eager(monkeypatch):
         monkeypatch.setenv("PRECISIONLAB_COMPILE", "1")
         compiled = quantize(x, name, rounding="stochastic", seed=11)
         assert_same_bits(compiled.numpy(), eager.numpy(), x.numpy(), f"compiled {name} stochastic")
+
+
+@pytest.mark.parametrize("name", ["mxfp8", "mxfp4", "nvfp4", "e4m3fn/b32/e8m0/rceil", "e2m1fn/b16/bf16"])
+@pytest.mark.parametrize("compile_", ["0", "1"])
+def test_blocks_down_the_columns_equal_the_transposed_cast(name, compile_, monkeypatch):
+    """A 2-D tensor cast along axis 0 runs as B x 1 blocks of the untransposed tensor (no copies):
+    the same bits as casting its transpose along the last axis, partial blocks included."""
+    monkeypatch.setenv("PRECISIONLAB_COMPILE", compile_)
+    x = torch.from_numpy(np.tile(block_probe_inputs(64, 96, 32, seed=23), (2, 3)))[:, :250].contiguous()  # 144 x 250
+    x = x.T.contiguous()[:, :140]  # 250 x 140: 250 rows, a partial last block down the columns
+    want = quantize(x.T.contiguous(), name).T
+    assert_same_bits(quantize(x, name, axis=0).numpy(), want.numpy(), x.numpy(), f"{name} axis 0")
+
+
+def test_stochastic_blocks_with_partial_tails_follow_the_index_rule():
+    """Stochastic rounding with partial blocks (the multi-region path) draws element (r, k) from
+    philox(seed, r * K + k) like a whole-block tensor: per-block scales are powers of two here."""
+    gen = torch.Generator().manual_seed(5)
+    t = (torch.rand(7, 45, generator=gen) * 4 + 2) * torch.where(torch.rand(7, 45, generator=gen) < 0.5, -1.0, 1.0)
+    t[:, 0], t[:, 32] = 6.0, 6.0  # every block's amax 6 (e2m1fn's max): scale 2^0 in each
+    ref = quantize(t, "e2m1fn", rounding="stochastic", seed=7)
+    assert torch.equal(quantize(t, "mxfp4", rounding="stochastic", seed=7), ref)

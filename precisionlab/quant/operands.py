@@ -1,0 +1,314 @@
+"""What each GEMM operand of a linear layer is cast to: `OperandCast`, `LayerCasts`, `PrecisionConfig`.
+
+A linear layer runs three GEMMs, each with two operands cast along that GEMM's reduction axis
+(DESIGN, "Casts in training: six operands"):
+
+  operand    GEMM                       tensor   reduction axis   role   seed slot
+  fwd_x      forward  y  = x . W^T      x        in               x      0
+  fwd_w      forward                    W        in               w      1
+  dgrad_g    input grad  dx = g . W     g        out              grad   2
+  dgrad_w    input grad                 W        out              w      4
+  wgrad_g    weight grad dW = g^T . x   g        tokens           grad   5
+  wgrad_x    weight grad                x        tokens           x      3
+
+Config: the roles (`precision.x`, `w`, `grad` and the shared options) set every operand of
+their tensor; `precision.operands.<operand>.<option>` overrides one (null: the role's);
+`precision.hadamard` rotates both operands of the chosen GEMMs; `precision.keep` keeps some
+layers (globs, first / last transformer blocks) in another format.
+
+Each operand is cast from the high-precision tensor. When an operand pair of one tensor has
+the same cast, the cast does not depend on the axis (an element format, or square 2-D blocks
+such as NVFP4's 16x16 weight blocks) and neither GEMM rotates it, one cast serves both GEMMs:
+with deterministic rounding that gives the same bits as two casts, with stochastic rounding it
+is what the old three-role linear did (seed slots 0, 1, 2), so old configs train bit for bit as
+before, and it is NVIDIA's "one cast of W for forward and input gradient".
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+
+from precisionlab.numerics.blocks import BlockFormat, parse_format
+from precisionlab.numerics.cast import ROUNDING_MODES, quantize
+from precisionlab.numerics.formats import FloatFormat
+from precisionlab.numerics.hadamard import HADAMARD_SIZES
+
+__all__ = ["OperandCast", "RoleCast", "LayerCasts", "PrecisionConfig", "ROLES", "OPERANDS", "GEMMS",
+           "OPERAND_ROLE", "SEED_SLOT", "SCALINGS", "SIGNS", "OPTIONS"]
+
+ROLES = ("x", "w", "grad")
+GEMMS = ("fwd", "dgrad", "wgrad")
+OPERANDS = ("fwd_x", "fwd_w", "dgrad_g", "dgrad_w", "wgrad_g", "wgrad_x")
+OPERAND_ROLE = {"fwd_x": "x", "fwd_w": "w", "dgrad_g": "grad", "dgrad_w": "w", "wgrad_g": "grad", "wgrad_x": "x"}
+# Philox seed slot of each operand's stochastic rounding; 0-2 are the old roles x, w, grad.
+# Slots 6 + GEMMS.index(gemm) seed per-call Hadamard signs.
+SEED_SLOT = {"fwd_x": 0, "fwd_w": 1, "dgrad_g": 2, "wgrad_x": 3, "dgrad_w": 4, "wgrad_g": 5}
+SCALINGS = ("none", "tensor")
+SIGNS = ("fixed", "per_call")
+OPTIONS = ("format", "rounding", "saturate", "subnormals", "scaling", "pow2_scale")
+_FP32 = FloatFormat.parse("fp32")
+
+
+@dataclass(frozen=True)
+class OperandCast:
+    """How one GEMM operand is cast; `fmt=None` means fp32 (no cast).
+
+    `scaling="tensor"` is per-tensor current scaling of element formats: before the cast the
+    tensor is multiplied by s = 2^floor(log2(max_finite / amax)) and divided by s after it, so
+    scaling moves values into range without a rounding of its own (with `pow2_scale=False`:
+    FP8 recipes' s = max_finite / amax). Block formats carry their own scales and ignore it.
+    """
+
+    fmt: FloatFormat | BlockFormat | None
+    rounding: str = "nearest_even"
+    saturate: bool = True
+    subnormals: bool = True
+    scaling: str = "none"
+    pow2_scale: bool = True
+
+    @property
+    def stochastic(self) -> bool:
+        return self.fmt is not None and self.rounding == "stochastic"
+
+    @property
+    def axis_free(self) -> bool:
+        """Whether the cast is the same along either axis of a 2-D tensor: element formats and
+        square 2-D blocks."""
+        return not isinstance(self.fmt, BlockFormat) or self.fmt.block == self.fmt.block_cols
+
+    def __call__(self, t: torch.Tensor, seed: int = 0, axis: int = -1) -> torch.Tensor:
+        if self.fmt is None:
+            return t
+        kw = dict(rounding=self.rounding, saturate=self.saturate, subnormals=self.subnormals, seed=seed)
+        if isinstance(self.fmt, BlockFormat):
+            return quantize(t, self.fmt, axis=axis, **kw)
+        if self.scaling == "none":
+            return quantize(t, self.fmt, **kw)
+        scale = self._scale(t)
+        return quantize(t * scale, self.fmt, **kw) / scale
+
+    def _scale(self, t: torch.Tensor) -> torch.Tensor:
+        """Per-tensor scale (0-dim, on t's device, no host sync); 1 when amax is 0, Inf or NaN."""
+        amax = t.detach().abs().amax().float()
+        usable = torch.isfinite(amax) & (amax > 0)
+        amax = torch.where(usable, amax, torch.ones_like(amax))
+        if self.pow2_scale:
+            # exact floor(log2(max_finite / amax)) from the binary exponents: a = m 2^e, max = M 2^E, m, M in [0.5, 1)
+            m, e = torch.frexp(amax)
+            big_m, big_e = math.frexp(self.fmt.max_finite)
+            k = (big_e - e - (m > big_m).to(e.dtype)).clamp(-126, 126)
+            scale = torch.ldexp(torch.ones_like(amax), k)
+        else:
+            scale = (self.fmt.max_finite / amax).clamp(2.0**-126, 2.0**126)
+        return torch.where(usable, scale, torch.ones_like(scale)).to(t.dtype)
+
+    def __str__(self) -> str:
+        return "fp32" if self.fmt is None else str(self.fmt)
+
+
+RoleCast = OperandCast  # the three-role linear's name
+
+
+@dataclass(frozen=True)
+class LayerCasts:
+    """The six operand casts of one linear layer and its Hadamard transform."""
+
+    fwd_x: OperandCast
+    fwd_w: OperandCast
+    dgrad_g: OperandCast
+    dgrad_w: OperandCast
+    wgrad_g: OperandCast
+    wgrad_x: OperandCast
+    hadamard: int = 0  # block size n of the transform; 0: none
+    hadamard_gemms: tuple[str, ...] = ()  # of GEMMS
+    per_call_signs: bool = False  # fresh signs each call (Quartet) instead of fixed ones per layer
+
+    @classmethod
+    def uniform(cls, cast: OperandCast) -> LayerCasts:
+        return cls(*(cast,) * len(OPERANDS))
+
+    def operand(self, name: str) -> OperandCast:
+        return getattr(self, name)
+
+    def rotates(self, gemm: str) -> bool:
+        return self.hadamard > 0 and gemm in self.hadamard_gemms
+
+    def _shares(self, a: str, b: str, gemm_a: str, gemm_b: str) -> bool:
+        ca, cb = self.operand(a), self.operand(b)
+        return ca == cb and ca.axis_free and not (self.rotates(gemm_a) or self.rotates(gemm_b))
+
+    @property
+    def share_x(self) -> bool:
+        """fwd_x's cast serves wgrad_x."""
+        return self._shares("fwd_x", "wgrad_x", "fwd", "wgrad")
+
+    @property
+    def share_w(self) -> bool:
+        """fwd_w's cast serves dgrad_w."""
+        return self._shares("fwd_w", "dgrad_w", "fwd", "dgrad")
+
+    @property
+    def share_g(self) -> bool:
+        """dgrad_g's cast serves wgrad_g."""
+        return self._shares("dgrad_g", "wgrad_g", "dgrad", "wgrad")
+
+    @property
+    def needs_seeds(self) -> bool:
+        return any(self.operand(op).stochastic for op in OPERANDS) or (self.hadamard > 0 and self.per_call_signs)
+
+    @property
+    def is_fp32(self) -> bool:
+        return all(self.operand(op).fmt is None for op in OPERANDS)
+
+    def describe(self) -> str:
+        names = {op: str(self.operand(op)) for op in OPERANDS}
+        if len(set(names.values())) == 1:
+            text = next(iter(names.values()))
+        else:
+            text = ", ".join(f"{op}={name}" for op, name in names.items())
+        if self.hadamard:
+            text += f", hadamard={self.hadamard} on {'+'.join(self.hadamard_gemms)}"
+        return text
+
+
+@dataclass(frozen=True)
+class Keep:
+    """Layers kept in another format: module-name globs and the first / last transformer blocks."""
+
+    cast: OperandCast = OperandCast(None)  # what kept layers use (fmt None: they stay nn.Linear)
+    first: int = 0  # the first k blocks
+    last: int = 0  # the last k blocks
+    match: tuple[str, ...] = ()  # fnmatch patterns on module names
+
+    def keeps(self, name: str, block: int | None, n_blocks: int) -> bool:
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in self.match):
+            return True
+        return block is not None and (block < self.first or block >= n_blocks - self.last)
+
+
+@dataclass(frozen=True)
+class PrecisionConfig:
+    """Every layer's casts: the role defaults, the resolved six operands, and the layers that
+    keep another precision (`exclude`: fp32, `keep`: keep.format)."""
+
+    x: OperandCast  # role defaults, as configured (before per-operand overrides)
+    w: OperandCast
+    grad: OperandCast
+    casts: LayerCasts = None  # the six operands after overrides; None: from the roles
+    exclude: tuple[str, ...] = ()  # fnmatch patterns on module names, e.g. "lm_head"
+    keep: Keep = field(default_factory=Keep)
+
+    def __post_init__(self) -> None:
+        if self.casts is None:
+            roles = {"x": self.x, "w": self.w, "grad": self.grad}
+            object.__setattr__(self, "casts", LayerCasts(*(roles[OPERAND_ROLE[op]] for op in OPERANDS)))
+
+    @property
+    def is_fp32(self) -> bool:
+        return self.casts.is_fp32 and (self.keep.cast.fmt is None or not (self.keep.first or self.keep.last
+                                                                          or self.keep.match))
+
+    def excludes(self, name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.exclude)
+
+    def layer_casts(self, name: str, block: int | None = None, n_blocks: int = 0) -> LayerCasts | None:
+        """The casts of the linear layer `name` (in transformer block `block` of `n_blocks`, or
+        None outside the blocks); None: the layer stays an fp32 nn.Linear."""
+        if self.excludes(name):
+            return None
+        casts = LayerCasts.uniform(self.keep.cast) if self.keep.keeps(name, block, n_blocks) else self.casts
+        return None if casts.is_fp32 else casts
+
+    @classmethod
+    def from_cfg(cls, cfg: Any) -> PrecisionConfig:
+        """Build from a `precision` config node (DictConfig or dict, keys may be missing); a bad
+        value is a ValueError naming its key. Types and the shared options' allowed values are
+        the config schema's (precisionlab.config)."""
+        if isinstance(cfg, PrecisionConfig):
+            return cfg
+        cfg = _plain(cfg)
+        if cfg.get("format") is not None:
+            _parse("format", cfg["format"])  # report the key the user typed, not an interpolated role
+        shared = dict(
+            rounding=cfg.get("rounding", "nearest_even"),
+            saturate=bool(cfg.get("saturate", True)),
+            subnormals=bool(cfg.get("subnormals", True)),
+            scaling=cfg.get("scaling", "none"),
+            pow2_scale=bool(cfg.get("pow2_scale", True)),
+        )
+        roles = {r: OperandCast(_parse(r, cfg.get(r, cfg.get("format", "fp32"))), **shared) for r in ROLES}
+        overrides = cfg.get("operands") or {}
+        unknown = sorted(set(overrides) - set(OPERANDS))
+        if unknown:
+            raise ValueError(f"precision.operands.{unknown[0]} is not an operand; accepted: {', '.join(OPERANDS)}")
+        operands = [_override(op, roles[OPERAND_ROLE[op]], overrides.get(op) or {}) for op in OPERANDS]
+        size, gemms, signs = _hadamard(cfg.get("hadamard") or {})
+        casts = LayerCasts(*operands, hadamard=size, hadamard_gemms=gemms, per_call_signs=signs == "per_call")
+        return cls(**roles, casts=casts, exclude=_patterns(cfg.get("exclude")), keep=_keep(cfg.get("keep") or {}))
+
+
+def _plain(cfg: Any) -> dict:
+    if isinstance(cfg, dict):
+        return dict(cfg)
+    from omegaconf import OmegaConf  # only when handed a DictConfig
+
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def _parse(key: str, name: Any) -> FloatFormat | BlockFormat | None:
+    try:
+        fmt = parse_format(name)
+    except ValueError as err:
+        raise ValueError(f"precision.{key}: {err}") from None
+    return None if fmt == _FP32 else fmt
+
+
+def _patterns(value: Any) -> tuple[str, ...]:
+    if not value:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _override(op: str, role: OperandCast, settings: dict) -> OperandCast:
+    unknown = sorted(set(settings) - set(OPTIONS))
+    if unknown:
+        raise ValueError(f"precision.operands.{op}.{unknown[0]} is not a config key; an operand takes {', '.join(OPTIONS)}")
+    given = {k: v for k, v in settings.items() if v is not None}
+    if "rounding" in given and given["rounding"] not in ROUNDING_MODES:
+        raise ValueError(f"precision.operands.{op}.rounding must be one of {', '.join(ROUNDING_MODES)}; "
+                         f"got {given['rounding']!r}")
+    if "scaling" in given and given["scaling"] not in SCALINGS:
+        raise ValueError(f"precision.operands.{op}.scaling must be one of {', '.join(SCALINGS)}; got {given['scaling']!r}")
+    changes = {("fmt" if k == "format" else k): v for k, v in given.items()}
+    if "fmt" in changes:
+        changes["fmt"] = _parse(f"operands.{op}.format", changes["fmt"])
+    return OperandCast(**{f.name: changes.get(f.name, getattr(role, f.name)) for f in fields(OperandCast)})
+
+
+def _hadamard(cfg: dict) -> tuple[int, tuple[str, ...], str]:
+    size = cfg.get("size", 0)
+    if size not in (0, *HADAMARD_SIZES):
+        raise ValueError(f"precision.hadamard.size must be 0 (off) or one of {', '.join(map(str, HADAMARD_SIZES))}; "
+                         f"got {size!r}")
+    gemms = tuple(cfg.get("gemms", ("wgrad",)))
+    bad = [g for g in gemms if g not in GEMMS]
+    if bad or (size and not gemms):
+        raise ValueError(f"precision.hadamard.gemms must be a non-empty list of {', '.join(GEMMS)}; got {list(gemms)!r}")
+    signs = cfg.get("signs", "fixed")
+    if signs not in SIGNS:
+        raise ValueError(f"precision.hadamard.signs must be one of {', '.join(SIGNS)}; got {signs!r}")
+    return size, (tuple(g for g in GEMMS if g in gemms) if size else ()), signs
+
+
+def _keep(cfg: dict) -> Keep:
+    for key in ("first", "last"):
+        value = cfg.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"precision.keep.{key} must be an integer >= 0 (blocks); got {value!r}")
+    return Keep(OperandCast(_parse("keep.format", cfg.get("format", "bf16"))), cfg.get("first", 0),
+                cfg.get("last", 0), _patterns(cfg.get("match")))
