@@ -162,17 +162,29 @@ def label_runs(runs: pd.DataFrame) -> pd.DataFrame:
         flat = pd.json_normalize([c if isinstance(c, dict) else {} for c in runs.config]).astype(str)
         by_format = flat.groupby(runs["format"].to_numpy())
         varying = sorted(k for k in flat.columns if not _skipped(k) and (by_format[k].nunique() > 1).any())
+        recipe = [k for k in varying if k.startswith("precision.")]
+        by_name = bool(recipe) and "precision.name" in flat.columns and (by_format["precision.name"].nunique() > 1).any()
+        if by_name:  # presets that differ beyond their formats (nvfp4 vs nvfp4_no_rht): their name says how
+            varying = [k for k in varying if k not in recipe]
         short = {k: k.split(".")[-1] for k in varying}
         if len(set(short.values())) < len(short):
             short = {k: k for k in varying}
-        extras = [" [" + ", ".join(f"{short[k]}={flat[k].iat[i]}" for k in varying) + "]" if varying else ""
-                  for i in range(len(runs))]
+        extras = []
+        for i in range(len(runs)):
+            parts = [flat["precision.name"].iat[i]] if by_name and flat["precision.name"].iat[i] not in _UNSET else []
+            parts += [f"{short[k]}={flat[k].iat[i]}" for k in varying if flat[k].iat[i] not in _UNSET]
+            if parts == [runs["format"].iat[i]]:  # the preset named after its format
+                parts = []
+            extras.append(" [" + ", ".join(parts) + "]" if parts else "")
     runs["variant"] = runs["format"] + pd.Series(extras, index=runs.index)
     loss0 = runs.initial_loss.astype(float)
     final = runs.final_val_loss.astype(float)
     capped = np.where(runs.status == "diverged", loss0, np.fmin(final, loss0))
     runs["capped_loss"] = np.where(runs.status.isin(DONE), capped, np.nan)
     return runs
+
+
+_UNSET = ("nan", "None")  # a key one run's config has and another's lacks, or null: no label part
 
 
 def _variant_sorted(df: pd.DataFrame, *also: str) -> pd.DataFrame:

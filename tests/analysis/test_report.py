@@ -292,3 +292,23 @@ def test_compare_two_sweeps(store):
     assert row.p_b_more_diverged == pytest.approx(fisher_greater(1, 2, 2, 4))
     assert math.isnan(table.loc["fp32", "finished_b"]) and math.isnan(table.loc["fp32", "p_a_more_diverged"])
     assert compare_notes(a, b) == []  # same LR grid, same steps and model in both
+
+
+def test_recipe_presets_are_labelled_by_name(tmp_path):
+    """Presets that share formats but differ in operand settings (nvfp4 vs its ablations) are told
+    apart by their names, not by a list of keys with 'nan' for the ones a preset leaves unset."""
+    store = ResultsStore(tmp_path / "store.db")
+    store.add_sweep("fp4", command="test")
+    nvfp4 = {"name": "nvfp4", "format": "nvfp4", "x": "nvfp4", "w": "e2m1fn/b16x16/e4m3fn/tensor", "grad": "nvfp4",
+             "operands": {"dgrad_g": {"rounding": "stochastic"}}, "hadamard": {"size": 16}}
+    no_rht = {**nvfp4, "name": "nvfp4_no_rht", "hadamard": {"size": 0}}
+    no_sr = {**nvfp4, "name": "nvfp4_no_sr", "operands": {}}
+    mxfp4 = {"name": "mxfp4", "format": "mxfp4", "x": "mxfp4", "w": "mxfp4", "grad": "mxfp4"}
+    mxfp4_sr = {**mxfp4, "name": "mxfp4_rht_sr", "operands": {"wgrad_g": {"rounding": "stochastic"}}}
+    for precision in (nvfp4, no_rht, no_sr, mxfp4, mxfp4_sr):
+        _record(store, {"precision": precision, "optim": {"lr": 1e-3}, "seed": 0}, "completed", 3.0, None, 0, sweep="fp4")
+    variants = list(build(store, "fp4").by_variant.variant)
+    w = "e2m1fn:b16x16:e4m3fn:tensor"
+    assert variants == [f"nvfp4/{w}/nvfp4 [nvfp4]", f"nvfp4/{w}/nvfp4 [nvfp4_no_rht]", f"nvfp4/{w}/nvfp4 [nvfp4_no_sr]",
+                        "mxfp4", "mxfp4 [mxfp4_rht_sr]"]
+    assert all("nan" not in v for v in variants)
