@@ -221,7 +221,7 @@ def sharpness(
     """
     from precisionlab.runtime import DeviceError, resolve_device
     from precisionlab.store import StoreError
-    from precisionlab.sweep.sharpness import measure_checkpoints
+    from precisionlab.sweep.sharpness import check_batch_size, measure_checkpoints
     from precisionlab.train import measure
 
     metrics = [m.strip() for item in (metric or ["logit"]) for m in item.split(",")]
@@ -252,6 +252,10 @@ def sharpness(
             name = store.sweep_name(sweep_name)
         except Exception as err:  # StoreError, or SQLite/pandas failing on a damaged file
             fail(_first_line(err))
+        try:
+            check_batch_size(store, name, batch_size)
+        except ValueError as err:
+            fail(str(err))
         try:
             outcome = measure_checkpoints(store, name, metrics, settings, batch_size=batch_size, device=device)
         except StoreError as err:  # damaged, or made unwritable, while measuring

@@ -96,6 +96,8 @@ def _cases(files: Path) -> list[tuple[list[str], str]]:
             ("e2m1fn/b32/e8m0/floor/x", "too many parts"), ("e2m1fn/b99999999999999999999/e8m0", "power of two"))],
         *[(["train", f"precision.format={name}", "train.steps=1"], f"'{name}'") for name in (
             "e2m1fn/b0/e8m0", "e2m1fn/b24/e8m0", "e2m1fn/b32/e9m1", "e2m1fn/b32/fp32/rceil", "mxfp3")],
+        # six operand casts, Hadamard transforms, kept layers (issue 11)
+        *PRECISION_CASES,
         # stores: what a --store path is, and damaged files
         *[([cmd, "--store", stores[name]], fragment) for cmd in ("report", "sharpness") for name, fragment in (
             ("damaged.db", "the file is damaged; move it aside"), ("header-only.db", "cannot be read as SQLite"),
@@ -481,3 +483,42 @@ def _running(pid: int) -> bool:
             return f.read().rpartition(")")[2].split()[0] != "Z"
     except (ProcessLookupError, FileNotFoundError):
         return False
+
+
+# --------------------------------------------------------------------------- operands, Hadamard, keep (issue 11)
+
+# `precisionlab train` with these overrides (and train.steps=1): each fails validation, before training
+PRECISION_CASES = [(["train", *args, "train.steps=1"], fragment) for args, fragment in (
+    (["precision.hadamard.size=24"], "precision.hadamard.size must be 0 (off) or one of 16, 32, 128; got 24"),
+    (["precision=mxfp4", "precision.hadamard.size=128", "precision.hadamard.gemms=[fwd]", "model.n_embd=96", "model.n_head=4"],
+     "precision.hadamard.size=128 must divide the fwd GEMM's reduction axis"),
+    (["precision=nvfp4", "precision.hadamard.gemms=[dgrad]", "model.n_embd=40", "model.n_head=4"],
+     "precision.hadamard.size=16 must divide the dgrad GEMM's reduction axis"),
+    (["precision=nvfp4", "train.batch_size=3", "train.seq_len=7"], "precision.hadamard.size=16 must divide the wgrad GEMM's"),
+    (["precision.hadamard.size=16"], "precision.hadamard.size=16 rotates GEMM operands before their casts, but every operand is fp32"),
+    (["precision.hadamard.gemms=[foo]"], "precision.hadamard.gemms must be a non-empty list of fwd, dgrad, wgrad"),
+    (["precision.hadamard.size=16", "precision.hadamard.gemms=[]"], "precision.hadamard.gemms must be a non-empty list"),
+    (["precision.hadamard.signs=random"], "precision.hadamard.signs must be one of fixed, per_call"),
+    (["precision.operands.fwd_q.format=e4m3"], "precision.operands.fwd_q"),
+    (["precision.operands.fwd_x.format=e2m1fn/b0/e8m0"], "precision.operands.fwd_x.format: block format 'e2m1fn/b0/e8m0'"),
+    (["precision.operands.fwd_x.rounding=up"], "precision.operands.fwd_x.rounding must be one of"),
+    (["precision.operands.fwd_x.scaling=block"], "precision.operands.fwd_x.scaling must be one of none, tensor"),
+    (["precision.operands.fwd_x.colour=red"], "precision.operands.fwd_x.colour"),
+    (["precision.keep.last=-1"], "precision.keep.last must be an integer >= 0"),
+    (["precision.keep.first=1.5"], "precision.keep.first"),
+    (["precision.keep.format=e9m9"], "precision.keep.format: format 'e9m9'"),
+    (["precision.format=e2m1fn/b32/e9m9"], "precision.format: block format 'e2m1fn/b32/e9m9': unknown scale format 'e9m9'"),
+    (["precision.format=e2m1fn/b32/e8m0/amax"], "precision.format: block format 'e2m1fn/b32/e8m0/amax': scale rule 'amax'"),
+)]
+
+
+@pytest.mark.parametrize("args, fragment", PRECISION_CASES, ids=[" ".join(a[1:-1]) for a, _ in PRECISION_CASES])
+def test_bad_precision_settings_are_one_line_exit_2(args, fragment, tmp_path, monkeypatch):
+    """The catalogue's checks for the new precision keys alone (the catalogue itself is slow)."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, args)
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.stderr
+    assert "Traceback" not in result.output and (result.exception is None or isinstance(result.exception, SystemExit))
+    assert list(tmp_path.iterdir()) == []

@@ -249,6 +249,9 @@ class PrecisionConfig:
         operands = [_override(op, roles[OPERAND_ROLE[op]], overrides.get(op) or {}) for op in OPERANDS]
         size, gemms, signs = _hadamard(cfg.get("hadamard") or {})
         casts = LayerCasts(*operands, hadamard=size, hadamard_gemms=gemms, per_call_signs=signs == "per_call")
+        if size and casts.is_fp32:  # it would change nothing but the run id
+            raise ValueError(f"precision.hadamard.size={size} rotates GEMM operands before their casts, but every "
+                             "operand is fp32; set a format (precision.format, .x, .w, .grad) or hadamard.size=0")
         return cls(**roles, casts=casts, exclude=_patterns(cfg.get("exclude")), keep=_keep(cfg.get("keep") or {}))
 
 

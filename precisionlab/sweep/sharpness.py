@@ -33,6 +33,22 @@ class Outcome:
     unreadable: list[str] | None = None  # checkpoints that could not be loaded: "path (why)"
 
 
+def check_batch_size(store: Any, sweep: str, batch_size: int | None) -> None:
+    """ValueError when `batch_size` sequences give a token count that a run's weight-gradient
+    Hadamard transform cannot divide (the run's own train.batch_size passed that check)."""
+    if batch_size is None:
+        return
+    for row in store.runs(sweep=sweep).itertuples():
+        cfg = row.config
+        hadamard = (cfg.get("precision") or {}).get("hadamard") or {}
+        size, gemms = hadamard.get("size", 0), hadamard.get("gemms", ["wgrad"])
+        tokens = batch_size * int(cfg["train"]["seq_len"])
+        if size and "wgrad" in gemms and tokens % size:
+            raise ValueError(f"--batch-size {batch_size} gives {tokens} tokens per batch, which run {row.run_id}'s "
+                             f"weight-gradient Hadamard transform (size {size}) cannot divide; use a batch size whose "
+                             f"tokens (x train.seq_len {cfg['train']['seq_len']}) are a multiple of {size}")
+
+
 def measure_checkpoints(store: Any, sweep: str, metrics: Sequence[str], settings: Settings,
                         batch_size: int | None = None, device: str = "cpu", progress: bool | None = None) -> Outcome:
     """Measure every stored checkpoint of `sweep` that lacks a (metric, params) value; write each

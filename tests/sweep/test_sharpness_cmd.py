@@ -307,3 +307,21 @@ def test_run_directory_gets_sharpness_csv(train_cfg, tmp_path, monkeypatch):
 def test_bad_sharpness_config_is_a_config_error(train_cfg, override, message):
     with pytest.raises(ConfigError, match=message):
         validate(train_cfg(override))
+
+
+def test_batch_size_a_runs_hadamard_cannot_divide_is_refused():
+    """--batch-size changes the tokens of the backward passes: a run whose weight-gradient Hadamard
+    transform needs a multiple of 16 tokens must be refused up front, not crash midway."""
+    import pandas as pd
+
+    from precisionlab.sweep.sharpness import check_batch_size
+
+    class Store:
+        def runs(self, sweep):
+            cfg = {"train": {"seq_len": 7, "batch_size": 16}, "precision": {"hadamard": {"size": 16, "gemms": ["wgrad"]}}}
+            return pd.DataFrame({"run_id": ["abc"], "config": [cfg]})
+
+    check_batch_size(Store(), "s", None)
+    check_batch_size(Store(), "s", 32)  # 224 tokens
+    with pytest.raises(ValueError, match=r"--batch-size 3 gives 21 tokens .* run abc.*multiple of 16"):
+        check_batch_size(Store(), "s", 3)
