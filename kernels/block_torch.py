@@ -99,14 +99,20 @@ def _fused(xv: torch.Tensor, spec: BlockSpec, consts: torch.Tensor, S: torch.Ten
     (`key`) only for a region that is the whole contiguous tensor, so that element (r, k) is
     element r * K + k of the scaled tensor and draws philox(seed, r * K + k)."""
     amax = _block_amax(xv)
+    if spec.tensor_scale and S is None:  # the region is the whole tensor: its tensor scale in the same graph
+        S = _tensor_scale(_finite_max(amax), consts)
     m, d, a, b = _factors(amax, spec, consts, S)
     q = _qcast((xv * m) / d, spec.elem, key)
     return torch.where(torch.isfinite(amax), (q * a) / b, float("nan"))
 
 
-def _finite_amax(xv: torch.Tensor) -> torch.Tensor:
-    amax = _block_amax(xv)
+def _finite_max(amax: torch.Tensor) -> torch.Tensor:
+    """The largest finite block amax (NaN/Inf blocks do not set the tensor scale)."""
     return torch.where(torch.isfinite(amax), amax, 0.0).amax()
+
+
+def _finite_amax(xv: torch.Tensor) -> torch.Tensor:
+    return _finite_max(_block_amax(xv))
 
 
 def _regions(rows: int, K: int, B: int, C: int):
@@ -153,7 +159,7 @@ def block_cast_torch(
     fused = _compiled_fused() if compiled else _fused
     finite_amax = _compiled_finite_amax() if compiled and _compiled_fused() is not _fused else _finite_amax
     S = None
-    if spec.tensor_scale:
+    if spec.tensor_scale and len(regions) > 1:  # one region computes it inside `fused`
         S = _tensor_scale(torch.stack([finite_amax(v) for v in views]).amax(), consts)
 
     if spec.elem.rounding == STOCHASTIC and len(regions) == 1:  # whole blocks only: one pass, as any other rounding
