@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
-from precisionlab.analysis.report import Report, bits_per_element, format_family
+from precisionlab.analysis.report import Report, bits_per_element, display_label, format_family
 
 __all__ = ["figures", "png", "loss_curves", "final_loss_heatmap", "stability_vs_bits", "sharpness_curves"]
 
@@ -70,7 +70,7 @@ def _draw_loss(ax, report: Report, variant: str, curves: pd.DataFrame, colours, 
             ax.plot([curve.step.iloc[-1]], [y], marker="x", color="black", markersize=7, mew=1.6, zorder=5)
             ax.plot([curve.step.iloc[-1]], [y], marker="x", color=colour, markersize=5, mew=1.0, zorder=6)
     ax.set_ylim(*ylim)
-    ax.set_title(variant, fontsize=10)
+    ax.set_title(display_label(variant), fontsize=10)
     ax.grid(alpha=0.3)
 
 
@@ -127,7 +127,7 @@ def final_loss_heatmap(report: Report) -> Figure:
         ax.text(j, i, "\n".join(lines), ha="center", va="center", fontsize=8,
                 color="black" if shade > 0.5 else "white")
     ax.set_xticks(range(len(lrs)), [f"{lr:.3g}" for lr in lrs])
-    ax.set_yticks(range(len(variants)), variants)
+    ax.set_yticks(range(len(variants)), [display_label(v) for v in variants])
     ax.set_xlabel("learning rate")
     ax.set_title("final validation loss (mean ± std over completed seeds)", fontsize=10)
     fig.colorbar(image, ax=ax, label="final val loss", shrink=0.9)
@@ -155,7 +155,7 @@ def stability_vs_bits(*reports: Report) -> Figure | None:
     axes = fig.subplots(1, 2)
     wide, narrow = table[table.bits > 16], table[table.bits <= 16]
     series = narrow.assign(family=narrow.variant.map(format_family),
-                           extra=[v.split(" ", 1)[1] if " " in v else "" for v in narrow.variant])
+                           extra=[display_label(v).split(" ", 1)[-1] if " [" in v else "" for v in narrow.variant])
     for ax, column, label in ((axes[0], "diverged_frac", "diverged runs (%)"),
                               (axes[1], "lr_sensitivity", "LR sensitivity")):
         scale = 100.0 if column == "diverged_frac" else 1.0
@@ -163,8 +163,9 @@ def stability_vs_bits(*reports: Report) -> Figure | None:
             group = group.sort_values("bits")
             ax.plot(group.bits, group[column] * scale, marker="o", label=f"{sweep}{family} {extra}".strip())
             for row in group.itertuples():  # labels of later series sit lower, so equal values stay legible
-                ax.annotate(row.variant.split(" ")[0], (row.bits, getattr(row, column) * scale), fontsize=7,
-                            textcoords="offset points", xytext=(4, 4 - 11 * k))
+                name = display_label(row.variant)
+                ax.annotate(name if name != row.variant else row.variant.split(" ")[0], (row.bits, getattr(row, column) * scale),
+                            fontsize=7, textcoords="offset points", xytext=(4, 4 - 9 * (k % 4)))
         for i, row in enumerate(wide.itertuples()):
             ax.axhline(getattr(row, column) * scale, ls="--", lw=1, color=f"C{(i + 5) % 10}",
                        label=f"{row.sweep}{row.variant}")

@@ -139,6 +139,13 @@ def short_format(name: str) -> str:
     return name.replace("/", ":")
 
 
+def display_label(variant: str) -> str:
+    """A variant's label in figures: a preset's name alone where its formats are long
+    ("nvfp4/e2m1fn:b16x16:e4m3fn:tensor/nvfp4 [nvfp4_no_rht]" -> "nvfp4_no_rht")."""
+    formats, _, extras = variant.partition(" [")
+    return extras[:-1] if extras and len(formats) > 16 else variant
+
+
 def _unshort(name: str) -> str:
     return name.replace(":", "/")
 

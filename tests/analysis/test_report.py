@@ -31,6 +31,7 @@ from precisionlab.analysis.report import (
     filter_runs,
     fisher_greater,
     bits_per_element,
+    display_label,
     format_family,
     format_order,
     label_runs,
@@ -312,3 +313,4 @@ def test_recipe_presets_are_labelled_by_name(tmp_path):
     assert variants == [f"nvfp4/{w}/nvfp4 [nvfp4]", f"nvfp4/{w}/nvfp4 [nvfp4_no_rht]", f"nvfp4/{w}/nvfp4 [nvfp4_no_sr]",
                         "mxfp4", "mxfp4 [mxfp4_rht_sr]"]
     assert all("nan" not in v for v in variants)
+    assert [display_label(v) for v in variants] == ["nvfp4", "nvfp4_no_rht", "nvfp4_no_sr", "mxfp4", "mxfp4 [mxfp4_rht_sr]"]
