@@ -54,8 +54,8 @@ def hadamard_transform(t: torch.Tensor, matrix: torch.Tensor, axis: int = -1) ->
     if size % n:
         raise ValueError(f"a Hadamard transform of size {n} needs an axis whose length is a multiple of {n}, got {size}")
     matrix = matrix.to(t.dtype)
-    if axis == t.dim() - 1:  # runs are rows of a (..., size / n, n) view: one GEMM
-        return (t.reshape(*t.shape[:-1], size // n, n) @ matrix).reshape(t.shape)
+    if axis == t.dim() - 1:  # runs are rows of a (..., size / n, n) view: one GEMM (strided views are slow)
+        return (t.contiguous().reshape(*t.shape[:-1], size // n, n) @ matrix).reshape(t.shape)
     # runs go down the axis: (outer, size / n, n, inner) -> M^T @ each (n, inner) slab, no transposed copy
     outer, inner = t.shape[:axis].numel(), t.shape[axis + 1:].numel()
     return (matrix.t() @ t.reshape(outer, size // n, n, inner)).reshape(t.shape)

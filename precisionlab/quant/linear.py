@@ -98,17 +98,15 @@ class _QuantLinearFn(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             x2 = x_saved.reshape(-1, in_f)  # (N, in)
             if casts.share_g and casts.share_x:
-                grad_w = g_q.t() @ x2  # (out, N) @ (N, in) -> (out, in)
+                g_wq, x_wq = g_q, x2
             else:
-                # tokens last: casting (out, N) along -1 is casting (N, out) along 0, the same bits
-                # (quantize moves the axis last itself), without transposing back and forth
-                gt, xt = g.t(), x2.t()  # (out, N), (in, N)
+                ga, xa = g, x2
                 if casts.rotates("wgrad"):
                     h = _hadamard(casts, seeds[8], g.device)
-                    gt, xt = hadamard_transform(gt, h, -1), hadamard_transform(xt, h, -1)
-                g_wq = g_q.t() if casts.share_g else casts.wgrad_g(gt, seeds[5], axis=-1)  # (out, N)
-                x_wq = x2.t() if casts.share_x else casts.wgrad_x(xt, seeds[3], axis=-1)  # (in, N)
-                grad_w = g_wq @ x_wq.t()  # (out, N) @ (N, in) -> (out, in)
+                    ga, xa = hadamard_transform(g, h, 0), hadamard_transform(x2, h, 0)
+                g_wq = g_q if casts.share_g else casts.wgrad_g(ga, seeds[5], axis=0)  # (N, out), blocks along tokens
+                x_wq = x2 if casts.share_x else casts.wgrad_x(xa, seeds[3], axis=0)  # (N, in)
+            grad_w = g_wq.t() @ x_wq  # (out, N) @ (N, in) -> (out, in)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g.sum(0)  # (out,)
         return grad_x, grad_w, grad_b, None, None
