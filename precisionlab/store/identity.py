@@ -161,7 +161,50 @@ def semantic_config(config: Mapping[str, Any], neutral: Mapping[str, Any] = NEUT
                 out[key] = value
         return out
 
-    return prune(_normalised(canonical(config)), "")
+    return prune(_canonical_precision(_normalised(canonical(config))), "")
+
+
+_FORMAT_LEAVES = ("format", "x", "w", "grad")
+
+
+def _canonical_precision(config: dict) -> dict:
+    """Spellings of one computation hash alike: a block format becomes its canonical generic
+    spelling (mxfp8 = mxfp8_e4m3 = e4m3fn/b32/e8m0), the Hadamard GEMMs are listed in GEMM order
+    and dropped (with the signs) while the transform is off. Element-format names stay as typed:
+    ids recorded before block formats existed hash them so."""
+    precision = config.get("precision")
+    if not isinstance(precision, dict):
+        return config
+    from precisionlab.numerics.blocks import BlockFormat, parse_format  # numerics imports nothing of the store
+
+    def spelled(name: Any) -> Any:
+        if not isinstance(name, str):
+            return name
+        try:
+            fmt = parse_format(name)
+        except ValueError:
+            return name
+        return fmt.spelling if isinstance(fmt, BlockFormat) else name
+
+    precision = dict(precision)
+    for key in _FORMAT_LEAVES:
+        if key in precision:
+            precision[key] = spelled(precision[key])
+    if isinstance(precision.get("operands"), dict):
+        precision["operands"] = {op: {k: spelled(v) if k == "format" else v for k, v in settings.items()}
+                                 if isinstance(settings, dict) else settings
+                                 for op, settings in precision["operands"].items()}
+    if isinstance(precision.get("keep"), dict) and "format" in precision["keep"]:
+        precision["keep"] = {**precision["keep"], "format": spelled(precision["keep"]["format"])}
+    hadamard = precision.get("hadamard")
+    if isinstance(hadamard, dict):
+        if not hadamard.get("size"):
+            hadamard = {k: v for k, v in hadamard.items() if k not in ("gemms", "signs")}
+        elif isinstance(hadamard.get("gemms"), list):
+            order = ("fwd", "dgrad", "wgrad")
+            hadamard = {**hadamard, "gemms": sorted(set(hadamard["gemms"]), key=lambda g: (order.index(g) if g in order else 3, g))}
+        precision["hadamard"] = hadamard
+    return {**config, "precision": precision}
 
 
 def dumps(value: Any) -> str:

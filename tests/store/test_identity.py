@@ -106,3 +106,20 @@ def test_numbers_count_by_value_and_types_stay_apart():
                                       "sharpness.every=5", "train.checkpoint_dir=/scratch/ck"])
 def test_non_semantic_keys_never_change_ids(override):
     assert run_id(_train(override)) == run_id(_train())
+
+
+def test_spellings_of_one_computation_share_an_id():
+    """A block format's spellings, Hadamard GEMMs in any order, and Hadamard settings while it is
+    off are one run; element-format names hash as typed (older ids depend on them)."""
+    named = run_id(_train("precision.format=mxfp8"))
+    assert run_id(_train("precision.format=mxfp8_e4m3")) == named
+    assert run_id(_train("precision.format=e4m3fn/b32/e8m0")) == named
+    assert run_id(_train("precision.format=e4m3fn/b32/e8m0/floor")) == named
+    assert run_id(_train("precision.format=e4m3fn/b32/e8m0/rceil")) != named
+    assert run_id(_train("precision=mxfp4", "precision.hadamard.gemms=[fwd]")) == run_id(_train("precision=mxfp4"))
+    assert run_id(_train("precision=mxfp4", "precision.hadamard.signs=per_call")) == run_id(_train("precision=mxfp4"))
+    both = run_id(_train("precision=nvfp4", "precision.hadamard.gemms=[fwd,wgrad]"))
+    assert run_id(_train("precision=nvfp4", "precision.hadamard.gemms=[wgrad,fwd]")) == both != run_id(_train("precision=nvfp4"))
+    assert run_id(_train("precision=nvfp4", "precision.operands.fwd_x.format=e2m1fn/b16/e4m3fn/tensor")) == \
+        run_id(_train("precision=nvfp4", "precision.operands.fwd_x.format=nvfp4"))
+    assert run_id(_train("precision.format=e4m3fn")) != run_id(_train("precision.format=e4m3"))
