@@ -337,14 +337,18 @@ def test_compiled_twin_is_bit_identical_to_eager(monkeypatch):
 
 @pytest.mark.parametrize("name", ["mxfp8", "mxfp4", "nvfp4", "e4m3fn/b32/e8m0/rceil", "e2m1fn/b16/bf16"])
 @pytest.mark.parametrize("compile_", ["0", "1"])
-def test_blocks_down_the_columns_equal_the_transposed_cast(name, compile_, monkeypatch):
+@pytest.mark.parametrize("rounding", ["nearest_even", "stochastic"])
+@pytest.mark.parametrize("rows", [250, 256])
+def test_blocks_down_the_columns_equal_the_transposed_cast(name, compile_, rounding, rows, monkeypatch):
     """A 2-D tensor cast along axis 0 runs as B x 1 blocks of the untransposed tensor (no copies):
-    the same bits as casting its transpose along the last axis, partial blocks included."""
+    the same bits as casting its contiguous transpose along the last axis, stochastic draws
+    included (they keep the transpose's index), with and without a partial last block."""
     monkeypatch.setenv("PRECISIONLAB_COMPILE", compile_)
-    x = torch.from_numpy(np.tile(block_probe_inputs(64, 96, 32, seed=23), (2, 3)))[:, :250].contiguous()  # 144 x 250
-    x = x.T.contiguous()[:, :140]  # 250 x 140: 250 rows, a partial last block down the columns
-    want = quantize(x.T.contiguous(), name).T
-    assert_same_bits(quantize(x, name, axis=0).numpy(), want.numpy(), x.numpy(), f"{name} axis 0")
+    x = torch.from_numpy(np.tile(block_probe_inputs(64, 96, 32, seed=23), (2, 3)))[:, :rows].contiguous()  # 144 x rows
+    x = x.T.contiguous()[:, :140].contiguous()  # rows x 140: blocks run down the rows
+    want = quantize(x.T.contiguous(), name, rounding=rounding, seed=3).T
+    got = quantize(x, name, axis=0, rounding=rounding, seed=3)
+    assert_same_bits(got.numpy(), want.numpy(), x.numpy(), f"{name} axis 0 {rounding}")
 
 
 def test_stochastic_blocks_with_partial_tails_follow_the_index_rule():
