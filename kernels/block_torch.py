@@ -42,9 +42,11 @@ turns a division by a constant into a multiplication by its rounded reciprocal.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
-from .cast_torch import cast_bits
+from .cast_torch import allow_graph_variants, cast_bits
 from .spec import RULE_RCEIL, SCALE_E8M0, STOCHASTIC, BlockSpec
 
 __all__ = ["block_cast_torch"]
@@ -131,8 +133,10 @@ def _blocked(t: torch.Tensor, rs: slice, ks: slice, cr: int, br: int) -> torch.T
     return t[rs, ks].unflatten(1, (-1, br)).unflatten(0, (-1, cr))
 
 
+@functools.lru_cache(maxsize=256)
 def _consts(spec: BlockSpec, device) -> torch.Tensor:
-    """[EM, SM, fp32(1/EM), fp32(SM*EM)] as a tensor (never Python constants inside a compiled graph)."""
+    """[EM, SM, fp32(1/EM), fp32(SM*EM)] as a tensor (never Python constants inside a compiled graph);
+    built once per spec and device (read only)."""
     if spec.scale is None:
         return torch.zeros(4, device=device)
     v = torch.tensor([spec.elem.max_bits, spec.scale.max_bits], dtype=torch.int32).view(torch.float32)
@@ -194,13 +198,8 @@ def _compiled_fused():
     """torch.compile'd `_fused` (one graph per spec variant), or the eager one where compiling fails."""
     global _compiled
     if _compiled is None:
-        compiled = torch.compile(_fused, dynamic=True)
-        limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
-
-        def call(*args):
-            with torch._dynamo.config.patch(**{limit: 256}):
-                return compiled(*args)
-
+        allow_graph_variants(256)
+        call = torch.compile(_fused, dynamic=True)
         try:  # one tiny call proves the toolchain works here
             from precisionlab.numerics.blocks import parse_format
             from precisionlab.numerics.cast import block_spec

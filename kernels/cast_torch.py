@@ -20,7 +20,7 @@ import torch
 
 from .spec import NEAREST_AWAY, NEAREST_EVEN, STOCHASTIC, TOWARD_ZERO, CastSpec
 
-__all__ = ["cast_torch", "cast_bits", "philox_randint", "philox_key", "SOURCE_FORMATS"]
+__all__ = ["cast_torch", "cast_bits", "philox_randint", "philox_key", "SOURCE_FORMATS", "allow_graph_variants"]
 
 # Source-format constants: (int dtype, stored mantissa bits, exponent bias).
 SOURCE_FORMATS = {torch.float32: (torch.int32, 23, 127), torch.float64: (torch.int64, 52, 1023)}
@@ -28,6 +28,17 @@ SOURCE_FORMATS = {torch.float32: (torch.int32, 23, 127), torch.float64: (torch.i
 _PHILOX_KEY_A, _PHILOX_KEY_B = 0x9E3779B9, 0xBB67AE85
 _PHILOX_ROUND_A, _PHILOX_ROUND_B = 0xD2511F53, 0xCD9E8D57
 _U32 = 0xFFFFFFFF
+
+
+def allow_graph_variants(n: int) -> None:
+    """Let a torch.compile'd cast keep `n` graphs (one per spec variant: rounding, flush, format
+    family, ...) before dynamo falls back to eager. Dynamo's limit is process-wide and per code
+    object; this raises it once (never lowers it) instead of patching the config around every
+    call, which costs more than a small cast."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    if getattr(config, name) < n:
+        setattr(config, name, n)
 
 
 def philox_key(seed: int, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -8,7 +8,7 @@ import struct
 
 import torch
 
-from precisionlab.kernels.cast_torch import SOURCE_FORMATS, cast_bits, philox_key
+from precisionlab.kernels.cast_torch import SOURCE_FORMATS, allow_graph_variants, cast_bits, philox_key
 from precisionlab.kernels.spec import (
     FP32_INF_BITS,
     FP32_NAN_BITS,
@@ -238,19 +238,9 @@ def _cast_bits_on_cpu(bits: torch.Tensor, spec: CastSpec):
     return _compiled
 
 
-def _with_room_for_variants(compiled):
-    """Each (rounding, flush, fnuz, M == 0, dtype) variant is its own graph: allow them all."""
-    limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
-
-    def call(*args):
-        with torch._dynamo.config.patch(**{limit: 64}):
-            return compiled(*args)
-
-    return call
-
-
 def _compile_or_eager():
-    compiled = _with_room_for_variants(torch.compile(cast_bits, dynamic=True))
+    allow_graph_variants(64)  # each (rounding, flush, fnuz, M == 0, dtype) variant is its own graph
+    compiled = torch.compile(cast_bits, dynamic=True)
     try:  # one tiny call proves the toolchain works here
         compiled(torch.zeros(8, dtype=torch.int32), cast_spec(FloatFormat.parse("e4m3fn"), "nearest_even", True, True), torch.float32)
         return compiled
