@@ -110,7 +110,8 @@ def quantize(
         "mxfp8", "nvfp4", "e2m1fn/b32/e8m0" (`parse_format`).
       axis: block formats only: blocks are B consecutive elements along this axis (the last
         block may be partial); 2-D blocks (B x C) need a 2-D tensor, C along the other axis.
-        Ignored for element formats.
+        Ignored for element formats. On CPU, a result cast along another axis than the last
+        may be a transposed view (the blocks' layout; call .contiguous() if you need one).
       rounding: "nearest_even" (IEEE default), "nearest_away" (ties away from
         zero), "toward_zero" (mantissa bit masking), "stochastic" (rounds up
         with probability equal to the discarded fraction, 31 random bits).
@@ -213,7 +214,7 @@ def _quantize_blocks(x: torch.Tensor, spec: BlockSpec, axis: int, seed: int, bac
         else:
             out2d = block_cast_torch(x2d, spec, seed, compiled=compiled)
     out = out2d.view(moved.shape).movedim(-1, axis).reshape(x.shape)
-    return out.contiguous().to(x.dtype)
+    return out.to(x.dtype)  # a transposed view when the block axis is not last: no copy back
 
 
 def _compile_blocks(x: torch.Tensor) -> bool:
