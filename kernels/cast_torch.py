@@ -11,7 +11,10 @@ the source, sig including the implicit bit):
   shift = s - (e - P)                 low bits of sig below that ulp (>= 0)
   n     = round(sig / 2^shift)        integer significand, per rounding mode
   |q|   = n * 2^s                     exact in the source format
-then overflow, flush-to-zero, Inf/NaN and the sign are applied.
+then overflow, flush-to-zero, Inf/NaN and the sign are applied. Formats whose
+exponent range reaches fp32's at the bottom (emin = -126: bf16, e8m3, ...) round
+fp32 inputs deterministically by one integer add and a mask instead
+(`_round_bit_patterns`): the same values, in a fraction of the work.
 """
 
 from __future__ import annotations
@@ -103,6 +106,29 @@ def cast_bits(
     M = spec.man_bits
 
     a = u & ~sign_mask  # magnitude bits
+    if int_dtype == torch.int32 and spec.emin == 1 - src_bias and 0 < M < P and spec.rounding != STOCHASTIC:
+        mag = _round_bit_patterns(a, P - M, spec.rounding)  # E8 formats: fp32's grid, low bits cleared
+    else:
+        mag = _round_on_grid(a, spec, dtype, seed, offset)
+
+    max_bits, min_normal_bits, overflow_bits, finite_overflow_bits = _to_source_bits(spec, dtype)
+    if spec.flush_subnormals:
+        mag = torch.where(mag < min_normal_bits, 0, mag)
+    mag = torch.where(mag > max_bits, finite_overflow_bits, mag)
+    mag = torch.where(a == inf_bits, overflow_bits, mag)
+    mag = torch.where(a > inf_bits, a, mag)  # NaN in, same NaN out
+    sign = u & sign_mask
+    if spec.no_negative_zero:
+        sign = torch.where(mag == 0, 0, sign)
+    return mag | sign
+
+
+def _round_on_grid(a: torch.Tensor, spec: CastSpec, dtype: torch.dtype, seed, offset: int) -> torch.Tensor:
+    """Magnitude bits `a` rounded to the target grid per the module docstring's algorithm (every
+    format and mode; NaN/Inf/overflow are the caller's)."""
+    int_dtype, P, src_bias = SOURCE_FORMATS[dtype]
+    width = 32 if int_dtype == torch.int32 else 64
+    M = spec.man_bits
     biased_exp = a >> P
     e = biased_exp.clamp(min=1) - src_bias
     sig = (a & ((1 << P) - 1)) | ((biased_exp > 0).to(int_dtype) << P)
@@ -129,7 +155,7 @@ def cast_bits(
             rem << (31 - shift).clamp(min=0),
             rem >> (shift - 31).clamp(min=0, max=width - 1),
         )
-        index = torch.arange(u.numel(), device=u.device, dtype=torch.int64).view(u.shape) + offset
+        index = torch.arange(a.numel(), device=a.device, dtype=torch.int64).view(a.shape) + offset
         rand31 = (philox_randint(seed, index) >> 1).to(int_dtype)
         up = rand31 < frac31
     else:
@@ -137,17 +163,21 @@ def cast_bits(
     n = n + up.to(int_dtype)
 
     mag = (n.to(dtype) * _pow2(s, dtype, int_dtype, P, src_bias)).view(int_dtype)
+    return mag
 
-    max_bits, min_normal_bits, overflow_bits, finite_overflow_bits = _to_source_bits(spec, dtype)
-    if spec.flush_subnormals:
-        mag = torch.where(mag < min_normal_bits, 0, mag)
-    mag = torch.where(mag > max_bits, finite_overflow_bits, mag)
-    mag = torch.where(a == inf_bits, overflow_bits, mag)
-    mag = torch.where(a > inf_bits, a, mag)  # NaN in, same NaN out
-    sign = u & sign_mask
-    if spec.no_negative_zero:
-        sign = torch.where(mag == 0, 0, sign)
-    return mag | sign
+
+def _round_bit_patterns(a: torch.Tensor, drop: int, rounding: int) -> torch.Tensor:
+    """fp32 magnitude bits rounded to `drop` fewer mantissa bits by one integer add and a mask.
+    Exact for targets with fp32's exponent range at the bottom (emin = -126: the E8 formats),
+    whose grid is fp32's bit grid with the low `drop` bits cleared, subnormals included; a carry
+    out of the mantissa steps into the next binade's first value, as rounding up should. NaN,
+    Inf and overflow are the caller's (they may wrap here and are replaced)."""
+    low = (1 << drop) - 1
+    if rounding == NEAREST_EVEN:
+        a = a + ((low >> 1) + ((a >> drop) & 1))  # a tie carries only from an odd last kept bit
+    elif rounding == NEAREST_AWAY:
+        a = a + (1 << (drop - 1))
+    return a & -(1 << drop)  # ~low, spelled so dynamo traces it
 
 
 def _to_source_bits(spec: CastSpec, dtype: torch.dtype) -> tuple[int, int, int, int]:

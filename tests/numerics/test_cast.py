@@ -290,3 +290,17 @@ def test_compiled_twin_is_bit_identical_to_eager(monkeypatch):
         monkeypatch.setenv("PRECISIONLAB_COMPILE", "1")
         compiled = quantize(x, name, **kw)
         assert_same_bits(compiled.numpy(), eager.numpy(), x.numpy(), f"compiled {name} {kw}")
+
+
+@pytest.mark.parametrize("name", ["e8m3", "e8m5", "tf32"])
+@pytest.mark.parametrize("rounding", ["nearest_even", "nearest_away", "toward_zero"])
+def test_e8_formats_flush_to_zero_after_rounding(name, rounding):
+    """E8 formats round fp32 by integer add and mask (`_round_bit_patterns`): with subnormals off,
+    gfloat's rounding with subnormals followed by flushing results below 2^-126 (the oracle of
+    FTZ, see above), on every bf16 pattern, the probes and random fp32."""
+    fi = GFLOAT_FORMATS[name]
+    x = gfloat_inputs(fi)
+    x = x[~np.isnan(x)]
+    ref = gfloat.round_ndarray(fi, x.astype(np.float64), ROUNDINGS[rounding], sat=True).astype(np.float32)
+    ref = np.where(np.abs(ref) < 2.0**-126, np.copysign(np.float32(0), ref), ref).astype(np.float32)
+    assert_same_bits(ours(x, name, rounding=rounding, saturate=True, subnormals=False), ref, x, f"{name} {rounding} ftz")
