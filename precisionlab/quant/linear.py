@@ -171,17 +171,21 @@ def convert_model(model: nn.Module, precision: Any, seed: int = 0) -> nn.Module:
             if not any(fnmatch.fnmatchcase(name, pattern) for name, _ in linears):
                 log.warning("precision.%s pattern %r matches no linear layer (they are: %s)", key, pattern,
                             ", ".join(name for name, _ in linears[:6]) + (", ..." if len(linears) > 6 else ""))
-    n_blocks = _count_blocks(name for name, _ in linears)
-    index = 0  # position among the layers not excluded: seeds their random draws
-    for name, linear in linears:
-        if precision.excludes(name):
-            continue
-        casts = precision.layer_casts(name, _block_of(name), n_blocks)
+    # index: the position among the layers not excluded, which seeds their random draws
+    for index, (name, linear, casts) in enumerate(_planned(linears, precision)):
         if casts is not None:
             parent_name, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent_name), child, QuantLinear(linear, casts, index=index, seed=seed))
-        index += 1
     return model
+
+
+def _planned(linears: list[tuple[str, nn.Linear]], precision: PrecisionConfig):
+    """(name, layer, casts) of each (name, nn.Linear) not excluded, in order; casts None: stays fp32."""
+    blocks = [_block_of(name) for name, _ in linears]
+    n_blocks = 1 + max((b for b in blocks if b is not None), default=-1)
+    for (name, linear), block in zip(linears, blocks):
+        if not precision.excludes(name):
+            yield name, linear, precision.layer_casts(name, block, n_blocks)
 
 
 def _block_of(name: str) -> int | None:
@@ -189,19 +193,12 @@ def _block_of(name: str) -> int | None:
     return None if match is None else int(match[1])
 
 
-def _count_blocks(names) -> int:
-    return 1 + max((b for b in map(_block_of, names) if b is not None), default=-1)
-
-
 def check_hadamard_dims(model: nn.Module, precision: Any, tokens: int) -> None:
     """ValueError naming `precision.hadamard.size` when a GEMM it rotates has a reduction axis
     (in features, out features, or `tokens` = batch x sequence) that is not a multiple of it."""
     precision = PrecisionConfig.from_cfg(precision)
-    n_blocks = _count_blocks(name for name, _ in model.named_modules())
-    for name, module in model.named_modules():
-        if type(module) is not nn.Linear:
-            continue
-        casts = precision.layer_casts(name, _block_of(name), n_blocks)
+    linears = [(name, module) for name, module in model.named_modules() if type(module) is nn.Linear]
+    for name, module, casts in _planned(linears, precision):
         if casts is None or not casts.hadamard:
             continue
         axes = {"fwd": ("in features", module.in_features), "dgrad": ("out features", module.out_features),

@@ -175,7 +175,8 @@ def _canonical_precision(config: dict) -> dict:
     precision = config.get("precision")
     if not isinstance(precision, dict):
         return config
-    from precisionlab.numerics.blocks import BlockFormat, parse_format  # numerics imports nothing of the store
+    from precisionlab.numerics.blocks import BlockFormat, parse_format  # neither imports the store
+    from precisionlab.quant.operands import GEMMS
 
     def spelled(name: Any) -> Any:
         if not isinstance(name, str):
@@ -201,8 +202,8 @@ def _canonical_precision(config: dict) -> dict:
         if not hadamard.get("size"):
             hadamard = {k: v for k, v in hadamard.items() if k not in ("gemms", "signs")}
         elif isinstance(hadamard.get("gemms"), list):
-            order = ("fwd", "dgrad", "wgrad")
-            hadamard = {**hadamard, "gemms": sorted(set(hadamard["gemms"]), key=lambda g: (order.index(g) if g in order else 3, g))}
+            order = {gemm: i for i, gemm in enumerate(GEMMS)}
+            hadamard = {**hadamard, "gemms": sorted(set(hadamard["gemms"]), key=lambda g: (order.get(g, len(GEMMS)), g))}
         precision["hadamard"] = hadamard
     return {**config, "precision": precision}
 

@@ -17,6 +17,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from precisionlab.quant.operands import PrecisionConfig
 from precisionlab.train.checkpoint import load_checkpoint
 from precisionlab.train.data import load_dataset
 from precisionlab.train.loop import eval_batches
@@ -40,10 +41,9 @@ def check_batch_size(store: Any, sweep: str, batch_size: int | None) -> None:
         return
     for row in store.runs(sweep=sweep).itertuples():
         cfg = row.config
-        hadamard = (cfg.get("precision") or {}).get("hadamard") or {}
-        size, gemms = hadamard.get("size", 0), hadamard.get("gemms", ["wgrad"])
-        tokens = batch_size * int(cfg["train"]["seq_len"])
-        if size and "wgrad" in gemms and tokens % size:
+        casts = PrecisionConfig.from_cfg(cfg["precision"]).casts
+        size, tokens = casts.hadamard, batch_size * int(cfg["train"]["seq_len"])
+        if casts.rotates("wgrad") and tokens % size:
             raise ValueError(f"--batch-size {batch_size} gives {tokens} tokens per batch, which run {row.run_id}'s "
                              f"weight-gradient Hadamard transform (size {size}) cannot divide; use a batch size whose "
                              f"tokens (x train.seq_len {cfg['train']['seq_len']}) are a multiple of {size}")

@@ -318,7 +318,7 @@ def test_batch_size_a_runs_hadamard_cannot_divide_is_refused():
 
     class Store:
         def runs(self, sweep):
-            cfg = {"train": {"seq_len": 7, "batch_size": 16}, "precision": {"hadamard": {"size": 16, "gemms": ["wgrad"]}}}
+            cfg = {"train": {"seq_len": 7, "batch_size": 16}, "precision": {"format": "nvfp4", "hadamard": {"size": 16, "gemms": ["wgrad"]}}}
             return pd.DataFrame({"run_id": ["abc"], "config": [cfg]})
 
     check_batch_size(Store(), "s", None)
