@@ -73,6 +73,10 @@ def formats(
             typer.echo("  ".join(f"{r[k]:<{w}}" for k, w in widths.items()).rstrip())
 
 
+_STORE_HELP = ("The results store: an SQLite file path, sqlite:///PATH or "
+               "postgresql://USER:PASSWORD@HOST:PORT/DB.")
+
+
 # Hydra's flags that only show something (the config, help, info): they run no task, so need no validation.
 _SHOW_FLAGS = {"--cfg", "-c", "--resolve", "--package", "-p", "--info", "-i", "--help", "-h", "--hydra-help",
                "--version", "--shell-completion", "-sc"}
@@ -176,7 +180,7 @@ def sweep(
 
     try:
         grid = plan(overrides)
-        store = ResultsStore(grid.store_path, journal_mode=grid.journal_mode)
+        store = ResultsStore(grid.store, journal_mode=grid.journal_mode)
     except (SweepError, ConfigError, DataError, StoreError) as err:
         fail(str(err))
     except Exception as err:  # Hydra's override and composition errors, OmegaConf's type errors
@@ -202,7 +206,7 @@ def sharpness(
     sweep_name: Optional[str] = typer.Option(None, "--sweep", help="Sweep whose checkpoints to measure (default: the latest in the store)."),
     metric: Optional[list[str]] = typer.Option(None, "--metric", "-m", help="logit (default), hessian, trace, keskar; repeatable or comma-separated."),
     eps: Optional[list[str]] = typer.Option(None, "--eps", help="epsilon of logit and keskar (default 1e-3); repeatable or comma-separated."),
-    store_path: str = typer.Option("results/precisionlab.db", "--store", help="The results store (SQLite file)."),
+    store_path: str = typer.Option("results/precisionlab.db", "--store", help=_STORE_HELP),
     fp32: bool = typer.Option(False, "--fp32", help="Measure logit and keskar without the run's casts (hessian and trace always are)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Sequences in the evaluation batch (default: the run's train.batch_size)."),
     iters: int = typer.Option(100, "--iters", help="hessian: power-iteration cap (one Hessian-vector product each)."),
@@ -278,7 +282,7 @@ def sharpness(
 def report(
     sweep_name: Optional[str] = typer.Option(None, "--sweep", help="Sweep to report (default: the latest in the store)."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Folder for report.html, report.md, CSVs and PNGs (default: reports/SWEEP)."),
-    store_path: str = typer.Option("results/precisionlab.db", "--store", help="The results store (SQLite file)."),
+    store_path: str = typer.Option("results/precisionlab.db", "--store", help=_STORE_HELP),
     where: Optional[list[str]] = typer.Option(None, "--where", "-w", help="Keep only these runs: key=v1,v2 on format, lr, seed, status, rounding, model, or comparisons like \"lr <= 1e-2 and format != 'e8m3'\" (repeatable: all must hold)."),
     compare: Optional[tuple[str, str]] = typer.Option(None, "--compare", metavar="SWEEP_A SWEEP_B", help="Put two sweeps side by side (compare.html in reports/A-vs-B/) instead."),
 ) -> None:
@@ -336,6 +340,42 @@ def report(
     typer.echo(f"report: {written[0]} (beside it: {', '.join(p.name for p in written[1:])})")
 
 
+store_app = typer.Typer(no_args_is_help=True, help="Results stores: copy sweeps between them.")
+app.add_typer(store_app, name="store")
+
+
+@store_app.command("copy")
+def store_copy(
+    source: str = typer.Argument(..., metavar="SRC", help="The store to copy from: a file path or URL (must exist)."),
+    destination: str = typer.Argument(..., metavar="DST", help="The store to copy into: a file path or URL (created if absent)."),
+    sweep_names: Optional[list[str]] = typer.Option(None, "--sweep", help="Copy this sweep (repeatable; default: every sweep in SRC)."),
+) -> None:
+    """Copy sweeps (runs, metrics, checkpoint rows, sharpness values) from SRC to DST; rerun to update DST.
+
+    precisionlab store copy postgresql://me:PASSWORD@head-node:5432/precisionlab results/precisionlab.db --sweep paper
+
+    A run done in DST but not in SRC is kept; every other run of the sweep becomes SRC's.
+    Checkpoint files are not copied (their rows keep SRC's paths).
+    """
+    from precisionlab.store import ResultsStore, StoreError
+    from precisionlab.store.copy import copy_sweeps
+
+    with _existing_store(source, read_only=True) as src:
+        try:
+            dst = ResultsStore(destination)
+        except StoreError as err:
+            fail(str(err))
+        try:
+            results = copy_sweeps(src, dst, sweep_names)
+        except StoreError as err:
+            fail(str(err))
+        finally:
+            dst.close()
+    for result in results:
+        typer.echo(result.line())
+    typer.echo(f"copied {len(results)} sweep{'s' * (len(results) != 1)} from {src.location} to {dst.location}")
+
+
 def _number(text: str) -> float | None:
     try:
         return float(text)
@@ -348,23 +388,28 @@ def _first_line(err: BaseException) -> str:
 
 
 @contextmanager
-def _existing_store(path: str, read_only: bool = False):
-    """The results store at `path`, which must exist (commands that only read never create one),
-    closed on leaving: the last connection to close removes SQLite's -wal/-shm files, and a
-    sqlite3 connection left open waits for the garbage collector. One line and exit 2 when it
-    is missing or not a usable store. `read_only`: for commands that only read (a store the
+def _existing_store(location: str, read_only: bool = False):
+    """The results store at `location`, which must exist (commands that only read never create
+    one), closed on leaving: the last connection to close removes SQLite's -wal/-shm files, and a
+    connection left open waits for the garbage collector. One line and exit 2 when it is missing,
+    unreachable or not a usable store. `read_only`: for commands that only read (a store the
     user may not write is fine)."""
-    from precisionlab.store import ResultsStore
+    from precisionlab.store import ResultsStore, StoreError, parse_store_url
 
-    where = os.path.abspath(path)
-    if os.path.isdir(path):
-        fail(f"results store {where} is a folder, not a results store file; pass --store FILE (e.g. {os.path.join(path, 'precisionlab.db')})")
-    if os.path.exists(path) and not os.path.isfile(path):
-        fail(f"results store {where} is not a regular file (a device, pipe or socket); pass --store FILE")
-    if not os.path.exists(path):
-        fail(f"results store {where} does not exist; run precisionlab sweep first or pass --store PATH")
     try:
-        store = ResultsStore(path, read_only=read_only)
+        parsed = parse_store_url(location)
+    except StoreError as err:
+        fail(str(err))
+    if parsed.backend == "sqlite":
+        path = parsed.target
+        if os.path.isdir(path):
+            fail(f"results store {path} is a folder, not a results store file; pass --store FILE (e.g. {os.path.join(path, 'precisionlab.db')})")
+        if os.path.exists(path) and not os.path.isfile(path):
+            fail(f"results store {path} is not a regular file (a device, pipe or socket); pass --store FILE")
+        if not os.path.exists(path):
+            fail(f"results store {path} does not exist; run precisionlab sweep first or pass --store PATH")
+    try:
+        store = ResultsStore(location, read_only=read_only, create=False)
     except Exception as err:  # StoreError, or SQLite failing on a damaged file
         fail(_first_line(err))
     try:

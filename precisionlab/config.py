@@ -205,7 +205,8 @@ class Sharpness:
 
 @dataclass
 class Store:
-    path: Optional[str] = "results/precisionlab.db"  # null: don't record
+    path: Optional[str] = "results/precisionlab.db"  # an SQLite file; null (and no url): don't record
+    url: Optional[str] = None           # sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB; wins over path
     journal_mode: str = choice("wal", JOURNAL_MODES)
 
 

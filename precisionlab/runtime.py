@@ -2,9 +2,9 @@
 
 One home for three questions several stages ask:
   resolve_device(name)      "auto" | "cpu" | "cuda" | "cuda:N" -> a usable torch.device
-  absolute_paths(cfg, base) data.path, data.cache_dir and store.path made absolute from the
-                            launch directory (`~` expanded), so a run's id and its files do
-                            not depend on the folder Hydra runs it in
+  absolute_paths(cfg, base) data.path, data.cache_dir, store.path and an sqlite:/// store.url
+                            made absolute from the launch directory (`~` expanded), so a run's
+                            id and its files do not depend on the folder Hydra runs it in
   provenance()              python, torch, triton and precisionlab versions and the git
                             revision of the precisionlab checkout, recorded with every run
 """
@@ -57,6 +57,15 @@ def absolute_paths(cfg: Any, base: str | os.PathLike) -> None:
             if node is None or key not in node or OmegaConf.is_missing(node, key) or node[key] is None:
                 continue
             node[key] = str(Path(base) / os.path.expanduser(str(node[key])))
+        url = cfg.store.get("url") if cfg.get("store") is not None else None
+        if isinstance(url, str) and url.lower().startswith("sqlite:"):
+            from precisionlab.store.url import parse_store_url  # the store's own rule for relative paths
+            from precisionlab.store.schema import StoreError
+
+            try:
+                cfg.store.url = parse_store_url(url, base).url
+            except StoreError:  # reported, in one line, where the store is opened
+                pass
 
 
 @cache

@@ -105,7 +105,7 @@ def _cases(files: Path) -> list[tuple[list[str], str]]:
             ("folder.db", "is a folder, not a results store file"), ("empty.db", "is not an SQLite database"),
             ("nosweeps.db", "holds no sweeps"))],
         *[([cmd, "--store", path], fragment) for cmd in ("report", "sharpness") for path, fragment in (
-            ("/dev/null", "is not a regular file"), ("missing.db", "does not exist"), ("", "does not exist"))],
+            ("/dev/null", "is not a regular file"), ("missing.db", "does not exist"), ("", "store location '' is empty"))],
         # report
         (["report", "--store", good, "--sweep", "nope"], "unknown sweep 'nope'"),
         (["report", "--store", good, "--where", "colour=red"], "unknown column 'colour'"),

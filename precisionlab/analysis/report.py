@@ -58,7 +58,7 @@ class ReportError(ValueError):
 @dataclass
 class Report:
     sweep: str                 # the sweep's name in the store
-    store_path: str            # absolute path of the results store
+    store_path: str            # the results store: its absolute path, or its URL without the password
     info: dict[str, Any]       # the sweep's row: command, created, grid
     runs: pd.DataFrame         # one row per run: label_runs() columns + capped loss
     by_lr: pd.DataFrame        # one row per variant x LR (by_lr())
@@ -432,7 +432,7 @@ def build(store: ResultsStore, sweep: str | None = None, where: Sequence[str] = 
         sharp = sharp.merge(runs[["run_id", "variant", "lr", "seed", "status"]], on="run_id")
     sweeps = store.sweeps()
     info = sweeps[sweeps.name == name].iloc[0].to_dict()
-    return Report(sweep=name, store_path=store.path, info=info, runs=runs, by_lr=table, by_variant=variants,
+    return Report(sweep=name, store_path=store.location, info=info, runs=runs, by_lr=table, by_variant=variants,
                   curves=curves, sharpness=sharp, sharpness_steps=sharpness_by_step(sharp), notes=notes)
 
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from precisionlab.runtime import provenance
 from precisionlab.store.identity import dumps
+from precisionlab.store.liveness import LIVE_CLAIMS, Lease
 from precisionlab.store.schema import (
     METRIC_KEYS,
     OUTCOME_KEYS,
@@ -20,16 +21,15 @@ from precisionlab.store.schema import (
 if TYPE_CHECKING:
     from precisionlab.store.results import ResultsStore
 
-__all__ = ["StoreRecorder", "LIVE_CLAIMS"]
-
-LIVE_CLAIMS: set[str] = set()  # claim tokens this process holds and has not finished
+__all__ = ["StoreRecorder"]
 
 
 class StoreRecorder:
     """`precisionlab.recorder.Recorder` writing one claimed run into a ResultsStore.
 
     Metric rows are buffered and written every `flush_every` rows or
-    `flush_seconds`, before each checkpoint row and with the outcome. Every
+    `flush_seconds`, before each checkpoint row and with the outcome. A `Lease`
+    thread renews the run's heartbeat meanwhile (`store.liveness`). Every
     write is guarded by the claim: if another process took the run over
     (this one was presumed dead), writing raises StoreError.
     As a context manager, a run that leaves without `finish` is recorded as
@@ -42,6 +42,7 @@ class StoreRecorder:
         self._rows: list[tuple] = []
         self._last_flush = time.monotonic()
         self.finished = False
+        self._lease = Lease(store, run_id, token)
 
     def _commit(self, transaction=None, **columns: Any) -> None:
         """One transaction: refresh the heartbeat and set `columns` if we still
@@ -136,6 +137,7 @@ class StoreRecorder:
                 f"{', '.join(f'{k}=?' for k in columns)} WHERE run_id=?",
                 (status, now, *columns.values(), self.run_id))
 
+        self._lease.stop()
         self._commit(derive)
         self.finished = True
         LIVE_CLAIMS.discard(self._token)

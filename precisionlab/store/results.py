@@ -1,7 +1,7 @@
-"""The results store: one SQLite file holding sweeps, runs, per-step metrics,
-checkpoints and sharpness values, readable as pandas DataFrames.
+"""The results store: sweeps, runs, per-step metrics, checkpoints and sharpness values in
+one database, SQLite on one machine or PostgreSQL for many, readable as pandas DataFrames.
 
-    store = ResultsStore("results/precisionlab.db")
+    store = ResultsStore("results/precisionlab.db")        # or "postgresql://me:pw@db-host/precisionlab"
     rid = run_id(cfg)                        # hash of the run's semantic config
     if store.claim_run(rid, cfg, sweep="bits"):   # False: done already, or running elsewhere
         with store.recorder(rid) as rec:     # a `precisionlab.train.recorder.Recorder`
@@ -9,26 +9,24 @@ checkpoints and sharpness values, readable as pandas DataFrames.
     store.runs(sweep="bits"); store.metrics(sweep="bits", split="val")
 
 Why it is shaped this way:
-- Many writers (joblib workers, Slurm jobs): WAL journal (readers never block
-  the writer), a 60 s busy timeout, short `BEGIN IMMEDIATE` transactions (no
-  read-to-write lock upgrades, which the busy timeout cannot wait out), and a
-  retry with backoff around each transaction. WAL needs every writer on one
-  host: for jobs on several nodes sharing a network file system, create the
-  store with `journal_mode="delete"` (rollback journal, file locks).
+- One schema, one set of SQL statements, two backends (`store.sqlite`, `store.postgres`)
+  that differ only where the databases do: opening, placeholders, column types, which
+  errors a retry gets past. Every write is one short transaction that the backend
+  serialises (SQLite's single writer, PostgreSQL's SERIALIZABLE isolation), retried with
+  backoff while the database is locked, conflicting or unreachable (a server restart),
+  for up to `retry_seconds`.
 - Per-step overhead stays small: the recorder buffers metric rows and writes
   them in one transaction every `flush_every` rows or `flush_seconds`, and
   always before recording a checkpoint and with the outcome, so a resumed run
   never misses a row from before its checkpoint.
 - Killed processes lose nothing: a run is `running` until `finish` writes its
   outcome and last rows in one transaction, so an interrupted run never shows
-  as completed. A `running` row is *interrupted* (rerunnable) when its process
-  is gone: on the same host, when its pid is not alive (or is this very
-  process, which no longer holds the claim); on any host, when its heartbeat
-  (refreshed at every write) is older than `stale_after` seconds.
+  as completed; who holds a `running` run is decided by `store.liveness` (a lease
+  renewed by a thread, and a pid check on the claimer's own host).
 - A rerun keeps its rows up to its last checkpoint and drops later ones (the
   resumed run logs them again); `force=True` drops all of the run's rows.
 - Connections are opened lazily, one per process and thread, and reopened
-  after a fork: a sqlite3 connection must never cross a fork.
+  after a fork: a connection must never cross a fork.
 """
 
 from __future__ import annotations
@@ -36,47 +34,36 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
-import socket
-import sqlite3
 import threading
 import time
 import uuid
-from collections import Counter
-from collections.abc import Iterable, Mapping
-from pathlib import Path
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import pandas as pd
 
 from precisionlab.store.identity import canonical, dumps, run_id
-from precisionlab.store.migrate import MIGRATIONS, migrate
-from precisionlab.store.recorder import LIVE_CLAIMS, StoreRecorder
+from precisionlab.store.liveness import HOST, LIVE_CLAIMS, alive
+from precisionlab.store.recorder import StoreRecorder
 from precisionlab.store.schema import (
     CONFIG_COLUMNS,
-    DDL,
     DONE,
-    SCHEMA_VERSION,
     TIME_COLUMNS,
     StoreError,
     finite,
 )
+from precisionlab.store.sqlite import SQLiteBackend, pid_alive
+from precisionlab.store.url import parse_store_url, redact
 
 __all__ = ["ResultsStore", "StoreError", "DEFAULT_STORE_PATH"]
 
 DEFAULT_STORE_PATH = "results/precisionlab.db"
-BUSY_TIMEOUT_S = 60.0
-RETRIES = 8  # after the busy timeout itself gave up; ~8 minutes in all
+RETRY_SECONDS = 300.0  # how long a transaction is retried (after SQLite's own 60 s busy timeout)
 
-# Who measures which sharpness value now (see `claim_sharpness`); rows live only while a value is measured.
+# Created on first use by stores made before it joined the schema (SQLite only: PostgreSQL stores always have it).
 _SHARPNESS_CLAIMS = ("CREATE TABLE IF NOT EXISTS sharpness_claims (run_id TEXT NOT NULL, step INTEGER NOT NULL, "
                      "metric TEXT NOT NULL, params TEXT NOT NULL, pid INTEGER, hostname TEXT, claimed REAL, "
                      "PRIMARY KEY (run_id, step, metric, params)) WITHOUT ROWID")
-_SQLITE_HEADER = b"SQLite format 3\x00"
-_HOST = socket.gethostname()
-# Connections this process opened per store path and has not closed (those of other threads, and
-# those left to the garbage collector, are never subtracted: the count errs on the side of "open").
-_CONNECTED: Counter[str] = Counter()
 
 
 def _lookup(config: Mapping[str, Any], dotted: str) -> Any:
@@ -98,281 +85,204 @@ def _config_columns(config: Mapping[str, Any]) -> dict[str, Any]:
     return columns
 
 
-def _pid_alive(pid: int) -> bool:
-    """Whether process `pid` of this host still runs (a zombie does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, someone else's
-        return True
-    return not _is_zombie(pid)
-
-
-def _is_zombie(pid: int) -> bool:
-    """A killed process its parent has not reaped yet still answers kill(pid, 0) (Linux only)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def _rollback(conn: sqlite3.Connection) -> None:
-    try:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-    except sqlite3.Error:  # a damaged file may refuse even that; the connection is dropped anyway
-        pass
+def _without_passwords(node: Any) -> Any:
+    """`node` (a config, a grid, a command line) with every database URL's password replaced by ***:
+    what the store records is read by reports and copied to laptops."""
+    if isinstance(node, str):
+        return redact(node) if "://" in node or "password=" in node.lower() else node
+    if isinstance(node, Mapping):
+        return {k: _without_passwords(v) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [_without_passwords(v) for v in node]
+    return node
 
 
 def _parse_json(column: pd.Series) -> list:
     return [json.loads(v) if isinstance(v, str) else None for v in column]
 
 
+def _backend(where):
+    if where.backend == "sqlite":
+        return SQLiteBackend(where)
+    from precisionlab.store.postgres import PostgresBackend  # psycopg is imported only for a server store
+
+    return PostgresBackend(where)
+
+
+class Transaction:
+    """A connection as the store's SQL sees it: `?` placeholders on either backend."""
+
+    __slots__ = ("conn", "_sql")
+
+    def __init__(self, conn: Any, sql: Callable[[str], str]):
+        self.conn, self._sql = conn, sql
+
+    def execute(self, text: str, params: Iterable[Any] | None = ()) -> Any:
+        return self.conn.execute(self._sql(text), None if params is None else list(params))
+
+    def executemany(self, text: str, rows: Iterable[Iterable[Any]]) -> None:
+        rows = [list(r) for r in rows]
+        if rows:
+            self.conn.cursor().executemany(self._sql(text), rows)
+
+
 # --------------------------------------------------------------------------- the store
 
 
 class ResultsStore:
-    """One SQLite results store at `path`; cheap to construct, safe to pickle
-    (connections are per process and opened on first use)."""
+    """One results store at `location` (a path or URL, see `store.url`); cheap to construct,
+    safe to pickle (connections are per process and thread, opened on first use)."""
 
-    def __init__(self, path: str | os.PathLike = DEFAULT_STORE_PATH, *, journal_mode: str = "wal",
-                 stale_after: float = 600.0, read_only: bool = False):
-        """Open the store at `path`, creating it (and missing parent folders) if absent.
+    def __init__(self, location: str | os.PathLike = DEFAULT_STORE_PATH, *, journal_mode: str = "wal",
+                 stale_after: float = 120.0, read_only: bool = False, create: bool = True,
+                 retry_seconds: float = RETRY_SECONDS):
+        """Open the store at `location`, creating it if absent (and `create`).
 
-        journal_mode: "wal" (default; all writers on one host) or "delete"
-            (writers on several hosts sharing a network file system); only
-            used when the store is created.
-        stale_after: seconds without a heartbeat after which a `running` run
-            is considered interrupted, whatever host ran it.
-        read_only: for readers (`precisionlab report`): a store the user may
-            not write is accepted; nothing is written through this object.
-        Raises StoreError when the path is not usable as a store.
+        location: a file path or sqlite:///PATH (SQLite; missing parent folders are
+            created), or postgresql://USER:PASSWORD@HOST:PORT/DB (a server).
+        journal_mode: SQLite only, used when the store is created: "wal" (default)
+            or "delete" (a rollback journal).
+        stale_after: seconds without a heartbeat after which a `running` run is
+            considered interrupted, whatever host ran it (`store.liveness`).
+        read_only: for readers (`precisionlab report`): a store the user may not
+            write is accepted; nothing is written through this object.
+        create: False: a missing store is an error, not made.
+        retry_seconds: how long a transaction that found the database locked,
+            conflicting or unreachable is retried before StoreError.
+        Raises StoreError (one line) when the location is not usable as a store.
         """
         if journal_mode not in ("wal", "delete"):
             raise ValueError(f"journal_mode must be 'wal' or 'delete', not {journal_mode!r}")
-        self.path = os.path.abspath(os.fspath(path))
-        self.stale_after = stale_after
-        self.read_only = read_only
+        where = parse_store_url(location)
+        self.url, self.location, self.backend = where.url, where.shown, where.backend
+        self.stale_after, self.read_only, self.retry_seconds = stale_after, read_only, retry_seconds
+        self._db = _backend(where)
+        self.path = self._db.path  # the SQLite file; None for a server
         self._local = threading.local()
         self._claims: dict[str, str] = {}  # run_id -> claim token held through this object
-        self.migrated_from: str | None = None  # the backup's path, when opening migrated an older store
-        if os.path.exists(self.path):
-            self._check_existing()
-        else:
-            self._create(journal_mode)
-
-    # ---- opening
+        # the backup's path, when opening migrated an older store
+        self.migrated_from = self._db.open(read_only=read_only, create=create, journal_mode=journal_mode)
 
     def _error(self, problem: str) -> StoreError:
-        return StoreError(f"results store {self.path}: {problem}")
+        return StoreError(f"results store {self.location}: {problem}")
 
-    def _damaged(self, err: BaseException) -> StoreError:
-        """SQLite failing on the file itself (a torn or overwritten page): what to do, in one line."""
-        return self._error(f"cannot be read as SQLite ({str(err).splitlines()[0]}): the file is damaged; "
-                           "move it aside (or restore a backup) and rerun")
+    # ---- connections and transactions
 
-    def _check_existing(self) -> None:
-        """Judge an existing file. Its header is read with open() only while this process has no
-        SQLite connection to it: closing any descriptor of a file drops every POSIX lock the
-        process holds on it, so an open connection would lose its locks and another process
-        could delete its -wal/-shm under it (SQLite's "How to corrupt", 2.2). Otherwise SQLite
-        alone judges the file."""
-        if os.path.isdir(self.path):
-            raise self._error("is a directory, expected an SQLite file (set store.path to a file name)")
-        if not os.path.isfile(self.path):
-            raise self._error("is not a regular file (expected a precisionlab results store or a new path)")
-        if not _CONNECTED[self.path]:  # no connection to it here: reading the header drops no lock
-            try:
-                with open(self.path, "rb") as f:
-                    header = f.read(len(_SQLITE_HEADER))
-            except OSError as err:
-                raise self._error(f"cannot be read ({err.strerror})") from None
-            if header != _SQLITE_HEADER:  # an empty file too, which SQLite would take for an empty database
-                raise self._error("is not an SQLite database (expected a precisionlab results store or a new path)")
-        try:
-            self._check_schema()
-        except BaseException:
-            self.close()  # leaves no -wal/-shm files behind
-            raise
-
-    def _check_schema(self) -> None:
-        try:
-            tables = {r[0] for r in self._conn().execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            if "meta" not in tables:
-                raise self._error("is an SQLite database but not a precisionlab results store (no meta table)")
-            row = self._conn().execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        except sqlite3.DatabaseError as err:
-            raise self._damaged(err) from None
-        found = row[0] if row else None
-        if str(found).isdigit() and int(found) > SCHEMA_VERSION:
-            raise self._error(f"has schema version {found}, newer than this precisionlab reads "
-                              f"({SCHEMA_VERSION}); upgrade precisionlab")
-        if str(found).isdigit() and int(found) in MIGRATIONS:
-            if not os.access(self.path, os.W_OK):
-                raise self._error(f"has schema version {found}, older than this precisionlab's ({SCHEMA_VERSION}), "
-                                  "and is not writable, so it cannot be migrated; make it writable and rerun")
-            self.close()
-            self.migrated_from = migrate(self.path, BUSY_TIMEOUT_S)
-            found = self._conn().execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
-        if str(found) != str(SCHEMA_VERSION):
-            raise self._error(f"has unknown schema version {found!r} (this precisionlab reads {SCHEMA_VERSION})")
-        if not self.read_only and not os.access(self.path, os.W_OK):
-            raise self._error("is not writable")
-
-    def _create(self, journal_mode: str) -> None:
-        """Build the schema in a temporary file, then link it into place: no
-        partial or empty store is ever visible, and concurrent creators agree.
-        Missing folders are created, and removed again if creation fails."""
-        if self.read_only:
-            raise self._error("does not exist; run precisionlab sweep first or pass --store PATH")
-        self._remove_stale_temp_files()
-        missing, parent = [], os.path.dirname(self.path)
-        while not os.path.exists(parent):
-            missing.append(parent)
-            parent = os.path.dirname(parent)
-        if not os.path.isdir(parent):
-            raise self._error(f"cannot be created: {parent} is not a folder")
-        tmp = f"{self.path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-        made = []  # folders this call created, to remove on failure
-        try:
-            for folder in reversed(missing):
-                try:
-                    os.mkdir(folder)
-                    made.insert(0, folder)
-                except FileExistsError:  # a concurrent creator was faster
-                    if not os.path.isdir(folder):
-                        raise
-            conn = sqlite3.connect(tmp, isolation_level=None)
-            try:
-                conn.execute(f"PRAGMA journal_mode={journal_mode}")
-                conn.executescript(f"BEGIN; {DDL} COMMIT;")
-            finally:
-                conn.close()
-            try:
-                os.link(tmp, self.path)  # fails if another process created it meanwhile
-            except FileExistsError:
-                pass
-        except (OSError, sqlite3.Error) as err:
-            for leftover in (tmp, tmp + "-wal", tmp + "-shm", tmp + "-journal", *made):
-                if os.path.isdir(leftover):
-                    os.rmdir(leftover)
-                elif os.path.exists(leftover):
-                    os.unlink(leftover)
-            reason = getattr(err, "strerror", None) or str(err)
-            raise self._error(f"cannot be created ({reason}); choose a writable store.path") from None
-        os.unlink(tmp)
-        self._check_existing()
-
-    def _remove_stale_temp_files(self) -> None:
-        """A creator killed before linking its temporary file into place leaves
-        `NAME.PID.HEX.tmp` (and its -wal/-shm/-journal) behind: remove those of dead processes."""
-        folder, prefix = os.path.dirname(self.path), os.path.basename(self.path) + "."
-        try:
-            names = os.listdir(folder)
-        except OSError:
-            return
-        for name in names:
-            match = re.fullmatch(re.escape(prefix) + r"(\d+)\.[0-9a-f]{8}\.tmp(-wal|-shm|-journal)?", name)
-            if match and not _pid_alive(int(match[1])):
-                try:
-                    os.unlink(os.path.join(folder, name))
-                except OSError:  # another opener removed it first
-                    pass
-
-    def _conn(self) -> sqlite3.Connection:
-        """This process's (and thread's) connection, reopened after a fork."""
+    def _conn(self) -> Any:
+        """This process's (and thread's) connection, reopened after a fork (the parent's is left alone)."""
         local = self._local
-        if getattr(local, "pid", None) != os.getpid():
-            try:
-                if self.read_only:  # mode=ro: SQLite itself refuses every write through this connection
-                    local.conn = sqlite3.connect(f"{Path(self.path).as_uri()}?mode=ro", uri=True,
-                                                 isolation_level=None, timeout=BUSY_TIMEOUT_S)
-                else:
-                    local.conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
-                    local.conn.execute("PRAGMA synchronous=NORMAL")  # durable against process kills in WAL mode
-            except sqlite3.DatabaseError as err:
-                raise self._damaged(err) from None
+        if getattr(local, "pid", None) != os.getpid() or local.conn is None:
+            local.conn, local.pid = None, None
+            local.conn = self._db.connect(self.read_only)
             local.pid = os.getpid()
-            _CONNECTED[self.path] += 1
         return local.conn
 
     def close(self) -> None:
-        """Close this process's connection (reopened on next use)."""
-        if getattr(self._local, "pid", None) == os.getpid():
-            self._local.conn.close()
-            _CONNECTED[self.path] -= 1
-        self._local = threading.local()
+        """Close this thread's connection (reopened on next use)."""
+        local = self._local
+        if getattr(local, "pid", None) == os.getpid() and local.conn is not None:
+            self._db.disconnect(local.conn)
+        local.conn, local.pid = None, None
 
     def __getstate__(self) -> dict:
-        return {"path": self.path, "stale_after": self.stale_after, "read_only": self.read_only}
+        return {"url": self.url, "stale_after": self.stale_after, "read_only": self.read_only,
+                "retry_seconds": self.retry_seconds}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update({"read_only": False, **state})
+        self.__dict__.update({"read_only": False, "retry_seconds": RETRY_SECONDS, **state})
+        where = parse_store_url(self.url)
+        self.location, self.backend = where.shown, where.backend
+        self._db = _backend(where)
+        self.path = self._db.path
         self._local = threading.local()
         self._claims = {}
+        self.migrated_from = None
 
-    def _write(self, transaction, *args):
-        """Run `transaction(conn, *args)` inside BEGIN IMMEDIATE … COMMIT,
-        retrying with backoff while the database is locked."""
-        delay = 0.05
-        for attempt in range(RETRIES + 1):
-            conn = self._conn()
+    def _attempt(self, work: Callable[[Transaction], Any], writing: bool, snapshot: bool = False) -> Any:
+        """Run `work(transaction)`; when `writing`, inside BEGIN … COMMIT as the backend
+        serialises writes; when `snapshot`, in one read transaction (every SELECT sees the
+        same state). Retried with backoff while the database is locked, conflicting
+        or unreachable; a lost connection is reopened."""
+        delay, deadline = 0.05, None
+        while True:
+            conn = None
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                result = transaction(conn, *args)
-                conn.execute("COMMIT")
+                conn = self._conn()
+                if writing or snapshot:
+                    conn.execute(self._db.begin if writing else self._db.begin_read)
+                result = work(Transaction(conn, self._db.sql))
+                if writing or snapshot:
+                    conn.execute("COMMIT")
                 return result
-            except sqlite3.OperationalError as err:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                busy = "locked" in str(err) or "busy" in str(err)
-                if not busy:
-                    raise self._error(f"write failed ({err})") from None
-                if attempt == RETRIES:
-                    raise self._error(f"still locked after {RETRIES} retries ({err})") from None
-                time.sleep(delay * (1 + random.random()))
-                delay = min(delay * 2, 30.0)
-            except sqlite3.DatabaseError as err:  # not a lock: the file is damaged
-                _rollback(conn)
-                raise self._damaged(err) from None
+            except self._db.errors as err:
+                if conn is not None:
+                    self._db.rollback(conn)
+                    if self._db.lost(conn):
+                        self.close()
+                reason = self._db.transient(err)
+                if reason is None:
+                    raise self._db.failure(err, writing) from None
+                now = time.monotonic()
+                deadline = deadline or now + self.retry_seconds
+                if now >= deadline:
+                    raise self._error(f"still {reason} after {self.retry_seconds:.0f} s of retries") from None
+                time.sleep(min(delay * (1 + random.random()), deadline - now))
+                delay = min(delay * 2, 10.0)
             except BaseException:
-                _rollback(conn)
+                if conn is not None:
+                    self._db.rollback(conn)
                 raise
 
+    def _write(self, transaction: Callable[..., Any], *args: Any) -> Any:
+        """Run `transaction(conn, *args)` as one write transaction (see `_attempt`)."""
+        return self._attempt(lambda tx: transaction(tx, *args), writing=True)
+
+    def _query(self, sql: str, params: Iterable[Any] = ()) -> tuple[list[str], list[tuple]]:
+        """(column names, rows) of one SELECT."""
+        return self._snapshot([(sql, params)])[0]
+
+    def _snapshot(self, queries: Iterable[tuple[str, Iterable[Any]]]) -> list[tuple[list[str], list[tuple]]]:
+        """(column names, rows) of each (SELECT, params), all read in one transaction."""
+        queries = list(queries)
+
+        def work(tx):
+            results = []
+            for sql, params in queries:
+                cursor = tx.execute(sql, params)
+                results.append(([d[0] for d in cursor.description], cursor.fetchall()))
+            return results
+
+        return self._attempt(work, writing=False, snapshot=len(queries) > 1)
+
     def _read(self, sql: str, params: Iterable[Any] = ()) -> pd.DataFrame:
-        try:
-            return pd.read_sql_query(sql, self._conn(), params=list(params))
-        except (sqlite3.DatabaseError, pd.errors.DatabaseError) as err:  # pandas wraps it, SQL text and all
-            raise self._damaged(err.__cause__ or err) from None
+        columns, rows = self._query(sql, params)
+        return pd.DataFrame.from_records(rows, columns=columns, coerce_float=True)  # as pandas.read_sql does
 
     def _fetchone(self, sql: str, params: Iterable[Any] = ()) -> tuple | None:
-        try:
-            return self._conn().execute(sql, list(params)).fetchone()
-        except sqlite3.DatabaseError as err:
-            raise self._damaged(err) from None
+        rows = self._query(sql, params)[1]
+        return tuple(rows[0]) if rows else None
 
     # ---- sweeps and runs
 
     def add_sweep(self, name: str, *, command: str | None = None, grid: Any = None) -> None:
         """Record a sweep (or update the command and grid of an existing one)."""
-        grid_json = None if grid is None else dumps(canonical(grid, semantic=False))
+        grid_json = None if grid is None else dumps(_without_passwords(canonical(grid, semantic=False)))
+        command = None if command is None else _without_passwords(command)
         self._write(lambda c: c.execute(
             "INSERT INTO sweeps VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
             "command=excluded.command, grid=excluded.grid", (name, time.time(), command, grid_json)))
 
-    def _ensure_run(self, conn: sqlite3.Connection, rid: str, config: Mapping[str, Any], sweep: str | None) -> None:
+    def _ensure_run(self, conn: Transaction, rid: str, config: Mapping[str, Any], sweep: str | None) -> None:
         cols = _config_columns(config)
         conn.execute(
             "INSERT INTO runs (run_id, config, model, format_x, format_w, format_grad, rounding, lr, seed, "
             "status, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?) ON CONFLICT(run_id) DO NOTHING",
-            (rid, dumps(canonical(config, semantic=False)), *(finite(cols[k]) for k in CONFIG_COLUMNS),
+            (rid, dumps(_without_passwords(canonical(config, semantic=False))), *(finite(cols[k]) for k in CONFIG_COLUMNS),
              time.time()))
         if sweep is not None:
             conn.execute("INSERT INTO sweeps (name, created) VALUES (?, ?) ON CONFLICT(name) DO NOTHING",
                          (sweep, time.time()))
-            conn.execute("INSERT OR IGNORE INTO sweep_runs VALUES (?, ?)", (sweep, rid))
+            conn.execute("INSERT INTO sweep_runs VALUES (?, ?) ON CONFLICT DO NOTHING", (sweep, rid))
 
     def register_runs(self, configs: Iterable[Mapping[str, Any]], *, sweep: str | None = None) -> list[str]:
         """Record runs as `pending` (if new) in one transaction, linked to `sweep`; returns their ids."""
@@ -388,14 +298,7 @@ class ResultsStore:
 
     def _alive(self, pid: int | None, hostname: str | None, heartbeat: float | None, token: str | None,
                now: float) -> bool:
-        """The liveness rule for a `running` row (see the module docstring)."""
-        if heartbeat is None or now - heartbeat > self.stale_after:
-            return False
-        if hostname == _HOST and pid is not None:
-            if pid == os.getpid():
-                return token in LIVE_CLAIMS
-            return _pid_alive(pid)
-        return True
+        return alive(pid, hostname, heartbeat, token, now, self.stale_after)
 
     def claim_run(self, run_id: str, config: Mapping[str, Any], sweep: str | None = None, *,
                   force: bool = False) -> bool:
@@ -429,7 +332,7 @@ class ResultsStore:
                 "pid=?, hostname=?, claim=?, attempts=attempts+1, error=NULL, steps_done=NULL, "
                 "final_train_loss=NULL, final_val_loss=NULL, min_val_loss=NULL, initial_loss=NULL, "
                 "diverged_step=NULL, spikes=NULL WHERE run_id=?",
-                (now, now, os.getpid(), _HOST, token, run_id))
+                (now, now, os.getpid(), HOST, token, run_id))
             return token
 
         token = self._write(transaction)
@@ -489,7 +392,8 @@ class ResultsStore:
         key = (run_id, step, metric, dumps(dict(params or {})))
 
         def transaction(conn):
-            conn.execute(_SHARPNESS_CLAIMS)  # created on first use: older stores get it too
+            if self.backend == "sqlite":
+                conn.execute(_SHARPNESS_CLAIMS)  # created on first use: older stores get it too
             if conn.execute("SELECT 1 FROM sharpness WHERE run_id=? AND step=? AND metric=? AND params=?",
                             key).fetchone():
                 return "done"
@@ -499,11 +403,13 @@ class ResultsStore:
             if row and row[0] != os.getpid():
                 # this host: the claimer's pid decides (a Hessian may take longer than stale_after);
                 # another host: the claim's age
-                alive = _pid_alive(row[0]) if row[1] == _HOST else now - row[2] <= self.stale_after
-                if alive:
+                held = pid_alive(row[0]) if row[1] == HOST else now - row[2] <= self.stale_after
+                if held:
                     return "busy"
-            conn.execute("INSERT OR REPLACE INTO sharpness_claims VALUES (?, ?, ?, ?, ?, ?, ?)",
-                         (*key, os.getpid(), _HOST, now))
+            conn.execute("INSERT INTO sharpness_claims VALUES (?, ?, ?, ?, ?, ?, ?) "
+                         "ON CONFLICT (run_id, step, metric, params) DO UPDATE SET "
+                         "pid=excluded.pid, hostname=excluded.hostname, claimed=excluded.claimed",
+                         (*key, os.getpid(), HOST, now))
             return "claimed"
 
         return self._write(transaction)
@@ -512,7 +418,7 @@ class ResultsStore:
         """Drop this process's claim on a sharpness value (measured, or given up)."""
         self._write(lambda c: c.execute(
             "DELETE FROM sharpness_claims WHERE run_id=? AND step=? AND metric=? AND params=? AND pid=? AND hostname=?",
-            (run_id, step, metric, dumps(dict(params or {})), os.getpid(), _HOST)))
+            (run_id, step, metric, dumps(dict(params or {})), os.getpid(), HOST)))
 
     # ---- pandas accessors
 
@@ -526,7 +432,7 @@ class ResultsStore:
         if sweep is not None:
             clauses.append(f"{alias}.run_id IN (SELECT run_id FROM sweep_runs WHERE sweep=?)")
             params.append(sweep)
-        return " AND ".join(clauses) or "1", params
+        return " AND ".join(clauses) or "TRUE", params
 
     @staticmethod
     def _times(df: pd.DataFrame) -> pd.DataFrame:
@@ -546,10 +452,10 @@ class ResultsStore:
         """`name` if the store holds that sweep; with None, the latest sweep. StoreError otherwise."""
         names = list(self.sweeps()["name"])
         if not names:
-            raise StoreError(f"results store {self.path} holds no sweeps; run precisionlab sweep first")
+            raise StoreError(f"results store {self.location} holds no sweeps; run precisionlab sweep first")
         name = names[-1] if name is None else name
         if name not in names:
-            raise StoreError(f"unknown sweep {name!r} in {self.path}; sweeps there: {', '.join(names)}")
+            raise StoreError(f"unknown sweep {name!r} in {self.location}; sweeps there: {', '.join(names)}")
         return name
 
     def runs(self, sweep: str | None = None, status: str | Iterable[str] | None = None, *,

@@ -8,7 +8,7 @@ from typing import Any
 from precisionlab.store.identity import IDENTITY_VERSION
 
 __all__ = ["SCHEMA_VERSION", "STATUSES", "OUTCOMES", "DONE", "CONFIG_COLUMNS", "OUTCOME_KEYS", "METRIC_KEYS",
-           "TIME_COLUMNS", "DDL", "finite", "StoreError"]
+           "TIME_COLUMNS", "DDL", "TABLES", "finite", "StoreError"]
 
 # 1: precisionlab 0.1. 2: run ids of identity version 2 (meta 'identity_version'); see store.migrate.
 SCHEMA_VERSION = 2
@@ -35,6 +35,8 @@ OUTCOME_KEYS = ("steps_done", "final_train_loss", "final_val_loss", "min_val_los
                 "initial_loss", "diverged_step", "spikes", "error", "wall_time")
 METRIC_KEYS = ("loss", "lr", "grad_norm", "tokens", "elapsed")
 TIME_COLUMNS = ("created", "started", "heartbeat", "finished")
+# Every table, in an order that satisfies the foreign keys (sharpness_claims: only on stores made after 0.2).
+TABLES = ("meta", "sweeps", "runs", "sweep_runs", "metrics", "checkpoints", "sharpness", "sharpness_claims")
 
 DDL = f"""
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -76,6 +78,11 @@ CREATE TABLE sharpness (
     run_id TEXT NOT NULL, step INTEGER NOT NULL, metric TEXT NOT NULL,
     params TEXT NOT NULL,       -- canonical JSON of the metric's parameters (eps, ...)
     value REAL, created REAL NOT NULL,
+    PRIMARY KEY (run_id, step, metric, params)
+) WITHOUT ROWID;
+CREATE TABLE sharpness_claims (  -- who measures which sharpness value now; rows live only meanwhile
+    run_id TEXT NOT NULL, step INTEGER NOT NULL, metric TEXT NOT NULL, params TEXT NOT NULL,
+    pid INTEGER, hostname TEXT, claimed REAL,
     PRIMARY KEY (run_id, step, metric, params)
 ) WITHOUT ROWID;
 CREATE INDEX runs_status ON runs(status);

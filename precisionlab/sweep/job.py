@@ -18,6 +18,7 @@ from omegaconf import DictConfig, open_dict
 from precisionlab.config import assume_valid, ensure_valid
 from precisionlab.runtime import absolute_paths
 from precisionlab.store import ResultsStore, StoreError, run_id
+from precisionlab.store.url import configured_store
 from precisionlab.sweep.launchers import exit_with_parent, threads_per_job
 from precisionlab.train.loop import run
 from precisionlab.train.outcomes import RunResult
@@ -54,11 +55,11 @@ def recorded_run(cfg: DictConfig, store: ResultsStore, recorder: Any = None, *, 
 
 
 def open_store(cfg: DictConfig) -> ResultsStore | None:
-    """The results store at cfg.store.path (made absolute by `runtime.absolute_paths`), or None if null."""
-    path = cfg.store.path if "store" in cfg else None
-    if path is None:
+    """The results store at cfg.store.url or .path (made absolute by `runtime.absolute_paths`), or None if null."""
+    location = configured_store(cfg)
+    if location is None:
         return None
-    return ResultsStore(path, journal_mode=cfg.store.get("journal_mode", "wal"))
+    return ResultsStore(location, journal_mode=cfg.store.get("journal_mode", "wal"))
 
 
 def train_recorded(cfg: DictConfig, recorder: Any = None) -> RunResult:
@@ -71,7 +72,7 @@ def train_recorded(cfg: DictConfig, recorder: Any = None) -> RunResult:
         return run(cfg, recorder=recorder)
     result = recorded_run(cfg, store, recorder, force=True)
     if result is None:
-        raise StoreError(f"results store {store.path}: run {run_id(cfg)} is being trained by another live "
+        raise StoreError(f"results store {store.location}: run {run_id(cfg)} is being trained by another live "
                          "process; wait for it, or set store.path to another file")
     return result
 
@@ -101,7 +102,7 @@ def run_job(cfg: DictConfig) -> str:
             if cfg.train.threads is None:  # non-semantic: the run id stays the same
                 cfg.train.threads = threads_per_job(hydra_cfg.launcher)
         cfg = assume_valid(cfg)  # plan() validated this grid point before the sweep was launched
-        store = ResultsStore(cfg.store.path)
+        store = ResultsStore(configured_store(cfg))
         sweep = cfg.sweep.name or hydra_cfg.runtime.choices.get("sweep")
         result = recorded_run(cfg, store, sweep=sweep, force=bool(cfg.sweep.force))
         if result is None:

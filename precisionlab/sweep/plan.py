@@ -13,20 +13,20 @@ import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from omegaconf import DictConfig
 
 from precisionlab.config import validate
 from precisionlab.runtime import absolute_paths
-from precisionlab.store import NON_SEMANTIC_KEYS, ResultsStore, run_id
+from precisionlab.store import NON_SEMANTIC_KEYS, ResultsStore, parse_store_url, run_id
 from precisionlab.store.names import sweep_name_problem
+from precisionlab.store.url import configured_store
 
 __all__ = ["Grid", "SweepError", "plan", "CONFIG_MODULE", "CONFIG_NAME"]
 
 CONFIG_MODULE = "precisionlab.configs"
 CONFIG_NAME = "sweep"  # configs/sweep.yaml: `train` plus a grid from configs/sweep/
-ONE_VALUE_KEYS = ("sweep", "sweep.name", "sweep.force", "store.path")  # never swept within one sweep
+ONE_VALUE_KEYS = ("sweep", "sweep.name", "sweep.force", "store.path", "store.url")  # never swept within one sweep
 
 
 class SweepError(ValueError):
@@ -42,8 +42,8 @@ class Grid:
     points: list[list[str]]    # every grid point's overrides, in launch order
     configs: list[DictConfig]  # their validated, resolved configs
     run_ids: list[str]         # their run ids (a repeated id is one run)
-    store_path: str            # absolute path of the results store
-    journal_mode: str          # how to create it: wal (one machine) or delete (nodes sharing a file system)
+    store: str                 # the results store's URL (sqlite:////absolute/path or postgresql://...)
+    journal_mode: str          # SQLite: how to create it (wal, or delete: a rollback journal)
     force: bool                # rerun completed and diverged runs too
     name_derived: bool         # True: `name` was derived here, so pass it on as sweep.name=...
 
@@ -110,11 +110,11 @@ def plan(overrides: Sequence[str], cwd: str | os.PathLike | None = None) -> Grid
             cfg = compose(config_name=CONFIG_NAME, overrides=point)
             absolute_paths(cfg, cwd)
             configs.append(validate(cfg))
-    store_path = base.store.path if "store" in base else None
+    store = configured_store(base)
     journal_mode = base.store.get("journal_mode", "wal") if "store" in base else "wal"
-    if store_path is None:
+    if store is None:
         raise SweepError("store.path is null: a sweep records its runs in a results store; "
-                         "set store.path=FILE (default results/precisionlab.db)")
+                         "set store.path=FILE (default results/precisionlab.db) or store.url=URL")
     ids = [run_id(c) for c in configs]
     name, derived = base.sweep.name, base.sweep.name is None
     if derived:
@@ -126,5 +126,5 @@ def plan(overrides: Sequence[str], cwd: str | os.PathLike | None = None) -> Grid
         raise SweepError(f"sweep.name: {problem}")
     return Grid(name=str(name), config=str(base.hydra.runtime.choices.get("sweep")), overrides=overrides,
                 params=params, points=points, configs=configs, run_ids=ids,
-                store_path=str(Path(cwd) / os.path.expanduser(str(store_path))), journal_mode=str(journal_mode),
+                store=parse_store_url(str(store), cwd).url, journal_mode=str(journal_mode),
                 force=bool(base.sweep.force), name_derived=derived)

@@ -3,7 +3,6 @@ runs finish in any process or machine the launcher uses) and `summary`."""
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -13,7 +12,7 @@ import pandas as pd
 
 from precisionlab.analysis.report import by_lr, label_runs
 from precisionlab.analysis.tables import display_by_lr, text_table
-from precisionlab.store import DEFAULT_STORE_PATH, DONE, OUTCOMES, ResultsStore
+from precisionlab.store import DEFAULT_STORE_PATH, DONE, OUTCOMES, ResultsStore, parse_store_url
 from precisionlab.sweep.plan import Grid
 
 __all__ = ["Progress", "summary", "complete"]
@@ -86,7 +85,7 @@ class Progress:
     def __enter__(self) -> "Progress":
         to_run = self.total - len(self.skipped)
         print(f"sweep {self.grid.name}: {self.total} runs, {len(self.skipped)} already done, {to_run} to run; "
-              f"store {self.store.path}", file=self.stream, flush=True)
+              f"store {self.store.location}", file=self.stream, flush=True)
         if self.stream.isatty():
             from tqdm import tqdm
 
@@ -125,8 +124,8 @@ def summary(store: ResultsStore, grid: Grid) -> tuple[str, dict[str, int]]:
         counts["unfinished_reason"] = f"sweep {grid.name}: {counts['unfinished']} runs not finished: {'; '.join(why)}"
     table = text_table(display_by_lr(by_lr(label_runs(runs)))) if len(runs) else "(no runs)"
     command = f"precisionlab report --sweep {grid.name}"
-    if grid.store_path != os.path.abspath(DEFAULT_STORE_PATH):
-        command += f" --store {grid.store_path}"
+    if grid.store != parse_store_url(DEFAULT_STORE_PATH).url:
+        command += f" --store {store.location if store.backend == 'sqlite' else repr(store.location)}"
     return f"{table}\n{line}\nsee the report (tables, plots, HTML): {command}", counts
 
 

@@ -130,6 +130,22 @@ def test_csvs_hold_the_tables_and_agree_with_the_store(reported):
 
 
 @pytest.mark.slow
+def test_the_same_sweep_on_postgresql_gives_the_same_report(reported, postgres_url, tmp_path):
+    """Sweep, sharpness and report with store.url on a PostgreSQL server: every table the report
+    computes equals the SQLite one's (the same runs, curves and sharpness values)."""
+    for args in (("sweep", *GRID, f"store.url={postgres_url}"), ("sharpness", "--device", "cpu", "--store", postgres_url),
+                 ("report", "--out", "out", "--store", postgres_url)):
+        proc = _cli(tmp_path, *args)
+        assert proc.returncode == 0, (args, proc.stderr)
+    assert not (tmp_path / STORE).exists()  # nothing went to the default SQLite file
+    sqlite_dir, _ = reported
+    for name in ("by_format.csv", "by_format_lr.csv", "sharpness.csv"):
+        assert (tmp_path / "out" / name).read_text() == (sqlite_dir / "out" / name).read_text(), name
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert postgres_url.split("@")[1] in html and postgres_url not in html  # the store is named, its password not
+
+
+@pytest.mark.slow
 def test_rerun_replaces_the_files_and_where_filters(reported):
     cwd, _ = reported
     proc = _cli(cwd, "report", "--sweep", "micro", "--out", "only", "--where", "format=e8m3", "--where", "lr < 1")

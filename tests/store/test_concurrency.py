@@ -21,8 +21,8 @@ CLI = str(Path(sys.executable).with_name("precisionlab"))
 REPEATS = 3
 
 
-def _sweep(cwd: Path, seeds: str, name: str) -> subprocess.Popen:
-    return subprocess.Popen([CLI, "sweep", "store.path=store.db", f"sweep.name={name}", "precision.format=e8m7",
+def _sweep(cwd: Path, seeds: str, name: str, store: str = "store.path=store.db") -> subprocess.Popen:
+    return subprocess.Popen([CLI, "sweep", store, f"sweep.name={name}", "precision.format=e8m7",
                              "optim.lr=3e-3", f"seed={seeds}", "train.threads=1", *SWEEP_MICRO],
                             cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
 
@@ -38,6 +38,18 @@ def test_two_sweeps_sharing_runs_compute_each_run_once_and_both_succeed(tmp_path
     assert sorted(runs.seed) == [0, 1, 2, 3, 4, 5]
     assert set(runs.status) <= {"completed", "diverged"} and list(runs.attempts) == [1] * 6, runs[["seed", "status", "attempts"]]
     assert not any("disk I/O error" in out or "not finished" in out for out in outputs), outputs
+
+
+@pytest.mark.slow
+def test_two_sweeps_sharing_runs_on_postgresql_compute_each_run_once(tmp_path, postgres_url):
+    first = _sweep(tmp_path, "0,1,2,3", "first", f"store.url={postgres_url}")
+    second = _sweep(tmp_path, "2,3,4,5", "second", f"store.url={postgres_url}")
+    outputs = [p.communicate(timeout=600)[0] for p in (first, second)]
+    assert [first.returncode, second.returncode] == [0, 0], outputs
+    runs = ResultsStore(postgres_url, read_only=True).runs()
+    assert sorted(runs.seed) == [0, 1, 2, 3, 4, 5]
+    assert set(runs.status) <= {"completed", "diverged"} and list(runs.attempts) == [1] * 6, runs[["seed", "status", "attempts"]]
+    assert not any("not finished" in out for out in outputs), outputs
 
 
 @pytest.mark.slow

@@ -30,7 +30,7 @@ def test_plan_is_the_cartesian_product_and_writes_nothing(tmp_path):
     assert all(c.precision.rounding == "toward_zero" for c in grid.configs)  # the default grid's masking
     assert len(set(grid.run_ids)) == 4 and grid.runs == list(dict.fromkeys(grid.run_ids))
     assert grid.name.startswith("default-") and len(grid.name) == len("default-") + 6
-    assert grid.store_path == str(tmp_path / "results" / "precisionlab.db")
+    assert grid.store == "sqlite:///" + str(tmp_path / "results" / "precisionlab.db")
     assert _files(tmp_path) == []
 
 

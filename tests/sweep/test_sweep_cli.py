@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from helpers import MICRO, SWEEP_MICRO
 from precisionlab.cli import app
-from precisionlab.store import ResultsStore
+from precisionlab.store import ResultsStore, StoreError
 
 CLI = str(Path(sys.executable).with_name("precisionlab"))
 STORE = Path("results") / "precisionlab.db"
@@ -108,20 +108,35 @@ def test_joblib_two_jobs_equals_sequential(sequential, tmp_path):
     assert {m["threads"] for m in par.meta} == {HALF_THE_CORES}
 
 
+RESUME_GRID = ["precision.format=e8m7,e8m3", "optim.lr=1e-3", "seed=1", "train.threads=1", *SWEEP_MICRO,
+               "train.steps=200", "train.checkpoint_every=20", "train.eval_every=50", "train.divergence.factor=10"]
+
+
+def _store_when_created(location: str) -> ResultsStore | None:
+    try:
+        return ResultsStore(location, create=False)
+    except StoreError:  # not created yet
+        return None
+
+
 @pytest.mark.slow
-def test_resume_after_sigkill(tmp_path):
-    grid = ["precision.format=e8m7,e8m3", "optim.lr=1e-3", "seed=1", "train.threads=1", *SWEEP_MICRO,
-            "train.steps=200", "train.checkpoint_every=20", "train.eval_every=50", "train.divergence.factor=10"]
+def test_resume_after_sigkill(tmp_path, store_url):
+    """Kill -9 a whole sweep mid-run and rerun it, on both backends (SQLite through a relative
+    sqlite:/// URL); the reference runs on the default SQLite store: curves don't depend on the store."""
+    grid = RESUME_GRID
     killed_dir, reference_dir = tmp_path / "killed", tmp_path / "reference"
     killed_dir.mkdir(), reference_dir.mkdir()
+    given = store_url if store_url.startswith("postgresql") else f"sqlite:///{STORE}"
+    location = store_url if store_url.startswith("postgresql") else str(killed_dir / STORE)
+    grid = [*grid, f"store.url={given}"]
     proc = subprocess.Popen([CLI, "sweep", *grid], cwd=killed_dir, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     store, victim, deadline = None, None, time.time() + 240
     try:
         while victim is None and time.time() < deadline and proc.poll() is None:
             time.sleep(0.02)
-            if store is None and (killed_dir / STORE).exists():
-                store = ResultsStore(killed_dir / STORE)
+            if store is None:
+                store = _store_when_created(location)
             if store is not None:
                 running = set(store.runs(status="running").run_id)
                 checkpointed = running & set(store.checkpoints().run_id)
@@ -142,11 +157,34 @@ def test_resume_after_sigkill(tmp_path):
     assert runs.attempts[victim] == 2
     assert runs.meta[victim]["resumed_from"] == path and runs.meta[victim]["start_step"] == step
 
-    reference = _cli(reference_dir, "sweep", *grid)
+    reference = _cli(reference_dir, "sweep", *RESUME_GRID)
     assert reference.returncode == 0, reference.stderr
     curves = _curves(store)
     assert [s for s, _ in curves[(victim, "train")]] == list(range(1, 201))  # none lost, none duplicated
     assert curves == _curves(ResultsStore(reference_dir / STORE))
+
+
+@pytest.mark.slow
+def test_server_restart_mid_sweep_loses_nothing(tmp_path, own_postgres_server):
+    """The PostgreSQL server restarts (down 2 s) while a sweep trains: the sweep waits, goes on and
+    finishes every run once, with the curves of an undisturbed sweep on SQLite."""
+    url = own_postgres_server.url()
+    store = ResultsStore(url)
+    proc = subprocess.Popen([CLI, "sweep", *RESUME_GRID, f"store.url={url}"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while not len(store.checkpoints()) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the sweep ended before its first checkpoint"
+    own_postgres_server.restart(down_seconds=2.0)
+    output = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, output
+    runs = store.runs()
+    assert len(runs) == 2 and set(runs.status) == {"completed"} and list(runs.attempts) == [1, 1]
+    reference_dir = tmp_path / "reference"
+    reference_dir.mkdir()
+    assert _cli(reference_dir, "sweep", *RESUME_GRID).returncode == 0
+    assert _curves(store) == _curves(ResultsStore(reference_dir / STORE))
 
 
 # ---- bad input: one line on stderr, exit 2, nothing written

@@ -1,0 +1,105 @@
+"""Copying sweeps between results stores: `precisionlab store copy SRC DST [--sweep NAME]`.
+
+Typically a cluster's PostgreSQL store to a laptop's SQLite file, for the report; any
+direction works. Each sweep is read from SRC in one read transaction (a consistent snapshot,
+also while its sweep runs) and written to DST in one transaction, so a copy killed midway
+leaves DST as it was for that sweep. Copying again is harmless (idempotent) and brings DST up
+to date, by this rule per run:
+
+- DST holds the run done (completed or diverged) and SRC does not: DST's run is kept as it is.
+- Otherwise the run's row, its metrics and its checkpoint rows in DST become SRC's.
+- Sharpness values are merged by (run, step, metric, parameters): values measured at DST stay.
+
+Checkpoint rows keep SRC's paths; the checkpoint files themselves are not copied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from precisionlab.store.results import ResultsStore
+from precisionlab.store.schema import DONE, StoreError
+
+__all__ = ["CopyResult", "copy_sweeps"]
+
+_OF_SWEEP = "run_id IN (SELECT run_id FROM sweep_runs WHERE sweep=?)"
+_KEYS = {"sweeps": ("name",), "runs": ("run_id",), "sharpness": ("run_id", "step", "metric", "params")}
+
+
+@dataclass
+class CopyResult:
+    sweep: str
+    runs: int         # runs of the sweep in SRC
+    copied: int       # ... whose rows DST now has from SRC (new or updated)
+    kept: int         # ... left as DST had them (done there, not in SRC)
+    metrics: int      # metric rows written
+    checkpoints: int  # checkpoint rows written
+    sharpness: int    # sharpness values written (merged)
+
+    def line(self) -> str:
+        kept = f", {self.kept} kept (done in the destination, not in the source)" if self.kept else ""
+        return (f"sweep {self.sweep}: {self.runs} runs, {self.copied} copied{kept}; {self.metrics} metric rows, "
+                f"{self.checkpoints} checkpoint rows, {self.sharpness} sharpness values")
+
+
+def _upsert(table: str, columns: list[str], keep: tuple[str, ...] = ()) -> str:
+    """INSERT of `columns` into `table` that replaces an existing row (same key) column by
+    column, but for the columns in `keep`."""
+    keys = _KEYS[table]
+    update = ", ".join(f"{c}=excluded.{c}" for c in columns if c not in keys + keep)
+    return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
+            f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {update}")
+
+
+def _insert(table: str, columns: list[str]) -> str:
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+
+
+def _copy_sweep(src: ResultsStore, dst: ResultsStore, name: str) -> CopyResult:
+    (sweep_cols, sweep_rows), (run_cols, runs), (metric_cols, metrics), (ckpt_cols, ckpts), (sharp_cols, sharp) = \
+        src._snapshot([("SELECT * FROM sweeps WHERE name=?", [name]),
+                       (f"SELECT * FROM runs WHERE {_OF_SWEEP} ORDER BY run_id", [name]),
+                       (f"SELECT * FROM metrics WHERE {_OF_SWEEP}", [name]),
+                       (f"SELECT * FROM checkpoints WHERE {_OF_SWEEP}", [name]),
+                       (f"SELECT * FROM sharpness WHERE {_OF_SWEEP}", [name])])
+    rid, status = run_cols.index("run_id"), run_cols.index("status")
+    src_done = {r[rid]: r[status] in DONE for r in runs}
+
+    def write(tx) -> CopyResult:
+        tx.executemany(_upsert("sweeps", sweep_cols, keep=("created",)), sweep_rows)  # SRC's latest command and grid
+        held = {}
+        for i in range(0, len(runs), 500):
+            chunk = [r[rid] for r in runs[i:i + 500]]
+            held.update(tx.execute(f"SELECT run_id, status FROM runs WHERE run_id IN ({','.join('?' * len(chunk))})",
+                                   chunk).fetchall())
+        taken = {r for r, done in src_done.items() if not (held.get(r) in DONE and not done)}
+        tx.executemany(_upsert("runs", run_cols), [r for r in runs if r[rid] in taken])
+        tx.executemany("INSERT INTO sweep_runs (sweep, run_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                       [(name, r[rid]) for r in runs])
+        for table in ("metrics", "checkpoints"):
+            tx.executemany(f"DELETE FROM {table} WHERE run_id=?", [(r,) for r in taken])
+        metric_rows = [m for m in metrics if m[metric_cols.index("run_id")] in taken]
+        ckpt_rows = [c for c in ckpts if c[ckpt_cols.index("run_id")] in taken]
+        sharp_rows = [s for s in sharp if s[sharp_cols.index("run_id")] in taken]
+        tx.executemany(_insert("metrics", metric_cols), metric_rows)
+        tx.executemany(_insert("checkpoints", ckpt_cols), ckpt_rows)
+        tx.executemany(_upsert("sharpness", sharp_cols), sharp_rows)
+        return CopyResult(name, len(runs), len(taken), len(runs) - len(taken), len(metric_rows), len(ckpt_rows),
+                          len(sharp_rows))
+
+    return dst._write(write)
+
+
+def copy_sweeps(src: ResultsStore, dst: ResultsStore, sweeps: Sequence[str] | None = None) -> list[CopyResult]:
+    """Copy `sweeps` (default: all of SRC's) from `src` to `dst`, one transaction per sweep.
+    StoreError (one line) for an unknown sweep, an empty source, or one store given twice."""
+    if src.url == dst.url:
+        raise StoreError(f"source and destination are the same results store ({src.location}); "
+                         "give two different stores")
+    names = list(dict.fromkeys(sweeps)) if sweeps else list(src.sweeps()["name"])
+    if not names:
+        raise StoreError(f"results store {src.location} holds no sweeps; nothing to copy")
+    for name in names:
+        src.sweep_name(name)  # StoreError naming the sweeps there
+    return [_copy_sweep(src, dst, name) for name in names]

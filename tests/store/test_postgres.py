@@ -1,0 +1,282 @@
+"""The store's second backend and what clusters need of both: store URLs, atomic claims and
+leases across processes, a server restart under a writer, copying sweeps between stores,
+and bad URLs / unreachable servers / wrong passwords as one line."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from helpers.store import make_config, record
+from precisionlab.cli import app
+from precisionlab.store import ResultsStore, StoreError, parse_store_url, run_id
+from precisionlab.store.copy import copy_sweeps
+from precisionlab.store.url import redact
+
+
+CLI = str(Path(sys.executable).with_name("precisionlab"))
+
+
+# --------------------------------------------------------------------------- URLs
+
+
+def test_store_urls(tmp_path):
+    assert parse_store_url("results/x.db", tmp_path).target == str(tmp_path / "results" / "x.db")
+    assert parse_store_url("sqlite:///results/x.db", tmp_path).target == str(tmp_path / "results" / "x.db")  # relative
+    assert parse_store_url("sqlite:////abs/x.db", tmp_path).target == "/abs/x.db"  # four slashes: absolute
+    assert parse_store_url("sqlite:///results/x.db", tmp_path).url == f"sqlite:///{tmp_path}/results/x.db"
+    for scheme in ("postgresql", "postgresql+psycopg", "postgres", "PostgreSQL"):
+        where = parse_store_url(f"{scheme}://me:s3cret@db:5432/runs")
+        assert where.backend == "postgresql" and where.target == "postgresql://me:s3cret@db:5432/runs"
+        assert where.shown == "postgresql://me:***@db:5432/runs"
+    assert redact("postgresql://db/runs?user=me&password=s3cret") == "postgresql://db/runs?user=me&password=***"
+
+
+@pytest.mark.parametrize("url, message", [
+    ("mysql://me@db/runs", "store URL scheme 'mysql' is not supported"),
+    ("sqlite://", "names no database file"),
+    ("sqlite:///:memory:", "in-memory store is not shared"),
+    ("postgresql://me:s3cret@db:port/runs", "has port 'port', expected a number"),
+    ("postgresql://me:s3cret@[db/runs", "is malformed"),
+    ("postgresql://me:s3cret@db/runs?bogus=1", "is malformed"),
+])
+def test_bad_store_urls_say_what_is_accepted_and_never_show_the_password(url, message):
+    with pytest.raises(StoreError, match=message) as caught:
+        ResultsStore(url)
+    text = str(caught.value)
+    assert "s3cret" not in text and len(text.splitlines()) == 1
+    assert "accepted" in text or "sqlite:///" in text
+
+
+# --------------------------------------------------------------------------- bad input at the command line
+
+
+def _one_line_exit_2(args, cwd):
+    started = time.monotonic()
+    done = subprocess.run([CLI, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    seconds = time.monotonic() - started
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in done.stderr, done.stderr
+    return lines[0], seconds
+
+
+@pytest.mark.slow
+def test_unreachable_server_wrong_password_malformed_url_fail_fast(tmp_path, postgres_server, postgres_url):
+    closed = f"postgresql://precisionlab:x@127.0.0.1:{_closed_port()}/precisionlab"
+    wrong = postgres_url.replace(postgres_server.password, "not-the-password")
+    cases = [
+        (["report", "--store", closed], "cannot connect"),
+        (["report", "--store", wrong], "password authentication failed"),
+        (["report", "--store", "postgresql://me@db:x/runs"], "expected a number"),
+        (["report", "--store", postgres_url], "holds no results store yet"),  # reachable, but empty
+        (["sweep", f"store.url={closed}", "seed=0"], "cannot connect"),
+        (["sweep", f"store.url={wrong}", "seed=0"], "password authentication failed"),
+        (["sweep", "store.url=mysql://db/x", "seed=0"], "scheme 'mysql' is not supported"),
+        (["store", "copy", wrong, str(tmp_path / "x.db")], "password authentication failed"),
+    ]
+    for args, message in cases:
+        line, seconds = _one_line_exit_2(args, tmp_path)
+        assert message in line and "not-the-password" not in line, (args, line)
+        assert seconds < 30, (args, seconds)  # connect timeout 5 s, no retries when opening; the rest is start-up
+    assert os.listdir(tmp_path) == []  # nothing written: no store file, no run folder
+
+
+def _closed_port() -> int:
+    from precisionlab.store.pgserver import free_port
+
+    return free_port()  # bound and released: nothing listens there
+
+
+# --------------------------------------------------------------------------- claims and leases
+
+
+def _claim(url, config, barrier, results):
+    barrier.wait()
+    results.put(ResultsStore(url).claim_run(run_id(config), config, "race"))
+
+
+@pytest.mark.slow
+def test_sixteen_processes_claiming_one_run_give_it_to_exactly_one(store_url):
+    ResultsStore(store_url)  # exists before the race: the race is about the claim
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(16), ctx.Queue()
+    procs = [ctx.Process(target=_claim, args=(store_url, make_config(), barrier, results)) for _ in range(16)]
+    for p in procs:
+        p.start()
+    won = [results.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0] * 16
+    assert sorted(won) == [False] * 15 + [True]
+    assert ResultsStore(store_url).runs()["attempts"].tolist() == [1]
+
+
+@pytest.mark.slow
+def test_lease_keeps_a_quiet_run_alive_on_another_host_and_lets_it_go_when_killed(store_url):
+    """A worker on "another host" (so no pid check can help) that writes nothing for longer than
+    stale_after is still alive by its lease; killed, it is interrupted once stale_after passes."""
+    config = make_config()
+    rid = run_id(config)
+    script = textwrap.dedent(f"""
+        import time
+        import precisionlab.store.liveness as liveness
+        liveness.HOST = "node-b"
+        import precisionlab.store.results as results
+        results.HOST = "node-b"
+        from precisionlab.store import ResultsStore
+        store = ResultsStore({store_url!r}, stale_after=2.0)
+        assert store.claim_run({rid!r}, {config!r})
+        rec = store.recorder({rid!r})
+        print("claimed", flush=True)
+        time.sleep(600)  # a long step: no writes of its own
+    """)
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "claimed"
+        store = ResultsStore(store_url, stale_after=2.0)
+        assert store.runs()["hostname"].tolist() == ["node-b"]
+        time.sleep(4)  # twice stale_after without a write from the run itself
+        assert not store.claim_run(rid, config)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        killed = time.monotonic()
+        while not store.claim_run(rid, config):
+            assert time.monotonic() - killed < 10
+            time.sleep(0.2)
+        assert time.monotonic() - killed >= 1.0  # not before its last heartbeat went stale (every 1 s, stale at 2 s)
+    finally:
+        child.kill()
+        child.wait()
+
+
+# --------------------------------------------------------------------------- a server restart under a writer
+
+
+@pytest.mark.slow
+def test_server_restart_mid_run_loses_nothing(own_postgres_server):
+    store = ResultsStore(own_postgres_server.url())
+    config = make_config()
+    rid = run_id(config)
+    assert store.claim_run(rid, config, "restart")
+    with store.recorder(rid, flush_every=10) as rec:
+        for step in range(1, 101):
+            rec.log(step, "train", {"loss": 1.0 / step})
+            if step == 45:  # rows 41-45 are buffered, rows 1-40 written; the connection is cut here
+                own_postgres_server.restart(down_seconds=1.5)
+        rec.finish({"status": "completed"})
+    run = store.runs().iloc[0]
+    assert run["status"] == "completed" and run["attempts"] == 1 and run["steps_done"] == 100
+    assert store.metrics(rid)["step"].tolist() == list(range(1, 101))
+    assert store.metrics(rid)["loss"].tolist() == [1.0 / s for s in range(1, 101)]
+
+
+def test_unreachable_for_longer_than_retry_seconds_is_one_line(own_postgres_server):
+    store = ResultsStore(own_postgres_server.url(), retry_seconds=1.0)
+    own_postgres_server.stop()
+    started = time.monotonic()
+    with pytest.raises(StoreError, match=r"still unreachable .* after 1 s of retries") as caught:
+        store.runs()
+    assert time.monotonic() - started < 10 and own_postgres_server.password not in str(caught.value)
+
+
+def test_read_only_connection_cannot_write(postgres_url):
+    record(ResultsStore(postgres_url), make_config())
+    reader = ResultsStore(postgres_url, read_only=True)
+    assert len(reader.runs()) == 1
+    with pytest.raises(StoreError, match="read-only transaction"):
+        reader.add_sweep("nope")
+
+
+def test_a_database_holding_other_tables_is_refused(postgres_url):
+    import psycopg
+
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE runs (id int)")
+    with pytest.raises(StoreError, match="has tables runs but no meta table"):
+        ResultsStore(postgres_url)
+
+
+# --------------------------------------------------------------------------- store copy
+
+
+def _tables(store: ResultsStore) -> dict[str, pd.DataFrame]:
+    """Every row of a store's tables, in a backend-independent order and form."""
+    keys = {"sweeps": ["name"], "runs": ["run_id"], "sweep_runs": ["sweep", "run_id"],
+            "metrics": ["run_id", "split", "step"], "checkpoints": ["run_id", "step"],
+            "sharpness": ["run_id", "step", "metric", "params"]}
+    return {table: store._read(f"SELECT * FROM {table}").sort_values(key).reset_index(drop=True)
+            for table, key in keys.items()}
+
+
+def _fill(store: ResultsStore) -> None:
+    for seed in range(3):
+        rid = record(store, make_config(seed=seed), sweep="grid", checkpoint_every=5)
+        store.add_sharpness(rid, 5, "logit", 0.5 + seed, {"eps": 1e-3})
+    record(store, make_config(seed=9), sweep="other")
+    store.add_sweep("grid", command="precisionlab sweep seed=0,1,2", grid={"seed": [0, 1, 2]})
+
+
+def test_copy_round_trip_sqlite_postgres_sqlite_is_exact_and_idempotent(tmp_path, postgres_url):
+    source = ResultsStore(tmp_path / "source.db")
+    _fill(source)
+    server = ResultsStore(postgres_url)
+    back = ResultsStore(tmp_path / "back.db")
+    (to_server,) = copy_sweeps(source, server, ["grid"])
+    assert (to_server.runs, to_server.copied, to_server.kept, to_server.metrics, to_server.checkpoints,
+            to_server.sharpness) == (3, 3, 0, 36, 6, 3)
+    copy_sweeps(server, back)
+    expected = {t: df for t, df in _tables(source).items()}
+    expected["runs"] = expected["runs"][expected["runs"].seed != 9].reset_index(drop=True)
+    for table in ("sweep_runs", "metrics"):
+        expected[table] = expected[table][expected[table].run_id != run_id(make_config(seed=9))].reset_index(drop=True)
+    expected["sweeps"] = expected["sweeps"][expected["sweeps"].name == "grid"].reset_index(drop=True)
+    for table, df in _tables(back).items():
+        pd.testing.assert_frame_equal(df, expected[table], check_dtype=False, obj=table)
+    before = _tables(server)
+    again = copy_sweeps(source, server, ["grid"])  # idempotent: nothing changes
+    assert again[0].copied == 3
+    for table, df in _tables(server).items():
+        pd.testing.assert_frame_equal(df, before[table], obj=table)
+
+
+def test_copy_keeps_a_run_done_in_the_destination_and_updates_the_rest(tmp_path, postgres_url):
+    source, destination = ResultsStore(postgres_url), ResultsStore(tmp_path / "laptop.db")
+    unfinished, finished = make_config(seed=0), make_config(seed=1)
+    record(destination, unfinished, sweep="grid", steps=12)  # done here ...
+    source.register_runs([unfinished], sweep="grid")         # ... pending there
+    record(source, finished, sweep="grid", steps=7)
+    (result,) = copy_sweeps(source, destination)
+    assert (result.copied, result.kept) == (1, 1)
+    runs = destination.runs(sweep="grid").set_index("seed")
+    assert runs.status.to_dict() == {0: "completed", 1: "completed"}
+    assert runs.steps_done.to_dict() == {0: 12, 1: 7}
+
+
+def test_store_copy_command(tmp_path, postgres_url, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _fill(ResultsStore(postgres_url))
+    runner = CliRunner()
+    done = runner.invoke(app, ["store", "copy", postgres_url, "laptop.db", "--sweep", "grid"])
+    assert done.exit_code == 0, done.output
+    assert "sweep grid: 3 runs, 3 copied; 36 metric rows, 6 checkpoint rows, 3 sharpness values" in done.stdout
+    assert "***" in done.stdout and postgres_url not in done.stdout  # the password is never printed
+    assert ResultsStore("laptop.db").runs(sweep="grid")["seed"].tolist() == [0, 1, 2]
+    for args, message in [
+        (["store", "copy", postgres_url, "laptop.db", "--sweep", "nope"], "unknown sweep 'nope'"),
+        (["store", "copy", "missing.db", "laptop.db"], "does not exist"),
+        (["store", "copy", "laptop.db", str(tmp_path / "laptop.db")], "same results store"),
+    ]:
+        bad = runner.invoke(app, args)
+        assert bad.exit_code == 2 and bad.stderr.startswith("error: ") and message in bad.stderr, (args, bad.output)
+        assert len(bad.stderr.strip().splitlines()) == 1
