@@ -11,10 +11,15 @@ the source, sig including the implicit bit):
   shift = s - (e - P)                 low bits of sig below that ulp (>= 0)
   n     = round(sig / 2^shift)        integer significand, per rounding mode
   |q|   = n * 2^s                     exact in the source format
-then overflow, flush-to-zero, Inf/NaN and the sign are applied. Formats whose
-exponent range reaches fp32's at the bottom (emin = -126: bf16, e8m3, ...) round
-fp32 inputs deterministically by one integer add and a mask instead
-(`_round_bit_patterns`): the same values, in a fraction of the work.
+then overflow, flush-to-zero, Inf/NaN and the sign are applied. Deterministic
+casts of fp32 take shortcuts that give the same values in a fraction of the work
+(`cast_bits(..., specialised=False)` is the general algorithm alone, for tests):
+  - formats whose exponent range reaches fp32's at the bottom (emin = -126: bf16,
+    e8m3, ...): one integer add and a mask (`_round_bit_patterns`);
+  - narrower formats (fp16, e4m3fn, e5m2, e2m1fn, ...): the same add and mask at and
+    above the format's smallest normal, where its grid is fp32's with the low bits
+    cleared, and below it, where the grid is a fixed ulp, a float rounding of the
+    value scaled by a power of two (`_round_split`).
 """
 
 from __future__ import annotations
@@ -92,12 +97,14 @@ def cast_torch(x: torch.Tensor, spec: CastSpec, seed: int = 0, offset: int = 0) 
 
 
 def cast_bits(
-    u: torch.Tensor, spec: CastSpec, dtype: torch.dtype, seed: int | torch.Tensor = 0, offset: int = 0
+    u: torch.Tensor, spec: CastSpec, dtype: torch.dtype, seed: int | torch.Tensor = 0, offset: int = 0,
+    specialised: bool = True,
 ) -> torch.Tensor:
     """`cast_torch` on the bit patterns `u` of a float tensor of `dtype`; returns bit patterns.
 
-    Taking and returning integers keeps every bitcast outside `torch.compile`d graphs; `seed`
-    may be a `philox_key` tensor for the same reason.
+    `seed` may be a `philox_key` tensor (data, not a constant, in a `torch.compile`d graph).
+    `specialised=False` takes the general algorithm for every format and mode (the module
+    docstring's shortcuts are checked against it).
     """
     int_dtype, P, src_bias = SOURCE_FORMATS[dtype]
     width = 32 if int_dtype == torch.int32 else 64
@@ -106,8 +113,11 @@ def cast_bits(
     M = spec.man_bits
 
     a = u & ~sign_mask  # magnitude bits
-    if int_dtype == torch.int32 and spec.emin == 1 - src_bias and 0 < M < P and spec.rounding != STOCHASTIC:
+    path = _shortcut(spec, dtype) if specialised else None
+    if path == "mask":
         mag = _round_bit_patterns(a, P - M, spec.rounding)  # E8 formats: fp32's grid, low bits cleared
+    elif path == "split":
+        mag = _round_split(a, spec)
     else:
         mag = _round_on_grid(a, spec, dtype, seed, offset)
 
@@ -121,6 +131,39 @@ def cast_bits(
     if spec.no_negative_zero:
         sign = torch.where(mag == 0, 0, sign)
     return mag | sign
+
+
+def _shortcut(spec: CastSpec, dtype: torch.dtype) -> str | None:
+    """Which shortcut (module docstring) serves this cast of `dtype` values: "mask", "split" or None."""
+    M = spec.man_bits
+    if dtype != torch.float32 or spec.rounding == STOCHASTIC or not 0 < M < 23:
+        return None
+    if spec.emin == -126:
+        return "mask"
+    if -126 < spec.emin and spec.emin - M >= -149:  # the format's smallest subnormal is an fp32 number
+        return "split"
+    return None
+
+
+def _round_split(a: torch.Tensor, spec: CastSpec) -> torch.Tensor:
+    """fp32 magnitude bits rounded into a format with a narrower exponent range (deterministic
+    modes, 0 < M < 23). At and above its smallest normal the grid is fp32's with the low 23 - M
+    bits cleared: add and mask. Below it the grid is the fixed ulp 2^(emin - M): the value times
+    2^(M - emin) is rounded to an integer, then scaled back; both scalings are by powers of two and
+    stay within fp32's range (emin - M >= -149), so they are exact. NaN, Inf and overflow are the
+    caller's."""
+    M, emin = spec.man_bits, spec.emin
+    normal = _round_bit_patterns(a, 23 - M, spec.rounding)
+    n = a.view(torch.float32) * 2.0 ** (M - emin)  # below the smallest normal: in [0, 2^M)
+    if spec.rounding == NEAREST_EVEN:
+        q = torch.round(n)  # half to even
+    elif spec.rounding == TOWARD_ZERO:
+        q = torch.trunc(n)
+    else:  # NEAREST_AWAY: n - trunc(n) is exact, so the tie test is too
+        q = torch.trunc(n)
+        q = torch.where(n - q >= 0.5, q + 1, q)
+    subnormal = (q * 2.0 ** (emin - M)).view(torch.int32)
+    return torch.where(a < spec.min_normal_bits, subnormal, normal)
 
 
 def _round_on_grid(a: torch.Tensor, spec: CastSpec, dtype: torch.dtype, seed, offset: int) -> torch.Tensor:

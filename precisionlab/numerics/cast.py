@@ -222,28 +222,50 @@ def _compile_blocks(x: torch.Tensor) -> bool:
     return x.numel() >= COMPILE_MIN_NUMEL and not x.is_cuda and os.environ.get("PRECISIONLAB_COMPILE", "1") != "0"
 
 
-_compiled = None
+_compiled: dict = {}  # CastSpec -> its compiled cast, or the eager twin where compiling fails
 
 
 def _cast_bits_on_cpu(bits: torch.Tensor, spec: CastSpec):
-    """The compiled twin for large CPU tensors (when enabled and working), else the eager one."""
-    global _compiled
+    """The compiled twin for large CPU tensors (when enabled and working), else the eager one.
+    One compiled function per spec: its constants are graph constants (inductor folds them into
+    the loop) rather than symbolic integers, which ran the general algorithm at half the speed."""
     if (
         bits.numel() < COMPILE_MIN_NUMEL
         or bits.is_cuda
         or os.environ.get("PRECISIONLAB_COMPILE", "1") == "0"
     ):
         return cast_bits
-    if _compiled is None:
-        _compiled = _compile_or_eager()
-    return _compiled
+    compiled = _compiled.get(spec)
+    if compiled is None:
+        compiled = _compiled[spec] = _compile_or_eager(spec)
+    return compiled
 
 
-def _compile_or_eager():
-    allow_graph_variants(64)  # each (rounding, flush, fnuz, M == 0, dtype) variant is its own graph
-    compiled = torch.compile(cast_bits, dynamic=True)
+def _compile_or_eager(spec: CastSpec):
+    """`cast_bits` for `spec`, compiled: the spec's integers are constants of the graph (inductor
+    folds them into the loop; as symbolic integers they ran the general algorithm at half the
+    speed), and the tensor's length is dynamic (marked, so one graph serves every size). Inductor
+    decides from the first call's length whether the loop runs on all threads: the probe call is
+    as long as the smallest tensor that is ever compiled (COMPILE_MIN_NUMEL), so it does; a probe
+    of 8 elements had left every compiled cast on one thread."""
+    allow_graph_variants(64)
+
+    def cast(bits, dtype, key):
+        return cast_bits(bits, spec, dtype, key)
+
+    # A code object of its own per spec: dynamo keys its caches, and its automatic-dynamic
+    # bookkeeping, on code objects; sharing one, a second spec's integers would turn symbolic.
+    cast.__code__ = cast.__code__.replace(co_name=f"cast_{len(_compiled)}")
+    graph = torch.compile(cast, dynamic=None)
+
+    def compiled(bits, _spec, dtype, key):
+        flat = bits.reshape(-1)
+        torch._dynamo.mark_dynamic(flat, 0)
+        return graph(flat, dtype, key).view(bits.shape)
+
     try:  # one tiny call proves the toolchain works here
-        compiled(torch.zeros(8, dtype=torch.int32), cast_spec(FloatFormat.parse("e4m3fn"), "nearest_even", True, True), torch.float32)
+        probe = torch.zeros(max(COMPILE_MIN_NUMEL, 2), dtype=torch.int32)
+        compiled(probe, spec, torch.float32, philox_key(0) if spec.rounding == STOCHASTIC else 0)
         return compiled
     except Exception as err:  # no C++ compiler, unsupported platform, ...
         import warnings
