@@ -22,6 +22,8 @@ kernel's tiles need it). The canonical spelling (a generic format's `name`) omit
 
 from __future__ import annotations
 
+import functools
+
 import math
 import re
 from dataclasses import dataclass, field
@@ -199,6 +201,11 @@ def parse_format(name: str | FloatFormat | BlockFormat) -> FloatFormat | BlockFo
         return name
     if not isinstance(name, str):
         raise ValueError(f"format must be a name, FloatFormat or BlockFormat, got {type(name).__name__}; {_BOTH_HELP}")
+    return _parse_name(name)
+
+
+@functools.lru_cache(maxsize=1024)  # formats are frozen; a training step parses the same few names per cast
+def _parse_name(name: str) -> FloatFormat | BlockFormat:
     if name in _NAMED:
         element, b, c, scale, rule, tensor = _NAMED[name]
         return BlockFormat(FloatFormat.parse(element), b, c, scale, rule, tensor, name=name)
