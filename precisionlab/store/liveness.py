@@ -23,17 +23,36 @@ import time
 from typing import TYPE_CHECKING
 
 from precisionlab.store.schema import StoreError
-from precisionlab.store.sqlite import pid_alive
 
 if TYPE_CHECKING:
     from precisionlab.store.results import ResultsStore
 
-__all__ = ["HOST", "LIVE_CLAIMS", "alive", "Lease"]
+__all__ = ["HOST", "LIVE_CLAIMS", "alive", "pid_alive", "Lease"]
 
 log = logging.getLogger(__name__)
 
 HOST = socket.gethostname()
 LIVE_CLAIMS: set[str] = set()  # claim tokens this process holds and has not finished
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` of this host still runs (a zombie does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    """A killed process its parent has not reaped yet still answers kill(pid, 0) (Linux only)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def alive(pid: int | None, hostname: str | None, heartbeat: float | None, token: str | None,

@@ -43,7 +43,7 @@ from typing import Any
 import pandas as pd
 
 from precisionlab.store.identity import canonical, dumps, run_id
-from precisionlab.store.liveness import HOST, LIVE_CLAIMS, alive
+from precisionlab.store.liveness import HOST, LIVE_CLAIMS, alive, pid_alive
 from precisionlab.store.recorder import StoreRecorder
 from precisionlab.store.schema import (
     CONFIG_COLUMNS,
@@ -52,7 +52,7 @@ from precisionlab.store.schema import (
     StoreError,
     finite,
 )
-from precisionlab.store.sqlite import SQLiteBackend, pid_alive
+from precisionlab.store.sqlite import SQLiteBackend
 from precisionlab.store.url import parse_store_url, redact
 
 __all__ = ["ResultsStore", "StoreError", "DEFAULT_STORE_PATH"]
@@ -153,15 +153,18 @@ class ResultsStore:
         """
         if journal_mode not in ("wal", "delete"):
             raise ValueError(f"journal_mode must be 'wal' or 'delete', not {journal_mode!r}")
-        where = parse_store_url(location)
-        self.url, self.location, self.backend = where.url, where.shown, where.backend
         self.stale_after, self.read_only, self.retry_seconds = stale_after, read_only, retry_seconds
+        self._bind(parse_store_url(location))
+        # the backup's path, when opening migrated an older store
+        self.migrated_from = self._db.open(read_only=read_only, create=create, journal_mode=journal_mode)
+
+    def _bind(self, where) -> None:
+        """Point this object at the store `where` names, with no connection yet (opening is `__init__`'s)."""
+        self.url, self.location, self.backend = where.url, where.shown, where.backend
         self._db = _backend(where)
         self.path = self._db.path  # the SQLite file; None for a server
         self._local = threading.local()
         self._claims: dict[str, str] = {}  # run_id -> claim token held through this object
-        # the backup's path, when opening migrated an older store
-        self.migrated_from = self._db.open(read_only=read_only, create=create, journal_mode=journal_mode)
 
     def _error(self, problem: str) -> StoreError:
         return StoreError(f"results store {self.location}: {problem}")
@@ -190,12 +193,7 @@ class ResultsStore:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update({"read_only": False, "retry_seconds": RETRY_SECONDS, **state})
-        where = parse_store_url(self.url)
-        self.location, self.backend = where.shown, where.backend
-        self._db = _backend(where)
-        self.path = self._db.path
-        self._local = threading.local()
-        self._claims = {}
+        self._bind(parse_store_url(self.url))
         self.migrated_from = None
 
     def _attempt(self, work: Callable[[Transaction], Any], writing: bool, snapshot: bool = False) -> Any:

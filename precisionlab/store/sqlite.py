@@ -16,37 +16,18 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
+from precisionlab.store.liveness import pid_alive
 from precisionlab.store.migrate import MIGRATIONS, migrate
 from precisionlab.store.schema import DDL, SCHEMA_VERSION, StoreError
 from precisionlab.store.url import StoreURL
 
-__all__ = ["SQLiteBackend", "BUSY_TIMEOUT_S", "pid_alive"]
+__all__ = ["SQLiteBackend", "BUSY_TIMEOUT_S"]
 
 BUSY_TIMEOUT_S = 60.0
 _HEADER = b"SQLite format 3\x00"
 # Connections this process opened per store path and has not closed (those of other threads, and
 # those left to the garbage collector, are never subtracted: the count errs on the side of "open").
 _CONNECTED: Counter[str] = Counter()
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process `pid` of this host still runs (a zombie does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, someone else's
-        return True
-    return not _is_zombie(pid)
-
-
-def _is_zombie(pid: int) -> bool:
-    """A killed process its parent has not reaped yet still answers kill(pid, 0) (Linux only)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
 
 
 class SQLiteBackend:

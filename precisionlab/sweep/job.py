@@ -102,7 +102,7 @@ def run_job(cfg: DictConfig) -> str:
             if cfg.train.threads is None:  # non-semantic: the run id stays the same
                 cfg.train.threads = threads_per_job(hydra_cfg.launcher)
         cfg = assume_valid(cfg)  # plan() validated this grid point before the sweep was launched
-        store = ResultsStore(configured_store(cfg))
+        store = open_store(cfg)  # plan() refused a null store: never None here
         sweep = cfg.sweep.name or hydra_cfg.runtime.choices.get("sweep")
         result = recorded_run(cfg, store, sweep=sweep, force=bool(cfg.sweep.force))
         if result is None:
