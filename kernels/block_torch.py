@@ -46,7 +46,8 @@ import functools
 
 import torch
 
-from .cast_torch import allow_graph_variants, cast_bits
+from .cast_torch import cast_bits, philox_key
+from .compiled import COMPILE_MIN_NUMEL, compiled_graph
 from .spec import RULE_RCEIL, SCALE_E8M0, STOCHASTIC, BlockSpec
 
 __all__ = ["block_cast_torch"]
@@ -160,8 +161,8 @@ def block_cast_torch(
     regions = _regions(rows, K, spec.block, spec.block_cols)
     views = [_blocked(x, *r) for r in regions]
     consts = _consts(spec, x.device)
-    fused = _compiled_fused() if compiled else _fused
-    finite_amax = _compiled_finite_amax() if compiled and _compiled_fused() is not _fused else _finite_amax
+    fused = _compiled_fused(spec) if compiled else _fused
+    finite_amax = _compiled_finite_amax() if fused is not _fused else _finite_amax
     S = None
     if spec.tensor_scale and len(regions) > 1:  # one region computes it inside `fused`
         S = _tensor_scale(torch.stack([finite_amax(v) for v in views]).amax(), consts)
@@ -191,37 +192,31 @@ def block_cast_torch(
     return out
 
 
-_compiled = None
+def _compiled_fused(spec: BlockSpec):
+    """`_fused` for `spec` compiled (`compiled_graph`: one graph per spec, its sizes dynamic), or
+    the eager one where compiling fails."""
+    def make_fn():
+        def fused_blocks(xv, consts, S, key):
+            return _fused(xv, spec, consts, S, key)
+        return fused_blocks
 
+    def make_probe():  # (G, Cr, N, Br) with G x N blocks, as many elements as the smallest compiled cast
+        n = max(2, COMPILE_MIN_NUMEL // (4 * spec.block * spec.block_cols))
+        xv = torch.zeros(4, spec.block_cols, n, spec.block)
+        return xv, _consts(spec, xv.device), None, philox_key(0) if spec.elem.rounding == STOCHASTIC else 0
 
-def _compiled_fused():
-    """torch.compile'd `_fused` (one graph per spec variant), or the eager one where compiling fails."""
-    global _compiled
-    if _compiled is None:
-        allow_graph_variants(256)
-        call = torch.compile(_fused, dynamic=True)
-        try:  # one tiny call proves the toolchain works here
-            from precisionlab.numerics.blocks import parse_format
-            from precisionlab.numerics.cast import block_spec
-
-            probe = block_spec(parse_format("mxfp8"), "nearest_even", True, True)
-            xv = torch.zeros(1, 1, 2, 32)
-            call(xv, probe, _consts(probe, xv.device), None)
-            _compiled = call
-        except Exception as err:  # no C++ compiler, unsupported platform, ...
-            import warnings
-
-            warnings.warn(f"precisionlab: torch.compile unavailable ({type(err).__name__}); using the eager block cast",
-                          stacklevel=3)
-            _compiled = _fused
-    return _compiled
+    graph = compiled_graph(("block", spec), make_fn, make_probe, dynamic={0: (0, 2)})
+    if graph is None:
+        return _fused
+    return lambda xv, _spec, consts, S, key=0: graph(xv, consts, S, key)
 
 
 _compiled_amax = None
 
 
 def _compiled_finite_amax():
-    """torch.compile'd `_finite_amax` (the tensor-scale pass: one fused read instead of four passes)."""
+    """torch.compile'd `_finite_amax` (the tensor-scale pass of a tensor with partial blocks: one
+    fused read per region instead of four passes)."""
     global _compiled_amax
     if _compiled_amax is None:
         _compiled_amax = torch.compile(_finite_amax, dynamic=True)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 import struct
 
 import torch
 
-from precisionlab.kernels.cast_torch import SOURCE_FORMATS, allow_graph_variants, cast_bits, philox_key
+from precisionlab.kernels.cast_torch import SOURCE_FORMATS, cast_bits, philox_key
+from precisionlab.kernels.compiled import COMPILE_MIN_NUMEL, compiled_graph
 from precisionlab.kernels.spec import (
     FP32_INF_BITS,
     FP32_NAN_BITS,
@@ -23,7 +25,7 @@ from precisionlab.kernels.spec import (
 from precisionlab.numerics.blocks import BlockFormat, parse_format
 from precisionlab.numerics.formats import FloatFormat
 
-__all__ = ["quantize", "cast_spec", "block_spec", "ROUNDING_MODES", "BACKENDS"]
+__all__ = ["quantize", "quantize_scaled", "tensor_scale", "cast_spec", "block_spec", "ROUNDING_MODES", "BACKENDS"]
 
 BACKENDS = ("auto", "torch", "triton")
 _WIDENED = (torch.float16, torch.bfloat16)  # cast in fp32: widening them is exact
@@ -36,7 +38,6 @@ _WIDENED = (torch.float16, torch.bfloat16)  # cast in fp32: widening them is exa
 # warm, against 6.2 s for fp32 (2 cores).
 # PRECISIONLAB_COMPILE=0 turns compiling off, PRECISIONLAB_COMPILE_MIN_NUMEL sets
 # the size; a compile failure falls back to the eager twin.
-COMPILE_MIN_NUMEL = int(os.environ.get("PRECISIONLAB_COMPILE_MIN_NUMEL", 1 << 14))
 
 
 def _fp32_bits(value: float) -> int:
@@ -170,6 +171,64 @@ def quantize(
     return out.view(x.shape).to(x.dtype)
 
 
+def tensor_scale(x: torch.Tensor, max_finite: float, pow2: bool = True) -> torch.Tensor:
+    """Per-tensor current scale s for a format whose largest finite value is `max_finite`: x * s
+    has amax max_finite or just below. A 0-d tensor of x's dtype on x's device (no host sync);
+    1 when amax is 0, Inf or NaN.
+
+    pow2: s = 2^floor(log2(max_finite / amax)), exact from the binary exponents, so scaling and
+    unscaling round nothing; otherwise the FP8 recipes' s = max_finite / amax (rounded to fp32).
+    Both clamped to [2^-126, 2^126]."""
+    amax = x.detach().abs().amax().float()
+    usable = torch.isfinite(amax) & (amax > 0)
+    amax = torch.where(usable, amax, torch.ones_like(amax))
+    if pow2:
+        # a = m 2^e, max = M 2^E with m, M in [0.5, 1): floor(log2(max / a)) = E - e - (m > M)
+        m, e = torch.frexp(amax)
+        big_m, big_e = math.frexp(max_finite)
+        k = (big_e - e - (m > big_m).to(e.dtype)).clamp(-126, 126)
+        scale = torch.ldexp(torch.ones_like(amax), k)
+    else:
+        scale = (max_finite / amax).clamp(2.0**-126, 2.0**126)
+    return torch.where(usable, scale, torch.ones_like(scale)).to(x.dtype)
+
+
+def quantize_scaled(
+    x: torch.Tensor,
+    fmt: FloatFormat | str,
+    *,
+    pow2_scale: bool = True,
+    rounding: str = "nearest_even",
+    saturate: bool = True,
+    subnormals: bool = True,
+    seed: int | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Per-tensor current scaling around an element cast: `quantize(x * s, fmt) / s` with
+    s = `tensor_scale(x, fmt.max_finite, pow2_scale)`; the other arguments as `quantize`'s.
+
+    Large fp32 CPU tensors run one compiled graph per format and options (amax, scale, cast and
+    unscale fused: two passes over x instead of eight eager ops), bit-identical to the eager
+    composition."""
+    fmt = parse_format(fmt)
+    if not isinstance(fmt, FloatFormat):
+        raise ValueError(f"per-tensor scaling takes an element format; {fmt} carries its own block scales")
+    if (isinstance(x, torch.Tensor) and x.dtype == torch.float32 and backend in ("auto", "torch")
+            and _compiling(x) and rounding in ROUNDING_MODES and (seed is None or 0 <= seed < 2**63)):
+        spec = cast_spec(fmt, rounding, bool(saturate), bool(subnormals))
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, ()).item()) if rounding == "stochastic" else 0
+        key = philox_key(seed) if spec.rounding == STOCHASTIC else 0
+        pow2 = bool(pow2_scale)
+        graph = _flat_graph(("scaled", spec, torch.float32, fmt.max_finite, pow2),
+                            lambda: _scaled_cast(spec, fmt.max_finite, pow2))
+        if graph is not None:
+            return graph(x.detach().contiguous().view(torch.int32), key).view(torch.float32)
+    scale = tensor_scale(x, fmt.max_finite, pow2_scale)
+    kw = dict(rounding=rounding, saturate=saturate, subnormals=subnormals, seed=seed, backend=backend)
+    return quantize(x * scale, fmt, **kw) / scale
+
+
 def _quantize_blocks(x: torch.Tensor, spec: BlockSpec, axis: int, seed: int, backend: str) -> torch.Tensor:
     """Move the block axis last, cast the (rows, K) view block by block, move it back."""
     if x.dtype == torch.float64:
@@ -192,7 +251,7 @@ def _quantize_blocks(x: torch.Tensor, spec: BlockSpec, axis: int, seed: int, bac
         from precisionlab.kernels.block_torch import block_cast_torch
 
         columns = spec._replace(block=1, block_cols=spec.block)
-        return block_cast_torch(work.contiguous(), columns, seed, compiled=_compile_blocks(work)).to(x.dtype)
+        return block_cast_torch(work.contiguous(), columns, seed, compiled=_compiling(work)).to(x.dtype)
     moved = work.movedim(axis, -1)
     x2d = moved.reshape(-1, moved.shape[-1]).contiguous()
     if x2d.numel() == 0:
@@ -208,7 +267,7 @@ def _quantize_blocks(x: torch.Tensor, spec: BlockSpec, axis: int, seed: int, bac
     else:
         from precisionlab.kernels.block_torch import block_cast_torch
 
-        compiled = _compile_blocks(x2d)
+        compiled = _compiling(x2d)
         if spec.elem.rounding == STOCHASTIC:  # Philox key as data; partial blocks via the (compiled) element cast
             element_cast = _cast_bits_on_cpu(x2d, spec.elem)
             out2d = block_cast_torch(x2d, spec, philox_key(seed, x2d.device), compiled=compiled, element_cast=element_cast)
@@ -218,58 +277,52 @@ def _quantize_blocks(x: torch.Tensor, spec: BlockSpec, axis: int, seed: int, bac
     return out.to(x.dtype)  # a transposed view when the block axis is not last: no copy back
 
 
-def _compile_blocks(x: torch.Tensor) -> bool:
-    """Whether a CPU block cast of `x` runs the compiled twin (see COMPILE_MIN_NUMEL)."""
+def _compiling(x: torch.Tensor) -> bool:
+    """Whether a cast of `x` runs a compiled graph: large CPU tensors, unless turned off
+    (COMPILE_MIN_NUMEL, PRECISIONLAB_COMPILE)."""
     return x.numel() >= COMPILE_MIN_NUMEL and not x.is_cuda and os.environ.get("PRECISIONLAB_COMPILE", "1") != "0"
 
 
-_compiled: dict = {}  # CastSpec -> its compiled cast, or the eager twin where compiling fails
-
-
 def _cast_bits_on_cpu(bits: torch.Tensor, spec: CastSpec):
-    """The compiled twin for large CPU tensors (when enabled and working), else the eager one.
-    One compiled function per spec: its constants are graph constants (inductor folds them into
-    the loop) rather than symbolic integers, which ran the general algorithm at half the speed."""
-    if (
-        bits.numel() < COMPILE_MIN_NUMEL
-        or bits.is_cuda
-        or os.environ.get("PRECISIONLAB_COMPILE", "1") == "0"
-    ):
+    """`cast_bits`, or for large CPU tensors its compiled graph for `spec` (same signature, same bits)."""
+    if not _compiling(bits):
         return cast_bits
-    compiled = _compiled.get(spec)
-    if compiled is None:
-        compiled = _compiled[spec] = _compile_or_eager(spec)
-    return compiled
+    dtype = torch.float64 if bits.dtype == torch.int64 else torch.float32
+    graph = _flat_graph(("element", spec, dtype), lambda: _element_cast(spec, dtype))
+    if graph is None:
+        return cast_bits
+    return lambda bits, _spec, _dtype, key: graph(bits, key)
 
 
-def _compile_or_eager(spec: CastSpec):
-    """`cast_bits` for `spec`, compiled: the spec's integers are constants of the graph (inductor
-    folds them into the loop; as symbolic integers they ran the general algorithm at half the
-    speed), and the tensor's length is dynamic (marked, so one graph serves every size). Inductor
-    decides from the first call's length whether the loop runs on all threads: the probe call is
-    as long as the smallest tensor that is ever compiled (COMPILE_MIN_NUMEL), so it does; a probe
-    of 8 elements had left every compiled cast on one thread."""
-    allow_graph_variants(64)
-
-    def cast(bits, dtype, key):
+def _element_cast(spec: CastSpec, dtype: torch.dtype):
+    def element_cast(bits, key):
         return cast_bits(bits, spec, dtype, key)
+    return element_cast
 
-    # A code object of its own per spec: dynamo keys its caches, and its automatic-dynamic
-    # bookkeeping, on code objects; sharing one, a second spec's integers would turn symbolic.
-    cast.__code__ = cast.__code__.replace(co_name=f"cast_{len(_compiled)}")
-    graph = torch.compile(cast, dynamic=None)
 
-    def compiled(bits, _spec, dtype, key):
-        flat = bits.reshape(-1)
-        torch._dynamo.mark_dynamic(flat, 0)
-        return graph(flat, dtype, key).view(bits.shape)
+def _scaled_cast(spec: CastSpec, max_finite: float, pow2: bool):
+    def scaled_cast(bits, key):
+        x = bits.view(torch.float32)
+        scale = tensor_scale(x, max_finite, pow2)
+        q = cast_bits((x * scale).view(torch.int32), spec, torch.float32, key).view(torch.float32)
+        return (q / scale).view(torch.int32)
+    return scaled_cast
 
-    try:  # one tiny call proves the toolchain works here
-        probe = torch.zeros(max(COMPILE_MIN_NUMEL, 2), dtype=torch.int32)
-        compiled(probe, spec, torch.float32, philox_key(0) if spec.rounding == STOCHASTIC else 0)
-        return compiled
-    except Exception as err:  # no C++ compiler, unsupported platform, ...
-        import warnings
 
-        warnings.warn(f"precisionlab: torch.compile unavailable ({type(err).__name__}); using the eager cast", stacklevel=3)
-        return cast_bits
+_flat: dict = {}  # key -> the shape-keeping wrapper of its compiled graph, or None
+
+
+def _flat_graph(key: tuple, make_fn):
+    """`make_fn()` (a function of (bits, philox key), key[1] its CastSpec, key[2] the float dtype of
+    the bits) compiled once per key for flat bit patterns of any length (`compiled_graph`), wrapped
+    to take tensors of any shape; None where compiling fails."""
+    if key not in _flat:
+        spec, dtype = key[1], key[2]
+
+        def make_probe():
+            bits = torch.zeros(max(COMPILE_MIN_NUMEL, 2), dtype=SOURCE_FORMATS[dtype][0])
+            return bits, philox_key(0) if spec.rounding == STOCHASTIC else 0
+
+        graph = compiled_graph(key, make_fn, make_probe, dynamic={0: (0,)})
+        _flat[key] = None if graph is None else (lambda bits, philox: graph(bits.reshape(-1), philox).view(bits.shape))
+    return _flat[key]

@@ -27,14 +27,13 @@ before, and it is NVIDIA's "one cast of W for forward and input gradient".
 from __future__ import annotations
 
 import fnmatch
-import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 
 from precisionlab.numerics.blocks import BlockFormat, parse_format
-from precisionlab.numerics.cast import ROUNDING_MODES, quantize
+from precisionlab.numerics.cast import ROUNDING_MODES, quantize, quantize_scaled
 from precisionlab.numerics.formats import FloatFormat
 from precisionlab.numerics.hadamard import HADAMARD_SIZES
 
@@ -89,23 +88,7 @@ class OperandCast:
             return quantize(t, self.fmt, axis=axis, **kw)
         if self.scaling == "none":
             return quantize(t, self.fmt, **kw)
-        scale = self._scale(t)
-        return quantize(t * scale, self.fmt, **kw) / scale
-
-    def _scale(self, t: torch.Tensor) -> torch.Tensor:
-        """Per-tensor scale (0-dim, on t's device, no host sync); 1 when amax is 0, Inf or NaN."""
-        amax = t.detach().abs().amax().float()
-        usable = torch.isfinite(amax) & (amax > 0)
-        amax = torch.where(usable, amax, torch.ones_like(amax))
-        if self.pow2_scale:
-            # exact floor(log2(max_finite / amax)) from the binary exponents: a = m 2^e, max = M 2^E, m, M in [0.5, 1)
-            m, e = torch.frexp(amax)
-            big_m, big_e = math.frexp(self.fmt.max_finite)
-            k = (big_e - e - (m > big_m).to(e.dtype)).clamp(-126, 126)
-            scale = torch.ldexp(torch.ones_like(amax), k)
-        else:
-            scale = (self.fmt.max_finite / amax).clamp(2.0**-126, 2.0**126)
-        return torch.where(usable, scale, torch.ones_like(scale)).to(t.dtype)
+        return quantize_scaled(t, self.fmt, pow2_scale=self.pow2_scale, **kw)
 
     def __str__(self) -> str:
         return "fp32" if self.fmt is None else str(self.fmt)

@@ -292,6 +292,44 @@ def test_compiled_twin_is_bit_identical_to_eager(monkeypatch):
         assert_same_bits(compiled.numpy(), eager.numpy(), x.numpy(), f"compiled {name} {kw}")
 
 
+def _scaled_inputs():
+    """Tensors whose per-tensor scale exercises every branch: ordinary, tiny (subnormal amax), huge,
+    an amax on a power of two, all zeros, with NaN, with Inf; each long enough to be compiled."""
+    n = 1 << 15
+    base = torch.from_numpy(random_fp32(n, seed=3))
+    base = torch.where(torch.isfinite(base), base, 0.0)
+    yield "random", base
+    yield "tiny", torch.randn(n, generator=torch.Generator().manual_seed(1)) * 1e-42  # amax subnormal
+    yield "huge", torch.randn(n, generator=torch.Generator().manual_seed(2)) * 1e37
+    pow2 = torch.randn(n, generator=torch.Generator().manual_seed(3)).clamp(-0.9, 0.9)
+    pow2[7] = -256.0
+    yield "amax 2^8", pow2
+    yield "zeros", torch.zeros(n)
+    for special in (float("nan"), float("inf")):
+        t = base.clone()
+        t[11] = special
+        yield f"with {special}", t
+
+
+@pytest.mark.slow
+def test_compiled_scaled_cast_is_bit_identical_to_eager(monkeypatch):
+    """`quantize_scaled` fuses amax, scale, cast and unscale into one compiled graph for large CPU
+    tensors: bit for bit the eager composition `quantize(x * s) / s` with s from `tensor_scale`."""
+    from precisionlab.numerics.cast import quantize_scaled, tensor_scale
+
+    cases = [("e4m3fn", "nearest_even", True), ("e4m3fn", "nearest_even", False), ("e5m2", "nearest_away", True),
+             ("e2m1fn", "toward_zero", True), ("e8m3", "nearest_even", False), ("e4m3fn", "stochastic", True)]
+    for label, x in _scaled_inputs():
+        for name, rounding, pow2 in cases:
+            fmt = FloatFormat.parse(name)
+            monkeypatch.setenv("PRECISIONLAB_COMPILE", "0")
+            s = tensor_scale(x, fmt.max_finite, pow2)
+            eager = quantize(x * s, fmt, rounding=rounding, seed=9) / s
+            monkeypatch.setenv("PRECISIONLAB_COMPILE", "1")
+            compiled = quantize_scaled(x, fmt, pow2_scale=pow2, rounding=rounding, seed=9)
+            assert_same_bits(compiled.numpy(), eager.numpy(), x.numpy(), f"scaled {name} {rounding} pow2={pow2} {label}")
+
+
 @pytest.mark.parametrize("name", ["e8m3", "e8m5", "tf32"])
 @pytest.mark.parametrize("rounding", ["nearest_even", "nearest_away", "toward_zero"])
 def test_e8_formats_flush_to_zero_after_rounding(name, rounding):
