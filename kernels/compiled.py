@@ -10,8 +10,8 @@ speed. Why the probe: inductor decides from the first call's sizes whether a loo
 threads (and its FX cache keeps that decision), so the probe call must be as large as the
 smallest tensor that is ever compiled; a probe of 8 elements had left every compiled cast on
 one thread. Every call runs without autograd (casts are not differentiable), so no call in
-another grad mode compiles a second graph whose first call decides anew. `dynamic` names the dimensions marked dynamic on every call, so one graph serves
-every size.
+another grad mode compiles a second graph whose first call decides anew. `dynamic` names the
+dimensions marked dynamic on every call, so one graph serves every size.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ and the results store's write cost per training step.
 Runs `precisionlab sweep` through the console script, each launcher in a fresh temporary
 directory and store, so Python start-up, grid validation and Hydra's launch are counted:
   sequential   the basic launcher, one run at a time with all the cores' torch threads
+  seq 1 thr    the same with train.threads=1 (the baseline --jobs N should multiply by N)
   --jobs N     the joblib launcher, N runs at once with cores/N threads each
 Store overhead: scripts/bench_store.py's synthetic run (a train row per step, a val row
 per 100 steps, a checkpoint per 2000), set against the training step time measured here.
@@ -70,10 +71,11 @@ def main() -> None:
     cores = len(os.sched_getaffinity(0))
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for label, jobs in (("sequential", None), (f"--jobs {args.jobs}", args.jobs)):
+        for label, jobs, extra in (("sequential", None, []), ("seq 1 thr", None, ["train.threads=1"]),
+                                   (f"--jobs {args.jobs}", args.jobs, [])):
             folder = Path(tmp) / label.replace(" ", "").replace("-", "")
             folder.mkdir()
-            seconds, store = sweep(folder, overrides, jobs)
+            seconds, store = sweep(folder, [*overrides, *extra], jobs)
             runs = store.runs()
             results[label] = (len(runs), seconds, step_seconds(store), {k: int(v) for k, v in runs.status.value_counts().items()})
     overhead = store_overhead_us(args.store_steps)
@@ -82,8 +84,9 @@ def main() -> None:
     print(f"{'launcher':<12} {'runs':>5} {'wall s':>8} {'runs/hour':>10} {'step ms':>8}  outcomes")
     for label, (n, seconds, step, outcomes) in results.items():
         print(f"{label:<12} {n:>5} {seconds:>8.1f} {n / seconds * 3600:>10.0f} {step * 1e3:>8.1f}  {outcomes}")
-    (n1, s1, step1, _), (n2, s2, _, _) = results.values()
-    print(f"throughput --jobs {args.jobs} / sequential: {(n2 / s2) / (n1 / s1):.2f}x")
+    (n1, s1, step1, _), (n0, s0, _, _), (n2, s2, _, _) = results.values()
+    print(f"throughput --jobs {args.jobs} / sequential: {(n2 / s2) / (n1 / s1):.2f}x; "
+          f"/ sequential one-thread runs: {(n2 / s2) / (n0 / s0):.2f}x (ideal {args.jobs}x)")
     print(f"store write overhead: {overhead:.1f} us per logged step (bench_store.py, flush_every=256) "
           f"= {overhead / (step1 * 1e6) * 100:.3f}% of a sequential training step ({step1 * 1e3:.1f} ms)")
 

@@ -30,14 +30,12 @@ __all__ = ["quantize", "quantize_scaled", "tensor_scale", "cast_spec", "block_sp
 BACKENDS = ("auto", "torch", "triton")
 _WIDENED = (torch.float16, torch.bfloat16)  # cast in fp32: widening them is exact
 
-# CPU tensors this large go through a torch.compile'd (fused, vectorised) copy of
-# the torch twin, bit-identical to it: 4-10x faster per call (a tiny-model
-# training step: ~4x -> ~1.5x the fp32 step), paid for by a one-off compile per
-# spec and process: `precisionlab train precision=fp8 train.steps=1` takes 28.9 s on a
-# cold inductor cache (/tmp/torchinductor_$USER, or TORCHINDUCTOR_CACHE_DIR) and 8.9 s
-# warm, against 6.2 s for fp32 (2 cores).
-# PRECISIONLAB_COMPILE=0 turns compiling off, PRECISIONLAB_COMPILE_MIN_NUMEL sets
-# the size; a compile failure falls back to the eager twin.
+# CPU tensors of COMPILE_MIN_NUMEL elements or more go through a torch.compile'd (fused,
+# vectorised) copy of the torch twin, one graph per spec (kernels/compiled.py), bit-identical
+# to it. A process pays once for importing dynamo and inductor (~4 s) and then per spec ~0.2 s
+# on a warm inductor cache (/tmp/torchinductor_$USER, or TORCHINDUCTOR_CACHE_DIR), 1-4 s cold.
+# PRECISIONLAB_COMPILE=0 turns compiling off, PRECISIONLAB_COMPILE_MIN_NUMEL sets the size; a
+# compile failure falls back to the eager twin.
 
 
 def _fp32_bits(value: float) -> int:

@@ -330,6 +330,38 @@ def test_compiled_scaled_cast_is_bit_identical_to_eager(monkeypatch):
             assert_same_bits(compiled.numpy(), eager.numpy(), x.numpy(), f"scaled {name} {rounding} pow2={pow2} {label}")
 
 
+def test_a_failing_compiler_falls_back_to_the_eager_twin(monkeypatch):
+    """Where torch.compile fails (no C++ compiler, ...), large casts warn once and run eager: same bits."""
+    import precisionlab.kernels.compiled as compiled
+    import precisionlab.numerics.cast as cast
+    from precisionlab.numerics.cast import quantize_scaled
+
+    def broken(fn, **kw):
+        def call(*args):
+            raise RuntimeError("no compiler here")
+        return call
+
+    monkeypatch.setattr(compiled, "_graphs", {})
+    monkeypatch.setattr(cast, "_flat", {})
+    monkeypatch.setattr(compiled.torch, "compile", broken)
+    x = torch.from_numpy(random_fp32(1 << 15, seed=4))
+    monkeypatch.setenv("PRECISIONLAB_COMPILE", "1")
+    with pytest.warns(UserWarning, match="torch.compile unavailable"):
+        got = quantize(x, "e4m3fn")
+    with pytest.warns(UserWarning, match="torch.compile unavailable"):
+        got_scaled = quantize_scaled(x, "e5m2")
+    monkeypatch.setenv("PRECISIONLAB_COMPILE", "0")
+    assert_same_bits(got.numpy(), quantize(x, "e4m3fn").numpy(), x.numpy(), "fallback e4m3fn")
+    assert_same_bits(got_scaled.numpy(), quantize_scaled(x, "e5m2").numpy(), x.numpy(), "fallback scaled e5m2")
+
+
+def test_tensor_scaling_takes_element_formats_only():
+    from precisionlab.numerics.cast import quantize_scaled
+
+    with pytest.raises(ValueError, match="block scales"):
+        quantize_scaled(torch.ones(4), "mxfp8")
+
+
 @pytest.mark.parametrize("name", ["e8m3", "e8m5", "tf32"])
 @pytest.mark.parametrize("rounding", ["nearest_even", "nearest_away", "toward_zero"])
 def test_e8_formats_flush_to_zero_after_rounding(name, rounding):
