@@ -279,11 +279,18 @@ def test_bad_rounding_tensor_backend_seed():
 
 @pytest.mark.slow
 def test_compiled_twin_is_bit_identical_to_eager(monkeypatch):
-    x = torch.from_numpy(np.concatenate([all_bf16_patterns(), random_fp32((1 << 20) + 3, seed=9)]))
+    """Each compiled path of `cast_bits` (add and mask: e8m3, bf16; split: e4m3fn, e5m2fnuz, e2m1fn;
+    general: e8m0, stochastic) equals the eager twin on every bf16 pattern, the format's codes,
+    midpoints +- 1 ulp and specials, and random fp32."""
+    base = np.concatenate([all_bf16_patterns(), random_fp32((1 << 20) + 3, seed=9)])
     cases = [("e4m3fn", r, True, True) for r in ("nearest_even", "nearest_away", "toward_zero")]
     cases += [("e5m2fnuz", "nearest_even", False, False), ("e2m1fn", "nearest_even", False, True), ("e8m0", "nearest_even", False, True)]
+    cases += [("e8m3", "toward_zero", True, True), ("e8m3", "nearest_even", False, False), ("bf16", "nearest_away", True, True)]
     cases += [("e4m3fn", "stochastic", True, True), ("e2m1fn", "stochastic", False, False)]  # the Philox rounds compiled too
     for name, rounding, saturate, subnormals in cases:
+        fmt = FloatFormat.parse(name)
+        codes = fmt.values() if fmt.bits <= 16 else [fmt.min_subnormal, fmt.min_normal, 1.0, 1.5, fmt.max_finite]
+        x = torch.from_numpy(np.concatenate([base, probe_inputs(np.array(codes, dtype=np.float64))]))
         kw = dict(rounding=rounding, saturate=saturate, subnormals=subnormals, seed=5)
         monkeypatch.setenv("PRECISIONLAB_COMPILE", "0")
         eager = quantize(x, name, **kw)
