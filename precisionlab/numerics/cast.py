@@ -138,10 +138,7 @@ def quantize(
         raise ValueError(f"unknown backend {backend!r}; accepted: {', '.join(BACKENDS)}")
     if rounding not in ROUNDING_MODES:
         raise ValueError(f"unknown rounding {rounding!r}; accepted: {', '.join(ROUNDING_MODES)}")
-    if seed is None:
-        seed = int(torch.randint(0, 2**62, ()).item()) if rounding == "stochastic" else 0
-    elif not 0 <= seed < 2**63:
-        raise ValueError(f"seed must be in [0, 2^63), got {seed}")
+    seed = _checked_seed(seed, rounding)
     if isinstance(fmt, BlockFormat):
         spec = block_spec(fmt, rounding, bool(saturate), bool(subnormals))
         return _quantize_blocks(x, spec, axis, seed, backend)
@@ -212,10 +209,9 @@ def quantize_scaled(
     if not isinstance(fmt, FloatFormat):
         raise ValueError(f"per-tensor scaling takes an element format; {fmt} carries its own block scales")
     if (isinstance(x, torch.Tensor) and x.dtype == torch.float32 and backend in ("auto", "torch")
-            and _compiling(x) and rounding in ROUNDING_MODES and (seed is None or 0 <= seed < 2**63)):
+            and _compiling(x) and rounding in ROUNDING_MODES):
         spec = cast_spec(fmt, rounding, bool(saturate), bool(subnormals))
-        if seed is None:
-            seed = int(torch.randint(0, 2**62, ()).item()) if rounding == "stochastic" else 0
+        seed = _checked_seed(seed, rounding)
         key = philox_key(seed) if spec.rounding == STOCHASTIC else 0
         pow2 = bool(pow2_scale)
         graph = _flat_graph(("scaled", spec, torch.float32, fmt.max_finite, pow2),
@@ -225,6 +221,16 @@ def quantize_scaled(
     scale = tensor_scale(x, fmt.max_finite, pow2_scale)
     kw = dict(rounding=rounding, saturate=saturate, subnormals=subnormals, seed=seed, backend=backend)
     return quantize(x * scale, fmt, **kw) / scale
+
+
+def _checked_seed(seed: int | None, rounding: str) -> int:
+    """The Philox key to use: `seed`, checked, or for stochastic rounding without one a draw from
+    torch's global generator (so `torch.manual_seed` makes runs reproducible)."""
+    if seed is None:
+        return int(torch.randint(0, 2**62, ()).item()) if rounding == "stochastic" else 0
+    if not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be in [0, 2^63), got {seed}")
+    return seed
 
 
 def _quantize_blocks(x: torch.Tensor, spec: BlockSpec, axis: int, seed: int, backend: str) -> torch.Tensor:
