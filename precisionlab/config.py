@@ -45,7 +45,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from precisionlab.numerics.cast import ROUNDING_MODES
 from precisionlab.quant.linear import SCALINGS, PrecisionConfig, check_hadamard_dims
-from precisionlab.quant.operands import SIGNS
+from precisionlab.quant.operands import AMAX_ALGOS, SIGNS
 from precisionlab.runtime import DeviceError, resolve_device
 from precisionlab.train.data import data_path
 from precisionlab.train.measure import METRICS as SHARPNESS_METRICS
@@ -80,7 +80,7 @@ class Operand:
     rounding: Optional[str] = None      # nearest_even | nearest_away | toward_zero | stochastic
     saturate: Optional[bool] = None
     subnormals: Optional[bool] = None
-    scaling: Optional[str] = None       # none | tensor (element formats)
+    scaling: Optional[str] = None       # none | tensor | delayed (element formats)
     pow2_scale: Optional[bool] = None
 
 
@@ -102,6 +102,15 @@ class Hadamard:
 
 
 @dataclass
+class Delayed:
+    """Delayed scaling (precision.scaling=delayed), as Transformer Engine's DelayedScaling recipe."""
+
+    history_len: int = 1024             # amaxes kept per operand (TE's amax_history_len); >= 1
+    algo: str = choice("max", AMAX_ALGOS)  # scale from the history's max or its most_recent amax
+    margin: int = 0                     # scale divided by 2^margin (headroom)
+
+
+@dataclass
 class Keep:
     format: str = "bf16"                # what kept layers use (fp32: they stay nn.Linear)
     first: int = 0                      # keep the first k transformer blocks
@@ -119,8 +128,9 @@ class Precision:
     rounding: str = choice("nearest_even", ROUNDING_MODES)
     saturate: bool = True               # overflow clamps to +-max_finite
     subnormals: bool = True             # false: flush to zero
-    scaling: str = choice("none", SCALINGS)
-    pow2_scale: bool = True             # tensor scaling with power-of-two scales
+    scaling: str = choice("none", SCALINGS)  # none | tensor (current amax) | delayed (amax history)
+    pow2_scale: bool = True             # tensor/delayed scaling with power-of-two scales
+    delayed: Delayed = field(default_factory=Delayed)   # delayed scaling's history
     exclude: List[str] = field(default_factory=list)  # Linear layers kept in fp32 (fnmatch on module names)
     operands: Operands = field(default_factory=Operands)  # per-operand overrides of the roles
     hadamard: Hadamard = field(default_factory=Hadamard)

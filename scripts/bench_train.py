@@ -27,6 +27,7 @@ from precisionlab.train.data import get_batch, load_dataset
 VARIANTS = {
     "fp32": ["precision=fp32"],
     "fp8": ["precision=fp8"],
+    "fp8 delayed": ["precision=fp8_delayed"],  # Transformer Engine's delayed scaling (amax history)
     "mask e8m3": ["precision=mask", "precision.format=e8m3"],
     "mxfp8": ["precision=mxfp8"],
     "mxfp4": ["precision=mxfp4"],

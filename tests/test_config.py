@@ -121,7 +121,7 @@ def test_sweep_keys_are_typed_in_the_sweep_config_only():
     (["+model.foo=1"], ConfigError, "model.foo is not a config key; model takes arch, vocab_size, block_size,"),
     (["optim.schedule=linear"], ConfigError, "optim.schedule must be one of cosine, constant; got 'linear'"),
     (["precision.rounding=up"], ConfigError, "precision.rounding must be one of nearest_even, nearest_away, toward_zero, stochastic; got 'up'"),
-    (["precision.scaling=row"], ConfigError, "precision.scaling must be one of none, tensor; got 'row'"),
+    (["precision.scaling=row"], ConfigError, "precision.scaling must be one of none, tensor, delayed; got 'row'"),
     (["model.arch=rnn"], ConfigError, "model.arch must be one of gpt2, llama; got 'rnn'"),
     (["optim.name=sgd"], ConfigError, "optim.name must be adamw; got 'sgd'"),
     (["store.journal_mode=fast"], ConfigError, "store.journal_mode must be one of wal, delete; got 'fast'"),

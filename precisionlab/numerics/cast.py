@@ -25,7 +25,7 @@ from precisionlab.kernels.spec import (
 from precisionlab.numerics.blocks import BlockFormat, parse_format
 from precisionlab.numerics.formats import FloatFormat
 
-__all__ = ["quantize", "quantize_scaled", "tensor_scale", "cast_spec", "block_spec", "ROUNDING_MODES", "BACKENDS"]
+__all__ = ["quantize", "quantize_scaled", "tensor_scale", "amax_scale", "cast_spec", "block_spec", "ROUNDING_MODES", "BACKENDS"]
 
 BACKENDS = ("auto", "torch", "triton")
 _WIDENED = (torch.float16, torch.bfloat16)  # cast in fp32: widening them is exact
@@ -169,23 +169,29 @@ def quantize(
 def tensor_scale(x: torch.Tensor, max_finite: float, pow2: bool = True) -> torch.Tensor:
     """Per-tensor current scale s for a format whose largest finite value is `max_finite`: x * s
     has amax max_finite or just below. A 0-d tensor of x's dtype on x's device (no host sync);
-    1 when amax is 0, Inf or NaN.
+    1 when amax is 0, Inf or NaN (`amax_scale`)."""
+    scale, usable = amax_scale(x.detach().abs().amax().float(), max_finite, pow2)
+    return torch.where(usable, scale, torch.ones_like(scale)).to(x.dtype)
 
-    pow2: s = 2^floor(log2(max_finite / amax)), exact from the binary exponents, so scaling and
-    unscaling round nothing; otherwise the FP8 recipes' s = max_finite / amax (rounded to fp32).
-    Both clamped to [2^-126, 2^126]."""
-    amax = x.detach().abs().amax().float()
+
+def amax_scale(amax: torch.Tensor, max_finite: float, pow2: bool = True, margin: int = 0):
+    """(s, usable) for fp32 amax tensors: the scale that maps amax to max_finite / 2^margin or just
+    below, and whether amax allows one (finite and > 0; elsewhere s is 1 and the caller decides).
+
+    pow2: s = 2^(floor(log2(max_finite / amax)) - margin), exact from the binary exponents, so
+    scaling and unscaling round nothing; otherwise Transformer Engine's s = (max_finite / amax) /
+    2^margin (rounded to fp32). Both clamped to [2^-126, 2^126]."""
     usable = torch.isfinite(amax) & (amax > 0)
     amax = torch.where(usable, amax, torch.ones_like(amax))
     if pow2:
         # a = m 2^e, max = M 2^E with m, M in [0.5, 1): floor(log2(max / a)) = E - e - (m > M)
         m, e = torch.frexp(amax)
         big_m, big_e = math.frexp(max_finite)
-        k = (big_e - e - (m > big_m).to(e.dtype)).clamp(-126, 126)
+        k = (big_e - e - (m > big_m).to(e.dtype) - margin).clamp(-126, 126)
         scale = torch.ldexp(torch.ones_like(amax), k)
     else:
-        scale = (max_finite / amax).clamp(2.0**-126, 2.0**126)
-    return torch.where(usable, scale, torch.ones_like(scale)).to(x.dtype)
+        scale = ((max_finite / amax) / 2.0**margin).clamp(2.0**-126, 2.0**126)
+    return torch.where(usable, scale, torch.ones_like(scale)), usable
 
 
 def quantize_scaled(

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from precisionlab.numerics.hadamard import hadamard_matrix, hadamard_transform, random_signs
 from precisionlab.quant.operands import (
     GEMMS,
+    OPERANDS,
     ROLES,
     SCALINGS,
     LayerCasts,
@@ -66,21 +67,21 @@ class _QuantLinearFn(torch.autograd.Function):
     """seeds: the six operands' by SEED_SLOT, then the three GEMMs' Hadamard-sign seeds."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, casts: LayerCasts, seeds: tuple[int, ...]):
+    def forward(ctx, x, weight, bias, casts: LayerCasts, seeds: tuple[int, ...], history=None):
         xa, wa = x, weight  # (..., in), (out, in)
         if casts.rotates("fwd"):
             h = _hadamard(casts, seeds[6], x.device)
             xa, wa = hadamard_transform(x, h, -1), hadamard_transform(weight, h, -1)
-        x_q = casts.fwd_x(xa, seeds[0], axis=-1)
-        w_q = casts.fwd_w(wa, seeds[1], axis=-1)
+        x_q = casts.fwd_x(xa, seeds[0], axis=-1, history=_rows(history, "fwd_x"))
+        w_q = casts.fwd_w(wa, seeds[1], axis=-1, history=_rows(history, "fwd_w"))
         # backward recasts x and W from the high-precision tensors unless one cast serves both GEMMs
         ctx.save_for_backward(x_q if casts.share_x else x, w_q if casts.share_w else weight)
-        ctx.casts, ctx.seeds, ctx.has_bias = casts, seeds, bias is not None
+        ctx.casts, ctx.seeds, ctx.has_bias, ctx.history = casts, seeds, bias is not None, history
         return F.linear(x_q, w_q, bias)  # (..., out)
 
     @staticmethod
     def backward(ctx, grad_out):
-        casts, seeds = ctx.casts, ctx.seeds
+        casts, seeds, history = ctx.casts, ctx.seeds, ctx.history
         x_saved, w_saved = ctx.saved_tensors
         out_f, in_f = w_saved.shape
         g = grad_out.reshape(-1, out_f)  # (N, out)
@@ -91,9 +92,9 @@ class _QuantLinearFn(torch.autograd.Function):
             if casts.rotates("dgrad"):
                 h = _hadamard(casts, seeds[7], g.device)
                 ga, wb = hadamard_transform(g, h, -1), hadamard_transform(w_saved, h, 0)
-            g_q = casts.dgrad_g(ga, seeds[2], axis=-1)  # (N, out), blocks along out
+            g_q = casts.dgrad_g(ga, seeds[2], axis=-1, history=_rows(history, "dgrad_g"))  # (N, out), blocks along out
             if ctx.needs_input_grad[0]:
-                w_dq = w_saved if casts.share_w else casts.dgrad_w(wb, seeds[4], axis=0)  # (out, in), blocks along out
+                w_dq = w_saved if casts.share_w else casts.dgrad_w(wb, seeds[4], axis=0, history=_rows(history, "dgrad_w"))  # (out, in), blocks along out
                 grad_x = (g_q @ w_dq).view(*grad_out.shape[:-1], in_f)  # (N, out) @ (out, in) -> (..., in)
         if ctx.needs_input_grad[1]:
             x2 = x_saved.reshape(-1, in_f)  # (N, in)
@@ -104,12 +105,20 @@ class _QuantLinearFn(torch.autograd.Function):
                 if casts.rotates("wgrad"):
                     h = _hadamard(casts, seeds[8], g.device)
                     ga, xa = hadamard_transform(g, h, 0), hadamard_transform(x2, h, 0)
-                g_wq = g_q if casts.share_g else casts.wgrad_g(ga, seeds[5], axis=0)  # (N, out), blocks along tokens
-                x_wq = x2 if casts.share_x else casts.wgrad_x(xa, seeds[3], axis=0)  # (N, in)
+                g_wq = g_q if casts.share_g else casts.wgrad_g(ga, seeds[5], axis=0, history=_rows(history, "wgrad_g"))  # (N, out), blocks along tokens
+                x_wq = x2 if casts.share_x else casts.wgrad_x(xa, seeds[3], axis=0, history=_rows(history, "wgrad_x"))  # (N, in)
             grad_w = g_wq.t() @ x_wq  # (out, N) @ (N, in) -> (out, in)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g.sum(0)  # (out,)
-        return grad_x, grad_w, grad_b, None, None
+        return grad_x, grad_w, grad_b, None, None, None
+
+
+def _rows(history: tuple[torch.Tensor, torch.Tensor] | None, operand: str):
+    """An operand's (amaxes, scale) rows of a layer's delayed-scaling buffers (views: updated in place)."""
+    if history is None:
+        return None
+    i = OPERANDS.index(operand)
+    return history[0][i], history[1][i:i + 1]
 
 
 def _hadamard(casts: LayerCasts, signs_seed: int, device: torch.device) -> torch.Tensor:
@@ -133,6 +142,10 @@ class QuantLinear(nn.Linear):
         self.casts = precision.casts if isinstance(precision, PrecisionConfig) else precision
         self.index, self.seed = index, seed
         self.calls = 0  # forward calls so far; seeds stochastic rounding and per-call Hadamard signs
+        if self.casts.delayed_history_len:  # delayed scaling's state, one row per operand (in checkpoints)
+            self.register_buffer("amax_history", torch.zeros(len(OPERANDS), self.casts.delayed_history_len,
+                                                             device=linear.weight.device))
+            self.register_buffer("delayed_scale", torch.ones(len(OPERANDS), device=linear.weight.device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         seeds = _NO_SEEDS
@@ -143,7 +156,8 @@ class QuantLinear(nn.Linear):
         if casts.hadamard and not casts.per_call_signs:  # fixed signs: one draw per layer and GEMM
             seeds = seeds[:6] + tuple(_mix_seed(self.seed, self.index, 6 + g) for g in range(len(GEMMS)))
         self.calls += 1
-        return _QuantLinearFn.apply(x, self.weight, self.bias, casts, seeds)
+        history = (self.amax_history, self.delayed_scale) if casts.delayed_history_len else None
+        return _QuantLinearFn.apply(x, self.weight, self.bias, casts, seeds, history)
 
     def get_extra_state(self) -> dict:
         return {"calls": self.calls}

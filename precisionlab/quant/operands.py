@@ -33,12 +33,12 @@ from typing import Any
 import torch
 
 from precisionlab.numerics.blocks import BlockFormat, parse_format
-from precisionlab.numerics.cast import ROUNDING_MODES, quantize, quantize_scaled
+from precisionlab.numerics.cast import ROUNDING_MODES, amax_scale, quantize, quantize_scaled
 from precisionlab.numerics.formats import FloatFormat
 from precisionlab.numerics.hadamard import HADAMARD_SIZES
 
 __all__ = ["OperandCast", "RoleCast", "LayerCasts", "PrecisionConfig", "ROLES", "OPERANDS", "GEMMS",
-           "OPERAND_ROLE", "SEED_SLOT", "SCALINGS", "SIGNS", "OPTIONS"]
+           "OPERAND_ROLE", "SEED_SLOT", "SCALINGS", "AMAX_ALGOS", "SIGNS", "OPTIONS", "Delayed"]
 
 ROLES = ("x", "w", "grad")
 GEMMS = ("fwd", "dgrad", "wgrad")
@@ -47,10 +47,21 @@ OPERAND_ROLE = {"fwd_x": "x", "fwd_w": "w", "dgrad_g": "grad", "dgrad_w": "w", "
 # Philox seed slot of each operand's stochastic rounding; 0-2 are the old roles x, w, grad.
 # Slots 6 + GEMMS.index(gemm) seed per-call Hadamard signs.
 SEED_SLOT = {"fwd_x": 0, "fwd_w": 1, "dgrad_g": 2, "wgrad_x": 3, "dgrad_w": 4, "wgrad_g": 5}
-SCALINGS = ("none", "tensor")
+SCALINGS = ("none", "tensor", "delayed")
+AMAX_ALGOS = ("max", "most_recent")
 SIGNS = ("fixed", "per_call")
 OPTIONS = ("format", "rounding", "saturate", "subnormals", "scaling", "pow2_scale")
 _FP32 = FloatFormat.parse("fp32")
+
+
+@dataclass(frozen=True)
+class Delayed:
+    """Delayed scaling's settings (Transformer Engine's `DelayedScaling`): the scale of a cast comes
+    from the amaxes of the operand's previous casts, not from the tensor being cast."""
+
+    history_len: int = 1024  # amaxes kept per operand (TE's default amax_history_len)
+    algo: str = "max"  # max over the history, or its most_recent entry (TE's amax_compute_algo)
+    margin: int = 0  # the scale is divided by 2^margin (headroom)
 
 
 @dataclass(frozen=True)
@@ -60,7 +71,10 @@ class OperandCast:
     `scaling="tensor"` is per-tensor current scaling of element formats: before the cast the
     tensor is multiplied by s = 2^floor(log2(max_finite / amax)) and divided by s after it, so
     scaling moves values into range without a rounding of its own (with `pow2_scale=False`:
-    FP8 recipes' s = max_finite / amax). Block formats carry their own scales and ignore it.
+    FP8 recipes' s = max_finite / amax). `scaling="delayed"` takes amax from the operand's
+    history of previous amaxes instead (`delayed`; the caller passes the layer's history), so the
+    scale lags the data: a tensor whose amax jumps past the history's saturates (or overflows).
+    Block formats carry their own scales and ignore both.
     """
 
     fmt: FloatFormat | BlockFormat | None
@@ -69,6 +83,7 @@ class OperandCast:
     subnormals: bool = True
     scaling: str = "none"
     pow2_scale: bool = True
+    delayed: Delayed = Delayed()
 
     @property
     def stochastic(self) -> bool:
@@ -80,15 +95,36 @@ class OperandCast:
         square 2-D blocks."""
         return not isinstance(self.fmt, BlockFormat) or self.fmt.block == self.fmt.block_cols
 
-    def __call__(self, t: torch.Tensor, seed: int = 0, axis: int = -1) -> torch.Tensor:
+    @property
+    def is_delayed(self) -> bool:
+        return self.scaling == "delayed" and isinstance(self.fmt, FloatFormat)
+
+    def __call__(self, t: torch.Tensor, seed: int = 0, axis: int = -1, history=None) -> torch.Tensor:
+        """The cast of `t`. Delayed scaling needs `history`: (amaxes, scale), this operand's rows of
+        its layer's buffers, read and updated in place (see `delayed_cast`)."""
         if self.fmt is None:
             return t
         kw = dict(rounding=self.rounding, saturate=self.saturate, subnormals=self.subnormals, seed=seed)
         if isinstance(self.fmt, BlockFormat):
             return quantize(t, self.fmt, axis=axis, **kw)
-        if self.scaling == "none":
-            return quantize(t, self.fmt, **kw)
-        return quantize_scaled(t, self.fmt, pow2_scale=self.pow2_scale, **kw)
+        if self.scaling == "tensor":
+            return quantize_scaled(t, self.fmt, pow2_scale=self.pow2_scale, **kw)
+        if self.scaling == "delayed":
+            return self.delayed_cast(t, *history, **kw)
+        return quantize(t, self.fmt, **kw)
+
+    def delayed_cast(self, t: torch.Tensor, amaxes: torch.Tensor, scale: torch.Tensor, **kw) -> torch.Tensor:
+        """Transformer Engine's delayed scaling: the scale comes from `amaxes` (fp32 (history_len,),
+        most recent first) of the previous casts, max or most recent per `delayed.algo`; where that
+        amax is 0 (no history yet) or not finite, the previous `scale` (fp32 (1,), initially 1) stays.
+        After the cast, t's amax enters the history. Both buffers are updated in place (no host sync)."""
+        amax = amaxes.amax() if self.delayed.algo == "max" else amaxes[0]
+        new, usable = amax_scale(amax, self.fmt.max_finite, self.pow2_scale, self.delayed.margin)
+        scale.copy_(torch.where(usable, new, scale[0]))
+        s = scale[0].to(t.dtype)
+        out = quantize(t * s, self.fmt, **kw) / s
+        amaxes.copy_(torch.cat([t.detach().abs().amax().float().view(1), amaxes[:-1]]))
+        return out
 
     def __str__(self) -> str:
         return "fp32" if self.fmt is None else str(self.fmt)
@@ -139,6 +175,11 @@ class LayerCasts:
     def share_g(self) -> bool:
         """dgrad_g's cast serves wgrad_g."""
         return self._shares("dgrad_g", "wgrad_g", "dgrad", "wgrad")
+
+    @property
+    def delayed_history_len(self) -> int:
+        """Amaxes per operand its layer keeps for delayed scaling; 0: no operand uses it."""
+        return max((self.operand(op).delayed.history_len for op in OPERANDS if self.operand(op).is_delayed), default=0)
 
     @property
     def needs_seeds(self) -> bool:
@@ -223,6 +264,7 @@ class PrecisionConfig:
             subnormals=bool(cfg.get("subnormals", True)),
             scaling=cfg.get("scaling", "none"),
             pow2_scale=bool(cfg.get("pow2_scale", True)),
+            delayed=_delayed(cfg.get("delayed") or {}),
         )
         roles = {r: OperandCast(_parse(r, cfg.get(r, cfg.get("format", "fp32"))), **shared) for r in ROLES}
         overrides = cfg.get("operands") or {}
@@ -289,6 +331,18 @@ def _hadamard(cfg: dict) -> tuple[int, tuple[str, ...], str]:
     if signs not in SIGNS:
         raise ValueError(f"precision.hadamard.signs must be one of {', '.join(SIGNS)}; got {signs!r}")
     return size, (tuple(g for g in GEMMS if g in gemms) if size else ()), signs
+
+
+def _delayed(cfg: dict) -> Delayed:
+    history_len, algo, margin = cfg.get("history_len", 1024), cfg.get("algo", "max"), cfg.get("margin", 0)
+    if isinstance(history_len, bool) or not isinstance(history_len, int) or history_len < 1:
+        raise ValueError(f"precision.delayed.history_len must be an integer >= 1 (amaxes kept); got {history_len!r}")
+    if algo not in AMAX_ALGOS:
+        raise ValueError(f"precision.delayed.algo must be one of {', '.join(AMAX_ALGOS)}; got {algo!r}")
+    if isinstance(margin, bool) or not isinstance(margin, int) or not 0 <= margin <= 64:
+        raise ValueError(f"precision.delayed.margin must be an integer in 0..64 (the scale is divided by 2^margin); "
+                         f"got {margin!r}")
+    return Delayed(history_len, algo, margin)
 
 
 def _keep(cfg: dict) -> Keep:

@@ -112,6 +112,10 @@ NEUTRAL: Mapping[str, Any] = {
     "precision.keep.first": 0,
     "precision.keep.last": 0,
     "precision.keep.match": [],
+    # delayed scaling (issue 16)
+    "precision.delayed.history_len": 1024,
+    "precision.delayed.algo": "max",
+    "precision.delayed.margin": 0,
 }
 
 

@@ -42,7 +42,8 @@ def test_same_seed_same_curve_other_seed_other_curve(train_cfg):
     assert rec_a.meta["data"]["fingerprint"] and rec_a.outcome["status"] == "completed"
 
 
-@pytest.mark.parametrize("precision", [["precision=fp32"], ["precision=mask", "precision.format=e5m2", "precision.rounding=stochastic"]])
+@pytest.mark.parametrize("precision", [["precision=fp32"], ["precision=mask", "precision.format=e5m2", "precision.rounding=stochastic"],
+                                       ["precision=fp8_delayed", "precision.delayed.history_len=3"]])  # the amax histories resume
 def test_resume_continues_the_curve_bit_for_bit(train_cfg, tmp_path, precision):
     straight, rec_straight = _run(train_cfg(*precision, "train.checkpoint_steps=[4]", "train.checkpoint_dir=first"))
     assert [s for s, _ in straight.checkpoints] == [4]
