@@ -28,6 +28,7 @@ VARIANTS = {
     "fp32": ["precision=fp32"],
     "fp8": ["precision=fp8"],
     "fp8 delayed": ["precision=fp8_delayed"],  # Transformer Engine's delayed scaling (amax history)
+    "fp8 deepseek": ["precision=fp8_deepseek"],  # DeepSeek-V3: 1x128 tiles, 128x128 weight blocks, fp32 scales
     "mask e8m3": ["precision=mask", "precision.format=e8m3"],
     "mxfp8": ["precision=mxfp8"],
     "mxfp4": ["precision=mxfp4"],

@@ -110,10 +110,11 @@ def nvfp4_design(x: np.ndarray, B: int = 16, C: int = 1, elem=format_info_ocp_e2
     return np.where(np.isfinite(amax)[ids], out, np.nan).astype(F32)
 
 
-def amax_rule(x: np.ndarray, B: int, elem, scale) -> np.ndarray:
-    """Rule amax without a tensor scale: s = Q_scale(amax / max_elem), x_hat = Q_elem(x / s) * s (float32)."""
+def amax_rule(x: np.ndarray, B: int, elem, scale, C: int = 1) -> np.ndarray:
+    """Rule amax without a tensor scale: s = Q_scale(amax / max_elem), x_hat = Q_elem(x / s) * s (float32);
+    blocks of B along axis 1 times C rows."""
     x = x.astype(F32)
-    ids = block_ids(*x.shape, B)
+    ids = block_ids(*x.shape, B, C)
     amax = block_amax(x, ids)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         s = _round32(scale, amax / F32(elem.max))

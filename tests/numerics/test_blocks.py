@@ -259,6 +259,16 @@ def test_amax_rule_matches_formula(name, B, elem, scale):
     assert_same_bits(ours(x, name), amax_rule(x, B, elem, scale), x, name)
 
 
+@pytest.mark.parametrize("name, B, C", [("e4m3fn/b128/fp32", 128, 1), ("e4m3fn/b128x128/fp32", 128, 128)])
+def test_deepseek_tiles_and_blocks_match_formula(name, B, C):
+    """DeepSeek-V3's fine-grained FP8 (precision=fp8_deepseek): 1 x 128 tiles and 128 x 128 blocks, fp32
+    scales amax / 448, E4M3 elements, against the numpy reference, with partial tiles at both edges
+    (300 x 333: 3 full and one 77-column tile per row, 2 full and one 44-row block down)."""
+    x = block_probe_inputs(292, 333, B, seed=29)  # 300 rows
+    assert x.shape == (300, 333)
+    assert_same_bits(ours(x, name), amax_rule(x, B, format_info_ocp_e4m3, format_info_binary32, C=C), x, name)
+
+
 # -- inputs of other dtypes and shapes ------------------------------------------------
 
 
