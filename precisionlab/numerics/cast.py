@@ -170,8 +170,7 @@ def tensor_scale(x: torch.Tensor, max_finite: float, pow2: bool = True) -> torch
     """Per-tensor current scale s for a format whose largest finite value is `max_finite`: x * s
     has amax max_finite or just below. A 0-d tensor of x's dtype on x's device (no host sync);
     1 when amax is 0, Inf or NaN (`amax_scale`)."""
-    scale, usable = amax_scale(x.detach().abs().amax().float(), max_finite, pow2)
-    return torch.where(usable, scale, torch.ones_like(scale)).to(x.dtype)
+    return amax_scale(x.detach().abs().amax().float(), max_finite, pow2)[0].to(x.dtype)
 
 
 def amax_scale(amax: torch.Tensor, max_finite: float, pow2: bool = True, margin: int = 0):

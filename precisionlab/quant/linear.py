@@ -156,7 +156,7 @@ class QuantLinear(nn.Linear):
         if casts.hadamard and not casts.per_call_signs:  # fixed signs: one draw per layer and GEMM
             seeds = seeds[:6] + tuple(_mix_seed(self.seed, self.index, 6 + g) for g in range(len(GEMMS)))
         self.calls += 1
-        history = (self.amax_history, self.delayed_scale) if casts.delayed_history_len else None
+        history = (self.amax_history, self.delayed_scale) if "amax_history" in self._buffers else None
         return _QuantLinearFn.apply(x, self.weight, self.bias, casts, seeds, history)
 
     def get_extra_state(self) -> dict:

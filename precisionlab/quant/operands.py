@@ -334,7 +334,9 @@ def _hadamard(cfg: dict) -> tuple[int, tuple[str, ...], str]:
 
 
 def _delayed(cfg: dict) -> Delayed:
-    history_len, algo, margin = cfg.get("history_len", 1024), cfg.get("algo", "max"), cfg.get("margin", 0)
+    default = Delayed()
+    history_len = cfg.get("history_len", default.history_len)
+    algo, margin = cfg.get("algo", default.algo), cfg.get("margin", default.margin)
     if isinstance(history_len, bool) or not isinstance(history_len, int) or history_len < 1:
         raise ValueError(f"precision.delayed.history_len must be an integer >= 1 (amaxes kept); got {history_len!r}")
     if algo not in AMAX_ALGOS:
