@@ -43,6 +43,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from precisionlab.numerics.accumulate import ACCUMULATE_ROUNDINGS
 from precisionlab.numerics.cast import ROUNDING_MODES
 from precisionlab.quant.linear import SCALINGS, PrecisionConfig, check_hadamard_dims
 from precisionlab.quant.operands import AMAX_ALGOS, SIGNS
@@ -111,6 +112,17 @@ class Delayed:
 
 
 @dataclass
+class Accumulate:
+    """Limited-precision accumulation of the GEMMs' partial sums (precisionlab.numerics.accumulate)."""
+
+    format: Optional[str] = None        # the accumulator's format, e.g. e8m13 (DeepSeek-V3's ~14 bits), bf16, fp16; null: fp32 GEMMs
+    k: int = 1                          # products added between two roundings of the accumulator
+    promote: int = 0                    # add it to an fp32 total every N elements of K (DeepSeek: 128); 0: never
+    rounding: str = choice("nearest_even", ACCUMULATE_ROUNDINGS)
+    gemms: List[str] = field(default_factory=lambda: ["fwd", "dgrad", "wgrad"])  # which GEMMs accumulate so
+
+
+@dataclass
 class Keep:
     format: str = "bf16"                # what kept layers use (fp32: they stay nn.Linear)
     first: int = 0                      # keep the first k transformer blocks
@@ -135,6 +147,7 @@ class Precision:
     operands: Operands = field(default_factory=Operands)  # per-operand overrides of the roles
     hadamard: Hadamard = field(default_factory=Hadamard)
     keep: Keep = field(default_factory=Keep)            # layers kept in keep.format
+    accumulate: Accumulate = field(default_factory=Accumulate)  # the GEMMs' accumulator
 
 
 @dataclass

@@ -3,7 +3,9 @@
 `convert_model(model, precision)` replaces each `nn.Linear` (except those matching
 `precision.exclude`) by a `QuantLinear` whose autograd Function fake-quantizes the operands
 of its three GEMMs with `precisionlab.quantize`, each along that GEMM's reduction axis and
-from the high-precision tensor, and multiplies in fp32 (fp32 accumulation):
+from the high-precision tensor, and multiplies in fp32 (fp32 accumulation; with
+`precision.accumulate` the chosen GEMMs keep their partial sums in a reduced format instead,
+`precisionlab.numerics.accumulate`):
 
   forward      y  = fwd_x(x) . fwd_w(W)^T + b          reduction over in
   input grad   dx = dgrad_g(g) . dgrad_w(W)            reduction over out
@@ -77,7 +79,11 @@ class _QuantLinearFn(torch.autograd.Function):
         # backward recasts x and W from the high-precision tensors unless one cast serves both GEMMs
         ctx.save_for_backward(x_q if casts.share_x else x, w_q if casts.share_w else weight)
         ctx.casts, ctx.seeds, ctx.has_bias, ctx.history = casts, seeds, bias is not None, history
-        return F.linear(x_q, w_q, bias)  # (..., out)
+        if not casts.accumulates("fwd"):
+            return F.linear(x_q, w_q, bias)  # (..., out)
+        y = casts.matmul("fwd", x_q.reshape(-1, x_q.shape[-1]), w_q.t())  # (N, in) @ (in, out) -> (N, out)
+        y = y.view(*x.shape[:-1], w_q.shape[0])
+        return y if bias is None else y + bias
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -95,7 +101,7 @@ class _QuantLinearFn(torch.autograd.Function):
             g_q = casts.dgrad_g(ga, seeds[2], axis=-1, history=_rows(history, "dgrad_g"))  # (N, out), blocks along out
             if ctx.needs_input_grad[0]:
                 w_dq = w_saved if casts.share_w else casts.dgrad_w(wb, seeds[4], axis=0, history=_rows(history, "dgrad_w"))  # (out, in), blocks along out
-                grad_x = (g_q @ w_dq).view(*grad_out.shape[:-1], in_f)  # (N, out) @ (out, in) -> (..., in)
+                grad_x = casts.matmul("dgrad", g_q, w_dq).view(*grad_out.shape[:-1], in_f)  # (N, out) @ (out, in) -> (..., in)
         if ctx.needs_input_grad[1]:
             x2 = x_saved.reshape(-1, in_f)  # (N, in)
             if casts.share_g and casts.share_x:
@@ -107,7 +113,7 @@ class _QuantLinearFn(torch.autograd.Function):
                     ga, xa = hadamard_transform(g, h, 0), hadamard_transform(x2, h, 0)
                 g_wq = g_q if casts.share_g else casts.wgrad_g(ga, seeds[5], axis=0, history=_rows(history, "wgrad_g"))  # (N, out), blocks along tokens
                 x_wq = x2 if casts.share_x else casts.wgrad_x(xa, seeds[3], axis=0, history=_rows(history, "wgrad_x"))  # (N, in)
-            grad_w = g_wq.t() @ x_wq  # (out, N) @ (N, in) -> (out, in)
+            grad_w = casts.matmul("wgrad", g_wq.t(), x_wq)  # (out, N) @ (N, in) -> (out, in)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g.sum(0)  # (out,)
         return grad_x, grad_w, grad_b, None, None, None

@@ -32,13 +32,14 @@ from typing import Any
 
 import torch
 
+from precisionlab.numerics.accumulate import Accumulate, accumulate_matmul, parse_accumulator
 from precisionlab.numerics.blocks import BlockFormat, parse_format
 from precisionlab.numerics.cast import ROUNDING_MODES, amax_scale, quantize, quantize_scaled
 from precisionlab.numerics.formats import FloatFormat
 from precisionlab.numerics.hadamard import HADAMARD_SIZES
 
 __all__ = ["OperandCast", "RoleCast", "LayerCasts", "PrecisionConfig", "ROLES", "OPERANDS", "GEMMS",
-           "OPERAND_ROLE", "SEED_SLOT", "SCALINGS", "AMAX_ALGOS", "SIGNS", "OPTIONS", "Delayed"]
+           "OPERAND_ROLE", "SEED_SLOT", "SCALINGS", "AMAX_ALGOS", "SIGNS", "OPTIONS", "Delayed", "Accumulate"]
 
 ROLES = ("x", "w", "grad")
 GEMMS = ("fwd", "dgrad", "wgrad")
@@ -146,6 +147,8 @@ class LayerCasts:
     hadamard: int = 0  # block size n of the transform; 0: none
     hadamard_gemms: tuple[str, ...] = ()  # of GEMMS
     per_call_signs: bool = False  # fresh signs each call (Quartet) instead of fixed ones per layer
+    accumulate: Accumulate | None = None  # the GEMMs' accumulator; None: fp32 GEMMs
+    accumulate_gemms: tuple[str, ...] = ()  # of GEMMS: which GEMMs use it
 
     @classmethod
     def uniform(cls, cast: OperandCast) -> LayerCasts:
@@ -156,6 +159,15 @@ class LayerCasts:
 
     def rotates(self, gemm: str) -> bool:
         return self.hadamard > 0 and gemm in self.hadamard_gemms
+
+    def accumulates(self, gemm: str) -> bool:
+        return self.accumulate is not None and gemm in self.accumulate_gemms
+
+    def matmul(self, gemm: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """a (M, K) @ b (K, N) for `gemm`, with the layer's accumulator where that GEMM has one."""
+        if self.accumulates(gemm):
+            return accumulate_matmul(a, b, self.accumulate).to(a.dtype)
+        return a @ b
 
     def _shares(self, a: str, b: str, gemm_a: str, gemm_b: str) -> bool:
         ca, cb = self.operand(a), self.operand(b)
@@ -187,7 +199,7 @@ class LayerCasts:
 
     @property
     def is_fp32(self) -> bool:
-        return all(self.operand(op).fmt is None for op in OPERANDS)
+        return all(self.operand(op).fmt is None for op in OPERANDS) and not self.accumulate_gemms
 
     def describe(self) -> str:
         names = {op: str(self.operand(op)) for op in OPERANDS}
@@ -197,6 +209,8 @@ class LayerCasts:
             text = ", ".join(f"{op}={name}" for op, name in names.items())
         if self.hadamard:
             text += f", hadamard={self.hadamard} on {'+'.join(self.hadamard_gemms)}"
+        if self.accumulate_gemms:
+            text += f", {self.accumulate} on {'+'.join(self.accumulate_gemms)}"
         return text
 
 
@@ -273,7 +287,9 @@ class PrecisionConfig:
             raise ValueError(f"precision.operands.{unknown[0]} is not an operand; accepted: {', '.join(OPERANDS)}")
         operands = [_override(op, roles[OPERAND_ROLE[op]], overrides.get(op) or {}) for op in OPERANDS]
         size, gemms, signs = _hadamard(cfg.get("hadamard") or {})
-        casts = LayerCasts(*operands, hadamard=size, hadamard_gemms=gemms, per_call_signs=signs == "per_call")
+        accumulate, accumulate_gemms = _accumulate(cfg.get("accumulate") or {})
+        casts = LayerCasts(*operands, hadamard=size, hadamard_gemms=gemms, per_call_signs=signs == "per_call",
+                           accumulate=accumulate, accumulate_gemms=accumulate_gemms)
         if size and casts.is_fp32:  # it would change nothing but the run id
             raise ValueError(f"precision.hadamard.size={size} rotates GEMM operands before their casts, but every "
                              "operand is fp32; set a format (precision.format, .x, .w, .grad) or hadamard.size=0")
@@ -345,6 +361,25 @@ def _delayed(cfg: dict) -> Delayed:
         raise ValueError(f"precision.delayed.margin must be an integer in 0..64 (the scale is divided by 2^margin); "
                          f"got {margin!r}")
     return Delayed(history_len, algo, margin)
+
+
+def _accumulate(cfg: dict) -> tuple[Accumulate | None, tuple[str, ...]]:
+    name = cfg.get("format")
+    if name is None:
+        return None, ()
+    gemms = tuple(cfg.get("gemms", GEMMS))
+    if not gemms or any(g not in GEMMS for g in gemms):
+        raise ValueError(f"precision.accumulate.gemms must be a non-empty list of {', '.join(GEMMS)}; got {list(gemms)!r}")
+    try:
+        fmt = parse_accumulator(name)
+    except ValueError as err:
+        raise ValueError(f"precision.accumulate.format: {err}") from None
+    settings = {f.name: cfg[f.name] for f in fields(Accumulate) if f.name != "fmt" and f.name in cfg}
+    try:
+        accumulate = Accumulate(fmt, **settings)
+    except ValueError as err:  # its message starts with the setting's name
+        raise ValueError(f"precision.accumulate.{err}") from None
+    return accumulate, tuple(g for g in GEMMS if g in gemms)
 
 
 def _keep(cfg: dict) -> Keep:

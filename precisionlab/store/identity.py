@@ -116,6 +116,12 @@ NEUTRAL: Mapping[str, Any] = {
     "precision.delayed.history_len": 1024,
     "precision.delayed.algo": "max",
     "precision.delayed.margin": 0,
+    # limited-precision accumulation (issue 16)
+    "precision.accumulate.format": None,
+    "precision.accumulate.k": 1,
+    "precision.accumulate.promote": 0,
+    "precision.accumulate.rounding": "nearest_even",
+    "precision.accumulate.gemms": ["fwd", "dgrad", "wgrad"],
 }
 
 
