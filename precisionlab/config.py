@@ -51,6 +51,7 @@ from precisionlab.runtime import DeviceError, resolve_device
 from precisionlab.train.data import data_path
 from precisionlab.train.measure import METRICS as SHARPNESS_METRICS
 from precisionlab.train.model import ModelConfig
+from precisionlab.train.optim import MomentFormats
 
 __all__ = ["ConfigError", "validate", "ensure_valid", "assume_valid", "is_validated", "one_line",
            "TrainConfig", "SweepConfig", "DATA_SOURCES", "SCHEDULES", "register"]
@@ -148,6 +149,7 @@ class Precision:
     hadamard: Hadamard = field(default_factory=Hadamard)
     keep: Keep = field(default_factory=Keep)            # layers kept in keep.format
     accumulate: Accumulate = field(default_factory=Accumulate)  # the GEMMs' accumulator
+    weight_grad: str = "fp32"           # dW after its GEMM cast to this format, per-tensor scaled unless scaling=none (MS-AMP O1)
 
 
 @dataclass
@@ -190,6 +192,9 @@ class Optim:
     schedule: str = choice("cosine", SCHEDULES)
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0              # max global grad norm; 0: no clipping
+    state_format: str = "fp32"          # AdamW's moments stored in this format (precisionlab.train.optim)
+    exp_avg_format: str = "${.state_format}"     # the first moment's (MS-AMP O2: e4m3fn)
+    exp_avg_sq_format: str = "${.state_format}"  # the second moment's (MS-AMP O2: fp16)
 
 
 @dataclass
@@ -406,6 +411,10 @@ def _check_optim(cfg: DictConfig) -> None:
     _check(o.weight_decay >= 0, "optim.weight_decay must be >= 0", o.weight_decay)
     _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas must be two numbers in [0, 1)", list(o.betas))
     _check(o.eps > 0, "optim.eps must be > 0", o.eps)
+    try:
+        MomentFormats.from_cfg(o)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _check_train(cfg: DictConfig) -> None:

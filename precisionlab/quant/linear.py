@@ -12,6 +12,8 @@ from the high-precision tensor, and multiplies in fp32 (fp32 accumulation; with
   weight grad  dW = wgrad_g(g)^T . wgrad_x(x)          reduction over tokens
   bias grad    db = sum of g                           bias and its gradient stay fp32
 
+`precision.weight_grad` also casts dW itself, after its GEMM (MS-AMP's FP8 weight gradients).
+
 (`precisionlab.quant.operands` says how the six casts are configured and when one cast serves
 two operands.) With a Hadamard transform on a GEMM both its operands are multiplied along
 the reduction axis by the same orthogonal block-diagonal matrix before their casts.
@@ -114,6 +116,8 @@ class _QuantLinearFn(torch.autograd.Function):
                 g_wq = g_q if casts.share_g else casts.wgrad_g(ga, seeds[5], axis=0, history=_rows(history, "wgrad_g"))  # (N, out), blocks along tokens
                 x_wq = x2 if casts.share_x else casts.wgrad_x(xa, seeds[3], axis=0, history=_rows(history, "wgrad_x"))  # (N, in)
             grad_w = casts.matmul("wgrad", g_wq.t(), x_wq)  # (out, N) @ (N, in) -> (out, in)
+            if casts.weight_grad is not None:
+                grad_w = casts.weight_grad(grad_w)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g.sum(0)  # (out,)
         return grad_x, grad_w, grad_b, None, None, None

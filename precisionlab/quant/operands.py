@@ -149,6 +149,7 @@ class LayerCasts:
     per_call_signs: bool = False  # fresh signs each call (Quartet) instead of fixed ones per layer
     accumulate: Accumulate | None = None  # the GEMMs' accumulator; None: fp32 GEMMs
     accumulate_gemms: tuple[str, ...] = ()  # of GEMMS: which GEMMs use it
+    weight_grad: OperandCast | None = None  # the cast of dW after its GEMM (MS-AMP's FP8 weight gradients)
 
     @classmethod
     def uniform(cls, cast: OperandCast) -> LayerCasts:
@@ -199,7 +200,8 @@ class LayerCasts:
 
     @property
     def is_fp32(self) -> bool:
-        return all(self.operand(op).fmt is None for op in OPERANDS) and not self.accumulate_gemms
+        return (all(self.operand(op).fmt is None for op in OPERANDS) and not self.accumulate_gemms
+                and self.weight_grad is None)
 
     def describe(self) -> str:
         names = {op: str(self.operand(op)) for op in OPERANDS}
@@ -211,6 +213,8 @@ class LayerCasts:
             text += f", hadamard={self.hadamard} on {'+'.join(self.hadamard_gemms)}"
         if self.accumulate_gemms:
             text += f", {self.accumulate} on {'+'.join(self.accumulate_gemms)}"
+        if self.weight_grad is not None:
+            text += f", dW in {self.weight_grad}"
         return text
 
 
@@ -288,8 +292,12 @@ class PrecisionConfig:
         operands = [_override(op, roles[OPERAND_ROLE[op]], overrides.get(op) or {}) for op in OPERANDS]
         size, gemms, signs = _hadamard(cfg.get("hadamard") or {})
         accumulate, accumulate_gemms = _accumulate(cfg.get("accumulate") or {})
+        weight_grad = _parse("weight_grad", cfg.get("weight_grad", "fp32"))
+        if weight_grad is not None:  # current scaling (a delayed one would need a history of its own)
+            scaled = "none" if shared["scaling"] == "none" else "tensor"
+            weight_grad = OperandCast(weight_grad, scaling=scaled, pow2_scale=shared["pow2_scale"])
         casts = LayerCasts(*operands, hadamard=size, hadamard_gemms=gemms, per_call_signs=signs == "per_call",
-                           accumulate=accumulate, accumulate_gemms=accumulate_gemms)
+                           accumulate=accumulate, accumulate_gemms=accumulate_gemms, weight_grad=weight_grad)
         if size and casts.is_fp32:  # it would change nothing but the run id
             raise ValueError(f"precision.hadamard.size={size} rotates GEMM operands before their casts, but every "
                              "operand is fp32; set a format (precision.format, .x, .w, .grad) or hadamard.size=0")

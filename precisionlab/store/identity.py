@@ -122,6 +122,11 @@ NEUTRAL: Mapping[str, Any] = {
     "precision.accumulate.promote": 0,
     "precision.accumulate.rounding": "nearest_even",
     "precision.accumulate.gemms": ["fwd", "dgrad", "wgrad"],
+    "precision.weight_grad": "fp32",
+    # optimizer moments in a format (issue 16's msamp_o2; issue 12)
+    "optim.state_format": "fp32",
+    "optim.exp_avg_format": "fp32",
+    "optim.exp_avg_sq_format": "fp32",
 }
 
 

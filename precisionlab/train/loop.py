@@ -1,6 +1,7 @@
 """One training run: `run(cfg) -> RunResult`, pure (no Hydra), never raises once training starts.
 
-The loop: AdamW on fp32 master weights, linear warmup then cosine (or
+The loop: AdamW on fp32 master weights (its moments optionally stored in a format,
+precisionlab.train.optim), linear warmup then cosine (or
 constant) learning rate, gradient-norm clipping, a fixed set of validation
 batches evaluated every `train.eval_every` steps and at the end, checkpoints
 at `train.checkpoint_steps` / every `train.checkpoint_every` steps.
@@ -47,6 +48,7 @@ from precisionlab.train.data import DataError, get_batch, load_dataset
 from precisionlab.train.measure import Settings as SharpnessSettings
 from precisionlab.train.measure import is_fp32, measure, planned
 from precisionlab.train.model import LM
+from precisionlab.train.optim import MomentFormats, build_optimizer, store_moments
 from precisionlab.train.outcomes import RunResult, SpikeCounter
 from precisionlab.train.recorder import Recorder
 
@@ -109,12 +111,7 @@ def run(cfg: Any, recorder: Recorder | None = None, resume_from: str | os.PathLi
 def _train(cfg, device, batch_gen, train_tokens, val_tokens, data_meta, recorder, resume_from, result: RunResult) -> None:
     t, o = cfg.train, cfg.optim
     model = build_model(cfg).to(device)
-    decay = [p for p in model.parameters() if p.dim() >= 2]  # no weight decay on biases and norms
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-    )
+    optimizer, moment_formats = build_optimizer(model, o), MomentFormats.from_cfg(o)
     spikes = SpikeCounter(t.spikes.factor, t.spikes.window)
     start_step, elapsed0 = 0, 0.0
     if resume_from is not None:
@@ -153,6 +150,8 @@ def _train(cfg, device, batch_gen, train_tokens, val_tokens, data_meta, recorder
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip or math.inf).item()
             optimizer.step()
+            if not moment_formats.is_fp32:
+                store_moments(optimizer, moment_formats)
         else:
             grad_norm = math.nan
         if result.initial_loss is None:

@@ -43,7 +43,8 @@ def test_same_seed_same_curve_other_seed_other_curve(train_cfg):
 
 
 @pytest.mark.parametrize("precision", [["precision=fp32"], ["precision=mask", "precision.format=e5m2", "precision.rounding=stochastic"],
-                                       ["precision=fp8_delayed", "precision.delayed.history_len=3"]])  # the amax histories resume
+                                       ["precision=fp8_delayed", "precision.delayed.history_len=3"],  # the amax histories resume
+                                       ["precision=msamp_o2"]])  # FP8/FP16 AdamW moments resume
 def test_resume_continues_the_curve_bit_for_bit(train_cfg, tmp_path, precision):
     straight, rec_straight = _run(train_cfg(*precision, "train.checkpoint_steps=[4]", "train.checkpoint_dir=first"))
     assert [s for s, _ in straight.checkpoints] == [4]
@@ -135,6 +136,9 @@ def test_default_recorder_writes_the_run_directory(train_cfg, tmp_path):
     ("model.n_head=3", "divisible"),
     ("train.steps=0", r"train\.steps"),
     ("device=tpu", "device"),
+    ("optim.exp_avg_format=e4m3x", r"optim\.exp_avg_format: .*e4m3x"),
+    ("optim.state_format=e4m3fn/b16x16/fp32", r"optim\.exp_avg_format takes an element format or 1-D blocks"),
+    ("precision.weight_grad=e4m3x", r"precision\.weight_grad: "),
 ])
 def test_config_errors_raise_before_training(train_cfg, override, message):
     rec = MemoryRecorder()
