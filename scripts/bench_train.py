@@ -3,7 +3,7 @@
     python scripts/bench_train.py [--steps 10] [--rounds 3] [--threads N] [--device auto]
                                   [--only fp8,nvfp4] [OVERRIDES...]
 
-One training step = batch, forward, backward, clipping, AdamW. Rounds
+One training step = batch, forward, backward, clipping, AdamW (moments cast where the preset says). Rounds
 interleave the precisions so machine load hits them alike; the table shows
 the median over rounds of the mean step time, tokens/s, and the ratio to fp32
 (goals: element casts <= 1.25x the fp32 step, nvfp4 <= 2x). Extra arguments are Hydra
@@ -23,12 +23,18 @@ from precisionlab.config import validate
 from precisionlab.runtime import resolve_device
 from precisionlab.train.checkpoint import build_model
 from precisionlab.train.data import get_batch, load_dataset
+from precisionlab.train.optim import MomentFormats, build_optimizer, store_moments
 
 VARIANTS = {
     "fp32": ["precision=fp32"],
     "fp8": ["precision=fp8"],
     "fp8 delayed": ["precision=fp8_delayed"],  # Transformer Engine's delayed scaling (amax history)
     "fp8 deepseek": ["precision=fp8_deepseek"],  # DeepSeek-V3: 1x128 tiles, 128x128 weight blocks, fp32 scales
+    "msamp o1": ["precision=msamp_o1"],  # fp8 plus E4M3 weight gradients
+    "msamp o2": ["precision=msamp_o2"],  # plus AdamW moments in E4M3 / FP16
+    # fp32 operands, partial sums in e8m13 (DeepSeek-V3's ~14 bits): the accumulator's own cost
+    "acc e8m13 k=1": ["precision.accumulate.format=e8m13", "precision.accumulate.k=1"],
+    "acc e8m13 k=128": ["precision.accumulate.format=e8m13", "precision.accumulate.k=128"],
     "mask e8m3": ["precision=mask", "precision.format=e8m3"],
     "mxfp8": ["precision=mxfp8"],
     "mxfp4": ["precision=mxfp4"],
@@ -39,7 +45,7 @@ VARIANTS = {
 def make_step(cfg, device, tokens):
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr)
+    optimizer, moments = build_optimizer(model, cfg.optim), MomentFormats.from_cfg(cfg.optim)
     gen = torch.Generator().manual_seed(cfg.seed)
 
     def step():
@@ -49,6 +55,8 @@ def make_step(cfg, device, tokens):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        if not moments.is_fp32:
+            store_moments(optimizer, moments)
         return loss
 
     return step

@@ -13,7 +13,11 @@
    equals the torch twin's on the CPU bit for bit (NaN as NaN) on a (rows, K)
    matrix with partial blocks along both axes: random fp32 bit patterns (NaN/Inf
    blocks), finite patterns, and randn blocks scaled across the exponent range.
-3. Throughput on a large randn tensor: the kernels vs `clone` (the memory floor)
+3. Accumulation: the limited-precision GEMM kernel (kernels/accumulate_triton.py) on the GPU
+   equals the blocked torch path on the CPU bit for bit, on FP8-valued operands (exact chunk
+   sums) with partial tiles, for e8m13/bf16/fp16 accumulators, k = 1, 32, K and promotion; and
+   its time on a 1024 x 512 x 1024 GEMM against torch's fp32 matmul.
+4. Throughput on a large randn tensor: the kernels vs `clone` (the memory floor)
    and vs torch's native `x.to(float8_e4m3fn).float()`, timed with
    triton.testing.do_bench in one run; printed as ratios.
 Exits 1 on the first mismatch.
@@ -30,6 +34,7 @@ import torch
 from triton.testing import do_bench
 
 from precisionlab import quantize
+from precisionlab.numerics.accumulate import Accumulate, accumulate_matmul, parse_accumulator
 
 ML = {"e4m3fn": ml_dtypes.float8_e4m3fn, "e5m2": ml_dtypes.float8_e5m2, "e4m3fnuz": ml_dtypes.float8_e4m3fnuz,
       "e5m2fnuz": ml_dtypes.float8_e5m2fnuz, "e3m4": ml_dtypes.float8_e3m4, "e4m3": ml_dtypes.float8_e4m3,
@@ -118,6 +123,29 @@ def check_block_bits() -> int:
     return cases
 
 
+def check_accumulate_bits() -> int:
+    g = torch.Generator().manual_seed(7)
+    a = (torch.randn(300, 1000, generator=g) * 8).to(torch.float8_e4m3fn).float()
+    b = torch.randn(1000, 70, generator=g).to(torch.float8_e4m3fn).float()
+    cases = 0
+    for fmt in ("e8m13", "bf16", "fp16"):
+        for k, promote in [(1, 0), (32, 0), (32, 128), (1000, 0)]:
+            for rounding in ("nearest_even", "toward_zero"):
+                acc = Accumulate(parse_accumulator(fmt), k, promote, rounding)
+                gpu = accumulate_matmul(a.cuda(), b.cuda(), acc, backend="triton").cpu()
+                if not same(gpu, accumulate_matmul(a, b, acc, backend="torch")):
+                    print(f"MISMATCH accumulate kernel vs torch path: {acc} {rounding}")
+                    sys.exit(1)
+                cases += 1
+    a, b = torch.randn(1024, 1024, device="cuda"), torch.randn(1024, 512, device="cuda")
+    t_mm = do_bench(lambda: a @ b)
+    for k in (1, 32, 128):
+        acc = Accumulate(parse_accumulator("e8m13"), k)
+        t = do_bench(lambda: accumulate_matmul(a, b, acc))
+        print(f"accumulate e8m13 k={k:<4} 1024x1024x512: {t:8.3f} ms = {t / t_mm:8.1f}x torch fp32 matmul ({t_mm:.3f} ms)")
+    return cases
+
+
 def bench(numel: int) -> None:
     x = torch.randn(numel, device="cuda") * 64
     t_clone = do_bench(lambda: x.clone())
@@ -143,6 +171,7 @@ def main() -> None:
     assert torch.cuda.is_available(), "needs a CUDA GPU"
     print(f"bit-exact: {check_bits()} cases (kernel on GPU == torch twin on CPU; == ml_dtypes)")
     print(f"block bit-exact: {check_block_bits()} cases (block kernel on GPU == torch twin on CPU)")
+    print(f"accumulate bit-exact: {check_accumulate_bits()} cases (kernel on GPU == torch path on CPU)")
     bench(args.numel)
 
 

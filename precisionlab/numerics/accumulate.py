@@ -28,6 +28,7 @@ rounding as accumulating the codes and scaling afterwards, with arbitrary fp32 s
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
@@ -81,10 +82,22 @@ def parse_accumulator(name: str) -> FloatFormat:
     return fmt
 
 
-def accumulate_matmul(a: torch.Tensor, b: torch.Tensor, acc: Accumulate) -> torch.Tensor:
-    """a (M, K) @ b (K, N) with the partial sums per the module's spec; fp32 (M, N)."""
+def accumulate_matmul(a: torch.Tensor, b: torch.Tensor, acc: Accumulate, backend: str = "auto") -> torch.Tensor:
+    """a (M, K) @ b (K, N) with the partial sums per the module's spec; fp32 (M, N).
+
+    backend: "torch" (a blocked loop: one float64 addmm and one `quantize` per chunk), "triton"
+    (`kernels/accumulate_triton.py`: CUDA tensors, or CPU under TRITON_INTERPRET=1), or "auto"
+    (Triton for CUDA tensors). Both give the same bits wherever the chunk sums are exact in float64."""
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
         raise ValueError(f"accumulate_matmul takes (M, K) and (K, N) matrices; got {tuple(a.shape)} and {tuple(b.shape)}")
+    if backend not in ("auto", "torch", "triton"):
+        raise ValueError(f"unknown backend {backend!r}; accepted: auto, torch, triton")
+    if backend == "triton" or (backend == "auto" and a.is_cuda):
+        if not a.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
+        from precisionlab.kernels.accumulate_triton import accumulate_triton
+
+        return accumulate_triton(a.detach(), b.detach(), acc)
     a64, b64 = a.detach().double(), b.detach().double()
     K = a.shape[1]
     partial = torch.zeros(a.shape[0], b.shape[1], dtype=torch.float64, device=a.device)  # (M, N), values of F

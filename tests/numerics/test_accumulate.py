@@ -14,7 +14,7 @@ from gfloat import RoundMode, round_float
 from precisionlab.numerics.accumulate import Accumulate, accumulate_matmul, parse_accumulator
 from precisionlab.quant.linear import QuantLinear
 from precisionlab.quant.operands import PrecisionConfig
-from tests.helpers.oracles import ieee_like
+from helpers.oracles import ieee_like
 
 GFLOAT_MODE = {"nearest_even": RoundMode.TiesToEven, "nearest_away": RoundMode.TiesToAway,
                "toward_zero": RoundMode.TowardZero}

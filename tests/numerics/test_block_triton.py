@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import triton
 from triton.backends.compiler import GPUTarget
-from triton.backends.nvidia.compiler import get_ptxas
 from triton.compiler import ASTSource
+
+from helpers.ptx import ptxas_report
 
 import precisionlab.kernels.block_triton as block_triton
 from precisionlab.numerics.blocks import parse_format
@@ -71,21 +72,6 @@ def compile_block(name: str, rounding: str, arch: int, amax_pass: bool = False, 
     signature = {**SIGNATURE, **{k: "constexpr" for k in constexprs}}
     source = ASTSource(fn=block_triton.block_cast_kernel, signature=signature, constexprs=constexprs)
     return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=block_triton.NUM_WARPS))
-
-
-def ptxas_report(ptx: str, arch: int, tmp_path) -> tuple[int, int, int]:
-    """(registers, spill store bytes, spill load bytes) from `ptxas -v` for the PTX's own target
-    (Triton targets sm_90a / sm_100a on Hopper and Blackwell)."""
-    gpu = re.search(r"^\.target\s+(sm_\w+)", ptx, re.M).group(1)
-    src = tmp_path / f"block_{gpu}.ptx"
-    src.write_text(ptx)
-    log = subprocess.run(
-        [get_ptxas(arch).path, "-v", f"--gpu-name={gpu}", str(src), "-o", str(tmp_path / "out.cubin")],
-        capture_output=True, text=True, check=True,
-    ).stderr
-    regs = int(re.search(r"Used (\d+) registers", log).group(1))
-    stores, loads = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log).groups()
-    return regs, int(stores), int(loads)
 
 
 @pytest.mark.slow

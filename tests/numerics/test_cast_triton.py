@@ -12,9 +12,10 @@ import pytest
 import torch
 import triton
 from triton.backends.compiler import GPUTarget
-from triton.backends.nvidia.compiler import get_ptxas
 from triton.compiler import ASTSource
 from triton.runtime.interpreter import InterpretedFunction
+
+from helpers.ptx import ptxas_report
 
 import precisionlab.kernels.cast_triton as cast_triton
 from precisionlab import FloatFormat, quantize
@@ -65,19 +66,6 @@ def compile_for(name: str, rounding: str, arch: int):
     return triton.compile(source, target=GPUTarget("cuda", arch, 32))
 
 
-def ptxas_spills(ptx: str, arch: int, tmp_path) -> tuple[int, int]:
-    """(spill store bytes, spill load bytes) as reported by `ptxas -v`."""
-    src = tmp_path / f"cast_sm{arch}.ptx"
-    src.write_text(ptx)
-    gpu = f"sm_{arch}a" if arch == 90 else f"sm_{arch}"
-    log = subprocess.run(
-        [get_ptxas(arch).path, "-v", f"--gpu-name={gpu}", str(src), "-o", str(tmp_path / "out.cubin")],
-        capture_output=True, text=True, check=True,
-    ).stderr
-    stores, loads = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log).groups()
-    return int(stores), int(loads)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", [80, 90])
 @pytest.mark.parametrize("name", ["e4m3fn", "e5m2", "e8m3"])
@@ -89,4 +77,4 @@ def test_kernel_compiles_for_gpu_without_spills(name, arch, tmp_path):
         assert f".target sm_{arch}" in ptx
         # subnormal results come from an exact fp32 multiply: it must not flush
         assert not re.search(r"\bmul\.[a-z.]*ftz", ptx), "fp32 multiply flushes subnormals"
-        assert ptxas_spills(ptx, arch, tmp_path) == (0, 0), (name, rounding, arch)
+        assert ptxas_report(ptx, arch, tmp_path)[1:] == (0, 0), (name, rounding, arch)
