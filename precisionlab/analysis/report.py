@@ -171,8 +171,10 @@ def label_runs(runs: pd.DataFrame) -> pd.DataFrame:
         varying = sorted(k for k in flat.columns if not _skipped(k) and (by_format[k].nunique() > 1).any())
         recipe = [k for k in varying if k.startswith("precision.")]
         by_name = bool(recipe) and "precision.name" in flat.columns and (by_format["precision.name"].nunique() > 1).any()
-        if by_name:  # presets that differ beyond their formats (nvfp4 vs nvfp4_no_rht): their name says how
-            varying = [k for k in varying if k not in recipe]
+        if by_name:  # presets that differ beyond their formats (nvfp4 vs nvfp4_no_rht): their name says how,
+            # for their precision keys and any other key a preset sets (msamp_o2's optim.exp_avg_format)
+            by_preset = flat.groupby(flat["precision.name"].to_numpy())
+            varying = [k for k in varying if k not in recipe and (by_preset[k].nunique() > 1).any()]
         short = {k: k.split(".")[-1] for k in varying}
         if len(set(short.values())) < len(short):
             short = {k: k for k in varying}

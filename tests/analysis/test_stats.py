@@ -1,0 +1,67 @@
+"""The comparison statistics on data with known answers: scipy's exact interval, bootstrap coverage
+on simulated samples, the sign-flip test's exact p-values, a planted difference and a null one."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import binomtest, fisher_exact
+
+from precisionlab.analysis.stats import bootstrap_ci, exact_binomial_ci, paired_difference, recipe_comparison, sign_flip_p
+
+
+@pytest.mark.parametrize("k,n", [(0, 4), (1, 4), (4, 4), (3, 12), (7, 20), (0, 1)])
+def test_exact_interval_is_scipys_clopper_pearson(k, n):
+    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
+    assert exact_binomial_ci(k, n) == pytest.approx((ci.low, ci.high), abs=1e-12)
+
+
+def test_bootstrap_interval_covers_the_mean_of_simulated_samples():
+    rng = np.random.default_rng(1)
+    covered = 0
+    for i in range(200):
+        sample = rng.normal(3.0, 0.5, size=30)
+        _, low, high = bootstrap_ci(sample, n_boot=2000, seed=i)
+        covered += low <= 3.0 <= high
+    assert covered >= 180  # >= 90% of nominal-95% intervals
+
+
+def test_sign_flip_p_values_written_out():
+    assert sign_flip_p([0.1, 0.2, 0.3, 0.4]) == 2 / 16  # only all-plus and all-minus reach |mean| 0.25
+    assert sign_flip_p([1.0, -1.0, 2.0, -2.0]) == 1.0  # mean 0: every pattern is as extreme
+    assert sign_flip_p([0.5, 0.1, 0.1]) == 2 / 8  # |mean| 0.233 only at +++ and ---; the others 0.167 or 0.1
+    assert math.isnan(sign_flip_p([]))
+
+
+def test_paired_test_detects_a_planted_difference_and_not_a_null_one():
+    rng = np.random.default_rng(0)
+    base = rng.normal(3.0, 0.3, size=12)  # seed-to-seed variation, shared by the pairs
+    planted = paired_difference(base + 0.1 + rng.normal(0, 0.02, 12), base)
+    null = paired_difference(base + rng.normal(0, 0.02, 12), base)
+    assert planted["p"] < 0.01 and planted["low"] > 0.05 and planted["high"] < 0.15
+    assert null["p"] > 0.05 and null["low"] < 0 < null["high"]
+
+
+def _runs(variant, lr, losses, statuses):
+    return pd.DataFrame({"variant": variant, "lr": lr, "seed": range(len(losses)), "final_val_loss": losses,
+                         "status": statuses})
+
+
+def test_recipe_comparison_on_a_constructed_store():
+    runs = pd.concat([
+        _runs("bf16", 0.1, [3.0, 3.1, 3.2, 3.3], ["completed"] * 4),
+        _runs("fp8", 0.1, [3.1, 3.2, 3.3, 3.4], ["completed"] * 4),
+        _runs("fp4", 0.1, [3.5, math.nan, math.nan, 3.6], ["completed", "diverged", "diverged", "completed"]),
+    ])
+    table = recipe_comparison(runs, "bf16").set_index("variant")
+    fp8, fp4 = table.loc["fp8"], table.loc["fp4"]
+    assert (fp8.pairs, fp8.diverged) == (4, 0)
+    assert fp8["diff"] == pytest.approx(0.1) and fp8.diff_low == pytest.approx(0.1) and fp8.diff_high == pytest.approx(0.1)
+    assert fp8.p_diff == 2 / 16 and fp8.loss == pytest.approx(3.25)
+    assert (fp4.diverged, fp4.pairs) == (2, 2) and fp4["diff"] == pytest.approx(0.4)  # seeds 0 and 3 pair
+    assert fp4.p_more_diverged == pytest.approx(fisher_exact([[2, 2], [0, 4]], alternative="greater").pvalue)
+    assert (fp4.diverged_low, fp4.diverged_high) == pytest.approx(exact_binomial_ci(2, 4))
+    assert math.isnan(table.loc["bf16"].p_diff)
