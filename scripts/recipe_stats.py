@@ -6,7 +6,8 @@ Prints a Markdown table (precisionlab.analysis.stats.recipe_comparison): diverge
 exact 95% interval and Fisher's one-sided p against the reference; the mean final validation loss
 of completed runs with a bootstrap 95% interval; the paired difference from the reference over the
 seeds where both completed (same seed: same initial weights and batch order), with its bootstrap
-interval and the exact sign-flip p-value; and a verdict worded by the tests at the 5% level.
+interval and the exact sign-flip p-value; and a verdict worded by the tests at the 5% level after
+Holm's adjustment over every test in the table (a recipe x LR grid makes dozens of comparisons).
 """
 
 from __future__ import annotations
@@ -16,18 +17,24 @@ import math
 import sys
 
 from precisionlab.analysis.report import format_order, label_runs
-from precisionlab.analysis.stats import recipe_comparison
+from precisionlab.analysis.stats import holm, recipe_comparison
 from precisionlab.store import DEFAULT_STORE_PATH, ResultsStore, StoreError
 
 
+def short(variant: str) -> str:
+    """The preset's name where the report's label has one ("e4m3fn/e4m3fn/e5m2 [fp8_delayed]" -> fp8_delayed)."""
+    return variant.split(" [", 1)[1].rstrip("]").split(", ")[0] if " [" in variant else variant
+
+
 def verdict(row) -> str:
+    """Worded by the Holm-adjusted p-values (the family: every test in the table)."""
     if math.isnan(row.p_diff) and math.isnan(row.p_more_diverged):
         return "reference"
     parts = []
-    if row.p_more_diverged < 0.05:
-        parts.append(f"diverges more (p = {row.p_more_diverged:.3f})")
-    if row.pairs and row.p_diff < 0.05:
-        parts.append(f"{'higher' if row['diff'] > 0 else 'lower'} loss (p = {row.p_diff:.3f})")
+    if row.holm_diverged < 0.05:
+        parts.append(f"diverges more (Holm p = {row.holm_diverged:.3f})")
+    if row.pairs and row.holm_diff < 0.05:
+        parts.append(f"{'higher' if row['diff'] > 0 else 'lower'} loss (Holm p = {row.holm_diff:.3f})")
     return "; ".join(parts) or "no difference detected"
 
 
@@ -48,6 +55,8 @@ def main() -> None:
               f"{', '.join(sorted(set(runs.variant)))}", file=sys.stderr)
         sys.exit(2)
     table = recipe_comparison(runs, args.reference)
+    adjusted = holm(list(table.p_diff) + list(table.p_more_diverged))
+    table["holm_diff"], table["holm_diverged"] = adjusted[:len(table)], adjusted[len(table):]
     table = table.iloc[sorted(range(len(table)), key=lambda i: (table.lr.iat[i], format_order(table.variant.iat[i])))]
     print("| variant | lr | diverged [95% CI] | final val loss [95% CI] | Δ vs " + args.reference
           + " [95% CI], pairs | p (Δ) | verdict |")
@@ -58,7 +67,7 @@ def main() -> None:
         diff = "—" if not r.pairs or r.variant == args.reference else \
             f"{r['diff']:+.3f} [{r.diff_low:+.3f}, {r.diff_high:+.3f}], {r.pairs}"
         p = "—" if math.isnan(r.p_diff) else f"{r.p_diff:.3f}"
-        print(f"| {r.variant} | {r.lr:g} | {div} | {loss} | {diff} | {p} | {verdict(r)} |")
+        print(f"| {short(r.variant)} | {r.lr:g} | {div} | {loss} | {diff} | {p} | {verdict(r)} |")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ the precision), so a recipe is compared with the reference seed by seed:
                                (every one of the 2^n sign patterns when n <= 16)
   `bootstrap_ci(x)`            mean and percentile-bootstrap interval of one sample
   `exact_binomial_ci(k, n)`    Clopper-Pearson interval of a proportion (divergence rates)
+  `holm(p_values)`             Holm-Bonferroni adjustment, for verdicts over many comparisons
   `recipe_comparison(runs, reference)`  all of these per recipe and learning rate, from a store's runs
 
 With 3-4 seeds the bootstrap interval is narrow for its nominal level (it cannot be wider than the
@@ -24,7 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-__all__ = ["bootstrap_ci", "paired_difference", "exact_binomial_ci", "recipe_comparison", "LEVEL"]
+__all__ = ["bootstrap_ci", "paired_difference", "sign_flip_p", "exact_binomial_ci", "holm", "recipe_comparison", "LEVEL"]
 
 LEVEL = 0.95
 _EXACT_PAIRS = 16  # sign-flip test enumerates every pattern up to this many pairs
@@ -74,6 +75,21 @@ def exact_binomial_ci(k: int, n: int, level: float = LEVEL) -> tuple[float, floa
     low = 0.0 if k == 0 else float(stats.beta.ppf(tail, k, n - k + 1))
     high = 1.0 if k == n else float(stats.beta.ppf(1 - tail, k + 1, n - k))
     return low, high
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values of a family of tests (NaNs are not tests and stay NaN):
+    the i-th smallest of m p-values becomes max over j <= i of min(1, (m - j + 1) p_(j))."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, math.nan)
+    tested = np.flatnonzero(~np.isnan(p))
+    order = tested[np.argsort(p[tested], kind="stable")]
+    m = len(order)
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[index]))
+        out[index] = running
+    return out
 
 
 def recipe_comparison(runs: pd.DataFrame, reference: str, level: float = LEVEL) -> pd.DataFrame:

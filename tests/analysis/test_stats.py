@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy.stats import binomtest, fisher_exact
 
-from precisionlab.analysis.stats import bootstrap_ci, exact_binomial_ci, paired_difference, recipe_comparison, sign_flip_p
+from precisionlab.analysis.stats import bootstrap_ci, exact_binomial_ci, holm, paired_difference, recipe_comparison, sign_flip_p
 
 
 @pytest.mark.parametrize("k,n", [(0, 4), (1, 4), (4, 4), (3, 12), (7, 20), (0, 1)])
@@ -65,3 +65,11 @@ def test_recipe_comparison_on_a_constructed_store():
     assert fp4.p_more_diverged == pytest.approx(fisher_exact([[2, 2], [0, 4]], alternative="greater").pvalue)
     assert (fp4.diverged_low, fp4.diverged_high) == pytest.approx(exact_binomial_ci(2, 4))
     assert math.isnan(table.loc["bf16"].p_diff)
+
+
+def test_holm_adjustment_written_out():
+    # sorted 0.01, 0.02, 0.04 of m = 3 tests: 3 x 0.01, max(0.03, 2 x 0.02), max(0.04, 1 x 0.04)
+    adjusted = holm([0.04, math.nan, 0.01, 0.02])
+    assert math.isnan(adjusted[1])
+    assert adjusted[[2, 3, 0]] == pytest.approx([0.03, 0.04, 0.04])
+    assert list(holm([0.5, 0.9])) == [1.0, 1.0]
