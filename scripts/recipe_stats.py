@@ -50,15 +50,17 @@ def main() -> None:
     except StoreError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    by_name = {short(v): v for v in set(runs.variant)}
+    args.reference = by_name.get(args.reference, args.reference)  # a preset's name stands for its label
     if args.reference not in set(runs.variant):
         print(f"error: --reference {args.reference!r} is not a variant of this sweep; accepted: "
-              f"{', '.join(sorted(set(runs.variant)))}", file=sys.stderr)
+              f"{', '.join(sorted(by_name))}", file=sys.stderr)
         sys.exit(2)
     table = recipe_comparison(runs, args.reference)
     adjusted = holm(list(table.p_diff) + list(table.p_more_diverged))
     table["holm_diff"], table["holm_diverged"] = adjusted[:len(table)], adjusted[len(table):]
     table = table.iloc[sorted(range(len(table)), key=lambda i: (table.lr.iat[i], format_order(table.variant.iat[i])))]
-    print("| variant | lr | diverged [95% CI] | final val loss [95% CI] | Δ vs " + args.reference
+    print("| variant | lr | diverged [95% CI] | final val loss [95% CI] | Δ vs " + short(args.reference)
           + " [95% CI], pairs | p (Δ) | verdict |")
     print("|---|---|---|---|---|---|---|")
     for _, r in table.iterrows():
