@@ -122,14 +122,19 @@ def fp32_twin(model: LM) -> LM:
 @contextmanager
 def _frozen(model: nn.Module) -> Iterator[Callable[[], None]]:
     """Eval mode, and a `reset()` that puts every QuantLinear's call count (its stochastic-rounding
-    seed) back to its value on entry; the mode and counts are restored on exit."""
+    seed) and delayed-scaling state (amax histories, scales) back to their values on entry; the
+    mode, counts and histories are restored on exit."""
     layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
     calls = [m.calls for m in layers]
+    delayed = [(buffer, buffer.clone()) for m in layers for name, buffer in m.named_buffers()
+               if name in ("amax_history", "delayed_scale")]
     was_training = model.training
 
     def reset() -> None:
         for layer, count in zip(layers, calls):
             layer.calls = count
+        for buffer, saved in delayed:
+            buffer.copy_(saved)
 
     model.eval()
     try:

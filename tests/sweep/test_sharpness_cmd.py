@@ -254,10 +254,15 @@ def test_console_script_bad_metric_is_one_line(store_path):
 # --------------------------------------------------------------------------- during training
 
 
-def test_every_n_steps_records_values_and_leaves_the_curve_bit_identical(train_cfg, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+@pytest.mark.parametrize("precision", [
     # stochastic rounding: any extra forward pass that advanced the rounding seeds would change the curve
-    common = ["precision=mask", "precision.format=e8m4", "precision.rounding=stochastic", "model.dropout=0.1"]
+    ["precision=mask", "precision.format=e8m4", "precision.rounding=stochastic"],
+    # delayed scaling: one that pushed amaxes into the histories would change the later scales
+    ["precision=fp8_delayed", "precision.delayed.history_len=2"],
+])
+def test_every_n_steps_records_values_and_leaves_the_curve_bit_identical(train_cfg, tmp_path, monkeypatch, precision):
+    monkeypatch.chdir(tmp_path)
+    common = [*precision, "model.dropout=0.1"]
     plain, measured = MemoryRecorder(), MemoryRecorder()
     run(train_cfg(*common), recorder=plain)
     cfg = train_cfg(*common, "sharpness.every=3", "sharpness.metrics=[logit,keskar]", "sharpness.eps=0.01",
