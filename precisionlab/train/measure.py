@@ -113,8 +113,8 @@ def fp32_twin(model: LM) -> LM:
         return model
     with torch.random.fork_rng(devices=[]):  # building a model draws init weights: leave the RNG alone
         twin = LM(model.config)
-    state = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}  # QuantLinear call counts
-    twin.load_state_dict(state)
+    keys = set(twin.state_dict())  # QuantLinear's own state (call counts, delayed-scaling histories) stays behind
+    twin.load_state_dict({k: v for k, v in model.state_dict().items() if k in keys})
     device = next(model.parameters()).device
     return twin.to(device).eval()
 

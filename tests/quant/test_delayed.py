@@ -101,3 +101,19 @@ def test_no_history_without_delayed_scaling():
 def test_bad_delayed_settings_name_their_key(bad, match):
     with pytest.raises(ValueError, match=rf"precision\.delayed\.{match}"):
         PrecisionConfig.from_cfg({"format": "e4m3fn", "scaling": "delayed", "delayed": bad})
+
+
+def test_fp32_twin_of_a_delayed_model_leaves_the_histories_behind():
+    """`precisionlab sharpness --fp32` on a delayed-scaling checkpoint: the twin takes the weights only."""
+    from helpers import compose_train
+    from precisionlab.config import validate
+    from precisionlab.train.checkpoint import build_model
+    from precisionlab.train.measure import fp32_twin
+
+    model = build_model(validate(compose_train("precision=fp8_delayed")))
+    twin = fp32_twin(model)
+    assert not any(isinstance(m, QuantLinear) for m in twin.modules())
+    weights = {k: v for k, v in model.state_dict().items() if "amax_history" not in k and "delayed_scale" not in k
+               and not k.endswith("_extra_state")}
+    assert weights.keys() == twin.state_dict().keys()
+    assert all(torch.equal(v, twin.state_dict()[k]) for k, v in weights.items())
