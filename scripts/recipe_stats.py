@@ -44,11 +44,11 @@ def main() -> None:
     parser.add_argument("--sweep", default=None, help="sweep name (default: the latest)")
     parser.add_argument("--reference", default="bf16", help="the variant label to compare with")
     args = parser.parse_args()
-    try:
-        store = ResultsStore(args.store)
+    try:  # read only, never created: a mistyped --store is an error, not a new empty file
+        store = ResultsStore(args.store, read_only=True, create=False)
         runs = label_runs(store.runs(sweep=store.sweep_name(args.sweep)))
-    except StoreError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (StoreError, OSError) as err:
+        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
         sys.exit(2)
     by_name = {short(v): v for v in set(runs.variant)}
     args.reference = by_name.get(args.reference, args.reference)  # a preset's name stands for its label

@@ -73,3 +73,15 @@ def test_holm_adjustment_written_out():
     assert math.isnan(adjusted[1])
     assert adjusted[[2, 3, 0]] == pytest.approx([0.03, 0.04, 0.04])
     assert list(holm([0.5, 0.9])) == [1.0, 1.0]
+
+
+def test_recipe_stats_script_refuses_a_missing_store_in_one_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[2] / "scripts" / "recipe_stats.py"
+    proc = subprocess.run([sys.executable, str(script), "--store", str(tmp_path / "none.db")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "does not exist" in proc.stderr
+    assert not (tmp_path / "none.db").exists()
