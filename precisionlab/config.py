@@ -192,6 +192,7 @@ class Optim:
     schedule: str = choice("cosine", SCHEDULES)
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0              # max global grad norm; 0: no clipping
+    z_loss: float = 0.0                 # adds z_loss * mean over tokens of (log Z)^2 to the trained loss (PaLM); 0: off
     state_format: str = "fp32"          # AdamW's moments stored in this format (precisionlab.train.optim)
     exp_avg_format: str = "${.state_format}"     # the first moment's (MS-AMP O2: e4m3fn)
     exp_avg_sq_format: str = "${.state_format}"  # the second moment's (MS-AMP O2: fp16)
@@ -411,6 +412,7 @@ def _check_optim(cfg: DictConfig) -> None:
     _check(o.weight_decay >= 0, "optim.weight_decay must be >= 0", o.weight_decay)
     _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas must be two numbers in [0, 1)", list(o.betas))
     _check(o.eps > 0, "optim.eps must be > 0", o.eps)
+    _check(0 <= o.z_loss < math.inf, "optim.z_loss must be a number >= 0 (0: off)", o.z_loss)
     try:
         MomentFormats.from_cfg(o)
     except ValueError as err:

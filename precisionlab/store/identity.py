@@ -127,6 +127,9 @@ NEUTRAL: Mapping[str, Any] = {
     "optim.state_format": "fp32",
     "optim.exp_avg_format": "fp32",
     "optim.exp_avg_sq_format": "fp32",
+    # stability mitigations (issue 12)
+    "model.qk_norm": False,
+    "optim.z_loss": 0,
 }
 
 

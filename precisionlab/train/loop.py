@@ -66,6 +66,13 @@ def lr_at(step: int, optim: Any, total_steps: int) -> float:
     return floor + (optim.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def z_loss(logits: torch.Tensor, weight: float) -> torch.Tensor:
+    """PaLM's auxiliary z-loss, weight * mean over tokens of (log Z)^2 with log Z = logsumexp of a
+    token's logits (B, T, V): it keeps the softmax normaliser near 1 (Wortsman et al. 2023's
+    mitigation of output-logit divergence)."""
+    return weight * torch.logsumexp(logits.float(), dim=-1).pow(2).mean()
+
+
 def eval_batches(val_tokens: Any, cfg: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The fixed validation batches: drawn with `train.eval_seed`, identical for every run and seed."""
     generator = torch.Generator().manual_seed(int(cfg.train.eval_seed))
@@ -143,11 +150,11 @@ def _train(cfg, device, batch_gen, train_tokens, val_tokens, data_meta, recorder
         for group in optimizer.param_groups:
             group["lr"] = lr
         x, y = get_batch(train_tokens, t.batch_size, t.seq_len, batch_gen)
-        _, loss = model(x.to(device), y.to(device))
-        loss_value = loss.item()
+        logits, loss = model(x.to(device), y.to(device))
+        loss_value = loss.item()  # the cross-entropy: what is recorded and checked for divergence
         if math.isfinite(loss_value):
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss + z_loss(logits, o.z_loss) if o.z_loss else loss).backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip or math.inf).item()
             optimizer.step()
             if not moment_formats.is_fp32:

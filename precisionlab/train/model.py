@@ -42,6 +42,7 @@ class ModelConfig:
     tie_weights: bool = True  # LM head shares the token embedding matrix (nanoGPT, the paper's sizes)
     rope_theta: float = 10000.0  # RoPE base frequency (llama only)
     norm_eps: float = 1e-5  # epsilon of LayerNorm / RMSNorm
+    qk_norm: bool = False  # normalise each head's queries and keys before q.k^T (QK-LayerNorm: against attention-logit growth)
 
     # Derived, not written back: the dataclass holds exactly the config's values (it is the schema).
 
@@ -82,10 +83,12 @@ def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
     return rotated.flatten(-2)
 
 
-def _norm(cfg: ModelConfig) -> nn.Module:
+def _norm(cfg: ModelConfig, width: int | None = None) -> nn.Module:
+    """The architecture's norm over `width` features (default: the residual width C)."""
+    width = width or cfg.n_embd
     if cfg.arch == "llama":
-        return nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
-    return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.has_bias)
+        return nn.RMSNorm(width, eps=cfg.norm_eps)
+    return nn.LayerNorm(width, eps=cfg.norm_eps, bias=cfg.has_bias)
 
 
 class CausalSelfAttention(nn.Module):
@@ -95,11 +98,15 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.has_bias)  # q, k, v in one GEMM
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.has_bias)
         self.resid_dropout = nn.Dropout(cfg.dropout)
+        if cfg.qk_norm:  # one norm over the head dimension D, shared by the heads (Dehghani et al. 2023)
+            self.q_norm, self.k_norm = _norm(cfg, cfg.n_embd // cfg.n_head), _norm(cfg, cfg.n_embd // cfg.n_head)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, C) each
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = _apply_rope(q, *rope), _apply_rope(k, *rope)
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)

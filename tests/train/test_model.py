@@ -64,3 +64,52 @@ def test_a_sequence_longer_than_block_size_is_a_clear_error():
     # bad model.* values are config errors: tests/test_config.py
     with pytest.raises(ValueError, match="block_size"):
         LM(ModelConfig(n_layer=1, n_embd=32, n_head=2, block_size=8))(torch.zeros(1, 9, dtype=torch.long))
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys(arch):
+    """QK-LayerNorm: scaling the query and key projections by 1000 changes the plain model's
+    output, not the normalised one's (the norms have no bias under llama; gpt2's LayerNorm bias
+    is zero at init)."""
+    outputs = {}
+    for qk_norm in (False, True):
+        torch.manual_seed(0)
+        model = LM(ModelConfig(arch=arch, n_layer=1, n_embd=32, n_head=2, block_size=16, qk_norm=qk_norm)).eval()
+        idx = torch.randint(0, 256, (2, 16))
+        before = model(idx)[0]
+        with torch.no_grad():
+            model.blocks[0].attn.c_attn.weight[:64] *= 1000  # the q and k rows of the fused projection
+        outputs[qk_norm] = (before, model(idx)[0])
+        assert hasattr(model.blocks[0].attn, "q_norm") == qk_norm
+    plain, normed = outputs[False], outputs[True]
+    assert not torch.allclose(*plain, atol=1e-3)
+    torch.testing.assert_close(*normed, atol=1e-4, rtol=1e-4)
+
+
+def test_without_qk_norm_the_model_has_its_old_parameters():
+    keys = set(LM(ModelConfig()).state_dict())
+    assert not any("q_norm" in k or "k_norm" in k for k in keys)
+    assert {"blocks.0.attn.q_norm.weight", "blocks.0.attn.k_norm.weight"} <= set(LM(ModelConfig(qk_norm=True)).state_dict())
+
+
+def test_z_loss_is_the_mean_squared_log_normaliser():
+    from precisionlab.train.loop import z_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 5, generator=g) * 4
+    log_z = [[math.log(sum(math.exp(v) for v in row)) for row in batch] for batch in logits.double().tolist()]
+    expected = 1e-4 * sum(z * z for batch in log_z for z in batch) / 6
+    assert z_loss(logits, 1e-4).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_z_loss_changes_training_but_not_what_is_recorded(train_cfg):
+    from helpers import MemoryRecorder
+    from precisionlab.train.loop import run
+
+    curves = {}
+    for weight in (0.0, 1e-2):
+        rec = MemoryRecorder()
+        run(train_cfg(f"optim.z_loss={weight}", "store.path=null"), recorder=rec)
+        curves[weight] = rec.losses()
+    assert curves[0.0][0] == curves[1e-2][0]  # step 1's recorded loss: the cross-entropy, before any update
+    assert curves[0.0][1:] != curves[1e-2][1:]
