@@ -139,6 +139,7 @@ def test_default_recorder_writes_the_run_directory(train_cfg, tmp_path):
     ("optim.exp_avg_format=e4m3x", r"optim\.exp_avg_format: .*e4m3x"),
     ("optim.state_format=e4m3fn/b16x16/fp32", r"optim\.exp_avg_format takes an element format or 1-D blocks"),
     ("precision.weight_grad=e4m3x", r"precision\.weight_grad: "),
+    ("optim.z_loss=-1", r"optim\.z_loss must be a number >= 0"),
     ("precision.accumulate.format=fp64", r"precision\.accumulate\.format: .*no wider than fp32"),
     ("precision.delayed.history_len=0", r"precision\.delayed\.history_len must be an integer >= 1"),
 ])
