@@ -55,8 +55,7 @@ def make_step(cfg, device, tokens):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        if not moments.is_fp32:
-            store_moments(optimizer, moments)
+        store_moments(optimizer, moments)
         return loss
 
     return step

@@ -16,14 +16,9 @@ import argparse
 import math
 import sys
 
-from precisionlab.analysis.report import format_order, label_runs
+from precisionlab.analysis.report import display_label, format_order, label_runs
 from precisionlab.analysis.stats import holm, recipe_comparison
 from precisionlab.store import DEFAULT_STORE_PATH, ResultsStore, StoreError
-
-
-def short(variant: str) -> str:
-    """The preset's name where the report's label has one ("e4m3fn/e4m3fn/e5m2 [fp8_delayed]" -> fp8_delayed)."""
-    return variant.split(" [", 1)[1].rstrip("]").split(", ")[0] if " [" in variant else variant
 
 
 def verdict(row) -> str:
@@ -50,7 +45,7 @@ def main() -> None:
     except (StoreError, OSError) as err:
         print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
         sys.exit(2)
-    by_name = {short(v): v for v in set(runs.variant)}
+    by_name = {display_label(v): v for v in set(runs.variant)}
     args.reference = by_name.get(args.reference, args.reference)  # a preset's name stands for its label
     if args.reference not in set(runs.variant):
         print(f"error: --reference {args.reference!r} is not a variant of this sweep; accepted: "
@@ -60,7 +55,7 @@ def main() -> None:
     adjusted = holm(list(table.p_diff) + list(table.p_more_diverged))
     table["holm_diff"], table["holm_diverged"] = adjusted[:len(table)], adjusted[len(table):]
     table = table.iloc[sorted(range(len(table)), key=lambda i: (table.lr.iat[i], format_order(table.variant.iat[i])))]
-    print("| variant | lr | diverged [95% CI] | final val loss [95% CI] | Δ vs " + short(args.reference)
+    print("| variant | lr | diverged [95% CI] | final val loss [95% CI] | Δ vs " + display_label(args.reference)
           + " [95% CI], pairs | p (Δ) | verdict |")
     print("|---|---|---|---|---|---|---|")
     for _, r in table.iterrows():
@@ -69,7 +64,7 @@ def main() -> None:
         diff = "—" if not r.pairs or r.variant == args.reference else \
             f"{r['diff']:+.3f} [{r.diff_low:+.3f}, {r.diff_high:+.3f}], {r.pairs}"
         p = "—" if math.isnan(r.p_diff) else f"{r.p_diff:.3f}"
-        print(f"| {short(r.variant)} | {r.lr:g} | {div} | {loss} | {diff} | {p} | {verdict(r)} |")
+        print(f"| {display_label(r.variant)} | {r.lr:g} | {div} | {loss} | {diff} | {p} | {verdict(r)} |")
 
 
 if __name__ == "__main__":

@@ -50,9 +50,10 @@ from precisionlab.quant.operands import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RoleCast", "OperandCast", "LayerCasts", "PrecisionConfig", "QuantLinear", "convert_model",
+__all__ = ["RoleCast", "DELAYED_STATE", "OperandCast", "LayerCasts", "PrecisionConfig", "QuantLinear", "convert_model",
            "ROLES", "SCALINGS"]
 
+DELAYED_STATE = ("amax_history", "delayed_scale")  # a QuantLinear's delayed-scaling buffers, when it has them
 _MASK63 = (1 << 63) - 1
 _NO_SEEDS = (0,) * 9
 _BLOCK_NAME = re.compile(r"(?:^|\.)blocks\.(\d+)\.")  # LM's transformer blocks: blocks.<i>.attn.c_attn, ...
@@ -153,9 +154,10 @@ class QuantLinear(nn.Linear):
         self.index, self.seed = index, seed
         self.calls = 0  # forward calls so far; seeds stochastic rounding and per-call Hadamard signs
         if self.casts.delayed_history_len:  # delayed scaling's state, one row per operand (in checkpoints)
-            self.register_buffer("amax_history", torch.zeros(len(OPERANDS), self.casts.delayed_history_len,
-                                                             device=linear.weight.device))
-            self.register_buffer("delayed_scale", torch.ones(len(OPERANDS), device=linear.weight.device))
+            history, scale = DELAYED_STATE
+            self.register_buffer(history, torch.zeros(len(OPERANDS), self.casts.delayed_history_len,
+                                                      device=linear.weight.device))
+            self.register_buffer(scale, torch.ones(len(OPERANDS), device=linear.weight.device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         seeds = _NO_SEEDS
@@ -166,7 +168,7 @@ class QuantLinear(nn.Linear):
         if casts.hadamard and not casts.per_call_signs:  # fixed signs: one draw per layer and GEMM
             seeds = seeds[:6] + tuple(_mix_seed(self.seed, self.index, 6 + g) for g in range(len(GEMMS)))
         self.calls += 1
-        history = (self.amax_history, self.delayed_scale) if "amax_history" in self._buffers else None
+        history = tuple(self._buffers[name] for name in DELAYED_STATE) if DELAYED_STATE[0] in self._buffers else None
         return _QuantLinearFn.apply(x, self.weight, self.bias, casts, seeds, history)
 
     def get_extra_state(self) -> dict:

@@ -157,8 +157,7 @@ def _train(cfg, device, batch_gen, train_tokens, val_tokens, data_meta, recorder
             (loss + z_loss(logits, o.z_loss) if o.z_loss else loss).backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip or math.inf).item()
             optimizer.step()
-            if not moment_formats.is_fp32:
-                store_moments(optimizer, moment_formats)
+            store_moments(optimizer, moment_formats)
         else:
             grad_norm = math.nan
         if result.initial_loss is None:

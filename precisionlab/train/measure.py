@@ -46,7 +46,7 @@ from precisionlab.analysis.sharpness import (
     keskar_sharpness,
     model_logit_sharpness,
 )
-from precisionlab.quant.linear import PrecisionConfig, QuantLinear
+from precisionlab.quant.linear import DELAYED_STATE, PrecisionConfig, QuantLinear
 from precisionlab.train.model import LM
 
 __all__ = ["METRICS", "Settings", "planned", "measure", "params_key", "check_metrics",
@@ -126,8 +126,7 @@ def _frozen(model: nn.Module) -> Iterator[Callable[[], None]]:
     mode, counts and histories are restored on exit."""
     layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
     calls = [m.calls for m in layers]
-    delayed = [(buffer, buffer.clone()) for m in layers for name, buffer in m.named_buffers()
-               if name in ("amax_history", "delayed_scale")]
+    delayed = [(buffer, buffer.clone()) for m in layers for name, buffer in m.named_buffers() if name in DELAYED_STATE]
     was_training = model.training
 
     def reset() -> None:

@@ -70,7 +70,10 @@ def build_optimizer(model: torch.nn.Module, optim: Any) -> torch.optim.AdamW:
 
 @torch.no_grad()
 def store_moments(optimizer: torch.optim.Optimizer, formats: MomentFormats) -> None:
-    """Cast every parameter's moments to their formats, in place (call after `optimizer.step()`)."""
+    """Cast every parameter's moments to their formats, in place (call after `optimizer.step()`);
+    nothing to do when both stay fp32."""
+    if formats.is_fp32:
+        return
     for state in optimizer.state.values():
         for key in ("exp_avg", "exp_avg_sq"):
             fmt = getattr(formats, key)
