@@ -15,12 +15,12 @@ import time
 from collections.abc import Callable
 
 from precisionlab.store.identity import IDENTITY_VERSION, run_id
-from precisionlab.store.schema import SCHEMA_VERSION, StoreError
+from precisionlab.store.schema import SCHEMA_VERSION, V3_STATEMENTS, StoreError
 
 __all__ = ["migrate", "backup_path"]
 
 # Tables keyed by run id (sharpness_claims exists once `precisionlab sharpness` has run).
-_RUN_TABLES = ("runs", "sweep_runs", "metrics", "checkpoints", "sharpness", "sharpness_claims")
+_RUN_TABLES = ("runs", "sweep_runs", "metrics", "checkpoints", "sharpness", "sharpness_claims", "diagnostics")
 
 
 def _v1_to_v2(conn: sqlite3.Connection, path: str) -> None:
@@ -40,7 +40,13 @@ def _v1_to_v2(conn: sqlite3.Connection, path: str) -> None:
     conn.execute("INSERT OR REPLACE INTO meta VALUES ('identity_version', ?)", (str(IDENTITY_VERSION),))
 
 
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection, str], None]] = {1: _v1_to_v2}
+def _v2_to_v3(conn: sqlite3.Connection, path: str) -> None:
+    """Branches' parent and step columns, and the diagnostics table."""
+    for statement in V3_STATEMENTS:
+        conn.execute(statement)
+
+
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection, str], None]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def _version(conn: sqlite3.Connection) -> int:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-from precisionlab.store.schema import DDL, SCHEMA_VERSION, TABLES, StoreError
+from precisionlab.store.schema import DDL, SCHEMA_VERSION, TABLES, V3_STATEMENTS, StoreError
 from precisionlab.store.url import StoreURL
 
 __all__ = ["PostgresBackend", "CONNECT_TIMEOUT_S", "postgres_ddl"]
@@ -34,9 +34,9 @@ _CREATE_LOCK = 0x707265636973  # pg_advisory_xact_lock key: concurrent creators 
 _TRANSIENT_STATES = ("08", "40001", "40P01", "53300", "57P01", "57P02", "57P03")
 
 
-def postgres_ddl() -> str:
+def postgres_ddl(ddl: str = DDL) -> str:
     """The store's DDL in PostgreSQL's types: REAL is 4 bytes there, INTEGER 4 bytes too (tokens overflow it)."""
-    ddl = re.sub(r"\bREAL\b", "DOUBLE PRECISION", DDL)
+    ddl = re.sub(r"\bREAL\b", "DOUBLE PRECISION", ddl)
     ddl = re.sub(r"\bINTEGER\b", "BIGINT", ddl)
     return ddl.replace(" WITHOUT ROWID", "")
 
@@ -149,9 +149,14 @@ class PostgresBackend:
                                       "grant the user CREATE on the database's schema") from None
                 return
             row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if row and row[0] == "2" and not read_only:  # under the lock: concurrent openers migrate once
+                for statement in V3_STATEMENTS:
+                    conn.execute(postgres_ddl(statement))
+                conn.execute("UPDATE meta SET value=%s WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+                row = (str(SCHEMA_VERSION),)
         found_version = row[0] if row else None
         if str(found_version).isdigit() and int(found_version) > SCHEMA_VERSION:
             raise self._error(f"has schema version {found_version}, newer than this precisionlab reads "
                               f"({SCHEMA_VERSION}); upgrade precisionlab")
-        if str(found_version) != str(SCHEMA_VERSION):  # PostgreSQL stores began at version 2: nothing to migrate
+        if str(found_version) != str(SCHEMA_VERSION):  # PostgreSQL stores began at version 2; read-only openers of one cannot migrate it
             raise self._error(f"has unknown schema version {found_version!r} (this precisionlab reads {SCHEMA_VERSION})")

@@ -8,10 +8,11 @@ from typing import Any
 from precisionlab.store.identity import IDENTITY_VERSION
 
 __all__ = ["SCHEMA_VERSION", "STATUSES", "OUTCOMES", "DONE", "CONFIG_COLUMNS", "OUTCOME_KEYS", "METRIC_KEYS",
-           "TIME_COLUMNS", "DDL", "TABLES", "finite", "StoreError"]
+           "TIME_COLUMNS", "DDL", "V3_STATEMENTS", "TABLES", "finite", "StoreError"]
 
 # 1: precisionlab 0.1. 2: run ids of identity version 2 (meta 'identity_version'); see store.migrate.
-SCHEMA_VERSION = 2
+# 3: branches (runs.parent_run_id, runs.branch_step) and the diagnostics table (V3_STATEMENTS).
+SCHEMA_VERSION = 3
 STATUSES = ("pending", "running", "completed", "diverged", "failed")
 OUTCOMES = ("completed", "diverged", "failed")
 DONE = ("completed", "diverged")  # never recomputed unless forced
@@ -36,7 +37,23 @@ OUTCOME_KEYS = ("steps_done", "final_train_loss", "final_val_loss", "min_val_los
 METRIC_KEYS = ("loss", "lr", "grad_norm", "tokens", "elapsed")
 TIME_COLUMNS = ("created", "started", "heartbeat", "finished")
 # Every table, in an order that satisfies the foreign keys (sharpness_claims: only on stores made after 0.2).
-TABLES = ("meta", "sweeps", "runs", "sweep_runs", "metrics", "checkpoints", "sharpness", "sharpness_claims")
+TABLES = ("meta", "sweeps", "runs", "sweep_runs", "metrics", "checkpoints", "sharpness", "sharpness_claims",
+          "diagnostics")
+
+# Schema version 3, as statements an older store can run: new columns go last, so a store
+# migrated from version 2 has the columns in the order a new one has.
+V3_STATEMENTS = (
+    "ALTER TABLE runs ADD COLUMN parent_run_id TEXT",   # a branch: the run whose checkpoint it starts from
+    "ALTER TABLE runs ADD COLUMN branch_step INTEGER",  # and that checkpoint's step (NULL: not a branch)
+    """CREATE TABLE diagnostics (
+    run_id TEXT NOT NULL, step INTEGER NOT NULL,
+    site TEXT NOT NULL,         -- a cast site (layer/operand), a layer, or "model"
+    name TEXT NOT NULL,         -- what was measured there (saturated, flushed, cast_error, grad_cosine, ...)
+    value REAL,
+    PRIMARY KEY (run_id, step, site, name)
+) WITHOUT ROWID""",
+)
+_V3 = "".join(f"{statement};\n" for statement in V3_STATEMENTS)
 
 DDL = f"""
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -86,6 +103,7 @@ CREATE TABLE sharpness_claims (  -- who measures which sharpness value now; rows
     PRIMARY KEY (run_id, step, metric, params)
 ) WITHOUT ROWID;
 CREATE INDEX runs_status ON runs(status);
+{_V3}
 INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');
 INSERT INTO meta VALUES ('identity_version', '{IDENTITY_VERSION}');
 """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from precisionlab.store import run_id
+from precisionlab.store.schema import DDL, V3_STATEMENTS
 
 
 def make_config(lr=1e-3, fmt="e8m3", seed=0, **extra):
@@ -31,3 +32,10 @@ def record(store, config, steps=10, sweep=None, status="completed", checkpoint_e
                 rec.checkpoint(step, f"ckpt/{rid}/{step}.pt")
         rec.finish({"status": status, **outcome})
     return rid
+
+
+def v2_ddl() -> str:
+    """Schema version 2: today's DDL without version 3's statements."""
+    v3 = "".join(f"{statement};\n" for statement in V3_STATEMENTS)
+    assert v3 in DDL
+    return DDL.replace(v3, "").replace("('schema_version', '3')", "('schema_version', '2')")

@@ -1,4 +1,4 @@
-"""Opening a store written by precisionlab 0.1 (schema 1, identity 1) migrates it in place; a newer
+"""Opening a store written by precisionlab 0.1 (schema 1, identity 1) or 0.2 (schema 2) migrates it in place; a newer
 store is refused; the store's open path leaves other connections' locks alone."""
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ import pytest
 from typer.testing import CliRunner
 
 from helpers import compose_train
+from helpers.store import make_config, record, v2_ddl
 from precisionlab.cli import app
 from precisionlab.config import validate
 from precisionlab.store import ResultsStore, StoreError, run_id
 from precisionlab.store.identity import canonical
+from precisionlab.store.schema import DDL
 
 # The DDL of schema version 1, as precisionlab 0.1 created it (git show 7827705:precisionlab/store.py).
 V1_DDL = """
@@ -120,7 +122,7 @@ def test_a_v1_store_migrates_in_place_and_keeps_every_row(tmp_path):
     assert list(store.checkpoints(done).step) == [10] and list(store.sharpness(done).value) == [0.5]
     with sqlite3.connect(path) as conn:
         meta = dict(conn.execute("SELECT key, value FROM meta"))
-    assert meta == {"schema_version": "2", "identity_version": "2"}
+    assert meta == {"schema_version": "3", "identity_version": "2"}
     # The backup is the untouched v1 store, made through SQLite.
     (backup,) = tmp_path.glob("old.db.v1-*.bak")
     assert store.migrated_from == str(backup)
@@ -154,12 +156,32 @@ def test_a_newer_store_is_refused_with_one_line_and_exit_2(tmp_path):
     path = tmp_path / "newer.db"
     ResultsStore(path).close()
     with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE meta SET value='3' WHERE key='schema_version'")
-    with pytest.raises(StoreError, match=r"has schema version 3, newer than this precisionlab reads \(2\)"):
+        conn.execute("UPDATE meta SET value='4' WHERE key='schema_version'")
+    with pytest.raises(StoreError, match=r"has schema version 4, newer than this precisionlab reads \(3\)"):
         ResultsStore(path)
     result = CliRunner().invoke(app, ["report", "--store", str(path)])
-    assert result.exit_code == 2 and "newer than this precisionlab reads (2); upgrade precisionlab" in result.output
+    assert result.exit_code == 2 and "newer than this precisionlab reads (3); upgrade precisionlab" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "reports").exists()
+
+
+def test_a_v2_store_gains_the_branch_columns_and_the_diagnostics_table(tmp_path):
+    path = tmp_path / "v2.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(v2_ddl())
+    record(ResultsStore(path), make_config())  # opening migrates; a run records into the new schema
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("3",)
+        columns = [r[1] for r in conn.execute("PRAGMA table_info(runs)")]
+        assert columns[-2:] == ["parent_run_id", "branch_step"]
+        assert conn.execute("SELECT parent_run_id, branch_step FROM runs").fetchall() == [(None, None)]
+        conn.execute("INSERT INTO diagnostics VALUES ('r', 10, 'blocks.0.attn.c_attn/fwd_x', 'saturated', 0.5)")
+    (backup,) = tmp_path.glob("v2.db.v2-*.bak")
+    with sqlite3.connect(backup) as conn:
+        assert "diagnostics" not in {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    # A new store has the same columns in the same order.
+    with sqlite3.connect(":memory:") as conn:
+        conn.executescript(DDL)
+        assert [r[1] for r in conn.execute("PRAGMA table_info(runs)")] == columns
 
 
 def _locks_on(path: Path) -> set[str]:

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from helpers.store import make_config, record
+from helpers.store import make_config, record, v2_ddl
 from precisionlab.cli import app
 from precisionlab.store import ResultsStore, StoreError, parse_store_url, run_id
 from precisionlab.store.copy import copy_sweeps
@@ -205,6 +205,23 @@ def test_a_database_holding_other_tables_is_refused(postgres_url):
         conn.execute("CREATE TABLE runs (id int)")
     with pytest.raises(StoreError, match="has tables runs but no meta table"):
         ResultsStore(postgres_url)
+
+
+def test_a_version_2_database_is_migrated_once_and_read_only_openers_refuse_it(postgres_url):
+    import psycopg
+
+    from precisionlab.store.postgres import postgres_ddl
+
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(postgres_ddl(v2_ddl()))
+    with pytest.raises(StoreError, match="unknown schema version '2'"):
+        ResultsStore(postgres_url, read_only=True)
+    record(ResultsStore(postgres_url), make_config())
+    runs = ResultsStore(postgres_url, read_only=True).runs()
+    assert list(runs.columns[-2:]) == ["parent_run_id", "branch_step"] and runs.branch_step.isna().all()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("3",)
+        assert conn.execute("SELECT COUNT(*) FROM diagnostics").fetchone() == (0,)
 
 
 # --------------------------------------------------------------------------- store copy

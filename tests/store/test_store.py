@@ -426,7 +426,7 @@ def test_newer_schema_is_refused_untouched(tmp_path):
         conn.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
     conn.close()
     before = _snapshot(tmp_path)
-    with pytest.raises(StoreError, match=r"future\.db: has schema version 99, newer than .* \(2\); upgrade"):
+    with pytest.raises(StoreError, match=r"future\.db: has schema version 99, newer than .* \(3\); upgrade"):
         ResultsStore(path)
     assert _snapshot(tmp_path) == before
 
