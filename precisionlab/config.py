@@ -48,7 +48,7 @@ from precisionlab.numerics.cast import ROUNDING_MODES
 from precisionlab.quant.linear import SCALINGS, PrecisionConfig, check_hadamard_dims
 from precisionlab.quant.operands import AMAX_ALGOS, SIGNS
 from precisionlab.runtime import DeviceError, resolve_device
-from precisionlab.train.data import data_path
+from precisionlab.train.data import SPLITS, data_path
 from precisionlab.train.measure import METRICS as SHARPNESS_METRICS
 from precisionlab.train.model import ModelConfig
 from precisionlab.train.optim import MomentFormats
@@ -156,8 +156,9 @@ class Precision:
 class StdlibData:
     source: str = "stdlib"
     vocab_size: int = 256
-    budget_bytes: int = 4_000_000       # first bytes of the sorted .py files
-    val_fraction: float = 0.1           # held-out tail
+    budget_bytes: int = 4_000_000       # whole .py files sampled over the library until this many bytes
+    val_fraction: float = 0.1           # held out for validation
+    split: str = choice("files", SPLITS)  # files: hold out whole files (hash-chosen); tail: the last bytes (0.2)
     cache_dir: Optional[str] = None     # null: $PRECISIONLAB_CACHE, $XDG_CACHE_HOME/precisionlab or ~/.cache/precisionlab
 
 
@@ -168,6 +169,7 @@ class TextData:
     glob: str = "**/*.txt"
     vocab_size: int = 256
     val_fraction: float = 0.1
+    split: str = choice("files", SPLITS)  # files: hold out whole files of a folder; tail: the last bytes
 
 
 @dataclass

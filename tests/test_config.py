@@ -89,7 +89,7 @@ def test_schema_defaults_are_the_default_presets():
     ("precision.saturate=maybe", "precision.saturate must be true or false; got 'maybe'"),
     ("precision.exclude=lm_head", "precision.exclude must be a list of strings; got 'lm_head'"),
     ("data.vocab_size=abc", "data.vocab_size must be an integer; got 'abc'"),
-    ("data.path=x", "data.path is not a config key; data takes source, vocab_size, budget_bytes, val_fraction, cache_dir"),
+    ("data.path=x", "data.path is not a config key; data takes source, vocab_size, budget_bytes, val_fraction, split, cache_dir"),
     ("optim.lr=abc", "optim.lr must be a number; got 'abc'"),
     ("optim.betas=[0.9,b]", "optim.betas[1] must be a number; got 'b'"),
     ("train.steps=1.5", "train.steps must be an integer; got 1.5"),

@@ -2,20 +2,33 @@
 
 Three sources (`data.source`):
   stdlib  the default, no download: byte-level (vocab 256) text of the Python
-          standard library's .py files (sorted paths, first `budget_bytes`
-          bytes), built once and cached under `data.cache_dir`, else
-          $PRECISIONLAB_CACHE, else $XDG_CACHE_HOME/precisionlab, else
-          ~/.cache/precisionlab. The stdlib differs between Python versions,
-          so the fingerprint is per machine: runs record it.
+          standard library's .py files. The stdlib differs between Python
+          versions, so the fingerprint is per machine: runs record it.
   text    a user's text file, or every file matching `data.glob` in a folder
           (sorted), byte-level.
   tokens  nanoGPT-style pre-tokenized `train.bin` / `val.bin` (uint16) in the
           folder `data.path`, memory-mapped; `data.vocab_size` from config.
 
-stdlib and text hold out the last `val_fraction` of the bytes for validation.
+How stdlib and text are split (`data.split`):
+  files   (default) whole files are held out, so train and validation come from one
+          distribution. stdlib first samples files over the whole library in the order
+          of a hash of their paths until `budget_bytes` (whole files). A file is held out
+          when a hash of its path (with a salt) falls below `val_fraction`; the salt is the
+          first of 0, 1, ... whose train and validation unigram entropies agree within
+          ENTROPY_TOLERANCE nats/byte (random file samples of the stdlib differ by up to
+          0.1: a few large files, such as codec tables, weigh much), so the split is a
+          hash-random sample of files conditioned on matching byte statistics. A single
+          text file has no files to hold out: its tail is (as `tail`).
+  tail    precisionlab 0.2's split: stdlib takes the first `budget_bytes` of the sorted
+          paths (mostly `asyncio` … `encodings`, cached under `data.cache_dir`, else
+          $PRECISIONLAB_CACHE, else $XDG_CACHE_HOME/precisionlab, else
+          ~/.cache/precisionlab) and the last `val_fraction` of the bytes is validation:
+          codec tables, another distribution than the training bytes.
+
 The fingerprint is the sha256 of the token bytes (train then val); for
 `.bin` files larger than 256 MiB it is the sha256 of their sizes and 16
-evenly spaced 1 MiB chunks ("sampled"), to keep start-up fast.
+evenly spaced 1 MiB chunks ("sampled"), to keep start-up fast. Byte-level sources
+record each split's unigram entropy (nats/byte) in the run's metadata.
 """
 
 from __future__ import annotations
@@ -32,9 +45,12 @@ import numpy as np
 import torch
 
 __all__ = ["DataError", "data_path", "check_data_size", "load_dataset", "get_batch", "build_stdlib_corpus", "cache_dir",
-           "SOURCES"]
+           "split_files", "unigram_entropy", "SOURCES", "SPLITS", "ENTROPY_TOLERANCE"]
 
 SOURCES = ("stdlib", "text", "tokens")
+SPLITS = ("files", "tail")
+ENTROPY_TOLERANCE = 0.02  # nats/byte between the train and validation files' unigram entropies
+_SALTS = 256              # salts tried before taking the best split found
 _FULL_HASH_LIMIT = 256 * 2**20
 
 
@@ -51,8 +67,12 @@ def cache_dir(configured: str | None = None) -> Path:
     return Path(xdg) / "precisionlab"
 
 
+def _stdlib_root() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
 def _stdlib_sources() -> list[Path]:
-    root = Path(sysconfig.get_paths()["stdlib"])
+    root = _stdlib_root()
     skip = {"site-packages", "dist-packages", "__pycache__"}
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
@@ -87,19 +107,77 @@ def build_stdlib_corpus(budget_bytes: int, cache: Path) -> bytes:
     return corpus
 
 
+def _path_hash(name: str, salt: str = "") -> float:
+    """A uniform number in [0, 1) from a file's relative path: the same on every machine."""
+    return int.from_bytes(hashlib.sha256(f"{salt}{name}".encode()).digest()[:8], "little") / 2**64
+
+
+def sample_stdlib(budget_bytes: int) -> list[tuple[str, bytes]]:
+    """Whole stdlib .py files, (relative path, bytes), in the order of a hash of their paths
+    until `budget_bytes` are reached: a sample spread over the whole library."""
+    root = _stdlib_root()
+    named = [(p.relative_to(root).as_posix(), p) for p in _stdlib_sources()]
+    docs, size = [], 0
+    for name, path in sorted(named, key=lambda item: _path_hash(item[0])):
+        if size >= budget_bytes:
+            break
+        data = path.read_bytes()
+        if data:
+            docs.append((name, data))
+            size += len(data)
+    if not docs:
+        raise DataError(f"no Python sources found under {root} for the default corpus")
+    return docs
+
+
+def unigram_entropy(counts: np.ndarray) -> float:
+    """Entropy in nats of the distribution that token `counts` (a histogram) give."""
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def split_files(docs: list[tuple[str, bytes]], val_fraction: float) -> tuple[bytes, bytes, dict[str, Any]]:
+    """Hold out whole files (see the module docstring): (train bytes, validation bytes, what was
+    done). Files keep their order within each split."""
+    if len(docs) < 2:
+        raise DataError(f"data.split=files needs at least 2 files to hold one out; found {len(docs)} "
+                        "(use data.split=tail)")
+    counts = [np.bincount(np.frombuffer(data, dtype=np.uint8), minlength=256) for _, data in docs]
+    best = None
+    for salt in range(_SALTS):
+        held = [_path_hash(name, f"val{salt}:") < val_fraction for name, _ in docs]
+        if all(held) or not any(held):
+            continue
+        val_counts = sum(c for c, h in zip(counts, held) if h)
+        train_counts = sum(c for c, h in zip(counts, held) if not h)
+        gap = abs(unigram_entropy(train_counts) - unigram_entropy(val_counts))
+        if best is None or gap < best[0]:
+            best = (gap, salt, held)
+        if gap <= ENTROPY_TOLERANCE:
+            break
+    if best is None:
+        raise DataError(f"data.split=files could not hold out a fraction {val_fraction} of {len(docs)} files "
+                        "(use more files, another data.val_fraction or data.split=tail)")
+    _, salt, held = best
+    train = b"".join(data for (_, data), h in zip(docs, held) if not h)
+    val = b"".join(data for (_, data), h in zip(docs, held) if h)
+    return train, val, {"split": "files", "salt": salt, "files": {"train": held.count(False), "val": held.count(True)}}
+
+
 def _split(data: bytes, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
     tokens = np.frombuffer(data, dtype=np.uint8)
     n_val = int(len(tokens) * val_fraction)
     return tokens[: len(tokens) - n_val], tokens[len(tokens) - n_val :]
 
 
-def _read_text(path: Path, pattern: str) -> bytes:
+def _read_text(path: Path, pattern: str) -> list[tuple[str, bytes]]:
+    """(relative path, bytes) of a text file, or of a folder's files matching `pattern`, sorted."""
     if path.is_file():
-        return path.read_bytes()
+        return [(path.name, path.read_bytes())]
     files = sorted(p for p in path.glob(pattern) if p.is_file())
     if not files:
         raise DataError(f"data.path {str(path)!r} has no files matching data.glob={pattern!r}")
-    return b"".join(p.read_bytes() for p in files)
+    return [(p.relative_to(path).as_posix(), p.read_bytes()) for p in files]
 
 
 def _file_fingerprint(paths: list[Path]) -> tuple[str, str]:
@@ -162,13 +240,8 @@ def load_dataset(data_cfg: Any) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]
     source, vocab_size = cfg.get("source", "stdlib"), int(cfg.get("vocab_size") or 256)
     if source not in SOURCES:
         raise DataError(f"data.source must be one of {', '.join(SOURCES)}; got {source!r}")
-    val_fraction = float(cfg.get("val_fraction", 0.1))
-    path = None
-    if source == "stdlib":
-        corpus = build_stdlib_corpus(int(cfg.get("budget_bytes", 4_000_000)), cache_dir(cfg.get("cache_dir")))
-    elif source == "text":
-        path = data_path(cfg)
-        corpus = _read_text(path, cfg.get("glob", "**/*.txt"))
+    val_fraction, split = float(cfg.get("val_fraction", 0.1)), cfg.get("split", "files")
+    path, split_meta = None, {"split": "tail"}  # unless files are held out below
     if source == "tokens":
         path = data_path(cfg)
         files = [path / "train.bin", path / "val.bin"]
@@ -177,12 +250,22 @@ def load_dataset(data_cfg: Any) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]
                 raise DataError(f"{str(f)!r} is not a uint16 token file (size {f.stat().st_size} bytes)")
         train, val = (np.memmap(f, dtype=np.uint16, mode="r") for f in files)
         fingerprint, kind = _file_fingerprint(files)
+        split_meta = {}  # split by whoever wrote the files
     else:
-        train, val = _split(corpus, val_fraction)
-        fingerprint, kind = hashlib.sha256(corpus).hexdigest(), "sha256"
-    for split, tokens in (("train", train), ("val", val)):
-        if len(tokens) < 2:
-            raise DataError(f"the {split} split of data.source={source} has only {len(tokens)} tokens")
+        if source == "stdlib":
+            budget = int(cfg.get("budget_bytes", 4_000_000))
+            docs = sample_stdlib(budget) if split == "files" else [("", build_stdlib_corpus(budget, cache_dir(cfg.get("cache_dir"))))]
+        else:
+            path = data_path(cfg)
+            docs = _read_text(path, cfg.get("glob", "**/*.txt"))
+        if split == "files" and len(docs) > 1:
+            train_bytes, val_bytes, split_meta = split_files(docs, val_fraction)
+            train, val = np.frombuffer(train_bytes, dtype=np.uint8), np.frombuffer(val_bytes, dtype=np.uint8)
+        else:  # data.split=tail, or one text file: the tail of the bytes
+            train, val = _split(b"".join(data for _, data in docs), val_fraction)
+        fingerprint, kind = hashlib.sha256(train.tobytes() + val.tobytes()).hexdigest(), "sha256"
+        split_meta["unigram_entropy"] = {name: unigram_entropy(np.bincount(tokens, minlength=256))
+                                         for name, tokens in (("train", train), ("val", val))}
     meta = {
         "source": source,
         "path": None if path is None else str(path),
@@ -190,6 +273,7 @@ def load_dataset(data_cfg: Any) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]
         "fingerprint_kind": kind,
         "n_tokens": {"train": int(len(train)), "val": int(len(val))},
         "vocab_size": vocab_size,
+        **split_meta,
     }
     return train, val, meta
 

@@ -15,17 +15,24 @@ from precisionlab.sweep.plan import plan
 
 # Pinned ids. They may change only together with IDENTITY_VERSION (a release that changes what an
 # existing config computes); adding a config key at its neutral default must leave them as they are.
-# The default sweep's 18 runs in grid order (e8m7, e8m5, e8m3 x LR 3e-3, 3e-2, 3e-1 x seeds 0, 1).
-PINNED_DEFAULT_SWEEP = [
+# precisionlab 0.2's ids, which configs that keep 0.2's data split (data.split=tail) still have:
+# the default sweep's 18 runs in grid order (e8m7, e8m5, e8m3 x LR 3e-3, 3e-2, 3e-1 x seeds 0, 1).
+PINNED_DEFAULT_SWEEP_TAIL = [
     "15db7e1217eb9268", "de636225a1a8eabf", "640218336371a031", "59b610ca3f25efd0", "ba0237f20299c57f",
     "26c8e27ba8527399", "007d828cb4f8de28", "a7b1323c3bfe36d1", "2e8c0a853164d71f", "89d1dcc3aa4d2e58",
     "a7cd6d62a1d796c0", "2b29631c008a3026", "2d26a1f331ceb5db", "44aecc0b99d61c76", "efbe3c4491009074",
     "1b8311e862addf86", "db0ef4cf56f0df36", "13afbb96f4b2c278",
 ]
-PINNED = {  # overrides of `precisionlab train` -> id
+PINNED_TAIL = {  # overrides of `precisionlab train` (plus data.split=tail) -> id
     (): "54f4e77dd4b95b60",
     ("precision=fp8",): "4b5dca057029a7a2",
     ("model=llama_120m",): "dc00cb0be60174a5",
+}
+# The built-in data's default split became whole held-out files (issue 13), which changed these ids.
+PINNED = {
+    (): "ef3902bbb19dba40",
+    ("precision=fp8",): "aebb65b861cded54",
+    ("model=llama_120m",): "a109e31bdf9d029a",
 }
 
 
@@ -35,7 +42,8 @@ def _train(*overrides: str):
 
 def test_pinned_ids(tmp_path):
     assert IDENTITY_VERSION == 2
-    assert plan([], cwd=tmp_path).run_ids == PINNED_DEFAULT_SWEEP
+    assert plan(["data.split=tail"], cwd=tmp_path).run_ids == PINNED_DEFAULT_SWEEP_TAIL
+    assert {overrides: run_id(_train(*overrides, "data.split=tail")) for overrides in PINNED_TAIL} == PINNED_TAIL
     assert {overrides: run_id(_train(*overrides)) for overrides in PINNED} == PINNED
 
 
@@ -64,8 +72,9 @@ def test_every_key_of_every_preset_has_a_neutral_value(tmp_path):
         assert not missing, (model, precision, source, missing)
 
 
-def test_the_default_config_hashes_to_its_identity_version_alone():
-    assert semantic_config(_train()) == {}  # every key at its neutral value
+def test_the_default_config_hashes_to_its_identity_version_and_its_changed_defaults_alone():
+    assert semantic_config(_train("data.split=tail")) == {}  # every key at its neutral value
+    assert semantic_config(_train()) == {"data": {"split": "files"}}  # the one default changed since 0.2
 
 
 def test_a_new_key_at_its_neutral_value_keeps_every_id(monkeypatch):
@@ -81,9 +90,9 @@ def test_a_new_key_at_its_neutral_value_keeps_every_id(monkeypatch):
 
 
 def test_a_key_without_a_neutral_value_is_always_semantic():
-    config = canonical(_train())
+    config = canonical(_train("data.split=tail"))
     config["model"]["unheard_of"] = 0
-    assert semantic_config(config) == {"model": {"unheard_of": 0}} and run_id(config) != run_id(_train())
+    assert semantic_config(config) == {"model": {"unheard_of": 0}} and run_id(config) != run_id(_train("data.split=tail"))
 
 
 def test_changing_a_default_value_changes_the_id():

@@ -13,8 +13,8 @@ import torch
 from precisionlab.train.data import DataError, get_batch, load_dataset
 
 
-def test_default_corpus_builds_offline_with_a_stable_fingerprint(tmp_path):
-    cfg = {"source": "stdlib", "budget_bytes": 300_000, "val_fraction": 0.1}
+def test_the_0_2_tail_split_still_builds_offline_with_a_stable_fingerprint(tmp_path):
+    cfg = {"source": "stdlib", "budget_bytes": 300_000, "val_fraction": 0.1, "split": "tail"}
     train, val, meta = load_dataset({**cfg, "cache_dir": str(tmp_path / "a")})
     assert list((tmp_path / "a").iterdir())  # cached
     again = load_dataset({**cfg, "cache_dir": str(tmp_path / "a")})[2]  # from the cache
@@ -43,8 +43,53 @@ def test_text_file_and_folder(tmp_path):
     (folder / "a.txt").write_text("first " * 20)
     (folder / "sub" / "c.txt").write_text("third " * 20)
     (folder / "skip.bin").write_bytes(b"\x00" * 50)
-    train, val, _ = load_dataset({"source": "text", "path": str(folder), "val_fraction": 0.1})
+    train, val, _ = load_dataset({"source": "text", "path": str(folder), "val_fraction": 0.1, "split": "tail"})
     assert bytes(train) + bytes(val) == ("first " * 20 + "second " * 20 + "third " * 20).encode()
+    texts = {name: (folder / name).read_bytes() for name in ("a.txt", "b.txt", "sub/c.txt")}
+    train, val, meta = load_dataset({"source": "text", "path": str(folder), "val_fraction": 0.4})
+    assert meta["split"] == "files" and sum(meta["files"].values()) == 3
+    held = [name for name, text in texts.items() if text in bytes(val)]  # whole files, in path order
+    assert held and bytes(val) == b"".join(texts[n] for n in held)
+    assert bytes(train) == b"".join(text for n, text in texts.items() if n not in held)
+
+
+def _entropy(tokens) -> float:
+    """Unigram entropy in nats per byte, written out."""
+    counts = np.bincount(np.asarray(tokens, dtype=np.uint8), minlength=256)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def test_the_default_corpus_holds_out_whole_files_spread_over_the_library_with_matched_entropies():
+    train, val, meta = load_dataset({"source": "stdlib"})
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    files = {p.relative_to(stdlib).as_posix(): p.read_bytes() for p in stdlib.rglob("*.py")
+             if not {"site-packages", "dist-packages", "__pycache__"} & set(p.relative_to(stdlib).parts)}
+    train_bytes, val_bytes = bytes(train), bytes(val)
+
+    def whole_files(split: bytes) -> list[str]:
+        """Which files the split is made of: it is their concatenation, file after file."""
+        found, at = [], 0
+        while at < len(split):
+            match = [n for n, text in files.items() if text and split.startswith(text, at)]
+            assert match, f"byte {at} does not start a stdlib file: the split is not whole files"
+            name = max(match, key=lambda n: len(files[n]))
+            found.append(name)
+            at += len(files[name])
+        return found
+
+    held, kept = whole_files(val_bytes), whole_files(train_bytes)
+    assert not set(held) & set(kept) and meta["files"] == {"train": len(kept), "val": len(held)}
+    assert len(held) >= 10 and 0.05 < len(val_bytes) / (len(val_bytes) + len(train_bytes)) < 0.2
+    # sampled over the whole library, not its alphabetical head
+    packages = {name.split("/")[0] for name in kept + held}
+    assert len(packages) >= 20 and any(n.startswith(("u", "x", "z")) for n in kept + held)
+    h_train, h_val = _entropy(train), _entropy(val)
+    assert abs(h_train - h_val) <= 0.05
+    assert meta["unigram_entropy"] == pytest.approx({"train": h_train, "val": h_val}, abs=1e-9)
+    again = load_dataset({"source": "stdlib"})  # the same split every time
+    assert bytes(again[1]) == val_bytes and again[2]["fingerprint"] == meta["fingerprint"]
+    assert meta["fingerprint"] == hashlib.sha256(train_bytes + val_bytes).hexdigest()
 
 
 def test_token_bin_files(tmp_path):
