@@ -20,7 +20,7 @@ from matplotlib.patches import Rectangle
 
 from precisionlab.analysis.report import Report, bits_per_element, display_label, format_family
 
-__all__ = ["figures", "png", "loss_curves", "final_loss_heatmap", "stability_vs_bits", "sharpness_curves"]
+__all__ = ["figures", "png", "loss_curves", "final_loss_heatmap", "loss_vs_lr", "stability_vs_bits", "sharpness_curves"]
 
 DPI = 110
 FACET_W, FACET_H = 3.4, 2.6  # inches per facet
@@ -159,9 +159,13 @@ def stability_vs_bits(*reports: Report) -> Figure | None:
     for ax, column, label in ((axes[0], "diverged_frac", "diverged runs (%)"),
                               (axes[1], "lr_sensitivity", "LR sensitivity")):
         scale = 100.0 if column == "diverged_frac" else 1.0
+        low, high = ("diverged_low", "diverged_high") if column == "diverged_frac" else \
+            ("lr_sensitivity_low", "lr_sensitivity_high")
         for k, ((sweep, family, extra), group) in enumerate(series.groupby(["sweep", "family", "extra"], sort=False)):
             group = group.sort_values("bits")
-            ax.plot(group.bits, group[column] * scale, marker="o", label=f"{sweep}{family} {extra}".strip())
+            errors = _error_bars(group[column], group[low], group[high]) * scale
+            ax.errorbar(group.bits, group[column] * scale, yerr=errors, marker="o", capsize=3,
+                        label=f"{sweep}{family} {extra}".strip())
             for row in group.itertuples():  # labels of later series sit lower, so equal values stay legible
                 name = display_label(row.variant)
                 ax.annotate(name if name != row.variant else row.variant.split(" ")[0], (row.bits, getattr(row, column) * scale),
@@ -170,11 +174,41 @@ def stability_vs_bits(*reports: Report) -> Figure | None:
             ax.axhline(getattr(row, column) * scale, ls="--", lw=1, color=f"C{(i + 5) % 10}",
                        label=f"{row.sweep}{row.variant}")
         ax.set_xlabel("bits per element (scales included)")
-        ax.set_ylabel(label)
+        ax.set_ylabel(label + " [95% interval]")
+        ax.set_ylim(bottom=0 if column == "lr_sensitivity" else -4)  # from 0: noise must not read as a trend
         ax.grid(alpha=0.3)
     axes[0].set_ylim(-4, 104)
     axes[0].legend(fontsize=8)
     fig.suptitle("stability against bits per element", fontsize=10)
+    return fig
+
+
+def _error_bars(value: pd.Series, low: pd.Series, high: pd.Series) -> np.ndarray:
+    """(2, n) distances from each value down to `low` and up to `high`; 0 where the interval is missing."""
+    value, low, high = (np.asarray(c, dtype=float) for c in (value, low, high))
+    return np.nan_to_num(np.stack([value - low, high - value]).clip(min=0))
+
+
+def loss_vs_lr(report: Report) -> Figure:
+    """ℓ(η), the mean capped final loss over seeds, against the learning rate, one line per variant,
+    with the 95% bootstrap interval over seeds as error bars (a diverged run counts as ℓ₀)."""
+    table = report.by_lr[report.by_lr.finished > 0]
+    fig = Figure(figsize=(6.4, 3.8), layout="constrained")
+    ax = fig.subplots()
+    for variant in report.by_variant.variant:
+        rows = table[table.variant == variant].sort_values("lr")
+        if len(rows):
+            ax.errorbar(rows.lr, rows.lr_loss, yerr=_error_bars(rows.lr_loss, rows.lr_loss_low, rows.lr_loss_high),
+                        marker="o", capsize=3, label=display_label(variant))
+    initial = report.runs.initial_loss.astype(float)
+    if initial.notna().any():
+        ax.axhline(initial.mean(), ls=":", color="grey", lw=1, label="ℓ₀ (initial loss)")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("ℓ(η): final val loss, capped [95% interval]")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("loss against learning rate (mean over seeds; a diverged run counts as ℓ₀)", fontsize=10)
     return fig
 
 
@@ -212,6 +246,7 @@ def figures(report: Report) -> dict[str, Figure]:
         out["loss_curves.png"] = loss_curves(report)
     if report.by_lr.finished.sum():
         out["final_loss_heatmap.png"] = final_loss_heatmap(report)
+        out["loss_vs_lr.png"] = loss_vs_lr(report)
         bits = stability_vs_bits(report)
         if bits is not None:
             out["stability_vs_bits.png"] = bits

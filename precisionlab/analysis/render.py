@@ -41,20 +41,27 @@ DEFINITIONS = [
     ("diverged", "diverged runs / finished runs (completed + diverged); a run diverges when its loss is "
                  "NaN/Inf or, after warmup, above the initial loss"),
     ("median div. step", "median step at which the diverged runs stopped"),
-    ("final val loss", "mean ± std (ddof=1) of the final validation loss over the completed seeds"),
+    ("final val loss", "mean ± std (ddof=1) of the final validation loss over the completed seeds, and the "
+                       "mean's 95% percentile-bootstrap interval over seeds"),
     ("spikes", "loss spikes summed over the runs: a spike is a stretch of steps whose train loss exceeds "
                "1.5 x the median of the previous 20 (train.spikes)"),
     ("LR sensitivity", "Wortsman et al. 2023: mean over the LR grid of ℓ(η) − min_η ℓ(η), where ℓ(η) is the "
                        "mean over seeds of the final validation loss capped at the initial loss ℓ₀, a diverged "
-                       "run counting as ℓ₀; 0 means every LR trains equally well"),
-    ("best lr / loss at best lr", "the LR with the lowest ℓ(η), and the mean ± seed std of the completed runs' "
-                                  "final validation loss there"),
+                       "run counting as ℓ₀; 0 means every LR trains equally well. [low, high]: 95% bootstrap "
+                       "interval resampling whole seeds (a seed's runs at every LR together)"),
+    ("best lr / loss at best lr", "the LR with the lowest ℓ(η), and the mean of the completed runs' final "
+                                  "validation loss there with its 95% bootstrap interval"),
+    ("diverged (%)", "diverged / finished runs over the grid, with the exact (Clopper–Pearson) 95% interval "
+                     "of the rate"),
     ("stable lrs", "LRs of the grid at which no seed diverged"),
-    ("p (more div.)", "one-sided Fisher exact test that the format diverges more often than the reference "
-                      "(first row): small values mean the extra divergences are unlikely to be chance"),
-    ("vs reference", "the first row (most bits) is the reference; a format is as stable when its diverged "
-                     "fraction is no larger and its LR sensitivity at most the reference's plus the reference's "
-                     "seed std (its seed noise). With few seeds this is a hint: read it with the p column"),
+    ("ΔS vs ref.", "LR sensitivity minus the reference's (first row) over the seeds both finished at every LR "
+                   "(the same seed: the same initial weights and batches), with its paired bootstrap interval"),
+    ("p (ΔS), p (div.)", "Holm-adjusted p-values (over all the report's tests) of the exact permutation test of "
+                         "ΔS = 0 (swapping the two formats within seeds) and of the two-sided Fisher exact test "
+                         "of equal divergence rates"),
+    ("vs reference", "less / more stable when an adjusted p is below 0.05 in that direction, else no "
+                     "difference detected: the data do not show one (which is not evidence of equality; the "
+                     "interval says how large a difference they leave open)"),
 ]
 
 CSS = """
@@ -76,9 +83,13 @@ CAPTIONS = {
                        "per seed; × marks where a run diverged (clipped to the top of the panel).",
     "final_loss_heatmap.png": "Final validation loss per format and learning rate (mean ± std over completed "
                               "seeds); hatched grey cells have no completed run.",
+    "loss_vs_lr.png": "ℓ(η), the mean over seeds of the final validation loss capped at the initial loss (a "
+                      "diverged run counts as ℓ₀), against the learning rate; error bars are 95% bootstrap "
+                      "intervals over seeds.",
     "stability_vs_bits.png": "Diverged fraction and LR sensitivity against bits per element (a block format's "
                              "scales included: mxfp4 4.25, nvfp4 4.5), one line per exponent width or block "
-                             "scaling; dashed lines are formats of more than 16 bits.",
+                             "scaling, with 95% intervals (exact for the fraction, seed bootstrap for the "
+                             "sensitivity, whose axis starts at 0); dashed lines are formats of more than 16 bits.",
 }
 
 
@@ -141,7 +152,7 @@ def html_document(report: Report, images: dict[str, bytes]) -> str:
         parts.append("<ul>" + "".join(f"<li><b>{esc(r.variant)}</b>: {esc(r.reason)}</li>"
                                       for r in reasons.itertuples()) + "</ul>")
     parts += ["<h2>Per format and learning rate</h2>", _html_table(display_by_lr(report.by_lr))]
-    for name in ("final_loss_heatmap.png", "loss_curves.png", "stability_vs_bits.png"):
+    for name in ("final_loss_heatmap.png", "loss_vs_lr.png", "loss_curves.png", "stability_vs_bits.png"):
         if name in images:
             parts.append(_html_figure(name, images[name], CAPTIONS[name]))
     sharp = sharpness_display(report)
@@ -312,7 +323,7 @@ def _write_files(files: dict[str, bytes | str], out: str | os.PathLike) -> list[
 
 # What a report folder may hold: every file `write` and `write_comparison` produce.
 _REPORT_FILE = re.compile(r"(report|compare)\.(html|md)|(by_format|by_format_lr|runs|sharpness|compare)\.csv|"
-                          r"(loss_curves|final_loss_heatmap|stability_vs_bits|sharpness_[\w.-]+)\.png")
+                          r"(loss_curves|final_loss_heatmap|loss_vs_lr|stability_vs_bits|sharpness_[\w.-]+)\.png")
 
 
 def _old_report_entry(path: Path) -> bool:

@@ -17,12 +17,18 @@ Definitions (the README's "Reading a report" repeats them):
   LR sensitivity  Wortsman et al. 2023: mean over the LR grid of ℓ(η) − min_η ℓ(η).
   best LR       argmin_η ℓ(η); seed std is the std (ddof=1) of the final
                 validation loss over the completed runs at the best LR.
-  as stable as the reference (the variant with the most bits, listed first):
-                no larger diverged fraction over the grid, and LR sensitivity at most
-                the reference's plus the reference's seed std at its best LR (its
-                seed noise). A verdict at small seed counts is a hint, not a test:
-                p_more_diverged, the one-sided Fisher exact test of "this variant
-                diverges more often than the reference", says how much of one.
+  intervals     95%: percentile bootstrap over seeds for means and LR sensitivity (a
+                seed's runs resampled together across the LR grid), Clopper–Pearson
+                for divergence rates (`precisionlab.analysis.stats`).
+  verdict       against the reference (the variant with the most bits, listed first),
+                by two tests per variant: divergence over the grid (two-sided Fisher
+                exact) and LR sensitivity paired over seeds (the same seed gives the
+                same initial weights and batches in every variant; exact permutation
+                test swapping the two variants within seeds, with a bootstrap interval
+                of the difference ΔS). p-values are Holm-adjusted over all the
+                report's tests; "less stable" / "more stable" when an adjusted p is
+                below ALPHA in that direction, else "no difference detected", with
+                the difference and its interval either way.
 Only finished runs (completed or diverged) enter the statistics; failed and
 unfinished runs are counted apart and named in the report's notes.
 """
@@ -39,16 +45,27 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from precisionlab.analysis.stats import (
+    bootstrap_ci,
+    exact_binomial_ci,
+    fisher_two_sided,
+    holm,
+    paired_difference,
+    paired_sensitivity,
+    sensitivity_interval,
+)
 from precisionlab.numerics.blocks import BlockFormat, parse_format
 from precisionlab.numerics.formats import FloatFormat
 from precisionlab.store import DONE, NON_SEMANTIC_KEYS, ResultsStore, StoreError
 
-__all__ = ["Report", "ReportError", "bits_per_element", "build", "by_lr", "by_variant", "compare", "compare_notes", "filter_runs",
+__all__ = ["Report", "ReportError", "ALPHA", "bits_per_element", "build", "by_lr", "by_variant", "compare", "compare_notes",
+           "filter_runs", "seed_matrix",
            "fisher_greater", "format_family", "format_order", "label_runs", "role_formats", "sharpness_by_step", "short_format"]
 
 FORMAT_KEYS = {"format", "x", "w", "grad", "name"}  # precision.* keys the formats columns already show
 GRID_AXES = {"seed", "optim.lr", "lr"}              # what the tables are taken over, never part of a variant
 WHERE_COLUMNS = ("variant", "format", "lr", "seed", "status", "rounding", "model")
+ALPHA = 0.05  # a verdict other than "no difference detected" needs a Holm-adjusted p below this
 
 
 class ReportError(ValueError):
@@ -73,17 +90,21 @@ class Report:
         return None if self.by_variant.empty else str(self.by_variant.variant.iloc[0])
 
     def headline(self) -> str:
-        """One sentence: which variants train as stably as the reference."""
+        """One sentence: which variants the tests find less or more stable than the reference."""
         table = self.by_variant
         if not table.finished.sum():
             return "no finished runs yet"
         if len(table) < 2:
             return f"one variant ({self.reference}): nothing to compare" if len(table) else "no finished runs"
-        same = table[table.verdict == "as stable"].variant.tolist()
-        less = table[table.verdict == "less stable"]
-        text = f"As stable as {self.reference} (reference): {', '.join(same) if same else 'none'}."
-        if len(less):
-            text += " Less stable: " + "; ".join(f"{r.variant} ({r.reason})" for r in less.itertuples()) + "."
+        seeds = self.runs[self.runs.status.isin(DONE)].seed.nunique()
+        text = f"Against {self.reference} (reference; {seeds} seed{'s' * (seeds != 1)}, Holm-adjusted α = {ALPHA:g}):"
+        for verdict in ("less stable", "more stable", "mixed", "no difference detected"):
+            rows = table[table.verdict == verdict]
+            if len(rows):
+                text += f" {verdict.capitalize()}: " + "; ".join(f"{r.variant} ({r.reason})" for r in rows.itertuples()) + "."
+        if 2 / 2**seeds >= ALPHA:
+            text += (f" With {seeds} paired seeds the smallest possible p of the LR-sensitivity test is "
+                     f"{2 / 2**seeds:.2g}: it cannot detect a difference; run more seeds.")
         return text
 
 
@@ -208,60 +229,116 @@ def _variant_sorted(df: pd.DataFrame, *also: str) -> pd.DataFrame:
 
 
 def by_lr(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per variant x LR: runs, finished, diverged, failed, diverged_frac,
-    median_diverged_step, final_loss_mean/std/n (completed runs), lr_loss (ℓ(η)), spikes (total)."""
+    """One row per variant x LR: runs, finished, diverged, failed, diverged_frac (and its exact
+    interval diverged_low/high), median_diverged_step, final_loss_mean/std/n (completed runs) and
+    the mean's bootstrap interval final_loss_low/high, lr_loss (ℓ(η)) and its interval, spikes (total)."""
     rows = []
     for (variant, lr), g in runs.groupby(["variant", "lr"], dropna=False):
         finished, diverged = g[g.status.isin(DONE)], g[g.status == "diverged"]
         losses = g[g.status == "completed"].final_val_loss.dropna().astype(float)
+        rate_low, rate_high = exact_binomial_ci(len(diverged), len(finished))
+        _, loss_low, loss_high = bootstrap_ci(losses.to_numpy())
+        _, lr_low, lr_high = bootstrap_ci(finished.capped_loss.dropna().to_numpy())
         rows.append({
             "variant": variant, "lr": lr, "runs": len(g), "finished": len(finished),
             "diverged": len(diverged), "failed": int((g.status == "failed").sum()),
             "diverged_frac": len(diverged) / len(finished) if len(finished) else math.nan,
+            "diverged_low": rate_low, "diverged_high": rate_high,
             "median_diverged_step": diverged.diverged_step.astype(float).median() if len(diverged) else math.nan,
             "final_loss_mean": losses.mean() if len(losses) else math.nan,
             "final_loss_std": losses.std(ddof=1) if len(losses) > 1 else math.nan,
+            "final_loss_low": loss_low, "final_loss_high": loss_high,
             "final_loss_n": len(losses),
             "lr_loss": finished.capped_loss.mean() if len(finished) else math.nan,
+            "lr_loss_low": lr_low, "lr_loss_high": lr_high,
             "spikes": int(g.spikes.fillna(0).sum()),
         })
-    columns = ["variant", "lr", "runs", "finished", "diverged", "failed", "diverged_frac", "median_diverged_step",
-               "final_loss_mean", "final_loss_std", "final_loss_n", "lr_loss", "spikes"]
+    columns = ["variant", "lr", "runs", "finished", "diverged", "failed", "diverged_frac", "diverged_low", "diverged_high",
+               "median_diverged_step", "final_loss_mean", "final_loss_std", "final_loss_low", "final_loss_high",
+               "final_loss_n", "lr_loss", "lr_loss_low", "lr_loss_high", "spikes"]
     return _variant_sorted(pd.DataFrame(rows, columns=columns), "lr")
 
 
+def seed_matrix(runs: pd.DataFrame, variant: str, lrs: Sequence[float] | None = None) -> pd.DataFrame:
+    """ℓ of `variant`'s finished runs as a seeds x LRs table (over `lrs`, default its own grid),
+    only seeds finished at every LR: the rows the seed bootstrap and the paired tests resample."""
+    mine = runs[(runs.variant == variant) & runs.status.isin(DONE)]
+    table = mine.pivot_table(index="seed", columns="lr", values="capped_loss", aggfunc="mean")
+    if lrs is not None:
+        table = table.reindex(columns=list(lrs))
+    return table.dropna()
+
+
 def by_variant(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per variant from `by_lr(runs)`: runs, diverged/finished over the grid,
-    LR sensitivity, best LR, loss and seed std at the best LR, LRs without a
-    divergence, initial loss, and the verdict against the first (reference) variant."""
+    """One row per variant from `by_lr(runs)`: runs, diverged/finished over the grid (and the
+    rate's exact interval), LR sensitivity and its seed-bootstrap interval, best LR, loss at the
+    best LR (interval) and seed std, LRs without a divergence, initial loss, the tests against the
+    first (reference) variant and the verdict (see the module docstring)."""
     rows = []
     for variant, g in table.groupby("variant", sort=False):
         grid = g[g.finished > 0]
         best = grid.loc[grid.lr_loss.idxmin()] if len(grid) else None
         mine = runs[runs.variant == variant]
+        _, sens_low, sens_high = sensitivity_interval(seed_matrix(runs, variant).to_numpy())
+        rate_low, rate_high = exact_binomial_ci(int(g.diverged.sum()), int(g.finished.sum()))
         rows.append({
             "variant": variant, "runs": int(g.runs.sum()), "finished": int(g.finished.sum()),
             "diverged": int(g.diverged.sum()), "failed": int(g.failed.sum()),
             "diverged_frac": g.diverged.sum() / g.finished.sum() if g.finished.sum() else math.nan,
+            "diverged_low": rate_low, "diverged_high": rate_high,
             "lr_sensitivity": (grid.lr_loss - grid.lr_loss.min()).mean() if len(grid) else math.nan,
+            "lr_sensitivity_low": sens_low, "lr_sensitivity_high": sens_high,
             "best_lr": best.lr if best is not None else math.nan,
             "best_lr_loss": best.final_loss_mean if best is not None else math.nan,
+            "best_lr_loss_low": best.final_loss_low if best is not None else math.nan,
+            "best_lr_loss_high": best.final_loss_high if best is not None else math.nan,
             "seed_std": best.final_loss_std if best is not None else math.nan,
             "stable_lrs": int((grid.diverged == 0).sum()), "lrs": len(grid),
             "initial_loss": mine.initial_loss.astype(float).mean(),
             "spikes": int(g.spikes.sum()),
         })
     out = _variant_sorted(pd.DataFrame(rows, columns=[
-        "variant", "runs", "finished", "diverged", "failed", "diverged_frac", "lr_sensitivity", "best_lr",
-        "best_lr_loss", "seed_std", "stable_lrs", "lrs", "initial_loss", "spikes"]))
-    if len(out):
-        ref = out.iloc[0]
-        out["p_more_diverged"] = [fisher_greater(r.diverged, r.finished, ref.diverged, ref.finished) if i else math.nan
-                                  for i, r in enumerate(out.itertuples())]
+        "variant", "runs", "finished", "diverged", "failed", "diverged_frac", "diverged_low", "diverged_high",
+        "lr_sensitivity", "lr_sensitivity_low", "lr_sensitivity_high", "best_lr", "best_lr_loss", "best_lr_loss_low",
+        "best_lr_loss_high", "seed_std", "stable_lrs", "lrs", "initial_loss", "spikes"]))
+    tests = pd.DataFrame([_against_reference(out, runs, i) for i in range(len(out))], columns=_TEST_COLUMNS,
+                         index=out.index)
+    out = pd.concat([out, tests], axis=1)
+    if len(out):  # one family: every test of every variant
+        adjusted = holm(np.concatenate([out.p_diverged.to_numpy(float), out.p_sensitivity.to_numpy(float)]))
+        out["p_diverged_holm"], out["p_sensitivity_holm"] = adjusted[:len(out)], adjusted[len(out):]
     else:
-        out["p_more_diverged"] = []
+        out["p_diverged_holm"], out["p_sensitivity_holm"] = [], []
     out["verdict"], out["reason"] = _verdicts(out)
     return out
+
+
+_TEST_COLUMNS = ["p_more_diverged", "p_diverged", "paired_seeds", "sensitivity_diff", "sensitivity_diff_low",
+                 "sensitivity_diff_high", "p_sensitivity", "best_loss_diff", "best_loss_diff_low", "best_loss_diff_high",
+                 "p_best_loss"]
+
+
+def _against_reference(table: pd.DataFrame, runs: pd.DataFrame, i: int) -> list[float]:
+    """Row i of `table` against row 0, the reference: divergence over the grid (Fisher, one- and
+    two-sided), LR sensitivity paired over the seeds both finished at every LR of the reference's
+    grid, and the best-LR loss ℓ paired over seeds (each at its own best LR)."""
+    if i == 0:
+        return [math.nan] * len(_TEST_COLUMNS)
+    row, ref = table.iloc[i], table.iloc[0]
+    counts = (int(row.diverged), int(row.finished), int(ref.diverged), int(ref.finished))
+    lrs = sorted(runs[runs.variant == ref.variant].lr.unique())
+    mine, theirs = seed_matrix(runs, row.variant, lrs), seed_matrix(runs, ref.variant, lrs)
+    seeds = mine.index.intersection(theirs.index)
+    sens = paired_sensitivity(mine.loc[seeds].to_numpy(), theirs.loc[seeds].to_numpy())
+    best = {"diff": math.nan, "low": math.nan, "high": math.nan, "p": math.nan}
+    if not (math.isnan(row.best_lr) or math.isnan(ref.best_lr)):
+        at_best = [runs[(runs.variant == v) & (runs.lr == lr) & runs.status.isin(DONE)].set_index("seed").capped_loss
+                   for v, lr in ((row.variant, row.best_lr), (ref.variant, ref.best_lr))]
+        paired = at_best[0].index.intersection(at_best[1].index)
+        if len(paired):
+            best = paired_difference(at_best[0][paired].to_numpy(), at_best[1][paired].to_numpy())
+    return [fisher_greater(*counts), fisher_two_sided(*counts), sens["n"], sens["diff"], sens["low"], sens["high"],
+            sens["p"], best["diff"], best["low"], best["high"], best["p"]]
 
 
 def fisher_greater(diverged: int, runs: int, ref_diverged: int, ref_runs: int) -> float:
@@ -277,22 +354,29 @@ def fisher_greater(diverged: int, runs: int, ref_diverged: int, ref_runs: int) -
 
 
 def _verdicts(table: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """Each variant's verdict against row 0 and the numbers behind it (module docstring)."""
     if table.empty:
         return [], []
     ref = table.iloc[0]
-    noise = 0.0 if math.isnan(ref.seed_std) else ref.seed_std
     verdicts, reasons = ["reference"], [""]
     for row in table.iloc[1:].itertuples():
-        why = []
         if row.finished == 0 or ref.finished == 0:
             verdicts.append("no data"), reasons.append("")
             continue
-        if row.diverged_frac > ref.diverged_frac:
-            why.append(f"diverged {row.diverged}/{row.finished} vs {ref.diverged}/{ref.finished}, "
-                       f"Fisher p = {row.p_more_diverged:.2g}")
-        if row.lr_sensitivity > ref.lr_sensitivity + noise:
-            why.append(f"LR sensitivity {row.lr_sensitivity:.3f} vs {ref.lr_sensitivity:.3f} ± {noise:.3f}")
-        verdicts.append("less stable" if why else "as stable")
+        worse, better, why = False, False, []
+        if row.paired_seeds:
+            why.append(f"ΔS = {row.sensitivity_diff:+.3f} [{row.sensitivity_diff_low:+.3f}, {row.sensitivity_diff_high:+.3f}], "
+                       f"p = {row.p_sensitivity_holm:.2g}")
+            if row.p_sensitivity_holm < ALPHA:
+                worse, better = worse or row.sensitivity_diff > 0, better or row.sensitivity_diff < 0
+        else:
+            why.append("no seed finished every LR in both: LR sensitivity not compared")
+        why.append(f"diverged {row.diverged}/{row.finished} vs {ref.diverged}/{ref.finished}, "
+                   f"Fisher p = {row.p_diverged_holm:.2g}")
+        if row.p_diverged_holm < ALPHA:
+            worse, better = worse or row.diverged_frac > ref.diverged_frac, better or row.diverged_frac < ref.diverged_frac
+        verdicts.append("mixed" if worse and better else "less stable" if worse else "more stable" if better
+                        else "no difference detected")
         reasons.append("; ".join(why))
     return verdicts, reasons
 

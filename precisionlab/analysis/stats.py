@@ -9,10 +9,20 @@ the precision), so a recipe is compared with the reference seed by seed:
   `bootstrap_ci(x)`            mean and percentile-bootstrap interval of one sample
   `exact_binomial_ci(k, n)`    Clopper-Pearson interval of a proportion (divergence rates)
   `holm(p_values)`             Holm-Bonferroni adjustment, for verdicts over many comparisons
+  `sensitivity_interval(L)`    LR sensitivity of a (seeds x LRs) matrix of losses and its bootstrap
+                               interval, seeds resampled as rows (a seed's runs at every LR share
+                               its initial weights and batches)
+  `paired_sensitivity(L, R)`   the difference of two variants' LR sensitivities over paired seeds:
+                               bootstrap interval (rows resampled jointly) and the exact p-value of
+                               swapping the variants within seeds
+  `fisher_two_sided(k, n, kr, nr)`  Fisher's exact test of two divergence counts
   `recipe_comparison(runs, reference)`  all of these per recipe and learning rate, from a store's runs
 
-With 3-4 seeds the bootstrap interval is narrow for its nominal level (it cannot be wider than the
-sample's range), and the smallest achievable sign-flip p-value is 2 / 2^n (0.125 for 4 pairs):
+Bootstrap intervals are Hesterberg's expanded percentile intervals (The American Statistician
+69(4), 2015): the plain percentile interval covers less than its level for small samples (its
+spread is the sample's, divided by n instead of n - 1, and normal rather than t quantiles), so the
+quantiles taken are those of level Φ(sqrt(n / (n - 1)) t_{n-1}) instead; with 2 seeds that is the
+whole bootstrap range. The smallest achievable sign-flip p-value is 2 / 2^n (0.125 for 4 pairs):
 "no difference detected" is then the only verdict the data can give unless n grows.
 """
 
@@ -25,15 +35,22 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-__all__ = ["bootstrap_ci", "paired_difference", "sign_flip_p", "exact_binomial_ci", "holm", "recipe_comparison", "LEVEL"]
+__all__ = ["bootstrap_ci", "paired_difference", "sign_flip_p", "exact_binomial_ci", "holm", "recipe_comparison",
+           "lr_sensitivity", "sensitivity_interval", "paired_sensitivity", "fisher_two_sided", "LEVEL"]
 
 LEVEL = 0.95
 _EXACT_PAIRS = 16  # sign-flip test enumerates every pattern up to this many pairs
 
 
+def _expanded_interval(boot: np.ndarray, n: int, level: float) -> tuple[float, float]:
+    """The expanded percentile interval of bootstrap replicates `boot` of a statistic of n samples."""
+    tail = float(stats.norm.cdf(math.sqrt(n / (n - 1)) * stats.t.ppf((1 - level) / 2, n - 1)))
+    return float(np.quantile(boot, tail)), float(np.quantile(boot, 1 - tail))
+
+
 def bootstrap_ci(values, level: float = LEVEL, n_boot: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
-    """(mean, low, high): the mean of `values` and its percentile-bootstrap interval; NaNs for no
-    values, (mean, mean, mean) for one."""
+    """(mean, low, high): the mean of `values` and its expanded percentile-bootstrap interval; NaNs
+    for no values, (mean, mean, mean) for one."""
     x = np.asarray(values, dtype=float)
     if x.size == 0:
         return math.nan, math.nan, math.nan
@@ -41,8 +58,7 @@ def bootstrap_ci(values, level: float = LEVEL, n_boot: int = 10_000, seed: int =
         return float(x[0]), float(x[0]), float(x[0])
     rng = np.random.default_rng(seed)
     means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
-    tail = (1 - level) / 2
-    return float(x.mean()), float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+    return (float(x.mean()), *_expanded_interval(means, x.size, level))
 
 
 def sign_flip_p(differences, n_random: int = 100_000, seed: int = 0) -> float:
@@ -90,6 +106,61 @@ def holm(p_values) -> np.ndarray:
         running = max(running, min(1.0, (m - rank) * p[index]))
         out[index] = running
     return out
+
+
+def lr_sensitivity(losses) -> np.ndarray:
+    """Wortsman et al.'s LR sensitivity of (..., seeds, LRs) losses: over the LR grid, the mean of the
+    seed-mean loss minus its minimum."""
+    curve = np.asarray(losses, dtype=float).mean(axis=-2)  # (..., LRs)
+    return curve.mean(axis=-1) - curve.min(axis=-1)
+
+
+def _resampled_rows(n: int, n_boot: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def sensitivity_interval(losses, level: float = LEVEL, n_boot: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
+    """(LR sensitivity, low, high) of a (seeds, LRs) loss matrix: the expanded percentile interval
+    resamples whole seeds; NaNs for no seeds, the estimate thrice for one."""
+    x = np.asarray(losses, dtype=float)
+    if x.ndim != 2 or x.shape[0] == 0:
+        return math.nan, math.nan, math.nan
+    estimate = float(lr_sensitivity(x))
+    if x.shape[0] == 1:
+        return estimate, estimate, estimate
+    boot = lr_sensitivity(x[_resampled_rows(x.shape[0], n_boot, seed)])
+    return (estimate, *_expanded_interval(boot, x.shape[0], level))
+
+
+def paired_sensitivity(losses, reference, level: float = LEVEL, n_boot: int = 10_000, seed: int = 0) -> dict:
+    """LR sensitivity of `losses` minus that of `reference`, both (seeds, LRs) with row i of each from
+    the same seed: n, diff, its bootstrap interval (seeds resampled jointly) and the two-sided p-value
+    of the permutation test that swaps the two variants' rows within seeds (exact up to 16 seeds)."""
+    x, r = np.asarray(losses, dtype=float), np.asarray(reference, dtype=float)
+    n = x.shape[0] if x.ndim == 2 else 0
+    if n == 0:
+        return {"n": 0, "diff": math.nan, "low": math.nan, "high": math.nan, "p": math.nan}
+    observed = float(lr_sensitivity(x) - lr_sensitivity(r))
+    low = high = observed
+    if n > 1:
+        rows = _resampled_rows(n, n_boot, seed)
+        low, high = _expanded_interval(lr_sensitivity(x[rows]) - lr_sensitivity(r[rows]), n, level)
+    if n <= _EXACT_PAIRS:
+        keep = np.array(list(itertools.product((True, False), repeat=n)))
+    else:
+        keep = np.random.default_rng(seed).random((100_000, n)) < 0.5
+    keep = keep[:, :, None]  # (patterns, seeds, 1): True keeps the seed's rows, False swaps them
+    swapped = lr_sensitivity(np.where(keep, x, r)) - lr_sensitivity(np.where(keep, r, x))
+    p = float(np.mean(np.abs(swapped) >= abs(observed) - 1e-12 * max(abs(observed), 1.0)))
+    return {"n": int(n), "diff": observed, "low": low, "high": high, "p": p}
+
+
+def fisher_two_sided(diverged: int, runs: int, ref_diverged: int, ref_runs: int) -> float:
+    """Two-sided Fisher exact p-value of two divergence counts (NaN when either has no runs)."""
+    if runs == 0 or ref_runs == 0:
+        return math.nan
+    table = [[diverged, runs - diverged], [ref_diverged, ref_runs - ref_diverged]]
+    return float(stats.fisher_exact(table, alternative="two-sided").pvalue)
 
 
 def recipe_comparison(runs: pd.DataFrame, reference: str, level: float = LEVEL) -> pd.DataFrame:

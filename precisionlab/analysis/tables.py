@@ -21,6 +21,20 @@ def _mean_std(mean: float, std: float) -> str:
     return f"{mean:.4f}" if math.isnan(std) else f"{mean:.4f} ± {std:.4f}"
 
 
+def _interval(x: float, low: float, high: float, spec: str = ".3f") -> str:
+    """'x [low, high]', or x alone where the interval is missing or a point (one seed)."""
+    if math.isnan(x):
+        return "–"
+    if math.isnan(low) or low == high:
+        return format(x, spec)
+    return f"{format(x, spec)} [{format(low, spec)}, {format(high, spec)}]"
+
+
+def _rate(k: int, n: int, low: float, high: float) -> str:
+    """'k/n (low–high%)': a count with its exact 95% interval."""
+    return f"{k}/{n}" if n == 0 else f"{k}/{n} ({100 * low:.0f}–{100 * high:.0f}%)"
+
+
 def display_by_lr(table: pd.DataFrame) -> pd.DataFrame:
     """by_lr() as the strings every output shows."""
     return pd.DataFrame({
@@ -29,22 +43,31 @@ def display_by_lr(table: pd.DataFrame) -> pd.DataFrame:
         "diverged": [f"{d}/{f}" for d, f in zip(table.diverged, table.finished)],
         "median div. step": [_num(s, ".0f") for s in table.median_diverged_step],
         "final val loss": [_mean_std(m, s) for m, s in zip(table.final_loss_mean, table.final_loss_std)],
+        "95% interval": [_interval(m, lo, hi, ".4f").partition(" ")[2] or "–"
+                         for m, lo, hi in zip(table.final_loss_mean, table.final_loss_low, table.final_loss_high)],
         "spikes": table.spikes.astype(str),
         **({"failed": table.failed.astype(str)} if table.failed.any() else {}),
     })
 
 
 def display_by_variant(table: pd.DataFrame) -> pd.DataFrame:
-    """by_variant() as the strings every output shows."""
+    """by_variant() as the strings every output shows: estimates with their 95% intervals, the
+    paired difference from the reference and the Holm-adjusted p-values behind the verdict."""
     return pd.DataFrame({
         "format": table.variant,
-        "diverged": [f"{d}/{f}" for d, f in zip(table.diverged, table.finished)],
-        "LR sensitivity": [_num(x) for x in table.lr_sensitivity],
+        "diverged": [_rate(d, f, lo, hi) for d, f, lo, hi in zip(table.diverged, table.finished, table.diverged_low,
+                                                                  table.diverged_high)],
+        "LR sensitivity": [_interval(x, lo, hi) for x, lo, hi in zip(table.lr_sensitivity, table.lr_sensitivity_low,
+                                                                      table.lr_sensitivity_high)],
         "best lr": [_num(x, ".3g") for x in table.best_lr],
-        "loss at best lr": [_mean_std(m, s) for m, s in zip(table.best_lr_loss, table.seed_std)],
+        "loss at best lr": [_interval(x, lo, hi, ".4f") for x, lo, hi in zip(table.best_lr_loss, table.best_lr_loss_low,
+                                                                              table.best_lr_loss_high)],
         "stable lrs": [f"{s}/{n}" for s, n in zip(table.stable_lrs, table.lrs)],
         "spikes": table.spikes.astype(str),
-        "p (more div.)": [_num(p, ".2g") for p in table.p_more_diverged],
+        "ΔS vs ref.": [_interval(x, lo, hi, "+.3f") for x, lo, hi in zip(table.sensitivity_diff, table.sensitivity_diff_low,
+                                                                          table.sensitivity_diff_high)],
+        "p (ΔS)": [_num(p, ".2g") for p in table.p_sensitivity_holm],
+        "p (div.)": [_num(p, ".2g") for p in table.p_diverged_holm],
         "vs reference": table.verdict,
     })
 

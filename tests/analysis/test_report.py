@@ -12,8 +12,10 @@ Every expectation is worked out by hand in the comments (initial loss ℓ₀ = 5
   e7m7    1e-3   3.3               3.1               3.3, 3.1           3.2
   e7m7    1e-2   3.35              failed            3.35               3.35   -> sens mean(0, .15) = 0.075
 
-Reference fp32 (most bits): diverged 0/4, sens 0.2, seed std at 1e-3 = std(3.0, 3.2) = 0.141421;
-the bar for LR sensitivity is 0.2 + 0.141421 = 0.341421.
+Reference fp32 (most bits): diverged 0/4, sens 0.2, seed std at 1e-3 = std(3.0, 3.2) = 0.141421.
+Seed bootstrap of e8m7's sensitivity: rows {0,0} give seed means [3.1, 5.5] -> 1.2, {1,1} [3.3, 3.5]
+-> 0.1, mixed [3.2, 4.5] -> 0.65; with two seeds the expanded interval is the whole range [0.1, 1.2].
+Every verdict is "no difference detected": with two seeds no permutation p can be below 0.5.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from precisionlab.analysis.report import (
     format_order,
     label_runs,
 )
+from precisionlab.analysis.stats import fisher_two_sided
 from precisionlab.analysis.tables import display_by_lr
 from precisionlab.store import ResultsStore, run_id
 
@@ -118,9 +121,14 @@ def test_per_format_table_and_verdicts(store):
     assert (table.loc["e7m7", "finished"], table.loc["e7m7", "failed"]) == (3, 1)
     assert (table.loc["e8m3", "stable_lrs"], table.loc["e8m3", "lrs"]) == (1, 2)
     assert table.loc["e8m7", "initial_loss"] == pytest.approx(L0)
-    assert list(table.verdict) == ["reference", "less stable", "as stable", "less stable"]
-    assert "diverged 1/4 vs 0/4" in table.loc["e8m7", "reason"] and "0.650 vs 0.200" in table.loc["e8m7", "reason"]
-    assert report.headline().startswith("As stable as fp32 (reference): e7m7.")
+    assert list(table.verdict) == ["reference"] + ["no difference detected"] * 3
+    assert (table.loc["e8m7", "lr_sensitivity_low"], table.loc["e8m7", "lr_sensitivity_high"]) == pytest.approx((0.1, 1.2))
+    assert (table.loc["fp32", "lr_sensitivity_low"], table.loc["fp32", "lr_sensitivity_high"]) == pytest.approx((0.2, 0.2))
+    assert table.loc["e8m7", "sensitivity_diff"] == pytest.approx(0.45) and table.loc["e8m7", "p_sensitivity"] == 1.0
+    assert table.loc["e7m7", "paired_seeds"] == 1  # seed 1 failed at 1e-2: only seed 0 finished both LRs
+    assert "diverged 1/4 vs 0/4" in table.loc["e8m7", "reason"] and "ΔS = +0.450 [-0.100, +1.000]" in table.loc["e8m7", "reason"]
+    assert report.headline().startswith("Against fp32 (reference; 2 seeds, Holm-adjusted α = 0.05): No difference detected: e8m7")
+    assert "smallest possible p of the LR-sensitivity test is 0.5" in report.headline()
     assert any("1 run(s) failed" in note for note in report.notes)
 
 
@@ -272,11 +280,42 @@ def test_fisher_p_value_matches_scipy(counts):
     assert fisher_greater(*counts) == pytest.approx(fisher_exact(table, alternative="greater").pvalue, rel=1e-12)
 
 
-def test_verdict_reasons_carry_the_p_value(store):
+def test_verdict_reasons_carry_the_holm_adjusted_p_values(store):
     table = build(store, SWEEP).by_variant.set_index("variant")
     assert math.isnan(table.loc["fp32", "p_more_diverged"])
     assert table.loc["e8m3", "p_more_diverged"] == pytest.approx(fisher_greater(2, 4, 0, 4))
-    assert f"Fisher p = {fisher_greater(1, 4, 0, 4):.2g}" in table.loc["e8m7", "reason"]
+    assert table.loc["e8m3", "p_diverged"] == pytest.approx(30 / 70)  # two-sided, see test_stats
+    assert table.loc["e8m3", "p_diverged_holm"] >= table.loc["e8m3", "p_diverged"]
+    assert f"Fisher p = {table.loc['e8m7', 'p_diverged_holm']:.2g}" in table.loc["e8m7", "reason"]
+
+
+def _planted_store(tmp_path, seeds: int = 8) -> ResultsStore:
+    """fp32 and two formats over LRs 1e-3, 1e-2 and `seeds` seeds, losses drawn around known curves:
+    e8m3 is planted less stable (1e-2 diverges in every seed), e8m7 is fp32's twin (same curve,
+    fresh noise)."""
+    rng = np.random.default_rng(0)
+    store = ResultsStore(tmp_path / "planted.db")
+    for fmt in (None, "e8m7", "e8m3"):
+        for seed in range(seeds):
+            for lr, mean in ((1e-3, 3.0), (1e-2, 3.3)):
+                if fmt == "e8m3" and lr == 1e-2:
+                    _record(store, _config(fmt, lr, seed), "diverged", None, 20, 0, sweep="planted")
+                else:
+                    _record(store, _config(fmt, lr, seed), "completed", mean + rng.normal(0, 0.05), None, 0, sweep="planted")
+    return store
+
+
+def test_a_planted_difference_is_less_stable_and_a_null_one_is_not(tmp_path):
+    report = build(_planted_store(tmp_path), "planted")
+    table = report.by_variant.set_index("variant")
+    assert table.loc["e8m3", "verdict"] == "less stable"
+    # ΔS: e8m3's ℓ(1e-2) is ℓ₀ = 5.5, so its sensitivity is about (5.5 - 3.0) / 2 against fp32's 0.15
+    assert table.loc["e8m3", "sensitivity_diff"] == pytest.approx(1.1, abs=0.05)
+    assert table.loc["e8m3", "p_sensitivity"] == 2 / 2**8 and table.loc["e8m3", "sensitivity_diff_low"] > 0
+    assert table.loc["e8m3", "p_diverged"] == pytest.approx(fisher_two_sided(8, 16, 0, 16))
+    assert table.loc["e8m7", "verdict"] == "no difference detected"
+    assert table.loc["e8m7", "sensitivity_diff_low"] <= 0 <= table.loc["e8m7", "sensitivity_diff_high"]
+    assert "Less stable: e8m3 (ΔS = +1.085 [" in report.headline() and ". No difference detected: e8m7" in report.headline()
 
 
 def test_compare_two_sweeps(store):

@@ -55,6 +55,36 @@ def test_resume_continues_the_curve_bit_for_bit(train_cfg, tmp_path, precision):
     assert resumed.final_val_loss == straight.final_val_loss and resumed.initial_loss == straight.initial_loss
 
 
+def test_seeds_pair_across_precisions(train_cfg, monkeypatch):
+    """The report's paired tests assume that a seed fixes the initial weights and the batch order
+    whatever the precision recipe (casts, stochastic rounding, Hadamard signs, amax histories)."""
+    seen = {}
+    build, get_batch = train_mod.build_model, train_mod.get_batch
+
+    def record_build(cfg):
+        model = build(cfg)
+        seen.setdefault(cfg.precision.name, {})["weights"] = {k: p.detach().clone() for k, p in model.named_parameters()}
+        return model
+
+    def record_batch(*args):
+        x, y = get_batch(*args)
+        seen[current]["batches"].append(x)
+        return x, y
+
+    monkeypatch.setattr(train_mod, "build_model", record_build)
+    monkeypatch.setattr(train_mod, "get_batch", record_batch)
+    for current in ("fp32", "mask", "mxfp8", "nvfp4", "fp8_delayed", "msamp_o2"):
+        seen[current] = {"batches": []}
+        result, _ = _run(train_cfg(f"precision={current}", "seed=5", "train.steps=3", "train.eval_every=0"))
+        assert result.status == "completed", result.error
+    reference = seen["fp32"]
+    for name, got in seen.items():
+        assert got["weights"].keys() == reference["weights"].keys(), name
+        assert all(torch.equal(got["weights"][k], w) for k, w in reference["weights"].items()), name
+        assert len(got["batches"]) == len(reference["batches"]) >= 3, name  # validation batches, then 3 training ones
+        assert all(torch.equal(a, b) for a, b in zip(got["batches"], reference["batches"])), name
+
+
 def test_huge_learning_rate_diverges_and_stops(train_cfg):
     result, rec = _run(train_cfg("optim.lr=30", "train.steps=40", "optim.grad_clip=0"))
     assert result.status == "diverged"
