@@ -132,6 +132,19 @@ class Keep:
 
 
 @dataclass
+class Attention:
+    """Casts of the attention matmuls q.k^T and p.v and of their four backward GEMMs
+    (precisionlab.quant.attention); a tensor's null options are the precision group's (format: attention.format)."""
+
+    format: str = "fp32"                # every tensor below unless overridden; fp32: nothing cast (fused SDPA)
+    q: Operand = field(default_factory=Operand)     # queries: blocks along D (scores), along queries (dk)
+    k: Operand = field(default_factory=Operand)     # keys: blocks along D (scores), along keys (dq)
+    p: Operand = field(default_factory=Operand)     # softmax probabilities: blocks along keys (y), along queries (dv)
+    v: Operand = field(default_factory=Operand)     # values: blocks along keys (y), along D (dp)
+    grad: Operand = field(default_factory=Operand)  # gradients dS of the scores and dy of the output, along each GEMM's reduction axis
+
+
+@dataclass
 class Precision:
     name: str = "fp32"                  # the preset's name, a label
     format: str = "fp32"                # sets all three roles unless they are overridden
@@ -150,6 +163,7 @@ class Precision:
     keep: Keep = field(default_factory=Keep)            # layers kept in keep.format
     accumulate: Accumulate = field(default_factory=Accumulate)  # the GEMMs' accumulator
     weight_grad: str = "fp32"           # dW after its GEMM cast to this format, per-tensor scaled unless scaling=none (MS-AMP O1)
+    attention: Attention = field(default_factory=Attention)  # the attention matmuls' casts (delayed scaling: current there)
 
 
 @dataclass

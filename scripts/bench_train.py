@@ -37,6 +37,8 @@ VARIANTS = {
     "acc e8m13 k=128": ["precision.accumulate.format=e8m13", "precision.accumulate.k=128"],
     "mask e8m3": ["precision=mask", "precision.format=e8m3"],
     "mxfp8": ["precision=mxfp8"],
+    # only the attention matmuls cast (e4m3fn, per-tensor scales): the explicit path's cost over fused SDPA
+    "attention e4m3fn": ["precision.attention.format=e4m3fn", "precision.scaling=tensor"],
     "mxfp4": ["precision=mxfp4"],
     "nvfp4": ["precision=nvfp4"],  # stochastic rounding on gradients, Hadamard-16 on wgrad operands
 }

@@ -1,3 +1,3 @@
-"""What gets cast in a model: the quantized linear layer, its per-role casts and the module swap
-(`convert_model`).
+"""What gets cast in a model: the quantized linear layer, its per-role casts, the cast attention path
+and the module swap (`convert_model`).
 """

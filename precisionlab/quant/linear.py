@@ -37,6 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from precisionlab.numerics.hadamard import hadamard_matrix, hadamard_transform, random_signs
+from precisionlab.quant.attention import convert_attention
 from precisionlab.quant.operands import (
     GEMMS,
     OPERANDS,
@@ -46,6 +47,7 @@ from precisionlab.quant.operands import (
     OperandCast,
     PrecisionConfig,
     RoleCast,
+    _mix_seed,
 )
 
 log = logging.getLogger(__name__)
@@ -54,18 +56,8 @@ __all__ = ["RoleCast", "DELAYED_STATE", "OperandCast", "LayerCasts", "PrecisionC
            "ROLES", "SCALINGS"]
 
 DELAYED_STATE = ("amax_history", "delayed_scale")  # a QuantLinear's delayed-scaling buffers, when it has them
-_MASK63 = (1 << 63) - 1
 _NO_SEEDS = (0,) * 9
 _BLOCK_NAME = re.compile(r"(?:^|\.)blocks\.(\d+)\.")  # LM's transformer blocks: blocks.<i>.attn.c_attn, ...
-
-
-def _mix_seed(*parts: int) -> int:
-    """SplitMix64-style hash of integers into a 63-bit Philox key."""
-    h = 0x9E3779B97F4A7C15
-    for p in parts:
-        h = (h ^ (p & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        h = (h ^ (h >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
-    return h & _MASK63
 
 
 class _QuantLinearFn(torch.autograd.Function):
@@ -182,7 +174,8 @@ class QuantLinear(nn.Linear):
 
 
 def convert_model(model: nn.Module, precision: Any, seed: int = 0) -> nn.Module:
-    """Swap every `nn.Linear` not matching `precision.exclude` for a `QuantLinear`, in place.
+    """Swap every `nn.Linear` not matching `precision.exclude` for a `QuantLinear`, and when
+    `precision.attention` casts, every attention core (`Attend`) for a `QuantAttend`, in place.
 
     `precision` is a `PrecisionConfig` or a `precision` config node. `seed` (the run seed)
     keys stochastic rounding and Hadamard signs. Layers that `precision.keep` matches get the
@@ -202,7 +195,7 @@ def convert_model(model: nn.Module, precision: Any, seed: int = 0) -> nn.Module:
         if casts is not None:
             parent_name, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent_name), child, QuantLinear(linear, casts, index=index, seed=seed))
-    return model
+    return convert_attention(model, precision.attention, seed=seed)
 
 
 def _planned(linears: list[tuple[str, nn.Linear]], precision: PrecisionConfig):

@@ -1,4 +1,5 @@
-"""What each GEMM operand of a linear layer is cast to: `OperandCast`, `LayerCasts`, `PrecisionConfig`.
+"""What each GEMM operand of a linear layer is cast to: `OperandCast`, `LayerCasts`, `PrecisionConfig`;
+and those of the attention matmuls: `AttentionCasts`.
 
 A linear layer runs three GEMMs, each with two operands cast along that GEMM's reduction axis
 (DESIGN, "Casts in training: six operands"):
@@ -22,6 +23,10 @@ such as NVFP4's 16x16 weight blocks) and neither GEMM rotates it, one cast serve
 with deterministic rounding that gives the same bits as two casts, with stochastic rounding it
 is what the old three-role linear did (seed slots 0, 1, 2), so old configs train bit for bit as
 before, and it is NVIDIA's "one cast of W for forward and input gradient".
+
+The attention matmuls are two more such GEMMs per transformer block (`AttentionCasts`): their
+tensors q, k, p, v and the gradients take one format (`precision.attention.format`) with
+per-tensor overrides, and the precision group's shared options.
 """
 
 from __future__ import annotations
@@ -38,8 +43,9 @@ from precisionlab.numerics.cast import ROUNDING_MODES, amax_scale, quantize, qua
 from precisionlab.numerics.formats import FloatFormat
 from precisionlab.numerics.hadamard import HADAMARD_SIZES
 
-__all__ = ["OperandCast", "RoleCast", "LayerCasts", "PrecisionConfig", "ROLES", "OPERANDS", "GEMMS",
-           "OPERAND_ROLE", "SEED_SLOT", "SCALINGS", "AMAX_ALGOS", "SIGNS", "OPTIONS", "Delayed", "Accumulate"]
+__all__ = ["OperandCast", "RoleCast", "LayerCasts", "AttentionCasts", "PrecisionConfig", "ROLES", "OPERANDS", "GEMMS",
+           "OPERAND_ROLE", "SEED_SLOT", "ATTENTION_TENSORS", "SCALINGS", "AMAX_ALGOS", "SIGNS", "OPTIONS", "Delayed",
+           "Accumulate"]
 
 ROLES = ("x", "w", "grad")
 GEMMS = ("fwd", "dgrad", "wgrad")
@@ -48,11 +54,22 @@ OPERAND_ROLE = {"fwd_x": "x", "fwd_w": "w", "dgrad_g": "grad", "dgrad_w": "w", "
 # Philox seed slot of each operand's stochastic rounding; 0-2 are the old roles x, w, grad.
 # Slots 6 + GEMMS.index(gemm) seed per-call Hadamard signs.
 SEED_SLOT = {"fwd_x": 0, "fwd_w": 1, "dgrad_g": 2, "wgrad_x": 3, "dgrad_w": 4, "wgrad_g": 5}
+ATTENTION_TENSORS = ("q", "k", "p", "v", "grad")  # what precision.attention casts (grad: dS and dy)
 SCALINGS = ("none", "tensor", "delayed")
 AMAX_ALGOS = ("max", "most_recent")
 SIGNS = ("fixed", "per_call")
 OPTIONS = ("format", "rounding", "saturate", "subnormals", "scaling", "pow2_scale")
 _FP32 = FloatFormat.parse("fp32")
+_MASK63 = (1 << 63) - 1
+
+
+def _mix_seed(*parts: int) -> int:
+    """SplitMix64-style hash of integers into a 63-bit Philox key."""
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h = (h ^ (p & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        h = (h ^ (h >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
+    return h & _MASK63
 
 
 @dataclass(frozen=True)
@@ -219,6 +236,42 @@ class LayerCasts:
 
 
 @dataclass(frozen=True)
+class AttentionCasts:
+    """The casts of one block's attention matmuls, scores S = q . k^T and output y = p . v. Each is a
+    GEMM with a linear layer's six operands (q and p in x's place, k and v^T in W's, the gradient dS
+    or dy of its output in g's), so each has a `LayerCasts`:
+
+      GEMM     forward (reduction)    input grad (reduction)    weight grad (reduction)
+      scores   S  = q . k^T  (D)      dq = dS . k    (keys)     dk = dS^T . q  (queries)
+      output   y  = p . v    (keys)   dp = dy . v^T  (D)        dv = p^T . dy  (queries)
+    """
+
+    q: OperandCast = OperandCast(None)  # queries (B, H, T, D)
+    k: OperandCast = OperandCast(None)  # keys (B, H, T, D)
+    p: OperandCast = OperandCast(None)  # softmax probabilities (B, H, T, T)
+    v: OperandCast = OperandCast(None)  # values (B, H, T, D)
+    grad: OperandCast = OperandCast(None)  # dS (B, H, T, T) and dy (B, H, T, D)
+
+    @property
+    def scores(self) -> LayerCasts:
+        return LayerCasts(fwd_x=self.q, fwd_w=self.k, dgrad_g=self.grad, dgrad_w=self.k, wgrad_g=self.grad, wgrad_x=self.q)
+
+    @property
+    def output(self) -> LayerCasts:
+        return LayerCasts(fwd_x=self.p, fwd_w=self.v, dgrad_g=self.grad, dgrad_w=self.v, wgrad_g=self.grad, wgrad_x=self.p)
+
+    @property
+    def is_fp32(self) -> bool:
+        return all(getattr(self, t).fmt is None for t in ATTENTION_TENSORS)
+
+    def describe(self) -> str:
+        names = {t: str(getattr(self, t)) for t in ATTENTION_TENSORS}
+        if len(set(names.values())) == 1:
+            return next(iter(names.values()))
+        return ", ".join(f"{t}={name}" for t, name in names.items())
+
+
+@dataclass(frozen=True)
 class Keep:
     """Layers kept in another format: module-name globs and the first / last transformer blocks."""
 
@@ -244,6 +297,7 @@ class PrecisionConfig:
     casts: LayerCasts = None  # the six operands after overrides; None: from the roles
     exclude: tuple[str, ...] = ()  # fnmatch patterns on module names, e.g. "lm_head"
     keep: Keep = field(default_factory=Keep)
+    attention: AttentionCasts = AttentionCasts()  # every block's attention matmuls; all fp32: SDPA, uncast
 
     def __post_init__(self) -> None:
         if self.casts is None:
@@ -252,8 +306,8 @@ class PrecisionConfig:
 
     @property
     def is_fp32(self) -> bool:
-        return self.casts.is_fp32 and (self.keep.cast.fmt is None or not (self.keep.first or self.keep.last
-                                                                          or self.keep.match))
+        return self.casts.is_fp32 and self.attention.is_fp32 and (
+            self.keep.cast.fmt is None or not (self.keep.first or self.keep.last or self.keep.match))
 
     def excludes(self, name: str) -> bool:
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.exclude)
@@ -276,7 +330,7 @@ class PrecisionConfig:
         cfg = _plain(cfg)
         if cfg.get("format") is not None:
             _parse("format", cfg["format"])  # report the key the user typed, not an interpolated role
-        shared = dict(
+        shared = dict(  # the options every operand, attention's too, takes unless it overrides them
             rounding=cfg.get("rounding", "nearest_even"),
             saturate=bool(cfg.get("saturate", True)),
             subnormals=bool(cfg.get("subnormals", True)),
@@ -289,7 +343,7 @@ class PrecisionConfig:
         unknown = sorted(set(overrides) - set(OPERANDS))
         if unknown:
             raise ValueError(f"precision.operands.{unknown[0]} is not an operand; accepted: {', '.join(OPERANDS)}")
-        operands = [_override(op, roles[OPERAND_ROLE[op]], overrides.get(op) or {}) for op in OPERANDS]
+        operands = [_override(f"operands.{op}", roles[OPERAND_ROLE[op]], overrides.get(op) or {}) for op in OPERANDS]
         size, gemms, signs = _hadamard(cfg.get("hadamard") or {})
         accumulate, accumulate_gemms = _accumulate(cfg.get("accumulate") or {})
         weight_grad = _parse("weight_grad", cfg.get("weight_grad", "fp32"))
@@ -301,7 +355,8 @@ class PrecisionConfig:
         if size and casts.is_fp32:  # it would change nothing but the run id
             raise ValueError(f"precision.hadamard.size={size} rotates GEMM operands before their casts, but every "
                              "operand is fp32; set a format (precision.format, .x, .w, .grad) or hadamard.size=0")
-        return cls(**roles, casts=casts, exclude=_patterns(cfg.get("exclude")), keep=_keep(cfg.get("keep") or {}))
+        return cls(**roles, casts=casts, exclude=_patterns(cfg.get("exclude")), keep=_keep(cfg.get("keep") or {}),
+                   attention=_attention(cfg.get("attention") or {}, shared))
 
 
 def _plain(cfg: Any) -> dict:
@@ -326,20 +381,38 @@ def _patterns(value: Any) -> tuple[str, ...]:
     return (value,) if isinstance(value, str) else tuple(value)
 
 
-def _override(op: str, role: OperandCast, settings: dict) -> OperandCast:
+def _override(key: str, role: OperandCast, settings: dict) -> OperandCast:
+    """`role` with the options `settings` (config node `precision.<key>`, e.g. operands.fwd_x) sets."""
     unknown = sorted(set(settings) - set(OPTIONS))
     if unknown:
-        raise ValueError(f"precision.operands.{op}.{unknown[0]} is not a config key; an operand takes {', '.join(OPTIONS)}")
+        raise ValueError(f"precision.{key}.{unknown[0]} is not a config key; an operand takes {', '.join(OPTIONS)}")
     given = {k: v for k, v in settings.items() if v is not None}
     if "rounding" in given and given["rounding"] not in ROUNDING_MODES:
-        raise ValueError(f"precision.operands.{op}.rounding must be one of {', '.join(ROUNDING_MODES)}; "
+        raise ValueError(f"precision.{key}.rounding must be one of {', '.join(ROUNDING_MODES)}; "
                          f"got {given['rounding']!r}")
     if "scaling" in given and given["scaling"] not in SCALINGS:
-        raise ValueError(f"precision.operands.{op}.scaling must be one of {', '.join(SCALINGS)}; got {given['scaling']!r}")
+        raise ValueError(f"precision.{key}.scaling must be one of {', '.join(SCALINGS)}; got {given['scaling']!r}")
     changes = {("fmt" if k == "format" else k): v for k, v in given.items()}
     if "fmt" in changes:
-        changes["fmt"] = _parse(f"operands.{op}.format", changes["fmt"])
+        changes["fmt"] = _parse(f"{key}.format", changes["fmt"])
     return OperandCast(**{f.name: changes.get(f.name, getattr(role, f.name)) for f in fields(OperandCast)})
+
+
+def _attention(cfg: dict, shared: dict) -> AttentionCasts:
+    """precision.attention: its format for every tensor, per-tensor overrides, the shared options.
+    Delayed scaling becomes current scaling there (an amax history would need state of its own)."""
+    unknown = sorted(set(cfg) - {"format", *ATTENTION_TENSORS})
+    if unknown:
+        raise ValueError(f"precision.attention.{unknown[0]} is not a config key; attention takes format, "
+                         f"{', '.join(ATTENTION_TENSORS)}")
+    scaling = "tensor" if shared["scaling"] == "delayed" else shared["scaling"]
+    base = OperandCast(_parse("attention.format", cfg.get("format", "fp32")), **{**shared, "scaling": scaling})
+    tensors = {t: _override(f"attention.{t}", base, cfg.get(t) or {}) for t in ATTENTION_TENSORS}
+    for t, cast in tensors.items():
+        if cast.scaling == "delayed":
+            raise ValueError(f"precision.attention.{t}.scaling must be none or tensor (attention casts keep no amax "
+                             "history); got 'delayed'")
+    return AttentionCasts(**tensors)
 
 
 def _hadamard(cfg: dict) -> tuple[int, tuple[str, ...], str]:

@@ -132,6 +132,10 @@ NEUTRAL: Mapping[str, Any] = {
     # stability mitigations (issue 12)
     "model.qk_norm": False,
     "optim.z_loss": 0,
+    # attention matmuls cast (issue 12)
+    "precision.attention.format": "fp32",
+    **{f"precision.attention.{t}.{opt}": None for t in ("q", "k", "p", "v", "grad")
+       for opt in ("format", "rounding", "saturate", "subnormals", "scaling", "pow2_scale")},
 }
 
 
@@ -207,16 +211,19 @@ def _canonical_precision(config: dict) -> dict:
             return name
         return fmt.spelling if isinstance(fmt, BlockFormat) else name
 
+    def spelled_in(settings: Any) -> Any:  # a config node with its "format" leaf spelled
+        return {k: spelled(v) if k == "format" else v for k, v in settings.items()} if isinstance(settings, dict) else settings
+
     precision = dict(precision)
     for key in _FORMAT_LEAVES:
         if key in precision:
             precision[key] = spelled(precision[key])
     if isinstance(precision.get("operands"), dict):
-        precision["operands"] = {op: {k: spelled(v) if k == "format" else v for k, v in settings.items()}
-                                 if isinstance(settings, dict) else settings
-                                 for op, settings in precision["operands"].items()}
-    if isinstance(precision.get("keep"), dict) and "format" in precision["keep"]:
-        precision["keep"] = {**precision["keep"], "format": spelled(precision["keep"]["format"])}
+        precision["operands"] = {op: spelled_in(settings) for op, settings in precision["operands"].items()}
+    if isinstance(precision.get("keep"), dict):
+        precision["keep"] = spelled_in(precision["keep"])
+    if isinstance(precision.get("attention"), dict):  # its format and each tensor's
+        precision["attention"] = {k: spelled_in(v) for k, v in spelled_in(precision["attention"]).items()}
     hadamard = precision.get("hadamard")
     if isinstance(hadamard, dict):
         if not hadamard.get("size"):

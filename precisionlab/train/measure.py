@@ -16,8 +16,8 @@ training curve unchanged.
 Precision: `logit` and `keskar` are measured under the run's precision (its quantized
 GEMMs), or in fp32 when asked. `hessian` and `trace` are always measured in fp32 (the
 checkpoint's weights in the model without casts): they need second derivatives (double
-backward), and `QuantLinear`'s autograd Function casts its inputs with the detaching
-`quantize` and gives first derivatives only — a second backward through it runs but
+backward), and the autograd Functions of `QuantLinear` and `QuantAttend` cast their inputs
+with the detaching `quantize` and give first derivatives only — a second backward through them runs but
 drops terms (the Hessian of an almost-fp32 format, e8m22, comes out a fraction of the
 true one), so the quantized model gives no meaningful Hessian. A second derivative of
 the quantized loss itself would be zero almost everywhere anyway (the casts are
@@ -46,6 +46,7 @@ from precisionlab.analysis.sharpness import (
     keskar_sharpness,
     model_logit_sharpness,
 )
+from precisionlab.quant.attention import QuantAttend
 from precisionlab.quant.linear import DELAYED_STATE, PrecisionConfig, QuantLinear
 from precisionlab.train.model import LM
 
@@ -54,6 +55,7 @@ __all__ = ["METRICS", "Settings", "planned", "measure", "params_key", "check_met
 
 METRICS = ("logit", "hessian", "trace", "keskar")
 SECOND_ORDER = ("hessian", "trace")  # always measured in fp32, see the module docstring
+CAST_MODULES = (QuantLinear, QuantAttend)  # what casts in a model; each counts its calls (stochastic-rounding seeds)
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,7 @@ def is_fp32(cfg: Any) -> bool:
 
 
 def _is_quantized(model: nn.Module) -> bool:
-    return any(isinstance(m, QuantLinear) for m in model.modules())
+    return any(isinstance(m, CAST_MODULES) for m in model.modules())
 
 
 def fp32_twin(model: LM) -> LM:
@@ -113,7 +115,7 @@ def fp32_twin(model: LM) -> LM:
         return model
     with torch.random.fork_rng(devices=[]):  # building a model draws init weights: leave the RNG alone
         twin = LM(model.config)
-    keys = set(twin.state_dict())  # QuantLinear's own state (call counts, delayed-scaling histories) stays behind
+    keys = set(twin.state_dict())  # the cast modules' own state (call counts, delayed-scaling histories) stays behind
     twin.load_state_dict({k: v for k, v in model.state_dict().items() if k in keys})
     device = next(model.parameters()).device
     return twin.to(device).eval()
@@ -121,10 +123,10 @@ def fp32_twin(model: LM) -> LM:
 
 @contextmanager
 def _frozen(model: nn.Module) -> Iterator[Callable[[], None]]:
-    """Eval mode, and a `reset()` that puts every QuantLinear's call count (its stochastic-rounding
+    """Eval mode, and a `reset()` that puts every cast module's call count (its stochastic-rounding
     seed) and delayed-scaling state (amax histories, scales) back to their values on entry; the
     mode, counts and histories are restored on exit."""
-    layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    layers = [m for m in model.modules() if isinstance(m, CAST_MODULES)]
     calls = [m.calls for m in layers]
     delayed = [(buffer, buffer.clone()) for m in layers for name, buffer in m.named_buffers() if name in DELAYED_STATE]
     was_training = model.training

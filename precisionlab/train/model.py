@@ -6,7 +6,9 @@
 Every GEMM of the model is an `nn.Linear` (attention projections, MLP,
 LM head), so `precisionlab.quant.convert_model` can swap them all for
 quantized linears. The attention matmuls themselves (q @ k^T, p @ v) run in
-fp32 through `scaled_dot_product_attention` and are not cast.
+fp32 through `scaled_dot_product_attention`, in an `Attend` module that
+convert_model swaps for an explicit cast path when `precision.attention`
+casts them (`precisionlab.quant.attention`).
 
 Shapes: B batch, T sequence length, C = n_embd, H = n_head, D = C // H, V vocab.
 """
@@ -20,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["ModelConfig", "LM", "ARCHS"]
+__all__ = ["ModelConfig", "LM", "Attend", "ARCHS"]
 
 ARCHS = ("gpt2", "llama")
 
@@ -91,12 +93,25 @@ def _norm(cfg: ModelConfig, width: int | None = None) -> nn.Module:
     return nn.LayerNorm(width, eps=cfg.norm_eps, bias=cfg.has_bias)
 
 
+class Attend(nn.Module):
+    """Causal softmax attention of q, k, v (B, H, T, D) -> (B, H, T, D), fused (SDPA, uncast). A module
+    of its own so that precisionlab.quant can swap it for a cast path, as it swaps nn.Linear."""
+
+    def __init__(self, dropout: float):
+        super().__init__()
+        self.dropout = dropout  # on the attention probabilities, in training mode
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.n_head, self.dropout, self.rope = cfg.n_head, cfg.dropout, cfg.arch == "llama"
+        self.n_head, self.rope = cfg.n_head, cfg.arch == "llama"
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.has_bias)  # q, k, v in one GEMM
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.has_bias)
+        self.attend = Attend(cfg.dropout)  # (B, H, T, D) q, k, v -> (B, H, T, D)
         self.resid_dropout = nn.Dropout(cfg.dropout)
         if cfg.qk_norm:  # one norm over the head dimension D, shared by the heads (Dehghani et al. 2023)
             self.q_norm, self.k_norm = _norm(cfg, cfg.n_embd // cfg.n_head), _norm(cfg, cfg.n_embd // cfg.n_head)
@@ -118,10 +133,6 @@ class CausalSelfAttention(nn.Module):
         if rope is not None:
             q, k = _apply_rope(q, *rope), _apply_rope(k, *rope)
         return q, k, v
-
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Causal softmax attention of q, k, v (B, H, T, D) -> (B, H, T, D)."""
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
 
 
 class MLP(nn.Module):
