@@ -221,8 +221,8 @@ class Divergence:
 
 @dataclass
 class Spikes:
-    factor: float = 1.5                 # a spike: loss > factor * median of the previous `window` losses
-    window: int = 20
+    z: float = 8.0                      # a spike: loss more than z robust SDs (1.4826 MAD) above the median of
+    window: int = 20                    # the previous `window` losses (precisionlab.train.outcomes)
 
 
 @dataclass
@@ -445,7 +445,7 @@ def _check_train(cfg: DictConfig) -> None:
     _check(t.threads is None or t.threads > 0, "train.threads must be a positive integer or null (all cores)", t.threads)
     _check(t.seq_len <= cfg.model.block_size, f"train.seq_len must be <= model.block_size ({cfg.model.block_size})", t.seq_len)
     _check(t.divergence.factor > 0, "train.divergence.factor must be > 0", t.divergence.factor)
-    _check(t.spikes.factor > 1, "train.spikes.factor must be > 1", t.spikes.factor)
+    _check(0 < t.spikes.z < math.inf, "train.spikes.z must be a positive number", t.spikes.z)
     _check(t.spikes.window > 0, "train.spikes.window must be a positive integer", t.spikes.window)
     _check(t.steps <= MAX_STEPS, f"train.steps must be at most {MAX_STEPS:.0e} (a run that could never end)", t.steps)
     _check_memory(cfg)

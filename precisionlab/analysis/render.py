@@ -54,6 +54,9 @@ DEFINITIONS = [
     ("diverged (%)", "diverged / finished runs over the grid, with the exact (Clopper–Pearson) 95% interval "
                      "of the rate"),
     ("stable lrs", "LRs of the grid at which no seed diverged"),
+    ("not conv.", "did not converge: completed runs whose final validation loss did not get half of the way "
+                  "from the initial loss ℓ₀ down to the reference's mean loss at its best LR (shown only when "
+                  "there are any); diverged runs stopped, these ran to the end without learning enough"),
     ("ΔS vs ref.", "LR sensitivity minus the reference's (first row) over the seeds both finished at every LR "
                    "(the same seed: the same initial weights and batches), with its paired bootstrap interval"),
     ("p (ΔS), p (div.)", "Holm-adjusted p-values (over all the report's tests) of the exact permutation test of "

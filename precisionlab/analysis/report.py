@@ -12,6 +12,10 @@ Definitions (the README's "Reading a report" repeats them):
                 plus every other config value that varies between runs of one format
                 besides the learning rate and the seed, e.g. "e8m7 [rounding=toward_zero]".
   ℓ₀            a run's initial loss: its train loss at step 1.
+  outcome       diverged (NaN/Inf, or the loss rose above the divergence bound: the run
+                stopped), did not converge (completed, but its final validation loss did
+                not get NOT_CONVERGED of the way from ℓ₀ down to the reference's loss at
+                its best LR), converged (the other completed runs).
   ℓ             a run's final validation loss, capped at ℓ₀; a diverged run counts as ℓ₀.
   ℓ(η)          the mean of ℓ over the seeds at learning rate η.
   LR sensitivity  Wortsman et al. 2023: mean over the LR grid of ℓ(η) − min_η ℓ(η).
@@ -59,13 +63,14 @@ from precisionlab.numerics.formats import FloatFormat
 from precisionlab.store import DONE, NON_SEMANTIC_KEYS, ResultsStore, StoreError
 
 __all__ = ["Report", "ReportError", "ALPHA", "bits_per_element", "build", "by_lr", "by_variant", "compare", "compare_notes",
-           "filter_runs", "seed_matrix",
+           "filter_runs", "mark_convergence", "seed_matrix", "NOT_CONVERGED",
            "fisher_greater", "format_family", "format_order", "label_runs", "role_formats", "sharpness_by_step", "short_format"]
 
 FORMAT_KEYS = {"format", "x", "w", "grad", "name"}  # precision.* keys the formats columns already show
 GRID_AXES = {"seed", "optim.lr", "lr"}              # what the tables are taken over, never part of a variant
 WHERE_COLUMNS = ("variant", "format", "lr", "seed", "status", "rounding", "model")
 ALPHA = 0.05  # a verdict other than "no difference detected" needs a Holm-adjusted p below this
+NOT_CONVERGED = 0.5  # a completed run must get this fraction of the way from ℓ₀ to the reference's best loss
 
 
 class ReportError(ValueError):
@@ -341,6 +346,21 @@ def _against_reference(table: pd.DataFrame, runs: pd.DataFrame, i: int) -> list[
             sens["p"], best["diff"], best["low"], best["high"], best["p"]]
 
 
+def mark_convergence(runs: pd.DataFrame, table: pd.DataFrame, variants: pd.DataFrame) -> tuple[pd.DataFrame, ...]:
+    """`runs` with an `outcome` column (module docstring), and `not_converged` counts added to the
+    per-LR and per-variant tables; the bar is the reference's (first variant's) best-LR loss."""
+    best = variants.best_lr_loss.iloc[0] if len(variants) else math.nan
+    bar = runs.initial_loss.astype(float) - NOT_CONVERGED * (runs.initial_loss.astype(float) - best)
+    completed = runs.status == "completed"
+    stuck = completed & (runs.final_val_loss.astype(float) > bar)  # a NaN bar (no reference loss): converged
+    runs = runs.assign(outcome=np.where(stuck, "did not converge", np.where(completed, "converged", runs.status)))
+    per_lr = runs[stuck].groupby(["variant", "lr"]).size()
+    table = table.assign(not_converged=[int(per_lr.get((v, lr), 0)) for v, lr in zip(table.variant, table.lr)])
+    per_variant = runs[stuck].groupby("variant").size()
+    variants = variants.assign(not_converged=[int(per_variant.get(v, 0)) for v in variants.variant])
+    return runs, table, variants
+
+
 def fisher_greater(diverged: int, runs: int, ref_diverged: int, ref_runs: int) -> float:
     """One-sided Fisher exact p-value that a variant with `diverged` of `runs` diverges more often
     than a reference with `ref_diverged` of `ref_runs`: P(X >= diverged) for X hypergeometric
@@ -507,6 +527,7 @@ def build(store: ResultsStore, sweep: str | None = None, where: Sequence[str] = 
                      + how.get(status, "rerun the sweep command to finish them") + ")")
     table = by_lr(runs)
     variants = by_variant(table, runs)
+    runs, table, variants = mark_convergence(runs, table, variants)
     grids = {v: tuple(sorted(g.lr)) for v, g in table[table.finished > 0].groupby("variant")}
     if len(set(grids.values())) > 1:
         notes.append("variants were run over different LR grids: their LR sensitivities are not comparable")

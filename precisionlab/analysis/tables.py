@@ -42,6 +42,8 @@ def display_by_lr(table: pd.DataFrame) -> pd.DataFrame:
         "lr": [f"{lr:.3g}" for lr in table.lr],
         "diverged": [f"{d}/{f}" for d, f in zip(table.diverged, table.finished)],
         "median div. step": [_num(s, ".0f") for s in table.median_diverged_step],
+        **({"not conv.": [f"{k}/{f}" for k, f in zip(table.not_converged, table.finished)]}
+           if "not_converged" in table and table.not_converged.any() else {}),
         "final val loss": [_mean_std(m, s) for m, s in zip(table.final_loss_mean, table.final_loss_std)],
         "95% interval": [_interval(m, lo, hi, ".4f").partition(" ")[2] or "–"
                          for m, lo, hi in zip(table.final_loss_mean, table.final_loss_low, table.final_loss_high)],
@@ -63,6 +65,8 @@ def display_by_variant(table: pd.DataFrame) -> pd.DataFrame:
         "loss at best lr": [_interval(x, lo, hi, ".4f") for x, lo, hi in zip(table.best_lr_loss, table.best_lr_loss_low,
                                                                               table.best_lr_loss_high)],
         "stable lrs": [f"{s}/{n}" for s, n in zip(table.stable_lrs, table.lrs)],
+        **({"not conv.": [f"{k}/{f}" for k, f in zip(table.not_converged, table.finished)]}
+           if "not_converged" in table and table.not_converged.any() else {}),
         "spikes": table.spikes.astype(str),
         "ΔS vs ref.": [_interval(x, lo, hi, "+.3f") for x, lo, hi in zip(table.sensitivity_diff, table.sensitivity_diff_low,
                                                                           table.sensitivity_diff_high)],

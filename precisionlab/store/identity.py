@@ -104,6 +104,8 @@ NEUTRAL: Mapping[str, Any] = {
     "train.spikes.window": 20,
     # whole files held out for validation (issue 13): the default changed, so the built-in data's ids did
     "data.split": "tail",
+    # loss spikes by robust z-score (issue 13); spikes are counted, never trained on: runs keep their ids
+    "train.spikes.z": 8,
     # six operand casts, Hadamard transforms, kept layers (issue 11)
     **{f"precision.operands.{op}.{opt}": None for op in ("fwd_x", "fwd_w", "dgrad_g", "dgrad_w", "wgrad_g", "wgrad_x")
        for opt in ("format", "rounding", "saturate", "subnormals", "scaling", "pow2_scale")},

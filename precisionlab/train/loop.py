@@ -119,7 +119,7 @@ def _train(cfg, device, batch_gen, train_tokens, val_tokens, data_meta, recorder
     t, o = cfg.train, cfg.optim
     model = build_model(cfg).to(device)
     optimizer, moment_formats = build_optimizer(model, o), MomentFormats.from_cfg(o)
-    spikes = SpikeCounter(t.spikes.factor, t.spikes.window)
+    spikes = SpikeCounter(t.spikes.z, t.spikes.window)
     start_step, elapsed0 = 0, 0.0
     if resume_from is not None:
         state = torch.load(resume_from, map_location=device, weights_only=True)

@@ -7,19 +7,31 @@ Outcomes:
   failed    any other exception during training; `error` holds its text.
   completed otherwise.
 
-Loss spikes: step t is a spike step when its train loss exceeds
-`train.spikes.factor` x the median of the previous `train.spikes.window` train
-losses (checked once that many exist); a run of consecutive spike steps
-counts as one spike.
+Loss spikes: step t is a spike step when its train loss is more than `train.spikes.z`
+robust standard deviations above the median of the previous `train.spikes.window` train
+losses (checked once that many exist). The standard deviation is estimated from the window's
+successive differences, 1.4826 MAD(differences) / sqrt(2): unlike the MAD of the losses
+themselves it does not grow with the curve's own trend early in training. It is floored at
+MAD_FLOOR x the median, so that a flat window does not make every wiggle a spike. A run of
+consecutive spike steps counts as one spike.
+
+Calibration (z = 8): on the 141 completed runs of `sweep=fp8_recipes` (39,480 steps of real
+training curves, window 20) the robust z exceeded 2.9 at 1% of steps, 4.9 at 0.1% and 6.8 at
+0.01%; the largest was 7.6. A threshold of 8 fires on none of them, and catches a 15% jump on a
+curve with 1% batch noise (tests/train/test_loop.py). precisionlab 0.2's rule (loss > 1.5 x the
+median) never fired on the paper grid: a jump of half the loss is a divergence, not a spike.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import deque
 from dataclasses import dataclass, field
 
-__all__ = ["RunResult", "SpikeCounter"]
+__all__ = ["RunResult", "SpikeCounter", "robust_z", "MAD_FLOOR"]
+
+MAD_FLOOR = 1e-3  # the MAD's floor, relative to the window's median loss
 
 
 @dataclass
@@ -36,17 +48,27 @@ class RunResult:
     checkpoints: list[tuple[int, str]] = field(default_factory=list)
 
 
+def robust_z(loss: float, recent) -> float:
+    """How many robust standard deviations `loss` lies above the median of `recent` (see above)."""
+    recent = list(recent)
+    median = statistics.median(recent)
+    steps = [b - a for a, b in zip(recent, recent[1:])]
+    centre = statistics.median(steps)
+    sigma = 1.4826 * statistics.median(abs(d - centre) for d in steps) / math.sqrt(2)
+    return (loss - median) / max(sigma, MAD_FLOOR * abs(median), 1e-12)
+
+
 class SpikeCounter:
     """Counts loss spikes as defined in the module docstring."""
 
-    def __init__(self, factor: float, window: int):
-        self.factor, self.recent = factor, deque(maxlen=window)
+    def __init__(self, z: float, window: int):
+        self.z, self.recent = z, deque(maxlen=window)
         self.count, self.in_spike = 0, False
 
     def update(self, loss: float) -> bool:
-        """Feed one train loss; True if this step is a spike step."""
+        """Feed one train loss; True if this step is a spike step (NaN/Inf are divergences, not spikes)."""
         full = len(self.recent) == self.recent.maxlen
-        spike = full and loss > self.factor * statistics.median(self.recent)
+        spike = full and math.isfinite(loss) and robust_z(loss, self.recent) > self.z
         if spike and not self.in_spike:
             self.count += 1
         self.in_spike = spike

@@ -132,6 +132,18 @@ def test_per_format_table_and_verdicts(store):
     assert any("1 run(s) failed" in note for note in report.notes)
 
 
+def test_diverged_and_did_not_converge_are_apart(store):
+    # The reference fp32's loss at its best LR (1e-3) is 3.1: a completed run must end below
+    # ℓ₀ - 0.5 (ℓ₀ - 3.1) = 4.3. e8m3 seed 0 at 1e-3 ended at 6.0: did not converge.
+    report = build(store, SWEEP)
+    outcome = report.runs.set_index(["variant", "lr", "seed"]).outcome
+    assert outcome[("e8m3", 1e-3, 0)] == "did not converge" and outcome[("e8m3", 1e-3, 1)] == "converged"
+    assert outcome[("e8m3", 1e-2, 0)] == "diverged" and outcome[("e7m7", 1e-2, 1)] == "failed"
+    assert (report.runs.outcome == "did not converge").sum() == 1
+    assert report.by_variant.set_index("variant").not_converged.to_dict() == {"fp32": 0, "e8m7": 0, "e7m7": 0, "e8m3": 1}
+    assert report.by_lr.set_index(["variant", "lr"]).not_converged[("e8m3", 1e-3)] == 1
+
+
 def test_display_strings(store):
     shown = display_by_lr(build(store, SWEEP).by_lr)
     row = shown[(shown.format == "e8m7") & (shown.lr == "0.01")].iloc[0]

@@ -6,6 +6,7 @@ import csv
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -217,10 +218,30 @@ def test_lr_schedule():
 
 
 def test_spike_counting():
-    counter = SpikeCounter(factor=1.5, window=5)
-    flags = [counter.update(x) for x in [1, 1, 1, 1, 1, 3, 3, 1, 1, 1, 5, 1.4]]
-    assert flags == [False] * 5 + [True, True] + [False] * 3 + [True, False]
+    counter = SpikeCounter(z=8.0, window=5)  # a flat window: the MAD floor (1e-3 x median) sets the scale
+    flags = [counter.update(x) for x in [1, 1, 1, 1, 1, 3, 3, 1, 1, 1, 5, 1.004, float("nan")]]
+    assert flags == [False] * 5 + [True, True] + [False] * 3 + [True, False, False]
     assert counter.count == 2  # consecutive spike steps are one spike
+
+
+def _noisy_curve(rng, steps: int = 400) -> list[float]:
+    """A training curve: exponential decay towards 2.0 plus 1% Gaussian noise."""
+    t = np.arange(steps)
+    return list((2.0 + 3.0 * np.exp(-t / 60)) * (1 + 0.01 * rng.standard_normal(steps)))
+
+
+def test_the_spike_detector_finds_planted_spikes_and_no_others():
+    rng = np.random.default_rng(0)
+    quiet = _noisy_curve(rng)
+    counter = SpikeCounter(z=8.0, window=20)
+    assert not any(counter.update(x) for x in quiet) and counter.count == 0
+    planted = list(quiet)
+    for start, length, rise in ((100, 3, 1.15), (250, 1, 1.15), (330, 5, 1.30)):
+        for t in range(start, start + length):
+            planted[t] *= rise  # a jump of 15-30%, far beyond 1% noise, far below a divergence
+    counter = SpikeCounter(z=8.0, window=20)
+    steps = [t for t, x in enumerate(planted) if counter.update(x)]
+    assert steps == [100, 101, 102, 250, *range(330, 335)] and counter.count == 3
 
 
 def test_resume_in_the_same_run_directory_keeps_the_curve(train_cfg, tmp_path):
