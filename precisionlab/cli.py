@@ -303,8 +303,10 @@ def report(
         display_by_lr,
         display_by_variant,
         display_compare,
+        display_warning,
         text_table,
     )
+    from precisionlab.analysis.warning import DEFAULT_LEAD
 
     if compare and sweep_name:
         fail("--sweep and --compare exclude each other; --compare SWEEP_A SWEEP_B names both sweeps")
@@ -334,6 +336,8 @@ def report(
         typer.echo(text_table(display_by_lr(result.by_lr)) + "\n")
         for title, table in render.sharpness_display(result).items():
             typer.echo(f"sharpness {title}: mean ± std (runs) per step\n{text_table(table)}\n")
+        if len(result.warning):
+            typer.echo(f"early warning\n{text_table(display_warning(result.warning, DEFAULT_LEAD))}\n")
         typer.echo(result.headline())
         for note in result.notes:
             typer.echo(f"note: {note}")

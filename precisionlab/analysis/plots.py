@@ -20,7 +20,8 @@ from matplotlib.patches import Rectangle
 
 from precisionlab.analysis.report import Report, bits_per_element, display_label, format_family
 
-__all__ = ["figures", "png", "loss_curves", "final_loss_heatmap", "loss_vs_lr", "stability_vs_bits", "sharpness_curves"]
+__all__ = ["figures", "png", "loss_curves", "final_loss_heatmap", "loss_vs_lr", "stability_vs_bits", "sharpness_curves",
+           "early_warning"]
 
 DPI = 110
 FACET_W, FACET_H = 3.4, 2.6  # inches per facet
@@ -212,6 +213,32 @@ def loss_vs_lr(report: Report) -> Figure:
     return fig
 
 
+def early_warning(report: Report) -> Figure:
+    """Each signal of the diverged runs against steps before their divergence, relative to the
+    threshold of their LR (the completed runs' extreme): one panel per signal, one line per run."""
+    table = report.warning_aligned
+    names = sorted(table.signal.unique())
+    cols = min(len(names), 3)
+    rows = math.ceil(len(names) / cols)
+    fig = Figure(figsize=(FACET_W * cols, FACET_H * rows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    colours = _lr_colours(table.lr)
+    for ax, name in zip(axes, names):
+        for (run_id, lr), run in table[table.signal == name].groupby(["run_id", "lr"]):
+            run = run.sort_values("steps_before")
+            ax.plot(run.steps_before, run.ratio, lw=0.9, color=colours[float(lr)], marker="." if len(run) < 30 else None)
+        ax.axhline(1.0, color="black", ls="--", lw=1)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("steps before divergence")
+        ax.set_ylabel("value / threshold")
+        ax.grid(alpha=0.3)
+    for ax in axes[len(names):]:
+        ax.set_visible(False)
+    fig.get_layout_engine().set(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
+    _lr_legend(fig, colours, diverged=False)
+    return fig
+
+
 def sharpness_curves(report: Report, metric: str, params: str) -> Figure:
     """Per variant: train loss (top) and the sharpness metric (bottom) against step; colour = LR, line per seed."""
     variants = list(report.by_variant.variant)
@@ -250,6 +277,8 @@ def figures(report: Report) -> dict[str, Figure]:
         bits = stability_vs_bits(report)
         if bits is not None:
             out["stability_vs_bits.png"] = bits
+    if len(report.warning_aligned):
+        out["early_warning.png"] = early_warning(report)
     if not report.sharpness.empty:
         for metric, group in report.sharpness.groupby("metric"):
             settings = sorted(group.params.unique())  # one figure per parameter setting, numbered if several

@@ -25,9 +25,11 @@ import pandas as pd
 
 from precisionlab.analysis import plots
 from precisionlab.analysis.report import Report, ReportError
+from precisionlab.analysis.warning import DEFAULT_LEAD
 from precisionlab.analysis.tables import (
     display_by_lr,
     display_by_variant,
+    display_warning,
     display_compare,
 )
 from precisionlab.store.names import sweep_name_problem
@@ -67,6 +69,13 @@ DEFINITIONS = [
                      "interval says how large a difference they leave open)"),
 ]
 
+WARNING_TEXT = (f"Does a per-step signal cross a threshold before a run diverges? Per learning rate, the "
+                f"threshold is the extreme the completed runs reached (so none of them crosses it); a diverged "
+                f"run is warned when its signal crossed it at least {DEFAULT_LEAD} steps before its divergence. "
+                f"False alarms: completed runs beyond the threshold of the other completed runs at their LR "
+                f"(leave-one-out). Intervals: exact 95%. Signals measured every N steps warn at the first "
+                f"measurement past the threshold; runs that diverged before a signal's first measurement do not count.")
+
 CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1200px;
        color: #222; line-height: 1.45; padding: 0 1em; }
@@ -89,6 +98,9 @@ CAPTIONS = {
     "loss_vs_lr.png": "ℓ(η), the mean over seeds of the final validation loss capped at the initial loss (a "
                       "diverged run counts as ℓ₀), against the learning rate; error bars are 95% bootstrap "
                       "intervals over seeds.",
+    "early_warning.png": "Each signal of every diverged run, as a ratio to its learning rate's threshold (the "
+                         "extreme the completed runs at that LR reached; dashed line), against steps before "
+                         "the divergence: a line that crosses 1 early warns early.",
     "stability_vs_bits.png": "Diverged fraction and LR sensitivity against bits per element (a block format's "
                              "scales included: mxfp4 4.25, nvfp4 4.5), one line per exponent width or block "
                              "scaling, with 95% intervals (exact for the fraction, seed bootstrap for the "
@@ -167,6 +179,11 @@ def html_document(report: Report, images: dict[str, bytes]) -> str:
             if name.startswith("sharpness_"):
                 parts.append(_html_figure(name, data, "Train loss (top) and sharpness (bottom) per format; "
                                                       "colour is the learning rate, one line per seed."))
+    if len(report.warning):
+        parts += ["<h2>Early warning</h2>", f"<p>{esc(WARNING_TEXT)}</p>",
+                  _html_table(display_warning(report.warning, DEFAULT_LEAD))]
+        if "early_warning.png" in images:
+            parts.append(_html_figure("early_warning.png", images["early_warning.png"], CAPTIONS["early_warning.png"]))
     parts.append("<h2>Definitions</h2><dl>" + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in DEFINITIONS)
                  + "</dl>")
     parts.append(f'<p class="meta">Tables as CSV beside this file; per-run data: '
@@ -206,6 +223,10 @@ def markdown_document(report: Report, image_names: list[str]) -> str:
         for title, table in sharp.items():
             parts += [f"### {title}: mean ± std (runs) per step", "", _md_table(table), ""]
         parts += [f"![{name}]({name})\n" for name in image_names if name.startswith("sharpness_")]
+    if len(report.warning):
+        parts += ["## Early warning", "", WARNING_TEXT, "", _md_table(display_warning(report.warning, DEFAULT_LEAD)), ""]
+        parts += [f"![early_warning.png](early_warning.png)\n\n*{CAPTIONS['early_warning.png']}*\n"
+                  for name in image_names if name == "early_warning.png"]
     parts += ["## Definitions", ""] + [f"- **{k}**: {v}" for k, v in DEFINITIONS]
     return "\n".join(parts) + "\n"
 
@@ -231,6 +252,8 @@ def write(report: Report, out: str | os.PathLike) -> list[Path]:
         "runs.csv": report.runs.drop(columns=["config", "meta"], errors="ignore").to_csv(index=False),
         **images,
     }
+    if len(report.warning):
+        files["early_warning.csv"] = report.warning.to_csv(index=False)
     if not report.sharpness_steps.empty:
         files["sharpness.csv"] = report.sharpness_steps.rename(columns={"variant": "format"}).to_csv(index=False)
     return _write_files(files, out)
@@ -256,6 +279,11 @@ def comparison_html(a: Report, b: Report, table: pd.DataFrame, notes: list[str],
                   _html_table(display_by_variant(report.by_variant), list(report.by_variant.verdict))]
     if "stability_vs_bits.png" in images:
         parts.append(_html_figure("stability_vs_bits.png", images["stability_vs_bits.png"], CAPTIONS["stability_vs_bits.png"]))
+    if len(report.warning):
+        parts += ["<h2>Early warning</h2>", f"<p>{esc(WARNING_TEXT)}</p>",
+                  _html_table(display_warning(report.warning, DEFAULT_LEAD))]
+        if "early_warning.png" in images:
+            parts.append(_html_figure("early_warning.png", images["early_warning.png"], CAPTIONS["early_warning.png"]))
     parts.append("<h2>Definitions</h2><dl>" + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in DEFINITIONS)
                  + "</dl></body></html>")
     return "\n".join(parts)
@@ -325,8 +353,8 @@ def _write_files(files: dict[str, bytes | str], out: str | os.PathLike) -> list[
 
 
 # What a report folder may hold: every file `write` and `write_comparison` produce.
-_REPORT_FILE = re.compile(r"(report|compare)\.(html|md)|(by_format|by_format_lr|runs|sharpness|compare)\.csv|"
-                          r"(loss_curves|final_loss_heatmap|loss_vs_lr|stability_vs_bits|sharpness_[\w.-]+)\.png")
+_REPORT_FILE = re.compile(r"(report|compare)\.(html|md)|(by_format|by_format_lr|runs|sharpness|early_warning|compare)\.csv|"
+                          r"(loss_curves|final_loss_heatmap|loss_vs_lr|stability_vs_bits|early_warning|sharpness_[\w.-]+)\.png")
 
 
 def _old_report_entry(path: Path) -> bool:

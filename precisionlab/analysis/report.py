@@ -49,6 +49,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from precisionlab.analysis import warning
 from precisionlab.analysis.stats import (
     bootstrap_ci,
     exact_binomial_ci,
@@ -89,6 +90,8 @@ class Report:
     sharpness: pd.DataFrame    # per-run sharpness values joined with variant/lr/seed (may be empty)
     sharpness_steps: pd.DataFrame  # sharpness_by_step(): mean ± std per metric x variant x step
     notes: list[str] = field(default_factory=list)  # caveats to print with the tables
+    warning: pd.DataFrame = field(default_factory=pd.DataFrame)  # early_warning(): per signal (may be empty)
+    warning_aligned: pd.DataFrame = field(default_factory=pd.DataFrame)  # aligned(): diverged runs' signals
 
     @property
     def reference(self) -> str | None:
@@ -106,7 +109,8 @@ class Report:
         for verdict in ("less stable", "more stable", "mixed", "no difference detected"):
             rows = table[table.verdict == verdict]
             if len(rows):
-                text += f" {verdict.capitalize()}: " + "; ".join(f"{r.variant} ({r.reason})" for r in rows.itertuples()) + "."
+                text += f" {verdict.capitalize()}: " + "; ".join(f"{display_label(r.variant)} ({r.reason})"
+                                                                  for r in rows.itertuples()) + "."
         if 2 / 2**seeds >= ALPHA:
             text += (f" With {seeds} paired seeds the smallest possible p of the LR-sensitivity test is "
                      f"{2 / 2**seeds:.2g}: it cannot detect a difference; run more seeds.")
@@ -539,8 +543,11 @@ def build(store: ResultsStore, sweep: str | None = None, where: Sequence[str] = 
         sharp = sharp.merge(runs[["run_id", "variant", "lr", "seed", "status"]], on="run_id")
     sweeps = store.sweeps()
     info = sweeps[sweeps.name == name].iloc[0].to_dict()
+    signal_table = warning.signals(curves, sharp)
+    warned = warning.early_warning(runs, signal_table) if (runs.status == "diverged").any() else pd.DataFrame()
     return Report(sweep=name, store_path=store.location, info=info, runs=runs, by_lr=table, by_variant=variants,
-                  curves=curves, sharpness=sharp, sharpness_steps=sharpness_by_step(sharp), notes=notes)
+                  curves=curves, sharpness=sharp, sharpness_steps=sharpness_by_step(sharp), notes=notes,
+                  warning=warned, warning_aligned=warning.aligned(runs, signal_table) if len(warned) else pd.DataFrame())
 
 
 def compare(a: Report, b: Report) -> pd.DataFrame:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["display_by_lr", "display_by_variant", "display_compare", "text_table"]
+__all__ = ["display_by_lr", "display_by_variant", "display_compare", "display_warning", "text_table"]
 
 
 def _num(x: Any, spec: str = ".4f") -> str:
@@ -73,6 +73,19 @@ def display_by_variant(table: pd.DataFrame) -> pd.DataFrame:
         "p (ΔS)": [_num(p, ".2g") for p in table.p_sensitivity_holm],
         "p (div.)": [_num(p, ".2g") for p in table.p_diverged_holm],
         "vs reference": table.verdict,
+    })
+
+
+def display_warning(table: pd.DataFrame, lead: int) -> pd.DataFrame:
+    """early_warning() as the strings every output shows."""
+    return pd.DataFrame({
+        "signal": table.signal,
+        "diverged runs (with a threshold)": [f"{d} ({c})" for d, c in zip(table.diverged, table.calibrated)],
+        f"warned >= {lead} steps ahead": [_rate(w, c, lo, hi) for w, c, lo, hi in zip(
+            table.warned, table.calibrated, table.warned_low, table.warned_high)],
+        "median lead (steps)": [_num(x, ".0f") for x in table.median_lead],
+        "false alarms (completed)": [_rate(f, n, lo, hi) for f, n, lo, hi in zip(
+            table.false_alarms, table.completed, table.false_alarm_low, table.false_alarm_high)],
     })
 
 

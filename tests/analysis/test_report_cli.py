@@ -25,8 +25,9 @@ STORE = Path("results") / "precisionlab.db"
 # 2 formats x 2 LRs x 2 seeds; lr=30 without clipping diverges within a few steps.
 GRID = ["precision.format=e8m7,e8m3", "optim.lr=1e-3,30", "seed=0,1", "optim.grad_clip=0",
         "train.checkpoint_every=4", "sweep.name=micro", "train.threads=1", *SWEEP_MICRO]
-FILES = {"report.html", "report.md", "by_format.csv", "by_format_lr.csv", "runs.csv", "sharpness.csv",
-         "loss_curves.png", "final_loss_heatmap.png", "loss_vs_lr.png", "stability_vs_bits.png", "sharpness_logit.png"}
+FILES = {"report.html", "report.md", "by_format.csv", "by_format_lr.csv", "runs.csv", "sharpness.csv", "early_warning.csv",
+         "loss_curves.png", "final_loss_heatmap.png", "loss_vs_lr.png", "stability_vs_bits.png", "sharpness_logit.png",
+         "early_warning.png"}
 
 
 def _cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
@@ -81,6 +82,7 @@ def test_report_writes_every_file_and_says_where(reported):
     assert f"report: {out / 'report.html'}" in proc.stdout
     assert "sharpness logit (" in proc.stdout and "step 4" in proc.stdout
     assert "Against e8m7 (reference; " in proc.stdout
+    assert "early warning\nsignal" in proc.stdout and "grad_norm" in proc.stdout
     for name in FILES:
         if name.endswith(".png"):
             assert (out / name).read_bytes().startswith(b"\x89PNG\r\n\x1a\n"), name
