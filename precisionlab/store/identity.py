@@ -130,6 +130,9 @@ NEUTRAL: Mapping[str, Any] = {
     # stability mitigations (issue 12)
     "model.qk_norm": False,
     "optim.z_loss": 0,
+    # master weights in a format (issue 12)
+    "optim.master_format": "fp32",
+    "optim.master_rounding": "nearest_even",
 }
 
 
