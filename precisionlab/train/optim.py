@@ -1,4 +1,4 @@
-"""AdamW with its moments stored in a format: `build_optimizer`, `MomentFormats`.
+"""AdamW with its moments and weights stored in formats: `build_optimizer`, `MomentFormats`, `MasterFormat`.
 
 `optim.exp_avg_format` / `optim.exp_avg_sq_format` (both default to `optim.state_format`, fp32)
 store AdamW's first / second moment in a format, as MS-AMP's O2 optimizer (FP8 first moment,
@@ -15,7 +15,7 @@ scale), and they are the optimizer's state_dict, so resuming is bit for bit.
 
 `optim.master_format` (default fp32: an fp32 master copy, as always) stores the parameters themselves
 in an element format, bf16 for pure-bf16 training: `store_master` rounds every parameter after each
-`optimizer.step()` and the initial weights before step 1. The parameters stay fp32 tensors holding
+`optimizer.step()`, and the initial weights (the same way) before step 1. The parameters stay fp32 tensors holding
 format values, so torch's AdamW computes p_old + update in fp32 in place (exactly what an fp32 master
 copy would hold after the step, since p_old is the stored format value) and `store_master` rounds that
 sum into the format: nearest even (an update below half an ulp of its weight is lost: training stalls)
