@@ -51,7 +51,7 @@ from precisionlab.runtime import DeviceError, resolve_device
 from precisionlab.train.data import SPLITS, data_path
 from precisionlab.train.measure import METRICS as SHARPNESS_METRICS
 from precisionlab.train.model import ModelConfig
-from precisionlab.train.optim import MomentFormats
+from precisionlab.train.optim import MASTER_ROUNDINGS, MasterFormat, MomentFormats
 
 __all__ = ["ConfigError", "validate", "ensure_valid", "assume_valid", "is_validated", "one_line",
            "TrainConfig", "SweepConfig", "DATA_SOURCES", "SCHEDULES", "register"]
@@ -212,6 +212,8 @@ class Optim:
     state_format: str = "fp32"          # AdamW's moments stored in this format (precisionlab.train.optim)
     exp_avg_format: str = "${.state_format}"     # the first moment's (MS-AMP O2: e4m3fn)
     exp_avg_sq_format: str = "${.state_format}"  # the second moment's (MS-AMP O2: fp16)
+    master_format: str = "fp32"         # parameters stored in this element format, no fp32 master copy (bf16: pure bf16)
+    master_rounding: str = choice("nearest_even", MASTER_ROUNDINGS)  # how each step's fp32 result rounds into it
 
 
 @dataclass
@@ -431,6 +433,7 @@ def _check_optim(cfg: DictConfig) -> None:
     _check(0 <= o.z_loss < math.inf, "optim.z_loss must be a number >= 0 (0: off)", o.z_loss)
     try:
         MomentFormats.from_cfg(o)
+        MasterFormat.from_cfg(o)
     except ValueError as err:
         raise ConfigError(str(err)) from None
 

@@ -3,8 +3,8 @@
     python scripts/bench_train.py [--steps 10] [--rounds 3] [--threads N] [--device auto]
                                   [--only fp8,nvfp4] [OVERRIDES...]
 
-One training step = batch, forward, backward, clipping, AdamW (moments cast where the preset says). Rounds
-interleave the precisions so machine load hits them alike; the table shows
+One training step = batch, forward, backward, clipping, AdamW (moments and weights cast where the
+preset says). Rounds interleave the precisions so machine load hits them alike; the table shows
 the median over rounds of the mean step time, tokens/s, and the ratio to fp32
 (goals: element casts <= 1.25x the fp32 step, nvfp4 <= 2x). Extra arguments are Hydra
 overrides applied to every variant (e.g. model=small train.batch_size=32).
@@ -13,6 +13,7 @@ overrides applied to every variant (e.g. model=small train.batch_size=32).
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 
@@ -23,7 +24,7 @@ from precisionlab.config import validate
 from precisionlab.runtime import resolve_device
 from precisionlab.train.checkpoint import build_model
 from precisionlab.train.data import get_batch, load_dataset
-from precisionlab.train.optim import MomentFormats, build_optimizer, store_moments
+from precisionlab.train.optim import MasterFormat, MomentFormats, build_optimizer, store_master, store_moments
 
 VARIANTS = {
     "fp32": ["precision=fp32"],
@@ -41,6 +42,8 @@ VARIANTS = {
     "attention e4m3fn": ["precision.attention.format=e4m3fn", "precision.scaling=tensor"],
     "mxfp4": ["precision=mxfp4"],
     "nvfp4": ["precision=nvfp4"],  # stochastic rounding on gradients, Hadamard-16 on wgrad operands
+    # fp32 GEMMs, the weights stored in bf16 with stochastic rounding (the dearer rounding): its own cost
+    "bf16 master": ["optim.master_format=bf16", "optim.master_rounding=stochastic"],
 }
 
 
@@ -48,7 +51,10 @@ def make_step(cfg, device, tokens):
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(device)
     optimizer, moments = build_optimizer(model, cfg.optim), MomentFormats.from_cfg(cfg.optim)
+    master = MasterFormat.from_cfg(cfg.optim)
+    store_master(model, master, cfg.seed, 0)
     gen = torch.Generator().manual_seed(cfg.seed)
+    steps = itertools.count(1)  # store_master's step: its stochastic draws differ from step to step
 
     def step():
         x, y = get_batch(tokens, cfg.train.batch_size, cfg.train.seq_len, gen)
@@ -58,6 +64,7 @@ def make_step(cfg, device, tokens):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         store_moments(optimizer, moments)
+        store_master(model, master, cfg.seed, next(steps))
         return loss
 
     return step

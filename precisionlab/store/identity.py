@@ -138,6 +138,9 @@ NEUTRAL: Mapping[str, Any] = {
     "precision.attention.format": "fp32",
     **{f"precision.attention.{t}.{opt}": None for t in ("q", "k", "p", "v", "grad")
        for opt in ("format", "rounding", "saturate", "subnormals", "scaling", "pow2_scale")},
+    # master weights in a format (issue 12)
+    "optim.master_format": "fp32",
+    "optim.master_rounding": "nearest_even",
 }
 
 

@@ -1,7 +1,7 @@
 """One training run: `run(cfg) -> RunResult`, pure (no Hydra), never raises once training starts.
 
-The loop: AdamW on fp32 master weights (its moments optionally stored in a format,
-precisionlab.train.optim), linear warmup then cosine (or
+The loop: AdamW on fp32 master weights, or on weights stored in a format such as bf16 (its
+moments and the weights optionally stored in a format, precisionlab.train.optim), linear warmup then cosine (or
 constant) learning rate, gradient-norm clipping, a fixed set of validation
 batches evaluated every `train.eval_every` steps and at the end, checkpoints
 at `train.checkpoint_steps` / every `train.checkpoint_every` steps.
@@ -48,7 +48,7 @@ from precisionlab.train.data import DataError, get_batch, load_dataset
 from precisionlab.train.measure import Settings as SharpnessSettings
 from precisionlab.train.measure import is_fp32, measure, planned
 from precisionlab.train.model import LM
-from precisionlab.train.optim import MomentFormats, build_optimizer, store_moments
+from precisionlab.train.optim import MasterFormat, MomentFormats, build_optimizer, store_master, store_moments
 from precisionlab.train.outcomes import RunResult, SpikeCounter
 from precisionlab.train.recorder import Recorder
 
@@ -119,6 +119,8 @@ def _train(cfg, device, batch_gen, train_tokens, val_tokens, data_meta, recorder
     t, o = cfg.train, cfg.optim
     model = build_model(cfg).to(device)
     optimizer, moment_formats = build_optimizer(model, o), MomentFormats.from_cfg(o)
+    master = MasterFormat.from_cfg(o)
+    store_master(model, master, cfg.seed, 0)  # the initial weights in the master format (a resume overwrites them)
     spikes = SpikeCounter(t.spikes.z, t.spikes.window)
     start_step, elapsed0 = 0, 0.0
     if resume_from is not None:
@@ -158,6 +160,7 @@ def _train(cfg, device, batch_gen, train_tokens, val_tokens, data_meta, recorder
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip or math.inf).item()
             optimizer.step()
             store_moments(optimizer, moment_formats)
+            store_master(model, master, cfg.seed, step)
         else:
             grad_norm = math.nan
         if result.initial_loss is None:

@@ -147,3 +147,15 @@ def test_recipe_stats_script_refuses_a_missing_store_in_one_line(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "does not exist" in proc.stderr
     assert not (tmp_path / "none.db").exists()
+
+
+def test_master_weights_study_refuses_a_missing_store_in_one_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[2] / "scripts" / "master_weights_study.py"
+    proc = subprocess.run([sys.executable, str(script), "--store", str(tmp_path / "none.db"), "--plot", str(tmp_path / "p.png")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "does not exist" in proc.stderr
+    assert not (tmp_path / "none.db").exists() and not (tmp_path / "p.png").exists()

@@ -56,6 +56,17 @@ def test_paper_grid(tmp_path):
                for c in grid.configs)
 
 
+def test_master_weights_grid(tmp_path):
+    """Three optim presets over bf16 GEMMs: fp32 master weights (at the neutral keys), bf16 weights
+    rounded to nearest even, and stochastically; paired seeds."""
+    grid = plan(["sweep=master_weights"], cwd=tmp_path)
+    assert grid.name == "master_weights" and len(set(grid.run_ids)) == len(grid.configs) == 18
+    variants = {(c.optim.master_format, c.optim.master_rounding) for c in grid.configs}
+    assert variants == {("fp32", "nearest_even"), ("bf16", "nearest_even"), ("bf16", "stochastic")}
+    assert {c.seed for c in grid.configs} == set(range(6))
+    assert all(c.precision.name == "bf16" and c.optim.lr == 3e-4 and c.train.steps == 400 for c in grid.configs)
+
+
 @pytest.mark.slow
 def test_name_ignores_order_and_non_semantic_overrides(tmp_path):
     a = plan(["seed=0,1", "optim.lr=1e-3,1e-2"], cwd=tmp_path)

@@ -45,7 +45,8 @@ def test_same_seed_same_curve_other_seed_other_curve(train_cfg):
 
 @pytest.mark.parametrize("precision", [["precision=fp32"], ["precision=mask", "precision.format=e5m2", "precision.rounding=stochastic"],
                                        ["precision=fp8_delayed", "precision.delayed.history_len=3"],  # the amax histories resume
-                                       ["precision=msamp_o2"]])  # FP8/FP16 AdamW moments resume
+                                       ["precision=msamp_o2"],  # FP8/FP16 AdamW moments resume
+                                       ["precision=bf16", "optim.master_format=bf16", "optim.master_rounding=stochastic"]])
 def test_resume_continues_the_curve_bit_for_bit(train_cfg, tmp_path, precision):
     straight, rec_straight = _run(train_cfg(*precision, "train.checkpoint_steps=[4]", "train.checkpoint_dir=first"))
     assert [s for s, _ in straight.checkpoints] == [4]

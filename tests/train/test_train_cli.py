@@ -48,6 +48,8 @@ def test_relative_data_path_is_taken_from_the_launch_directory(tmp_path):
     (["model=huge"], "Available options in 'model'"),
     (["data=text", "data.path=/no/such/corpus"], "data.path '/no/such/corpus' does not exist"),
     (["data=tokens"], "data=tokens needs data.path"),
+    (["optim.master_format=mxfp8"], "optim.master_format takes an element format (bf16, fp16, e5m2, ...), not a block format; got 'mxfp8'"),
+    (["optim.master_rounding=up"], "optim.master_rounding must be one of nearest_even, stochastic; got 'up'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, overrides, expected):
     proc = _train(tmp_path, *overrides)
