@@ -12,6 +12,9 @@ Definitions (the README's "Reading a report" repeats them):
                 plus every other config value that varies between runs of one format
                 besides the learning rate and the seed, e.g. "e8m7 [rounding=toward_zero]".
   ℓ₀            a run's initial loss: its train loss at step 1.
+  branches      a run started from another run's checkpoint (init.parent) has metrics from its
+                branch step on, and carries its parent's ℓ₀ (so the same divergence bound), min val
+                loss and spike count up to that step: its outcome is that of the whole curve.
   ℓ             a run's final validation loss, capped at ℓ₀; a diverged run counts as ℓ₀.
   ℓ(η)          the mean of ℓ over the seeds at learning rate η.
   LR sensitivity  Wortsman et al. 2023: mean over the LR grid of ℓ(η) − min_η ℓ(η).
@@ -67,6 +70,8 @@ class Report:
     sharpness: pd.DataFrame    # per-run sharpness values joined with variant/lr/seed (may be empty)
     sharpness_steps: pd.DataFrame  # sharpness_by_step(): mean ± std per metric x variant x step
     notes: list[str] = field(default_factory=list)  # caveats to print with the tables
+    # per branch (its run_id): the parent's train loss up to the branch step (step, loss), drawn faintly
+    parent_curves: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["run_id", "step", "loss"]))
 
     @property
     def reference(self) -> str | None:
@@ -426,6 +431,10 @@ def build(store: ResultsStore, sweep: str | None = None, where: Sequence[str] = 
     grids = {v: tuple(sorted(g.lr)) for v, g in table[table.finished > 0].groupby("variant")}
     if len(set(grids.values())) > 1:
         notes.append("variants were run over different LR grids: their LR sensitivities are not comparable")
+    branches = runs[runs.parent_run_id.notna()] if "parent_run_id" in runs else runs.iloc[:0]
+    if len(branches):
+        notes.append(f"{len(branches)} run(s) branch from another run's checkpoint (init.parent): their curves start "
+                     "after the branch step; ℓ₀, spikes and min val loss include the parent's steps up to it")
     ids = list(runs.run_id)
     curves = store.metrics(run_ids=ids)
     sharp = store.sharpness(run_ids=ids)
@@ -435,7 +444,20 @@ def build(store: ResultsStore, sweep: str | None = None, where: Sequence[str] = 
     sweeps = store.sweeps()
     info = sweeps[sweeps.name == name].iloc[0].to_dict()
     return Report(sweep=name, store_path=store.location, info=info, runs=runs, by_lr=table, by_variant=variants,
-                  curves=curves, sharpness=sharp, sharpness_steps=sharpness_by_step(sharp), notes=notes)
+                  curves=curves, sharpness=sharp, sharpness_steps=sharpness_by_step(sharp), notes=notes,
+                  parent_curves=_parent_curves(store, branches))
+
+
+def _parent_curves(store: ResultsStore, branches: pd.DataFrame) -> pd.DataFrame:
+    """Each branch's parent's train loss up to its branch step, under the branch's run_id (the parent
+    may be in no sweep of this report; a parent the store lacks draws nothing)."""
+    columns = ["run_id", "step", "loss"]
+    if branches.empty:
+        return pd.DataFrame(columns=columns)
+    train = store.metrics(run_ids=sorted(set(branches.parent_run_id)), split="train")
+    parts = [train[(train.run_id == b.parent_run_id) & (train.step <= b.branch_step)].assign(run_id=b.run_id)[columns]
+             for b in branches.itertuples()]
+    return pd.concat(parts, ignore_index=True)
 
 
 def compare(a: Report, b: Report) -> pd.DataFrame:

@@ -130,6 +130,8 @@ NEUTRAL: Mapping[str, Any] = {
     # stability mitigations (issue 12)
     "model.qk_norm": False,
     "optim.z_loss": 0,
+    # branching runs (issue 12)
+    "init.parent": None,
 }
 
 
