@@ -103,15 +103,19 @@ def _check_train_overrides(overrides: list[str]):
     except (ConfigError, DataError) as err:
         fail(str(err))
     from precisionlab.store import run_id
-    from precisionlab.sweep.job import open_store
+    from precisionlab.sweep.job import check_parents, open_store
 
-    try:
-        store = open_store(cfg)  # creates it if absent; an unusable store.path fails here, before any run directory
+    store = None
+    try:  # creates it if absent (a branch's must hold its parent); an unusable store.path fails here, before any run directory
+        store = open_store(cfg, create=cfg.init.parent is None)
         if store is not None:  # reads the pages the run's claim will write: a damaged file fails here too
             store.status(run_id(cfg))
-            store.close()
-    except ValueError as err:  # StoreError
+        check_parents(store, [cfg])  # a branch's parent checkpoint (init.parent) is in the store and fits
+    except ValueError as err:  # StoreError, ConfigError
         fail(str(err))
+    finally:
+        if store is not None:
+            store.close()
     return cfg
 
 
@@ -176,15 +180,22 @@ def sweep(
              f"got {' '.join(flags)}")
     from precisionlab.config import ConfigError, one_line
     from precisionlab.store import ResultsStore, StoreError
+    from precisionlab.sweep.job import check_parents
     from precisionlab.train.data import DataError
 
     try:
         grid = plan(overrides)
-        store = ResultsStore(grid.store, journal_mode=grid.journal_mode)
+        branches = any(cfg.init.parent is not None for cfg in grid.configs)  # their parents' store must exist
+        store = ResultsStore(grid.store, journal_mode=grid.journal_mode, create=not branches)
     except (SweepError, ConfigError, DataError, StoreError) as err:
         fail(str(err))
     except Exception as err:  # Hydra's override and composition errors, OmegaConf's type errors
         fail(one_line(err))
+    try:
+        check_parents(store, grid.configs)  # branches (init.parent): their parents' checkpoints, before any row
+    except (ConfigError, StoreError) as err:
+        store.close()
+        fail(str(err))
     command = " ".join(["precisionlab sweep", *ctx.args, *(["--jobs", str(jobs)] if jobs else []), *(["--force"] if force else [])])
     try:  # a store damaged or made unusable before or during the sweep: one line, not a traceback
         grid.register(store, command=command)

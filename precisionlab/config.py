@@ -48,6 +48,7 @@ from precisionlab.numerics.cast import ROUNDING_MODES
 from precisionlab.quant.linear import SCALINGS, PrecisionConfig, check_hadamard_dims
 from precisionlab.quant.operands import AMAX_ALGOS, SIGNS
 from precisionlab.runtime import DeviceError, resolve_device
+from precisionlab.train.branch import parse_parent
 from precisionlab.train.data import SPLITS, data_path
 from precisionlab.train.measure import METRICS as SHARPNESS_METRICS
 from precisionlab.train.model import ModelConfig
@@ -244,6 +245,11 @@ class Train:
 
 
 @dataclass
+class Init:  # where training starts (precisionlab.train.branch); not `init.from`: `from` is no field name
+    parent: Optional[str] = None        # RUN_ID@STEP: a branch of that run from its stored checkpoint at STEP; null: a fresh start
+
+
+@dataclass
 class Sharpness:
     every: int = 0                      # 0: off
     metrics: List[str] = field(default_factory=lambda: ["logit"])
@@ -268,6 +274,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"                # auto | cpu | cuda | cuda:N
     train: Train = field(default_factory=Train)
+    init: Init = field(default_factory=Init)
     sharpness: Sharpness = field(default_factory=Sharpness)
     store: Store = field(default_factory=Store)
 
@@ -477,6 +484,17 @@ def _check_memory(cfg: DictConfig) -> None:
                           f"{total / 2**30:.3g} GiB of {device.type} memory here; lower train.batch_size or train.seq_len")
 
 
+def _check_init(cfg: DictConfig) -> None:
+    """init.parent's spelling and step (whether the store holds it: sweep.job.check_parents, in the CLI)."""
+    try:
+        parent = parse_parent(cfg.init.parent)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if parent is not None:
+        _check(parent.step < cfg.train.steps, f"init.parent's step must be below train.steps ({cfg.train.steps}): "
+               "a branch trains the steps after it", cfg.init.parent)
+
+
 def _check_sharpness(cfg: DictConfig) -> None:
     s = cfg.sharpness
     _check(s.every >= 0, "sharpness.every must be an integer >= 0 (0: off)", s.every)
@@ -486,7 +504,8 @@ def _check_sharpness(cfg: DictConfig) -> None:
 
 
 # One check per group; allowed values (`choice` fields) and types are the schema's.
-_CHECKS = (_check_model, _check_precision, _check_data, _check_optim, _check_top, _check_train, _check_sharpness)
+_CHECKS = (_check_model, _check_precision, _check_data, _check_optim, _check_top, _check_train, _check_init,
+           _check_sharpness)
 
 
 def _check(ok: bool, message: str, value: Any) -> None:

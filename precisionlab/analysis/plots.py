@@ -41,10 +41,13 @@ def _lr_colours(lrs) -> dict[float, tuple]:
     return {lr: cmap(0.85 * i / max(len(lrs) - 1, 1)) for i, lr in enumerate(lrs)}
 
 
-def _lr_legend(fig: Figure, colours: dict[float, tuple], diverged: bool) -> None:
+def _lr_legend(fig: Figure, colours: dict[float, tuple], diverged: bool, branches: bool = False) -> None:
     handles = [Line2D([], [], color=c, lw=2, label=f"lr {lr:.3g}") for lr, c in colours.items()]
     if diverged:
         handles.append(Line2D([], [], color="black", marker="x", lw=0, markersize=7, label="diverged"))
+    if branches:
+        handles.append(Line2D([], [], color="black", marker="o", mfc="none", lw=0.8, alpha=0.6,
+                              label="branch point (parent faint)"))
     fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 8), frameon=False,
                bbox_to_anchor=(0.5, 1.0))
 
@@ -64,6 +67,12 @@ def _draw_loss(ax, report: Report, variant: str, curves: pd.DataFrame, colours, 
     for run in runs.itertuples():
         curve = curves[curves.run_id == run.run_id]
         colour = colours.get(float(run.lr), "grey")
+        lead = report.parent_curves[report.parent_curves.run_id == run.run_id]  # a branch's parent, up to the branch step
+        if len(lead):
+            ax.plot(lead.step, lead.loss.clip(upper=ylim[1]), color=colour, lw=0.8, alpha=0.25)
+            ax.plot(lead.step.iloc[-1:], lead.loss.iloc[-1:].clip(upper=ylim[1]), marker="o", mfc="none", color=colour,
+                    markersize=5, zorder=4)
+            curve = pd.concat([lead.iloc[-1:], curve])  # the branch's line leaves from its branch point
         ax.plot(curve.step, curve.loss.clip(upper=ylim[1]), color=colour, lw=0.8, alpha=0.8)
         if run.status == "diverged" and len(curve):
             last = curve.loss.iloc[-1]
@@ -76,7 +85,8 @@ def _draw_loss(ax, report: Report, variant: str, curves: pd.DataFrame, colours, 
 
 
 def loss_curves(report: Report) -> Figure:
-    """Train loss against step, one facet per variant; colour = LR, one thin line per seed, x = divergence."""
+    """Train loss against step, one facet per variant; colour = LR, one thin line per seed, x = divergence;
+    a branch's line starts at its branch point (circled), its parent's curve up to there faint."""
     variants = list(report.by_variant.variant)
     curves = report.curves[report.curves.split == "train"]
     colours = _lr_colours(report.runs.lr)
@@ -94,7 +104,7 @@ def loss_curves(report: Report) -> Figure:
     for ax in axes[-1, :]:
         ax.set_xlabel("step")
     fig.get_layout_engine().set(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
-    _lr_legend(fig, colours, diverged=(report.runs.status == "diverged").any())
+    _lr_legend(fig, colours, diverged=(report.runs.status == "diverged").any(), branches=not report.parent_curves.empty)
     return fig
 
 
@@ -261,7 +271,7 @@ def sharpness_curves(report: Report, metric: str, params: str) -> Figure:
     if params:
         fig.supxlabel(f"{metric} sharpness measured with {params}", fontsize=9)
     fig.get_layout_engine().set(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
-    _lr_legend(fig, colours, diverged=(report.runs.status == "diverged").any())
+    _lr_legend(fig, colours, diverged=(report.runs.status == "diverged").any(), branches=not report.parent_curves.empty)
     return fig
 
 

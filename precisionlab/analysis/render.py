@@ -92,7 +92,8 @@ figcaption { color: #555; font-size: 0.9em; } dl dt { font-weight: 600; } dl dd 
 
 CAPTIONS = {
     "loss_curves.png": "Train loss per step, one panel per format; colour is the learning rate, one thin line "
-                       "per seed; × marks where a run diverged (clipped to the top of the panel).",
+                       "per seed; × marks where a run diverged (clipped to the top of the panel); a branch "
+                       "(init.parent) starts at its circled branch point, its parent's curve up to there faint.",
     "final_loss_heatmap.png": "Final validation loss per format and learning rate (mean ± std over completed "
                               "seeds); hatched grey cells have no completed run.",
     "loss_vs_lr.png": "ℓ(η), the mean over seeds of the final validation loss capped at the initial loss (a "

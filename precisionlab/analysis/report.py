@@ -16,6 +16,9 @@ Definitions (the README's "Reading a report" repeats them):
                 stopped), did not converge (completed, but its final validation loss did
                 not get NOT_CONVERGED of the way from ℓ₀ down to the reference's loss at
                 its best LR), converged (the other completed runs).
+  branches      a run started from another run's checkpoint (init.parent) has metrics from its
+                branch step on, and carries its parent's ℓ₀ (so the same divergence bound), min val
+                loss and spike count up to that step: its outcome is that of the whole curve.
   ℓ             a run's final validation loss, capped at ℓ₀; a diverged run counts as ℓ₀.
   ℓ(η)          the mean of ℓ over the seeds at learning rate η.
   LR sensitivity  Wortsman et al. 2023: mean over the LR grid of ℓ(η) − min_η ℓ(η).
@@ -92,6 +95,8 @@ class Report:
     notes: list[str] = field(default_factory=list)  # caveats to print with the tables
     warning: pd.DataFrame = field(default_factory=pd.DataFrame)  # early_warning(): per signal (may be empty)
     warning_aligned: pd.DataFrame = field(default_factory=pd.DataFrame)  # aligned(): diverged runs' signals
+    # per branch (its run_id): the parent's train loss up to the branch step (step, loss), drawn faintly
+    parent_curves: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["run_id", "step", "loss"]))
 
     @property
     def reference(self) -> str | None:
@@ -535,6 +540,10 @@ def build(store: ResultsStore, sweep: str | None = None, where: Sequence[str] = 
     grids = {v: tuple(sorted(g.lr)) for v, g in table[table.finished > 0].groupby("variant")}
     if len(set(grids.values())) > 1:
         notes.append("variants were run over different LR grids: their LR sensitivities are not comparable")
+    branches = runs[runs.parent_run_id.notna()] if "parent_run_id" in runs else runs.iloc[:0]
+    if len(branches):
+        notes.append(f"{len(branches)} run(s) branch from another run's checkpoint (init.parent): their curves start "
+                     "after the branch step; ℓ₀, spikes and min val loss include the parent's steps up to it")
     ids = list(runs.run_id)
     curves = store.metrics(run_ids=ids)
     sharp = store.sharpness(run_ids=ids)
@@ -547,7 +556,20 @@ def build(store: ResultsStore, sweep: str | None = None, where: Sequence[str] = 
     warned = warning.early_warning(runs, signal_table) if (runs.status == "diverged").any() else pd.DataFrame()
     return Report(sweep=name, store_path=store.location, info=info, runs=runs, by_lr=table, by_variant=variants,
                   curves=curves, sharpness=sharp, sharpness_steps=sharpness_by_step(sharp), notes=notes,
-                  warning=warned, warning_aligned=warning.aligned(runs, signal_table) if len(warned) else pd.DataFrame())
+                  warning=warned, warning_aligned=warning.aligned(runs, signal_table) if len(warned) else pd.DataFrame(),
+                  parent_curves=_parent_curves(store, branches))
+
+
+def _parent_curves(store: ResultsStore, branches: pd.DataFrame) -> pd.DataFrame:
+    """Each branch's parent's train loss up to its branch step, under the branch's run_id (the parent
+    may be in no sweep of this report; a parent the store lacks draws nothing)."""
+    columns = ["run_id", "step", "loss"]
+    if branches.empty:
+        return pd.DataFrame(columns=columns)
+    train = store.metrics(run_ids=sorted(set(branches.parent_run_id)), split="train")
+    parts = [train[(train.run_id == b.parent_run_id) & (train.step <= b.branch_step)].assign(run_id=b.run_id)[columns]
+             for b in branches.itertuples()]
+    return pd.concat(parts, ignore_index=True)
 
 
 def compare(a: Report, b: Report) -> pd.DataFrame:

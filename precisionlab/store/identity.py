@@ -141,6 +141,8 @@ NEUTRAL: Mapping[str, Any] = {
     # master weights in a format (issue 12)
     "optim.master_format": "fp32",
     "optim.master_rounding": "nearest_even",
+    # branching runs (issue 12)
+    "init.parent": None,
 }
 
 

@@ -54,6 +54,7 @@ from precisionlab.store.schema import (
 )
 from precisionlab.store.sqlite import SQLiteBackend
 from precisionlab.store.url import parse_store_url, redact
+from precisionlab.train.branch import parse_parent
 
 __all__ = ["ResultsStore", "StoreError", "DEFAULT_STORE_PATH"]
 
@@ -83,6 +84,15 @@ def _config_columns(config: Mapping[str, Any]) -> dict[str, Any]:
         found = (_lookup(config, p) for p in paths)
         columns[column] = next((v for v in found if isinstance(v, (str, int, float))), None)
     return columns
+
+
+def _branch_columns(config: Mapping[str, Any]) -> tuple[str | None, int | None]:
+    """(parent_run_id, branch_step) of a branch's config (init.parent=RUN_ID@STEP); (None, None) otherwise."""
+    try:
+        parent = parse_parent(_lookup(config, "init.parent"))
+    except ValueError:  # a config that skipped validation: no parent recorded
+        parent = None
+    return (None, None) if parent is None else parent
 
 
 def _without_passwords(node: Any) -> Any:
@@ -274,9 +284,10 @@ class ResultsStore:
         cols = _config_columns(config)
         conn.execute(
             "INSERT INTO runs (run_id, config, model, format_x, format_w, format_grad, rounding, lr, seed, "
-            "status, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?) ON CONFLICT(run_id) DO NOTHING",
+            "parent_run_id, branch_step, status, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?) "
+            "ON CONFLICT(run_id) DO NOTHING",
             (rid, dumps(_without_passwords(canonical(config, semantic=False))), *(finite(cols[k]) for k in CONFIG_COLUMNS),
-             time.time()))
+             *_branch_columns(config), time.time()))
         if sweep is not None:
             conn.execute("INSERT INTO sweeps (name, created) VALUES (?, ?) ON CONFLICT(name) DO NOTHING",
                          (sweep, time.time()))
@@ -458,9 +469,9 @@ class ResultsStore:
 
     def runs(self, sweep: str | None = None, status: str | Iterable[str] | None = None, *,
              expand_config: bool = False) -> pd.DataFrame:
-        """One row per run (of `sweep`, with `status`): the runs table, `config`
-        and `meta` parsed into dicts; `expand_config=True` adds one column per
-        config leaf, named "config.<dotted path>"."""
+        """One row per run (of `sweep`, with `status`): the runs table (parent_run_id and
+        branch_step: a branch's, NULL for a fresh start), `config` and `meta` parsed into dicts;
+        `expand_config=True` adds one column per config leaf, named "config.<dotted path>"."""
         where, params = self._where(None, sweep)
         if status is not None:
             statuses = [status] if isinstance(status, str) else list(status)

@@ -5,6 +5,10 @@ running in a live process elsewhere), resumes from the run's last checkpoint whe
 earlier attempt was killed or failed, trains with the store and the run directory as
 recorders, and never raises: a run that raises is recorded `failed` with its error and
 the sweep goes on. `train_recorded` is `precisionlab train`: always computes.
+
+A branch (`init.parent=RUN_ID@STEP`, precisionlab.train.branch) starts from its parent's checkpoint,
+found in the store's checkpoints table (`parent_checkpoint`); `check_parents` checks every branch of
+a command before any run starts or any row is written.
 """
 
 from __future__ import annotations
@@ -13,19 +17,21 @@ import logging
 import os
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, open_dict
 
-from precisionlab.config import assume_valid, ensure_valid
+from precisionlab.config import ConfigError, assume_valid, ensure_valid
 from precisionlab.runtime import absolute_paths
 from precisionlab.store import ResultsStore, StoreError, run_id
 from precisionlab.store.url import configured_store
 from precisionlab.sweep.launchers import exit_with_parent, threads_per_job
+from precisionlab.train.branch import check_weights, parse_parent, shapes
 from precisionlab.train.loop import run
 from precisionlab.train.outcomes import RunResult
 from precisionlab.train.recorder import Tee
 from precisionlab.train.rundir import RunDirRecorder
 
-__all__ = ["run_job", "recorded_run", "train_recorded", "open_store"]
+__all__ = ["run_job", "recorded_run", "train_recorded", "open_store", "parent_checkpoint", "check_parents"]
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +39,8 @@ log = logging.getLogger(__name__)
 def recorded_run(cfg: DictConfig, store: ResultsStore, recorder: Any = None, *, sweep: str | None = None,
                  force: bool = False) -> RunResult | None:
     """Train the validated `cfg` into `store` (and `recorder`, default: the run directory "."),
-    resuming from the run's last recorded checkpoint; None when the store says not to
+    resuming from the run's last recorded checkpoint (a branch without one starts from its
+    parent's); None when the store says not to
     (completed or diverged and not `force`, or running in a live process elsewhere)."""
     rid = run_id(cfg)
     if not store.claim_run(rid, cfg, sweep, force=force):
@@ -46,20 +53,78 @@ def recorded_run(cfg: DictConfig, store: ResultsStore, recorder: Any = None, *, 
             if os.path.isfile(checkpoint[1]):
                 resume_from = checkpoint[1]
                 log.info("resuming run %s from its checkpoint at step %d: %s", rid, *checkpoint)
-            else:  # rows up to the checkpoint are kept and relogged identically from step 1
-                log.warning("run %s: checkpoint %s is gone; training from step 1", rid, checkpoint[1])
+            else:  # rows up to the checkpoint are kept and relogged identically from the start
+                log.warning("run %s: checkpoint %s is gone; training from the start", rid, checkpoint[1])
+        if resume_from is None and cfg.init.parent is not None:
+            resume_from = parent_checkpoint(store, cfg)
+            log.info("run %s branches from run %s: %s", rid, cfg.init.parent, resume_from)
         tee = Tee(rec, recorder if recorder is not None else RunDirRecorder("."),
                   extra_meta={"run_id": rid, "run_dir": os.getcwd(),
                               "threads": cfg.train.threads or os.cpu_count() or 1})  # as train.run sets them
         return run(cfg, recorder=tee, resume_from=resume_from)
 
 
-def open_store(cfg: DictConfig) -> ResultsStore | None:
-    """The results store at cfg.store.url or .path (made absolute by `runtime.absolute_paths`), or None if null."""
+def parent_checkpoint(store: ResultsStore, cfg: DictConfig) -> str | None:
+    """The checkpoint file the branch `cfg` starts from (init.parent=RUN_ID@STEP), from `store`'s
+    checkpoints table; None for a fresh start. ConfigError (one line) when the store has no run
+    RUN_ID, no checkpoint of it at STEP (the line names the steps it has), or the file is gone."""
+    parent = parse_parent(cfg.init.parent)
+    if parent is None:
+        return None
+    where = f"init.parent={cfg.init.parent}"
+    if store.status(parent.run_id) is None:
+        raise ConfigError(f"{where}: the results store {store.location} has no run {parent.run_id} (a run's id: "
+                          "run_id in its run.json, or ResultsStore(PATH).runs().run_id)")
+    rows = store.checkpoints(parent.run_id)
+    found = rows.path[rows.step == parent.step]
+    if found.empty:
+        steps = ", ".join(str(step) for step in rows.step)
+        raise ConfigError(f"{where}: run {parent.run_id} has no stored checkpoint at step {parent.step}; " + (
+            f"it has some at steps {steps}" if steps else
+            "it has none (a parent saves them at train.checkpoint_steps or every train.checkpoint_every steps)"))
+    path = str(found.iloc[0])
+    if not os.path.isfile(path):
+        raise ConfigError(f"{where}: the checkpoint file {path} of run {parent.run_id} at step {parent.step} is gone")
+    return path
+
+
+def check_parents(store: ResultsStore | None, configs: list[DictConfig]) -> None:
+    """Before any run starts or any row is written (`precisionlab train` and `sweep`): every branch
+    among the validated `configs` finds its parent's checkpoint in `store`, the file holds that run at
+    that step, and its weights fit the branch's model. ConfigError (one line) otherwise."""
+    read = {}  # path -> (run id, step, weight shapes): the grid points of a sweep often share a parent
+    for cfg in configs:
+        if cfg.init.parent is None:
+            continue
+        if store is None:
+            raise ConfigError(f"init.parent={cfg.init.parent}: a branch finds its parent's checkpoint in the results "
+                              "store, but store.path is null; set store.path (or store.url) to the parent's store")
+        path = parent_checkpoint(store, cfg)
+        if path not in read:
+            try:  # mmap: only the tensors' headers are read
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                read[path] = (run_id(state["config"]), int(state["step"]), shapes(state["model"]))
+            except Exception as err:
+                problem = str(err).splitlines()[0] if str(err) else ""
+                raise ConfigError(f"init.parent={cfg.init.parent}: the checkpoint file {path} cannot be read "
+                                  f"({type(err).__name__}: {problem})") from None
+        rid, step, weights = read[path]
+        if (rid, step) != parse_parent(cfg.init.parent):
+            raise ConfigError(f"init.parent={cfg.init.parent}: the checkpoint file {path} holds run {rid} at step "
+                              f"{step} (overwritten by another run writing the same train.checkpoint_dir?)")
+        try:
+            check_weights(cfg, weights, f"init.parent={cfg.init.parent}")
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+
+
+def open_store(cfg: DictConfig, create: bool = True) -> ResultsStore | None:
+    """The results store at cfg.store.url or .path (made absolute by `runtime.absolute_paths`), or None if
+    null; created if absent when `create`, else StoreError."""
     location = configured_store(cfg)
     if location is None:
         return None
-    return ResultsStore(location, journal_mode=cfg.store.get("journal_mode", "wal"))
+    return ResultsStore(location, journal_mode=cfg.store.get("journal_mode", "wal"), create=create)
 
 
 def train_recorded(cfg: DictConfig, recorder: Any = None) -> RunResult:

@@ -22,7 +22,9 @@ Reproducibility: `run` seeds torch's global RNG (model init, dropout) and a
 private generator for batches from `seed`, and sets torch's thread count,
 so runs in one process do not leak state. Checkpoints hold the model,
 optimizer, both RNG states, the step and the loop's bookkeeping, so resuming
-continues the loss curve bit for bit on CPU.
+continues the loss curve bit for bit on CPU. A branch (`init.parent=RUN_ID@STEP`) starts
+from another run's checkpoint with its own config, through the same load
+(precisionlab.train.branch says what comes from the checkpoint and what from the config).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from precisionlab.config import ConfigError, ensure_valid
 from precisionlab.runtime import provenance, resolve_device
+from precisionlab.train.branch import check_weights, load_state, parse_parent, shapes
 from precisionlab.train.checkpoint import (
     CHECKPOINT_FORMAT,
     build_model,
@@ -84,15 +87,19 @@ def run(cfg: Any, recorder: Recorder | None = None, resume_from: str | os.PathLi
 
     `recorder` gets the metadata, per-step metrics, checkpoints and outcome
     (default: `RunDirRecorder` on the current directory). `resume_from` is a
-    checkpoint path written by an earlier run with the same config. `cfg` is validated unless
+    checkpoint path written by an earlier run with the same config, or for a branch
+    (`init.parent`, precisionlab.train.branch) its parent's checkpoint at the branch step
+    (`precisionlab train` and `sweep` look it up in the results store). `cfg` is validated unless
     `precisionlab.config.validate` made it (the CLI and the sweep validate before they call this).
     """
     cfg = ensure_valid(cfg)
     t = cfg.train
     device = resolve_device(cfg.device)
     torch.set_num_threads(t.threads or os.cpu_count() or 1)
-    if resume_from is not None and not Path(resume_from).is_file():
-        raise ConfigError(f"checkpoint to resume from {str(resume_from)!r} does not exist")
+    if resume_from is None and cfg.init.parent is not None:
+        raise ConfigError(f"init.parent={cfg.init.parent}: a branch starts from its parent's checkpoint; pass its path "
+                          "as resume_from (precisionlab train and sweep find it in the results store)")
+    state = None if resume_from is None else _read_checkpoint(resume_from, cfg, device)
     torch.manual_seed(cfg.seed)
     batch_gen = torch.Generator().manual_seed(cfg.seed)
     try:
@@ -108,14 +115,29 @@ def run(cfg: Any, recorder: Recorder | None = None, resume_from: str | os.PathLi
         recorder = RunDirRecorder(".")
     result = RunResult(status="completed")
     try:
-        _train(cfg, device, batch_gen, train_tokens, val_tokens, data_meta, recorder, resume_from, result)
+        _train(cfg, device, batch_gen, train_tokens, val_tokens, data_meta, recorder, state, resume_from, result)
     except Exception as err:  # never crash a sweep: record the failure
         result.status, result.error = "failed", f"{type(err).__name__}: {err}"
     recorder.finish(asdict(result))
     return result
 
 
-def _train(cfg, device, batch_gen, train_tokens, val_tokens, data_meta, recorder, resume_from, result: RunResult) -> None:
+def _read_checkpoint(path: str | os.PathLike, cfg: DictConfig, device: torch.device) -> dict:
+    """The checkpoint at `path`, whose weights fit `cfg`'s model; ConfigError (one line) otherwise."""
+    if not Path(path).is_file():
+        raise ConfigError(f"checkpoint to resume from {str(path)!r} does not exist")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        check_weights(cfg, shapes(state["model"]), f"checkpoint {path}")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    except Exception as err:  # not a checkpoint: a torch.load or pickle error, a missing key
+        raise ConfigError(f"checkpoint {path} cannot be read: {type(err).__name__}: {err}") from None
+    return state
+
+
+def _train(cfg, device, batch_gen, train_tokens, val_tokens, data_meta, recorder, state, resume_from,
+           result: RunResult) -> None:
     t, o = cfg.train, cfg.optim
     model = build_model(cfg).to(device)
     optimizer, moment_formats = build_optimizer(model, o), MomentFormats.from_cfg(o)
@@ -123,14 +145,8 @@ def _train(cfg, device, batch_gen, train_tokens, val_tokens, data_meta, recorder
     store_master(model, master, cfg.seed, 0)  # the initial weights in the master format (a resume overwrites them)
     spikes = SpikeCounter(t.spikes.z, t.spikes.window)
     start_step, elapsed0 = 0, 0.0
-    if resume_from is not None:
-        state = torch.load(resume_from, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-        batch_gen.set_state(state["rng"]["batches"].cpu())
-        if device.type == "cuda" and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), device)
+    if state is not None:  # resumed, or a branch: precisionlab.train.branch says what comes from where
+        load_state(state, cfg, model, optimizer, batch_gen, device)
         progress = state["progress"]
         start_step, elapsed0 = int(state["step"]), progress["elapsed"]
         result.initial_loss, result.min_val_loss = progress["initial_loss"], progress["min_val_loss"]
@@ -139,10 +155,12 @@ def _train(cfg, device, batch_gen, train_tokens, val_tokens, data_meta, recorder
     val_batches = eval_batches(val_tokens, cfg)
     checkpoint_steps = set(t.checkpoint_steps)
     sharpness_every = (cfg.get("sharpness") or {}).get("every", 0)
+    parent = parse_parent(cfg.init.parent)
     recorder.start({
         "config": OmegaConf.to_container(cfg), "data": data_meta, "device": str(device),
         "n_params": model.num_params(), "resumed_from": None if resume_from is None else str(resume_from),
-        "start_step": start_step, "versions": provenance(),
+        "start_step": start_step, "parent_run_id": parent and parent.run_id, "branch_step": parent and parent.step,
+        "versions": provenance(),
     })
     tokens_per_step = t.batch_size * t.seq_len
     started = time.perf_counter()
