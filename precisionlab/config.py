@@ -230,11 +230,11 @@ class Spikes:
 
 @dataclass
 class Train:
-    steps: int = 200
+    steps: int = 300
     batch_size: int = 16
     seq_len: int = 64
     eval_every: int = 50                # 0: only at the end
-    eval_batches: int = 4
+    eval_batches: int = 32
     eval_seed: int = 1234
     threads: Optional[int] = None       # torch CPU threads; null: all cores
     checkpoint_steps: List[int] = field(default_factory=list)
