@@ -15,24 +15,34 @@ from precisionlab.sweep.plan import plan
 
 # Pinned ids. They may change only together with IDENTITY_VERSION (a release that changes what an
 # existing config computes); adding a config key at its neutral default must leave them as they are.
-# precisionlab 0.2's ids, which configs that keep 0.2's data split (data.split=tail) still have:
+# precisionlab 0.2's ids, which configs that keep 0.2's data split and regime still have (OLD_0_2):
 # the default sweep's 18 runs in grid order (e8m7, e8m5, e8m3 x LR 3e-3, 3e-2, 3e-1 x seeds 0, 1).
-PINNED_DEFAULT_SWEEP_TAIL = [
+OLD_0_2 = ("data.split=tail", "train.steps=200", "train.eval_batches=4")
+PINNED_DEFAULT_SWEEP_0_2 = [
     "15db7e1217eb9268", "de636225a1a8eabf", "640218336371a031", "59b610ca3f25efd0", "ba0237f20299c57f",
     "26c8e27ba8527399", "007d828cb4f8de28", "a7b1323c3bfe36d1", "2e8c0a853164d71f", "89d1dcc3aa4d2e58",
     "a7cd6d62a1d796c0", "2b29631c008a3026", "2d26a1f331ceb5db", "44aecc0b99d61c76", "efbe3c4491009074",
     "1b8311e862addf86", "db0ef4cf56f0df36", "13afbb96f4b2c278",
 ]
-PINNED_TAIL = {  # overrides of `precisionlab train` (plus data.split=tail) -> id
+PINNED_0_2 = {  # overrides of `precisionlab train` (plus OLD_0_2) -> id
     (): "54f4e77dd4b95b60",
     ("precision=fp8",): "4b5dca057029a7a2",
     ("model=llama_120m",): "dc00cb0be60174a5",
 }
-# The built-in data's default split became whole held-out files (issue 13), which changed these ids.
+# Issue 13 changed the built-in data (whole held-out files), the steps and the validation batches,
+# and so these ids; the default sweep became 27 runs (3 seeds).
+PINNED_DEFAULT_SWEEP = [
+    "d1f74e30e6cc65c1", "bebf794167d809ec", "04828d31e832f915", "092e1f28e6bc7084", "669afc9213183dba",
+    "1a6013cdee9042b9", "0bdc4f834bc9460c", "11000f881d11bc01", "6af94cdf2aa090d9", "606eb0b3fcef63a9",
+    "c4be4a2f1fdd8177", "aad5c785045abfd0", "fdc5c21784780ae0", "d506da045681d6e9", "fffb5113184e035d",
+    "fdb971c94adcf226", "ef2c30902bfc5041", "d039ddfb049b449f", "1aea5eac026e8e54", "ec3f818425a4fc73",
+    "88ff5ce8c349e75d", "d0d6abf8e226d314", "7e1ed7ae3205a045", "2ef80c2e0332be4f", "45f906cc6298ee95",
+    "41d556c6d876129a", "c68d65b32a989d58",
+]
 PINNED = {
-    (): "ef3902bbb19dba40",
-    ("precision=fp8",): "aebb65b861cded54",
-    ("model=llama_120m",): "a109e31bdf9d029a",
+    (): "78e7689bdd7d1e5a",
+    ("precision=fp8",): "bfbebce7b1040b62",
+    ("model=llama_120m",): "571d9f7f7b608649",
 }
 
 
@@ -42,8 +52,10 @@ def _train(*overrides: str):
 
 def test_pinned_ids(tmp_path):
     assert IDENTITY_VERSION == 2
-    assert plan(["data.split=tail"], cwd=tmp_path).run_ids == PINNED_DEFAULT_SWEEP_TAIL
-    assert {overrides: run_id(_train(*overrides, "data.split=tail")) for overrides in PINNED_TAIL} == PINNED_TAIL
+    old_sweep = plan([*OLD_0_2, "train.checkpoint_every=50", "seed=0,1"], cwd=tmp_path).run_ids
+    assert old_sweep == PINNED_DEFAULT_SWEEP_0_2
+    assert {overrides: run_id(_train(*overrides, *OLD_0_2)) for overrides in PINNED_0_2} == PINNED_0_2
+    assert plan([], cwd=tmp_path).run_ids == PINNED_DEFAULT_SWEEP
     assert {overrides: run_id(_train(*overrides)) for overrides in PINNED} == PINNED
 
 
@@ -73,8 +85,8 @@ def test_every_key_of_every_preset_has_a_neutral_value(tmp_path):
 
 
 def test_the_default_config_hashes_to_its_identity_version_and_its_changed_defaults_alone():
-    assert semantic_config(_train("data.split=tail")) == {}  # every key at its neutral value
-    assert semantic_config(_train()) == {"data": {"split": "files"}}  # the one default changed since 0.2
+    assert semantic_config(_train(*OLD_0_2)) == {}  # every key at its neutral value
+    assert semantic_config(_train()) == {"data": {"split": "files"}, "train": {"steps": 300, "eval_batches": 32}}
 
 
 def test_a_new_key_at_its_neutral_value_keeps_every_id(monkeypatch):
@@ -90,13 +102,13 @@ def test_a_new_key_at_its_neutral_value_keeps_every_id(monkeypatch):
 
 
 def test_a_key_without_a_neutral_value_is_always_semantic():
-    config = canonical(_train("data.split=tail"))
+    config = canonical(_train(*OLD_0_2))
     config["model"]["unheard_of"] = 0
-    assert semantic_config(config) == {"model": {"unheard_of": 0}} and run_id(config) != run_id(_train("data.split=tail"))
+    assert semantic_config(config) == {"model": {"unheard_of": 0}} and run_id(config) != run_id(_train(*OLD_0_2))
 
 
 def test_changing_a_default_value_changes_the_id():
-    assert run_id(_train("train.steps=300")) != run_id(_train())
+    assert run_id(_train("train.steps=400")) != run_id(_train())
     assert run_id(_train("seed=1")) != run_id(_train())
     assert run_id(_train("precision.rounding=toward_zero")) != run_id(_train())
 
