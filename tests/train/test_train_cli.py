@@ -48,6 +48,10 @@ def test_relative_data_path_is_taken_from_the_launch_directory(tmp_path):
     (["model=huge"], "Available options in 'model'"),
     (["data=text", "data.path=/no/such/corpus"], "data.path '/no/such/corpus' does not exist"),
     (["data=tokens"], "data=tokens needs data.path"),
+    (["diagnostics.every=-1"], "diagnostics.every must be an integer >= 0 (0: off); got -1"),
+    (["diagnostics.families=[casts,spectra]"], "diagnostics.families must be a non-empty list of casts, grad_fidelity, "
+                                                "proxies, e.g. [casts,proxies]; got ['casts', 'spectra']"),
+    (["diagnostics.families=[]"], "diagnostics.families must be a non-empty list"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, overrides, expected):
     proc = _train(tmp_path, *overrides)
