@@ -39,6 +39,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from precisionlab.analysis.diagnostics import labelled
 from precisionlab.numerics.blocks import BlockFormat, parse_format
 from precisionlab.numerics.formats import FloatFormat
 from precisionlab.store import DONE, NON_SEMANTIC_KEYS, ResultsStore, StoreError
@@ -67,6 +68,7 @@ class Report:
     sharpness: pd.DataFrame    # per-run sharpness values joined with variant/lr/seed (may be empty)
     sharpness_steps: pd.DataFrame  # sharpness_by_step(): mean ± std per metric x variant x step
     notes: list[str] = field(default_factory=list)  # caveats to print with the tables
+    diagnostics: pd.DataFrame = field(default_factory=pd.DataFrame)  # diagnostics rows + variant/lr/seed (may be empty)
 
     @property
     def reference(self) -> str | None:
@@ -432,10 +434,12 @@ def build(store: ResultsStore, sweep: str | None = None, where: Sequence[str] = 
     if not sharp.empty:
         sharp = sharp.assign(params=[_params_label(p) for p in sharp.params])
         sharp = sharp.merge(runs[["run_id", "variant", "lr", "seed", "status"]], on="run_id")
+    diagnostics = labelled(store.diagnostics(run_ids=ids), runs)
     sweeps = store.sweeps()
     info = sweeps[sweeps.name == name].iloc[0].to_dict()
     return Report(sweep=name, store_path=store.location, info=info, runs=runs, by_lr=table, by_variant=variants,
-                  curves=curves, sharpness=sharp, sharpness_steps=sharpness_by_step(sharp), notes=notes)
+                  curves=curves, sharpness=sharp, sharpness_steps=sharpness_by_step(sharp), notes=notes,
+                  diagnostics=diagnostics)
 
 
 def compare(a: Report, b: Report) -> pd.DataFrame:
