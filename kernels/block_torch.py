@@ -50,7 +50,7 @@ from .cast_torch import cast_bits, philox_key
 from .compiled import COMPILE_MIN_NUMEL, compiled_graph
 from .spec import RULE_RCEIL, SCALE_E8M0, STOCHASTIC, BlockSpec
 
-__all__ = ["block_cast_torch"]
+__all__ = ["block_cast_torch", "block_scaled_torch"]
 
 FLT_MAX = 3.4028234663852886e38
 _TINY = 2.0**-126  # fp32's smallest normal: amax below it is normalised by 2^64 to read its exponent
@@ -162,10 +162,9 @@ def block_cast_torch(
     views = [_blocked(x, *r) for r in regions]
     consts = _consts(spec, x.device)
     fused = _compiled_fused(spec) if compiled else _fused
-    finite_amax = _compiled_finite_amax() if fused is not _fused else _finite_amax
     S = None
     if spec.tensor_scale and len(regions) > 1:  # one region computes it inside `fused`
-        S = _tensor_scale(torch.stack([finite_amax(v) for v in views]).amax(), consts)
+        S = _tensor_scale_of(views, consts, _compiled_finite_amax() if fused is not _fused else _finite_amax)
 
     if spec.elem.rounding == STOCHASTIC and len(regions) == 1:  # whole blocks only: one pass, as any other rounding
         return fused(views[0], spec, consts, S, seed).reshape(rows, K)
@@ -178,6 +177,21 @@ def block_cast_torch(
         return out
 
     # Stochastic: scale every region into one (rows, K) buffer so each element's random index is r*K + k.
+    y, post = _scaled_regions(x, spec, regions, views, consts, S)
+    q = element_cast(y.view(torch.int32), spec.elem, torch.float32, seed).view(torch.float32)
+    out = torch.empty_like(x)
+    for r, (a, b, finite) in zip(regions, post):
+        _blocked(out, *r).copy_(torch.where(finite, (_blocked(q, *r) * a) / b, float("nan")))
+    return out
+
+
+def _tensor_scale_of(views: list[torch.Tensor], consts: torch.Tensor, finite_amax=_finite_amax) -> torch.Tensor:
+    """The tensor scale S of a tensor cut into the regions `views`."""
+    return _tensor_scale(torch.stack([finite_amax(v) for v in views]).amax(), consts)
+
+
+def _scaled_regions(x, spec: BlockSpec, regions, views, consts, S):
+    """y = (x * m) / d of every region in one (rows, K) buffer, and each region's (a, b, finite block)."""
     y = torch.empty_like(x)
     post = []
     for r, v in zip(regions, views):
@@ -185,11 +199,19 @@ def block_cast_torch(
         m, d, a, b = _factors(amax, spec, consts, S)
         _blocked(y, *r).copy_((v * m) / d)
         post.append((a, b, torch.isfinite(amax)))
-    q = element_cast(y.view(torch.int32), spec.elem, torch.float32, seed).view(torch.float32)
-    out = torch.empty_like(x)
-    for r, (a, b, finite) in zip(regions, post):
-        _blocked(out, *r).copy_(torch.where(finite, (_blocked(q, *r) * a) / b, float("nan")))
-    return out
+    return y, post
+
+
+def block_scaled_torch(x: torch.Tensor, spec: BlockSpec) -> torch.Tensor:
+    """The elements of the contiguous fp32 (rows, K) `x` as `block_cast_torch` hands them to the
+    element cast: y = (x * m) / d with each block's factors, (rows, K). An element with |y| above
+    the element format's largest finite value is one the cast clips (numerical diagnostics)."""
+    x = x.contiguous()
+    regions = _regions(*x.shape, spec.block, spec.block_cols)
+    views = [_blocked(x, *r) for r in regions]
+    consts = _consts(spec, x.device)
+    S = _tensor_scale_of(views, consts) if spec.tensor_scale else None
+    return _scaled_regions(x, spec, regions, views, consts, S)[0]
 
 
 def _compiled_fused(spec: BlockSpec):

@@ -347,6 +347,9 @@ def report(
         typer.echo(text_table(display_by_lr(result.by_lr)) + "\n")
         for title, table in render.sharpness_display(result).items():
             typer.echo(f"sharpness {title}: mean ± std (runs) per step\n{text_table(table)}\n")
+        diagnostics = render.diagnostics_display(result)
+        if diagnostics is not None:
+            typer.echo(f"numerical diagnostics per format (means over runs)\n{text_table(diagnostics)}\n")
         if len(result.warning):
             typer.echo(f"early warning\n{text_table(display_warning(result.warning, DEFAULT_LEAD))}\n")
         typer.echo(result.headline())
@@ -365,7 +368,7 @@ def store_copy(
     destination: str = typer.Argument(..., metavar="DST", help="The store to copy into: a file path or URL (created if absent)."),
     sweep_names: Optional[list[str]] = typer.Option(None, "--sweep", help="Copy this sweep (repeatable; default: every sweep in SRC)."),
 ) -> None:
-    """Copy sweeps (runs, metrics, checkpoint rows, sharpness values) from SRC to DST; rerun to update DST.
+    """Copy sweeps (runs, metrics, checkpoint rows, sharpness values, diagnostics) from SRC to DST; rerun to update DST.
 
     precisionlab store copy postgresql://me:PASSWORD@head-node:5432/precisionlab results/precisionlab.db --sweep paper
 

@@ -6,7 +6,7 @@ defaults list starts with its group's schema (`model/tiny.yaml`: `- /schema/mode
 `train.yaml` starts with the root schema (`- schema@_global_: train`, which `sweep.yaml`
 overrides with `sweep`: the same plus the `sweep` key). A field's default is the value
 of the default preset (model=tiny, precision=fp32, data=default, optim=adamw, train.yaml's
-train/sharpness/store), so a key a config leaves out means what it always meant. While
+train/sharpness/diagnostics/store), so a key a config leaves out means what it always meant. While
 Hydra composes, OmegaConf rejects a key the schema does not know (`train.stepz=5`,
 `+foo=1`, `+model.foo=1`) and a value of the wrong type (`optim.lr=abc`,
 `train.steps=1.5`, `seed=true`); `one_line` turns its multi-line error into our line.
@@ -50,6 +50,7 @@ from precisionlab.quant.operands import AMAX_ALGOS, SIGNS
 from precisionlab.runtime import DeviceError, resolve_device
 from precisionlab.train.branch import parse_parent
 from precisionlab.train.data import SPLITS, data_path
+from precisionlab.train.diagnostics import FAMILIES as DIAGNOSTIC_FAMILIES
 from precisionlab.train.measure import METRICS as SHARPNESS_METRICS
 from precisionlab.train.model import ModelConfig
 from precisionlab.train.optim import MASTER_ROUNDINGS, MasterFormat, MomentFormats
@@ -257,6 +258,12 @@ class Sharpness:
 
 
 @dataclass
+class Diagnostics:
+    every: int = 0                      # measure every N steps, on that step's batch and casts; 0: off
+    families: List[str] = field(default_factory=lambda: list(DIAGNOSTIC_FAMILIES))  # casts | grad_fidelity | proxies
+
+
+@dataclass
 class Store:
     path: Optional[str] = "results/precisionlab.db"  # an SQLite file; null (and no url): don't record
     url: Optional[str] = None           # sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB; wins over path
@@ -276,6 +283,7 @@ class TrainConfig:
     train: Train = field(default_factory=Train)
     init: Init = field(default_factory=Init)
     sharpness: Sharpness = field(default_factory=Sharpness)
+    diagnostics: Diagnostics = field(default_factory=Diagnostics)
     store: Store = field(default_factory=Store)
 
 
@@ -503,9 +511,17 @@ def _check_sharpness(cfg: DictConfig) -> None:
     _check(0 <= s.eps < math.inf, "sharpness.eps must be a finite number >= 0", s.eps)
 
 
+def _check_diagnostics(cfg: DictConfig) -> None:
+    d = cfg.diagnostics
+    _check(d.every >= 0, "diagnostics.every must be an integer >= 0 (0: off)", d.every)
+    _check(len(d.families) > 0 and all(f in DIAGNOSTIC_FAMILIES for f in d.families),
+           f"diagnostics.families must be a non-empty list of {', '.join(DIAGNOSTIC_FAMILIES)}, e.g. [casts,proxies]",
+           list(d.families))
+
+
 # One check per group; allowed values (`choice` fields) and types are the schema's.
 _CHECKS = (_check_model, _check_precision, _check_data, _check_optim, _check_top, _check_train, _check_init,
-           _check_sharpness)
+           _check_sharpness, _check_diagnostics)
 
 
 def _check(ok: bool, message: str, value: Any) -> None:

@@ -4,7 +4,9 @@
                                   [--only fp8,nvfp4] [OVERRIDES...]
 
 One training step = batch, forward, backward, clipping, AdamW (moments and weights cast where the
-preset says). Rounds interleave the precisions so machine load hits them alike; the table shows
+preset says); "diagnostics every 10" is nvfp4 with `diagnostics.every=10` (every 10th step observed: cast
+statistics, an fp32 forward + backward, the proxies), so its ratio to "nvfp4" is the diagnostics' amortised
+cost. Rounds interleave the precisions so machine load hits them alike; the table shows
 the median over rounds of the mean step time, tokens/s, and the ratio to fp32
 (goals: element casts <= 1.25x the fp32 step, nvfp4 <= 2x). Extra arguments are Hydra
 overrides applied to every variant (e.g. model=small train.batch_size=32).
@@ -13,7 +15,6 @@ overrides applied to every variant (e.g. model=small train.batch_size=32).
 from __future__ import annotations
 
 import argparse
-import itertools
 import statistics
 import time
 
@@ -24,6 +25,7 @@ from precisionlab.config import validate
 from precisionlab.runtime import resolve_device
 from precisionlab.train.checkpoint import build_model
 from precisionlab.train.data import get_batch, load_dataset
+from precisionlab.train.diagnostics import Diagnostics
 from precisionlab.train.optim import MasterFormat, MomentFormats, build_optimizer, store_master, store_moments
 
 VARIANTS = {
@@ -44,7 +46,15 @@ VARIANTS = {
     "nvfp4": ["precision=nvfp4"],  # stochastic rounding on gradients, Hadamard-16 on wgrad operands
     # fp32 GEMMs, the weights stored in bf16 with stochastic rounding (the dearer rounding): its own cost
     "bf16 master": ["optim.master_format=bf16", "optim.master_rounding=stochastic"],
+    "diagnostics every 10": ["precision=nvfp4", "diagnostics.every=10"],  # train/diagnostics.py, as the loop runs it
 }
+
+
+class _Rows:
+    """A recorder of diagnostics rows that keeps none (the benchmark times their computation)."""
+
+    def diagnostics(self, step, rows):
+        pass
 
 
 def make_step(cfg, device, tokens):
@@ -54,17 +64,21 @@ def make_step(cfg, device, tokens):
     master = MasterFormat.from_cfg(cfg.optim)
     store_master(model, master, cfg.seed, 0)
     gen = torch.Generator().manual_seed(cfg.seed)
-    steps = itertools.count(1)  # store_master's step: its stochastic draws differ from step to step
+    diagnostics = Diagnostics.from_cfg(cfg, recorder=_Rows())
+    count = 0
 
     def step():
-        x, y = get_batch(tokens, cfg.train.batch_size, cfg.train.seq_len, gen)
-        _, loss = model(x.to(device), y.to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        store_moments(optimizer, moments)
-        store_master(model, master, cfg.seed, next(steps))
+        nonlocal count
+        count += 1
+        x, y = (b.to(device) for b in get_batch(tokens, cfg.train.batch_size, cfg.train.seq_len, gen))
+        with diagnostics.at(count, model, (x, y), lambda logits, loss: loss):
+            _, loss = model(x, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            store_moments(optimizer, moments)
+            store_master(model, master, cfg.seed, count)  # its stochastic draws differ from step to step
         return loss
 
     return step
@@ -109,11 +123,11 @@ def main() -> None:
     n_params = sum(p.numel() for p in build_model(base).parameters())
     print(f"model={base.model.arch} {n_params / 1e6:.2f}M params, batch {base.train.batch_size} x seq {base.train.seq_len}, "
           f"device {device}, threads {torch.get_num_threads()}, {args.rounds} rounds x {args.steps} steps")
-    print(f"{'precision':<12} {'ms/step':>9} {'tokens/s':>10} {'vs fp32':>8}")
+    print(f"{'precision':<20} {'ms/step':>9} {'tokens/s':>10} {'vs fp32':>8}")
     ref = statistics.median(times["fp32"])
     for name, ts in times.items():
         t = statistics.median(ts)
-        print(f"{name:<12} {t * 1e3:>9.1f} {tokens_per_step / t:>10.0f} {t / ref:>7.2f}x")
+        print(f"{name:<20} {t * 1e3:>9.1f} {tokens_per_step / t:>10.0f} {t / ref:>7.2f}x")
 
 
 if __name__ == "__main__":

@@ -18,10 +18,11 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
+from precisionlab.analysis.diagnostics import OPERAND_ORDER, by_step, site_means, worst_sites
 from precisionlab.analysis.report import Report, bits_per_element, display_label, format_family
 
 __all__ = ["figures", "png", "loss_curves", "final_loss_heatmap", "loss_vs_lr", "stability_vs_bits", "sharpness_curves",
-           "early_warning"]
+           "early_warning", "diagnostics_sites", "diagnostics_trends"]
 
 DPI = 110
 FACET_W, FACET_H = 3.4, 2.6  # inches per facet
@@ -275,6 +276,69 @@ def sharpness_curves(report: Report, metric: str, params: str) -> Figure:
     return fig
 
 
+def diagnostics_sites(report: Report, variant: str) -> Figure | None:
+    """One variant's cast sites: saturated and flushed fractions by layer x operand (mean over steps
+    and runs; grey: no such cast) and the worst sites' values against step."""
+    means = site_means(report.diagnostics, variant)
+    if means.empty:
+        return None
+    layers = list(dict.fromkeys(means.layer))
+    operands = sorted(set(means.operand), key=lambda op: (OPERAND_ORDER.index(op) if op in OPERAND_ORDER else 99, op))
+    fig = Figure(figsize=(3.2 + 1.3 * len(operands) + 4.2, 1.4 + 0.28 * len(layers)), layout="constrained")
+    axes = fig.subplots(1, 3, width_ratios=[len(operands), len(operands), 5])
+    for ax, name, title in zip(axes, ("saturated", "flushed"), ("saturated (clipped at max)", "flushed to zero")):
+        grid = np.full((len(layers), len(operands)), np.nan)
+        for row in means.itertuples():
+            grid[layers.index(row.layer), operands.index(row.operand)] = getattr(row, name)
+        top = np.nanmax(grid) if np.isfinite(grid).any() else 0.0
+        ax.imshow(np.ma.masked_invalid(grid), cmap=colormaps["magma_r"].with_extremes(bad="#dddddd"), vmin=0,
+                  vmax=max(top, 1e-9), aspect="auto")
+        if len(layers) <= 24:  # values in the cells while they stay legible
+            for (i, j), v in np.ndenumerate(grid):
+                if np.isfinite(v):
+                    ax.text(j, i, f"{v:.1%}" if v else "0", ha="center", va="center", fontsize=6,
+                            color="white" if top and v > 0.6 * top else "black")
+        ax.set_xticks(range(len(operands)), operands, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(layers)), layers if ax is axes[0] else [""] * len(layers), fontsize=7)
+        ax.set_title(title, fontsize=9)
+    name, sites = worst_sites(report.diagnostics, variant)
+    for site in sites:
+        series = by_step(report.diagnostics, variant, name, site)
+        axes[2].plot(series.index, series.values, marker="o", markersize=3, lw=1, label=site)
+    axes[2].set_title(f"worst sites by {name}", fontsize=9)
+    axes[2].set_xlabel("step")
+    axes[2].grid(alpha=0.3)
+    if sites:
+        axes[2].legend(fontsize=7)
+    fig.suptitle(display_label(variant), fontsize=10)
+    return fig
+
+
+_TRENDS = (("grad_cosine", "model", "gradient cosine vs fp32"), ("grad_error", "model", "gradient relative error"),
+           ("attn_logit_max", None, "max attention logit"), ("log_z", "model", "output log Z (mean over tokens)"))
+
+
+def diagnostics_trends(report: Report) -> Figure | None:
+    """Gradient fidelity and the attention / output logit proxies against step, one line per variant
+    (mean over its runs)."""
+    present = [trend for trend in _TRENDS if (report.diagnostics.name == trend[0]).any()]
+    if not present:
+        return None
+    fig = Figure(figsize=(3.6 * len(present), 3.0), layout="constrained")
+    axes = fig.subplots(1, len(present), squeeze=False)[0]
+    for ax, (name, site, title) in zip(axes, present):
+        for i, variant in enumerate(report.by_variant.variant):
+            series = by_step(report.diagnostics, variant, name, site)
+            if len(series):
+                ax.plot(series.index, series.values, marker="o", markersize=3, lw=1, color=f"C{i % 10}",
+                        label=display_label(variant))
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    return fig
+
+
 def figures(report: Report) -> dict[str, Figure]:
     """Every figure the report has data for, by file name: none of a sweep whose runs have
     not logged a step yet, loss curves only while no run has finished."""
@@ -295,4 +359,12 @@ def figures(report: Report) -> dict[str, Figure]:
             for i, params in enumerate(settings, 1):
                 name = f"sharpness_{metric}.png" if len(settings) == 1 else f"sharpness_{metric}_{i}.png"
                 out[name] = sharpness_curves(report, metric, params)
+    if not report.diagnostics.empty:
+        trends = diagnostics_trends(report)
+        if trends is not None:
+            out["diagnostics_trends.png"] = trends
+        for i, variant in enumerate(report.by_variant.variant, 1):  # numbered in the tables' order
+            sites = diagnostics_sites(report, variant)
+            if sites is not None:
+                out[f"diagnostics_sites_{i}.png"] = sites
     return out

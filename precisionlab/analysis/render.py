@@ -24,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from precisionlab.analysis import plots
+from precisionlab.analysis.diagnostics import display_summary, site_means, summary
 from precisionlab.analysis.report import Report, ReportError
 from precisionlab.analysis.warning import DEFAULT_LEAD
 from precisionlab.analysis.tables import (
@@ -34,7 +35,8 @@ from precisionlab.analysis.tables import (
 )
 from precisionlab.store.names import sweep_name_problem
 
-__all__ = ["write", "write_comparison", "default_out", "html_document", "comparison_html", "markdown_document", "sharpness_display", "DEFINITIONS"]
+__all__ = ["write", "write_comparison", "default_out", "html_document", "comparison_html", "markdown_document", "sharpness_display",
+           "diagnostics_display", "DEFINITIONS"]
 
 DEFINITIONS = [
     ("format", "the formats of the GEMM inputs: one name when activations (x), weights (w) and output "
@@ -109,6 +111,33 @@ CAPTIONS = {
 }
 
 
+DIAGNOSTICS = ("Measured every diagnostics.every steps on the step's own batch and casts (README, \"Numerical "
+               "diagnostics\"); values are means over a format's runs. saturated: fraction of a cast's elements "
+               "clipped at the format's largest value (after its scale); flushed: fraction of its nonzero elements "
+               "cast to zero; cast error: ‖q(x) − x‖ / ‖x‖; grad cosine: the run's gradient against an fp32 "
+               "backward at the same weights and batch (1: identical); attention logit, log Z and the update / "
+               "weight RMS ratio are Wortsman et al.'s instability proxies, which grow before a divergence.")
+
+
+def diagnostics_display(report: Report) -> pd.DataFrame | None:
+    """One row per format with diagnostics (`analysis.diagnostics.summary`), as strings; None without any."""
+    if report.diagnostics.empty:
+        return None
+    return display_summary(summary(report.diagnostics, list(report.by_variant.variant)))
+
+
+def _diagnostics_captions(report: Report, names) -> dict[str, str]:
+    """The caption of each diagnostics figure among `names`."""
+    captions = {"diagnostics_trends.png": "Gradient cosine and relative error against an fp32 backward (site "
+                "\"model\": all parameters), the largest attention logit over the layers and the mean output "
+                "log Z, against step; one line per format (mean over its runs)."}
+    for i, variant in enumerate(report.by_variant.variant, 1):
+        captions[f"diagnostics_sites_{i}.png"] = (
+            f"{variant}: saturated and flushed fractions per layer and GEMM operand (mean over steps and runs; "
+            "grey: no such cast, e.g. one cast serving two GEMMs), and the worst sites against step.")
+    return {name: captions[name] for name in names if name in captions}
+
+
 def sharpness_display(report: Report) -> dict[str, pd.DataFrame]:
     """Per metric (and parameters): a format x step table of 'mean ± std (n)'."""
     out = {}
@@ -180,6 +209,11 @@ def html_document(report: Report, images: dict[str, bytes]) -> str:
             if name.startswith("sharpness_"):
                 parts.append(_html_figure(name, data, "Train loss (top) and sharpness (bottom) per format; "
                                                       "colour is the learning rate, one line per seed."))
+    diagnostics = diagnostics_display(report)
+    if diagnostics is not None:
+        parts += ["<h2>Numerical diagnostics</h2>", f"<p>{esc(DIAGNOSTICS)}</p>", _html_table(diagnostics)]
+        parts += [_html_figure(name, images[name], caption)
+                  for name, caption in _diagnostics_captions(report, images).items()]
     if len(report.warning):
         parts += ["<h2>Early warning</h2>", f"<p>{esc(WARNING_TEXT)}</p>",
                   _html_table(display_warning(report.warning, DEFAULT_LEAD))]
@@ -224,6 +258,11 @@ def markdown_document(report: Report, image_names: list[str]) -> str:
         for title, table in sharp.items():
             parts += [f"### {title}: mean ± std (runs) per step", "", _md_table(table), ""]
         parts += [f"![{name}]({name})\n" for name in image_names if name.startswith("sharpness_")]
+    diagnostics = diagnostics_display(report)
+    if diagnostics is not None:
+        parts += ["## Numerical diagnostics", "", DIAGNOSTICS, "", _md_table(diagnostics), ""]
+        parts += [f"![{name}]({name})\n\n*{caption}*\n"
+                  for name, caption in _diagnostics_captions(report, image_names).items()]
     if len(report.warning):
         parts += ["## Early warning", "", WARNING_TEXT, "", _md_table(display_warning(report.warning, DEFAULT_LEAD)), ""]
         parts += [f"![early_warning.png](early_warning.png)\n\n*{CAPTIONS['early_warning.png']}*\n"
@@ -257,6 +296,10 @@ def write(report: Report, out: str | os.PathLike) -> list[Path]:
         files["early_warning.csv"] = report.warning.to_csv(index=False)
     if not report.sharpness_steps.empty:
         files["sharpness.csv"] = report.sharpness_steps.rename(columns={"variant": "format"}).to_csv(index=False)
+    if not report.diagnostics.empty:  # the heatmaps' numbers: per format and cast site, means over steps and runs
+        sites = [site_means(report.diagnostics, v).assign(format=v) for v in report.by_variant.variant]
+        table = pd.concat(sites, ignore_index=True)
+        files["diagnostics.csv"] = table[["format", *table.columns[:-1]]].to_csv(index=False)
     return _write_files(files, out)
 
 
@@ -354,8 +397,9 @@ def _write_files(files: dict[str, bytes | str], out: str | os.PathLike) -> list[
 
 
 # What a report folder may hold: every file `write` and `write_comparison` produce.
-_REPORT_FILE = re.compile(r"(report|compare)\.(html|md)|(by_format|by_format_lr|runs|sharpness|early_warning|compare)\.csv|"
-                          r"(loss_curves|final_loss_heatmap|loss_vs_lr|stability_vs_bits|early_warning|sharpness_[\w.-]+)\.png")
+_REPORT_FILE = re.compile(r"(report|compare)\.(html|md)|(by_format|by_format_lr|runs|sharpness|early_warning|compare|diagnostics)"
+                          r"\.csv|(loss_curves|final_loss_heatmap|loss_vs_lr|stability_vs_bits|early_warning|sharpness_[\w.-]+|"
+                          r"diagnostics_[\w.-]+)\.png")
 
 
 def _old_report_entry(path: Path) -> bool:

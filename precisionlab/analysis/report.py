@@ -53,6 +53,7 @@ import numpy as np
 import pandas as pd
 
 from precisionlab.analysis import warning
+from precisionlab.analysis.diagnostics import labelled
 from precisionlab.analysis.stats import (
     bootstrap_ci,
     exact_binomial_ci,
@@ -97,6 +98,7 @@ class Report:
     warning_aligned: pd.DataFrame = field(default_factory=pd.DataFrame)  # aligned(): diverged runs' signals
     # per branch (its run_id): the parent's train loss up to the branch step (step, loss), drawn faintly
     parent_curves: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["run_id", "step", "loss"]))
+    diagnostics: pd.DataFrame = field(default_factory=pd.DataFrame)  # diagnostics rows + variant/lr/seed (may be empty)
 
     @property
     def reference(self) -> str | None:
@@ -550,13 +552,15 @@ def build(store: ResultsStore, sweep: str | None = None, where: Sequence[str] = 
     if not sharp.empty:
         sharp = sharp.assign(params=[_params_label(p) for p in sharp.params])
         sharp = sharp.merge(runs[["run_id", "variant", "lr", "seed", "status"]], on="run_id")
+    diagnostics = labelled(store.diagnostics(run_ids=ids), runs)
     sweeps = store.sweeps()
     info = sweeps[sweeps.name == name].iloc[0].to_dict()
-    signal_table = warning.signals(curves, sharp)
+    signal_table = warning.signals(curves, sharp, diagnostics)
     warned = warning.early_warning(runs, signal_table) if (runs.status == "diverged").any() else pd.DataFrame()
     return Report(sweep=name, store_path=store.location, info=info, runs=runs, by_lr=table, by_variant=variants,
                   curves=curves, sharpness=sharp, sharpness_steps=sharpness_by_step(sharp), notes=notes,
                   warning=warned, warning_aligned=warning.aligned(runs, signal_table) if len(warned) else pd.DataFrame(),
+                  diagnostics=diagnostics,
                   parent_curves=_parent_curves(store, branches))
 
 

@@ -43,7 +43,8 @@ def signals(curves: pd.DataFrame, sharpness: pd.DataFrame | None = None,
             diagnostics: pd.DataFrame | None = None) -> pd.DataFrame:
     """Every per-step signal as one long table (run_id, step, signal, value): `grad_norm` from the
     train metrics, `sharpness <metric> (<params>)` from sharpness values (params as the report
-    labels them), and model-level diagnostics (site "model": `<name>`) when given."""
+    labels them), and from diagnostics when given the model-level ones (site "model": grad_cosine,
+    grad_error, logit_max, log_z) and the largest attention logit over the layers."""
     parts = []
     if not curves.empty and "grad_norm" in curves:
         train = curves[curves.split == "train"]
@@ -57,6 +58,10 @@ def signals(curves: pd.DataFrame, sharpness: pd.DataFrame | None = None,
         model = diagnostics[diagnostics.site == "model"]
         parts.append(pd.DataFrame({"run_id": model.run_id, "step": model.step, "signal": model.name,
                                    "value": model.value.astype(float)}))
+        layers = diagnostics[diagnostics.name == "attn_logit_max"]
+        if len(layers):  # Wortsman et al.'s attention-logit growth: the largest over the layers
+            top = layers.groupby(["run_id", "step"]).value.max().reset_index()
+            parts.append(top.assign(signal="attn_logit_max (largest layer)"))
     if not parts:
         return pd.DataFrame(columns=["run_id", "step", "signal", "value"])
     out = pd.concat(parts, ignore_index=True)

@@ -25,7 +25,7 @@ from precisionlab.kernels.spec import (
 from precisionlab.numerics.blocks import BlockFormat, parse_format
 from precisionlab.numerics.formats import FloatFormat
 
-__all__ = ["quantize", "quantize_scaled", "tensor_scale", "amax_scale", "cast_spec", "block_spec", "ROUNDING_MODES", "BACKENDS"]
+__all__ = ["quantize", "quantize_scaled", "block_scaled", "tensor_scale", "amax_scale", "cast_spec", "block_spec", "ROUNDING_MODES", "BACKENDS"]
 
 BACKENDS = ("auto", "torch", "triton")
 _WIDENED = (torch.float16, torch.bfloat16)  # cast in fp32: widening them is exact
@@ -226,6 +226,21 @@ def quantize_scaled(
     scale = tensor_scale(x, fmt.max_finite, pow2_scale)
     kw = dict(rounding=rounding, saturate=saturate, subnormals=subnormals, seed=seed, backend=backend)
     return quantize(x * scale, fmt, **kw) / scale
+
+
+def block_scaled(x: torch.Tensor, fmt: BlockFormat, *, axis: int = -1) -> torch.Tensor:
+    """The elements of `x` scaled by their blocks' scales, as `quantize(x, fmt, axis=axis)` hands
+    them to the element cast (fp32, x's shape): |value| > fmt.element.max_finite is an element the
+    cast clips. Computed by the torch twin on any device (the scales do not depend on the element
+    rounding); for numerical diagnostics, not for training."""
+    from precisionlab.kernels.block_torch import block_scaled_torch
+
+    spec = block_spec(fmt, "nearest_even", True, True)
+    work = x.detach().float().reshape(x.shape or (1,))
+    moved = work.movedim(axis, -1)
+    x2d = moved.reshape(-1, moved.shape[-1])
+    y = block_scaled_torch(x2d, spec) if x2d.numel() else x2d.clone()
+    return y.view(moved.shape).movedim(-1, axis).reshape(x.shape)
 
 
 def _checked_seed(seed: int | None, rounding: str) -> int:

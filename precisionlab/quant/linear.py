@@ -22,6 +22,9 @@ Stochastic rounding and per-call Hadamard signs are reproducible: each draw gets
 seed mixed from the run seed, the layer's index, the layer's call count and the operand's
 seed slot; the call count is part of the module's state_dict, so a resumed run draws the
 same random bits as an uninterrupted one.
+
+Each cast names its site, (layer name, operand), for a cast observer (`operands.observing_casts`:
+the numerical diagnostics' saturation, flush-to-zero and cast error); without one that costs nothing.
 """
 
 from __future__ import annotations
@@ -64,16 +67,16 @@ class _QuantLinearFn(torch.autograd.Function):
     """seeds: the six operands' by SEED_SLOT, then the three GEMMs' Hadamard-sign seeds."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, casts: LayerCasts, seeds: tuple[int, ...], history=None):
+    def forward(ctx, x, weight, bias, casts: LayerCasts, seeds: tuple[int, ...], history=None, name: str = ""):
         xa, wa = x, weight  # (..., in), (out, in)
         if casts.rotates("fwd"):
             h = _hadamard(casts, seeds[6], x.device)
             xa, wa = hadamard_transform(x, h, -1), hadamard_transform(weight, h, -1)
-        x_q = casts.fwd_x(xa, seeds[0], axis=-1, history=_rows(history, "fwd_x"))
-        w_q = casts.fwd_w(wa, seeds[1], axis=-1, history=_rows(history, "fwd_w"))
+        x_q = casts.fwd_x(xa, seeds[0], axis=-1, history=_rows(history, "fwd_x"), site=(name, "fwd_x"))
+        w_q = casts.fwd_w(wa, seeds[1], axis=-1, history=_rows(history, "fwd_w"), site=(name, "fwd_w"))
         # backward recasts x and W from the high-precision tensors unless one cast serves both GEMMs
         ctx.save_for_backward(x_q if casts.share_x else x, w_q if casts.share_w else weight)
-        ctx.casts, ctx.seeds, ctx.has_bias, ctx.history = casts, seeds, bias is not None, history
+        ctx.casts, ctx.seeds, ctx.has_bias, ctx.history, ctx.name = casts, seeds, bias is not None, history, name
         if not casts.accumulates("fwd"):
             return F.linear(x_q, w_q, bias)  # (..., out)
         y = casts.matmul("fwd", x_q.reshape(-1, x_q.shape[-1]), w_q.t())  # (N, in) @ (in, out) -> (N, out)
@@ -82,7 +85,7 @@ class _QuantLinearFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        casts, seeds, history = ctx.casts, ctx.seeds, ctx.history
+        casts, seeds, history, name = ctx.casts, ctx.seeds, ctx.history, ctx.name
         x_saved, w_saved = ctx.saved_tensors
         out_f, in_f = w_saved.shape
         g = grad_out.reshape(-1, out_f)  # (N, out)
@@ -93,9 +96,11 @@ class _QuantLinearFn(torch.autograd.Function):
             if casts.rotates("dgrad"):
                 h = _hadamard(casts, seeds[7], g.device)
                 ga, wb = hadamard_transform(g, h, -1), hadamard_transform(w_saved, h, 0)
-            g_q = casts.dgrad_g(ga, seeds[2], axis=-1, history=_rows(history, "dgrad_g"))  # (N, out), blocks along out
+            g_q = casts.dgrad_g(ga, seeds[2], axis=-1, history=_rows(history, "dgrad_g"),
+                                site=(name, "dgrad_g"))  # (N, out), blocks along out
             if ctx.needs_input_grad[0]:
-                w_dq = w_saved if casts.share_w else casts.dgrad_w(wb, seeds[4], axis=0, history=_rows(history, "dgrad_w"))  # (out, in), blocks along out
+                w_dq = w_saved if casts.share_w else casts.dgrad_w(wb, seeds[4], axis=0, history=_rows(history, "dgrad_w"),
+                                                                   site=(name, "dgrad_w"))  # (out, in), blocks along out
                 grad_x = casts.matmul("dgrad", g_q, w_dq).view(*grad_out.shape[:-1], in_f)  # (N, out) @ (out, in) -> (..., in)
         if ctx.needs_input_grad[1]:
             x2 = x_saved.reshape(-1, in_f)  # (N, in)
@@ -106,14 +111,16 @@ class _QuantLinearFn(torch.autograd.Function):
                 if casts.rotates("wgrad"):
                     h = _hadamard(casts, seeds[8], g.device)
                     ga, xa = hadamard_transform(g, h, 0), hadamard_transform(x2, h, 0)
-                g_wq = g_q if casts.share_g else casts.wgrad_g(ga, seeds[5], axis=0, history=_rows(history, "wgrad_g"))  # (N, out), blocks along tokens
-                x_wq = x2 if casts.share_x else casts.wgrad_x(xa, seeds[3], axis=0, history=_rows(history, "wgrad_x"))  # (N, in)
+                g_wq = g_q if casts.share_g else casts.wgrad_g(ga, seeds[5], axis=0, history=_rows(history, "wgrad_g"),
+                                                               site=(name, "wgrad_g"))  # (N, out), blocks along tokens
+                x_wq = x2 if casts.share_x else casts.wgrad_x(xa, seeds[3], axis=0, history=_rows(history, "wgrad_x"),
+                                                              site=(name, "wgrad_x"))  # (N, in)
             grad_w = casts.matmul("wgrad", g_wq.t(), x_wq)  # (out, N) @ (N, in) -> (out, in)
             if casts.weight_grad is not None:
-                grad_w = casts.weight_grad(grad_w)
+                grad_w = casts.weight_grad(grad_w, site=(name, "weight_grad"))
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g.sum(0)  # (out,)
-        return grad_x, grad_w, grad_b, None, None, None
+        return grad_x, grad_w, grad_b, None, None, None, None
 
 
 def _rows(history: tuple[torch.Tensor, torch.Tensor] | None, operand: str):
@@ -139,11 +146,13 @@ def _fixed_hadamard(n: int, signs_seed: int, device: torch.device) -> torch.Tens
 class QuantLinear(nn.Linear):
     """`nn.Linear` whose GEMMs take fake-quantized operands (see the module docstring)."""
 
-    def __init__(self, linear: nn.Linear, precision: PrecisionConfig | LayerCasts, index: int = 0, seed: int = 0):
+    def __init__(self, linear: nn.Linear, precision: PrecisionConfig | LayerCasts, index: int = 0, seed: int = 0,
+                 name: str = ""):
         super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
         self.weight, self.bias = linear.weight, linear.bias  # the same Parameters: ties survive
         self.casts = precision.casts if isinstance(precision, PrecisionConfig) else precision
         self.index, self.seed = index, seed
+        self.name = name  # the module's name in its model: names its casts for a cast observer (diagnostics)
         self.calls = 0  # forward calls so far; seeds stochastic rounding and per-call Hadamard signs
         if self.casts.delayed_history_len:  # delayed scaling's state, one row per operand (in checkpoints)
             history, scale = DELAYED_STATE
@@ -161,7 +170,7 @@ class QuantLinear(nn.Linear):
             seeds = seeds[:6] + tuple(_mix_seed(self.seed, self.index, 6 + g) for g in range(len(GEMMS)))
         self.calls += 1
         history = tuple(self._buffers[name] for name in DELAYED_STATE) if DELAYED_STATE[0] in self._buffers else None
-        return _QuantLinearFn.apply(x, self.weight, self.bias, casts, seeds, history)
+        return _QuantLinearFn.apply(x, self.weight, self.bias, casts, seeds, history, self.name)
 
     def get_extra_state(self) -> dict:
         return {"calls": self.calls}
@@ -194,7 +203,7 @@ def convert_model(model: nn.Module, precision: Any, seed: int = 0) -> nn.Module:
     for index, (name, linear, casts) in enumerate(_planned(linears, precision)):
         if casts is not None:
             parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name), child, QuantLinear(linear, casts, index=index, seed=seed))
+            setattr(model.get_submodule(parent_name), child, QuantLinear(linear, casts, index=index, seed=seed, name=name))
     return convert_attention(model, precision.attention, seed=seed)
 
 

@@ -32,6 +32,7 @@ per-tensor overrides, and the precision group's shared options.
 from __future__ import annotations
 
 import fnmatch
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -39,13 +40,13 @@ import torch
 
 from precisionlab.numerics.accumulate import Accumulate, accumulate_matmul, parse_accumulator
 from precisionlab.numerics.blocks import BlockFormat, parse_format
-from precisionlab.numerics.cast import ROUNDING_MODES, amax_scale, quantize, quantize_scaled
+from precisionlab.numerics.cast import ROUNDING_MODES, amax_scale, block_scaled, quantize, quantize_scaled, tensor_scale
 from precisionlab.numerics.formats import FloatFormat
 from precisionlab.numerics.hadamard import HADAMARD_SIZES
 
 __all__ = ["OperandCast", "RoleCast", "LayerCasts", "AttentionCasts", "PrecisionConfig", "ROLES", "OPERANDS", "GEMMS",
            "OPERAND_ROLE", "SEED_SLOT", "ATTENTION_TENSORS", "SCALINGS", "AMAX_ALGOS", "SIGNS", "OPTIONS", "Delayed",
-           "Accumulate"]
+           "Accumulate", "observing_casts"]
 
 ROLES = ("x", "w", "grad")
 GEMMS = ("fwd", "dgrad", "wgrad")
@@ -70,6 +71,22 @@ def _mix_seed(*parts: int) -> int:
         h = (h ^ (p & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
         h = (h ^ (h >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
     return h & _MASK63
+
+
+_observer = None  # while set (`observing_casts`), every cast that names its site is shown to it
+
+
+@contextmanager
+def observing_casts(observer):
+    """Within the block, every `OperandCast` call that gives a `site` also calls
+    observer(site, cast, t, t_q, axis, history) after casting (numerical diagnostics); outside
+    it a cast costs nothing extra. The observer must only read: the cast's result is used as is."""
+    global _observer
+    previous, _observer = _observer, observer
+    try:
+        yield
+    finally:
+        _observer = previous
 
 
 @dataclass(frozen=True)
@@ -117,11 +134,18 @@ class OperandCast:
     def is_delayed(self) -> bool:
         return self.scaling == "delayed" and isinstance(self.fmt, FloatFormat)
 
-    def __call__(self, t: torch.Tensor, seed: int = 0, axis: int = -1, history=None) -> torch.Tensor:
+    def __call__(self, t: torch.Tensor, seed: int = 0, axis: int = -1, history=None, site=None) -> torch.Tensor:
         """The cast of `t`. Delayed scaling needs `history`: (amaxes, scale), this operand's rows of
-        its layer's buffers, read and updated in place (see `delayed_cast`)."""
+        its layer's buffers, read and updated in place (see `delayed_cast`). `site` names the cast
+        for a cast observer (`observing_casts`), e.g. (layer name, operand)."""
         if self.fmt is None:
             return t
+        out = self._cast(t, seed, axis, history)
+        if _observer is not None and site is not None:
+            _observer(site, self, t, out, axis, history)
+        return out
+
+    def _cast(self, t: torch.Tensor, seed: int, axis: int, history) -> torch.Tensor:
         kw = dict(rounding=self.rounding, saturate=self.saturate, subnormals=self.subnormals, seed=seed)
         if isinstance(self.fmt, BlockFormat):
             return quantize(t, self.fmt, axis=axis, **kw)
@@ -130,6 +154,23 @@ class OperandCast:
         if self.scaling == "delayed":
             return self.delayed_cast(t, *history, **kw)
         return quantize(t, self.fmt, **kw)
+
+    @property
+    def max_finite(self) -> float:
+        """The largest finite value of the element format (a block format's elements)."""
+        return self.fmt.element.max_finite if isinstance(self.fmt, BlockFormat) else self.fmt.max_finite
+
+    def scaled(self, t: torch.Tensor, axis: int = -1, history=None) -> torch.Tensor:
+        """`t` as the element format receives it in the cast just made: times its per-tensor,
+        delayed or block scale (t itself without scaling). |scaled| > `max_finite` is an element the
+        cast clipped. `history`: the one that cast used (it then holds the scale it applied)."""
+        if isinstance(self.fmt, BlockFormat):
+            return block_scaled(t, self.fmt, axis=axis)
+        if self.scaling == "tensor":
+            return t * tensor_scale(t, self.fmt.max_finite, self.pow2_scale)
+        if self.scaling == "delayed":
+            return t * history[1][0].to(t.dtype)
+        return t
 
     def delayed_cast(self, t: torch.Tensor, amaxes: torch.Tensor, scale: torch.Tensor, **kw) -> torch.Tensor:
         """Transformer Engine's delayed scaling: the scale comes from `amaxes` (fp32 (history_len,),

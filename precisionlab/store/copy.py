@@ -7,7 +7,7 @@ leaves DST as it was for that sweep. Copying again is harmless (idempotent) and 
 to date, by this rule per run:
 
 - DST holds the run done (completed or diverged) and SRC does not: DST's run is kept as it is.
-- Otherwise the run's row, its metrics and its checkpoint rows in DST become SRC's.
+- Otherwise the run's row, its metrics, checkpoint and diagnostics rows in DST become SRC's.
 - Sharpness values are merged by (run, step, metric, parameters): values measured at DST stay.
 
 Checkpoint rows keep SRC's paths; the checkpoint files themselves are not copied.
@@ -25,6 +25,7 @@ __all__ = ["CopyResult", "copy_sweeps"]
 
 _OF_SWEEP = "run_id IN (SELECT run_id FROM sweep_runs WHERE sweep=?)"
 _KEYS = {"sweeps": ("name",), "runs": ("run_id",), "sharpness": ("run_id", "step", "metric", "params")}
+_PER_RUN = ("metrics", "checkpoints", "diagnostics")  # a copied run's rows of these become SRC's
 
 
 @dataclass
@@ -36,11 +37,12 @@ class CopyResult:
     metrics: int      # metric rows written
     checkpoints: int  # checkpoint rows written
     sharpness: int    # sharpness values written (merged)
+    diagnostics: int = 0  # diagnostics rows written
 
     def line(self) -> str:
         kept = f", {self.kept} kept (done in the destination, not in the source)" if self.kept else ""
         return (f"sweep {self.sweep}: {self.runs} runs, {self.copied} copied{kept}; {self.metrics} metric rows, "
-                f"{self.checkpoints} checkpoint rows, {self.sharpness} sharpness values")
+                f"{self.checkpoints} checkpoint rows, {self.sharpness} sharpness values, {self.diagnostics} diagnostics rows")
 
 
 def _upsert(table: str, columns: list[str], keep: tuple[str, ...] = ()) -> str:
@@ -57,11 +59,10 @@ def _insert(table: str, columns: list[str]) -> str:
 
 
 def _copy_sweep(src: ResultsStore, dst: ResultsStore, name: str) -> CopyResult:
-    (sweep_cols, sweep_rows), (run_cols, runs), (metric_cols, metrics), (ckpt_cols, ckpts), (sharp_cols, sharp) = \
+    (sweep_cols, sweep_rows), (run_cols, runs), *per_run, (sharp_cols, sharp) = \
         src._snapshot([("SELECT * FROM sweeps WHERE name=?", [name]),
                        (f"SELECT * FROM runs WHERE {_OF_SWEEP} ORDER BY run_id", [name]),
-                       (f"SELECT * FROM metrics WHERE {_OF_SWEEP}", [name]),
-                       (f"SELECT * FROM checkpoints WHERE {_OF_SWEEP}", [name]),
+                       *((f"SELECT * FROM {table} WHERE {_OF_SWEEP}", [name]) for table in _PER_RUN),
                        (f"SELECT * FROM sharpness WHERE {_OF_SWEEP}", [name])])
     rid, status = run_cols.index("run_id"), run_cols.index("status")
     src_done = {r[rid]: r[status] in DONE for r in runs}
@@ -77,16 +78,17 @@ def _copy_sweep(src: ResultsStore, dst: ResultsStore, name: str) -> CopyResult:
         tx.executemany(_upsert("runs", run_cols), [r for r in runs if r[rid] in taken])
         tx.executemany("INSERT INTO sweep_runs (sweep, run_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
                        [(name, r[rid]) for r in runs])
-        for table in ("metrics", "checkpoints"):
+        written = []
+        for table, (cols, rows) in zip(_PER_RUN, per_run):  # replaced as a whole
             tx.executemany(f"DELETE FROM {table} WHERE run_id=?", [(r,) for r in taken])
-        metric_rows = [m for m in metrics if m[metric_cols.index("run_id")] in taken]
-        ckpt_rows = [c for c in ckpts if c[ckpt_cols.index("run_id")] in taken]
+            rows = [row for row in rows if row[cols.index("run_id")] in taken]
+            tx.executemany(_insert(table, cols), rows)
+            written.append(len(rows))
         sharp_rows = [s for s in sharp if s[sharp_cols.index("run_id")] in taken]
-        tx.executemany(_insert("metrics", metric_cols), metric_rows)
-        tx.executemany(_insert("checkpoints", ckpt_cols), ckpt_rows)
         tx.executemany(_upsert("sharpness", sharp_cols), sharp_rows)
-        return CopyResult(name, len(runs), len(taken), len(runs) - len(taken), len(metric_rows), len(ckpt_rows),
-                          len(sharp_rows))
+        metric_rows, ckpt_rows, diagnostic_rows = written
+        return CopyResult(name, len(runs), len(taken), len(runs) - len(taken), metric_rows, ckpt_rows,
+                          len(sharp_rows), diagnostic_rows)
 
     return dst._write(write)
 

@@ -44,6 +44,7 @@ NON_SEMANTIC_KEYS = frozenset({
     "device", "threads", "num_threads", "torch_threads",  # where and how fast, not what it trains
     "progress", "verbose", "resume", "force", "jobs",
     "sharpness",  # what training measures on the side (sharpness.every), never the curve it trains
+    "diagnostics",  # likewise (diagnostics.every: casts, gradient fidelity, proxies)
 })
 
 # Each config leaf's neutral value (dotted path -> value), frozen when the key was introduced:

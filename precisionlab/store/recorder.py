@@ -27,7 +27,7 @@ __all__ = ["StoreRecorder"]
 class StoreRecorder:
     """`precisionlab.recorder.Recorder` writing one claimed run into a ResultsStore.
 
-    Metric rows are buffered and written every `flush_every` rows or
+    Metric and diagnostics rows are buffered and written every `flush_every` metric rows or
     `flush_seconds`, before each checkpoint row and with the outcome. A `Lease`
     thread renews the run's heartbeat meanwhile (`store.liveness`). Every
     write is guarded by the claim: if another process took the run over
@@ -40,6 +40,7 @@ class StoreRecorder:
         self.store, self.run_id, self._token = store, run_id, token
         self.flush_every, self.flush_seconds = flush_every, flush_seconds
         self._rows: list[tuple] = []
+        self._diagnostics: list[tuple] = []  # (run_id, step, site, name, value)
         self._last_flush = time.monotonic()
         self.finished = False
         self._lease = Lease(store, run_id, token)
@@ -59,11 +60,13 @@ class StoreRecorder:
                 "INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(run_id, step, split) DO UPDATE SET "
                 "loss=excluded.loss, lr=excluded.lr, grad_norm=excluded.grad_norm, tokens=excluded.tokens, "
                 "elapsed=excluded.elapsed, extra=excluded.extra", self._rows)
+            conn.executemany("INSERT INTO diagnostics VALUES (?, ?, ?, ?, ?) ON CONFLICT(run_id, step, site, name) "
+                             "DO UPDATE SET value=excluded.value", self._diagnostics)
             if transaction is not None:
                 transaction(conn)
 
         self.store._write(write)
-        self._rows = []
+        self._rows, self._diagnostics = [], []
         self._last_flush = time.monotonic()
 
     def flush(self) -> None:
@@ -100,6 +103,10 @@ class StoreRecorder:
     def sharpness(self, step: int, metric: str, value: float, params: Mapping[str, Any]) -> None:
         """A sharpness value measured during training (`sharpness.every`), as `add_sharpness` writes it."""
         self.store.add_sharpness(self.run_id, step, metric, value, params)
+
+    def diagnostics(self, step: int, rows: list[tuple[str, str, float]]) -> None:
+        """Numerical diagnostics of a step (`diagnostics.every`), written with the next metric rows."""
+        self._diagnostics += [(self.run_id, step, site, name, finite(value)) for site, name, value in rows]
 
     def finish(self, outcome: Mapping[str, Any]) -> None:
         """Write the outcome and the last rows in one transaction. `outcome`:

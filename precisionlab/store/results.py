@@ -1,5 +1,5 @@
-"""The results store: sweeps, runs, per-step metrics, checkpoints and sharpness values in
-one database, SQLite on one machine or PostgreSQL for many, readable as pandas DataFrames.
+"""The results store: sweeps, runs, per-step metrics, checkpoints, sharpness values and
+diagnostics in one database, SQLite on one machine or PostgreSQL for many, readable as pandas DataFrames.
 
     store = ResultsStore("results/precisionlab.db")        # or "postgresql://me:pw@db-host/precisionlab"
     rid = run_id(cfg)                        # hash of the run's semantic config
@@ -317,7 +317,7 @@ class ResultsStore:
         process -> False (even with `force`); new, pending, failed or
         interrupted -> True. A rerun keeps metrics up to the run's last
         checkpoint (resume from `latest_checkpoint`); `force` clears all its
-        metrics, checkpoints and sharpness rows. Then use `recorder(run_id)`.
+        metrics, checkpoints, sharpness and diagnostics rows. Then use `recorder(run_id)`.
         """
 
         def transaction(conn):
@@ -330,11 +330,12 @@ class ResultsStore:
             if status in DONE and not force:
                 return None
             if force:
-                for table in ("metrics", "checkpoints", "sharpness"):
+                for table in ("metrics", "checkpoints", "sharpness", "diagnostics"):
                     conn.execute(f"DELETE FROM {table} WHERE run_id=?", (run_id,))
             else:
                 last = conn.execute("SELECT MAX(step) FROM checkpoints WHERE run_id=?", (run_id,)).fetchone()[0]
-                conn.execute("DELETE FROM metrics WHERE run_id=? AND step>?", (run_id, -1 if last is None else last))
+                for table in ("metrics", "diagnostics"):
+                    conn.execute(f"DELETE FROM {table} WHERE run_id=? AND step>?", (run_id, -1 if last is None else last))
             token = uuid.uuid4().hex
             conn.execute(
                 "UPDATE runs SET status='running', started=?, heartbeat=?, finished=NULL, wall_time=NULL, "
@@ -509,5 +510,12 @@ class ResultsStore:
         df = self._read(f"SELECT * FROM sharpness t WHERE {where} ORDER BY run_id, metric, step", params)
         df["params"] = _parse_json(df["params"])
         return self._times(df)
+
+    def diagnostics(self, run_ids: str | Iterable[str] | None = None, sweep: str | None = None,
+                    name: str | None = None) -> pd.DataFrame:
+        """Numerical diagnostics (run_id, step, site, name, value: precisionlab.train.diagnostics), of one `name` or all."""
+        where, params = self._where(run_ids, sweep)
+        where, params = (where + " AND t.name=?", [*params, name]) if name is not None else (where, params)
+        return self._read(f"SELECT * FROM diagnostics t WHERE {where} ORDER BY run_id, name, site, step", params)
 
 

@@ -18,6 +18,11 @@ through the recorder's optional `sharpness` hook. Measuring draws no random numb
 keeps the stochastic-rounding call counts, the weights and their gradients, so the
 curve is the same as without it.
 
+Diagnostics: with `diagnostics.every=N` every N-th step is observed as it runs (its casts,
+an fp32 backward at its weights and batch, attention and output logits, the update) and
+reported through the recorder's optional `diagnostics` hook (precisionlab.train.diagnostics);
+the curve is again the same as without.
+
 Reproducibility: `run` seeds torch's global RNG (model init, dropout) and a
 private generator for batches from `seed`, and sets torch's thread count,
 so runs in one process do not leak state. Checkpoints hold the model,
@@ -48,6 +53,7 @@ from precisionlab.train.checkpoint import (
     save_checkpoint,
 )
 from precisionlab.train.data import DataError, get_batch, load_dataset
+from precisionlab.train.diagnostics import Diagnostics
 from precisionlab.train.measure import Settings as SharpnessSettings
 from precisionlab.train.measure import is_fp32, measure, planned
 from precisionlab.train.model import LM
@@ -74,6 +80,12 @@ def z_loss(logits: torch.Tensor, weight: float) -> torch.Tensor:
     token's logits (B, T, V): it keeps the softmax normaliser near 1 (Wortsman et al. 2023's
     mitigation of output-logit divergence)."""
     return weight * torch.logsumexp(logits.float(), dim=-1).pow(2).mean()
+
+
+def objective(weight: float):
+    """What training differentiates, as a function of (logits, loss): the cross-entropy, plus the
+    z-loss of `weight` (optim.z_loss) when it is not 0."""
+    return lambda logits, loss: (loss + z_loss(logits, weight)) if weight else loss
 
 
 def eval_batches(val_tokens: Any, cfg: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -156,6 +168,7 @@ def _train(cfg, device, batch_gen, train_tokens, val_tokens, data_meta, recorder
     checkpoint_steps = set(t.checkpoint_steps)
     sharpness_every = (cfg.get("sharpness") or {}).get("every", 0)
     parent = parse_parent(cfg.init.parent)
+    diagnostics, trained = Diagnostics.from_cfg(cfg, recorder), objective(o.z_loss)
     recorder.start({
         "config": OmegaConf.to_container(cfg), "data": data_meta, "device": str(device),
         "n_params": model.num_params(), "resumed_from": None if resume_from is None else str(resume_from),
@@ -169,18 +182,19 @@ def _train(cfg, device, batch_gen, train_tokens, val_tokens, data_meta, recorder
         lr = lr_at(step, o, t.steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        x, y = get_batch(train_tokens, t.batch_size, t.seq_len, batch_gen)
-        logits, loss = model(x.to(device), y.to(device))
-        loss_value = loss.item()  # the cross-entropy: what is recorded and checked for divergence
-        if math.isfinite(loss_value):
-            optimizer.zero_grad(set_to_none=True)
-            (loss + z_loss(logits, o.z_loss) if o.z_loss else loss).backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip or math.inf).item()
-            optimizer.step()
-            store_moments(optimizer, moment_formats)
-            store_master(model, master, cfg.seed, step)
-        else:
-            grad_norm = math.nan
+        x, y = (b.to(device) for b in get_batch(train_tokens, t.batch_size, t.seq_len, batch_gen))
+        with diagnostics.at(step, model, (x, y), trained):  # diagnostics.every: observes the step, changes nothing
+            logits, loss = model(x, y)
+            loss_value = loss.item()  # the cross-entropy: what is recorded and checked for divergence
+            if math.isfinite(loss_value):
+                optimizer.zero_grad(set_to_none=True)
+                trained(logits, loss).backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip or math.inf).item()
+                optimizer.step()
+                store_moments(optimizer, moment_formats)
+                store_master(model, master, cfg.seed, step)
+            else:
+                grad_norm = math.nan
         if result.initial_loss is None:
             result.initial_loss = loss_value
         spikes.update(loss_value)

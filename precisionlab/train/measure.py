@@ -109,9 +109,10 @@ def _is_quantized(model: nn.Module) -> bool:
     return any(isinstance(m, CAST_MODULES) for m in model.modules())
 
 
-def fp32_twin(model: LM) -> LM:
-    """The same weights in the model without casts (a copy; `model` itself if it has none)."""
-    if not _is_quantized(model):
+def fp32_twin(model: LM, copy: bool = False) -> LM:
+    """The same weights in the model without casts, in eval mode: a copy, or `model` itself if it
+    has no casts and `copy` is false (with `copy`, training `model` further leaves the twin as it was)."""
+    if not (copy or _is_quantized(model)):
         return model
     with torch.random.fork_rng(devices=[]):  # building a model draws init weights: leave the RNG alone
         twin = LM(model.config)

@@ -25,6 +25,10 @@ class Recorder(Protocol):
         """Optional (training checks for it): a sharpness value measured at this step
         (`sharpness.every`); params are its parameters, as `precisionlab sharpness` stores them."""
 
+    def diagnostics(self, step: int, rows: list[tuple[str, str, float]]) -> None:
+        """Optional (training checks for it): numerical diagnostics of this step (`diagnostics.every`),
+        rows of (site, name, value); see precisionlab.train.diagnostics."""
+
     def finish(self, outcome: dict[str, Any]) -> None:
         """Once, at the end: status (completed/diverged/failed), steps, losses, error text."""
 
@@ -54,6 +58,12 @@ class Tee:
             hook = getattr(r, "sharpness", None)  # optional in the Recorder protocol
             if hook is not None:
                 hook(step, metric, value, params)
+
+    def diagnostics(self, step, rows):
+        for r in self.recorders:
+            hook = getattr(r, "diagnostics", None)  # optional in the Recorder protocol
+            if hook is not None:
+                hook(step, rows)
 
     def finish(self, outcome):
         for r in self.recorders:

@@ -3,10 +3,11 @@
   metrics.csv  one row per train step and per eval (columns: step, split, then metrics)
   run.json     metadata from `start` (status "running"), then the outcome from `finish`
   sharpness.csv  one row per sharpness value (`sharpness.every`): step, metric, value, params (JSON)
+  diagnostics.csv  one row per diagnostic value (`diagnostics.every`): step, site, name, value
 
 Every write replaces the whole file atomically (temp name + os.replace), so a
-killed run leaves the last complete version, never a torn one. Rows are
-buffered and flushed at every eval, checkpoint and at the end. A run resumed
+killed run leaves the last complete version, never a torn one. Rows (metrics and
+diagnostics) are buffered and flushed at every eval, checkpoint and at the end. A run resumed
 in the same folder (meta "start_step" > 0) keeps the rows up to that step.
 """
 
@@ -37,17 +38,12 @@ class RunDirRecorder:
         self.rows: list[dict[str, Any]] = []
         self.checkpoints: list[dict[str, Any]] = []
         self.sharpness_rows: list[dict[str, Any]] = []
+        self.diagnostic_rows: list[dict[str, Any]] = []
 
     def start(self, meta: dict[str, Any]) -> None:
         self.meta = {**meta, "status": "running"}
-        previous = self.directory / "metrics.csv"
-        if meta.get("start_step") and previous.is_file():
-            with open(previous, newline="") as f:
-                self.rows = [row for row in csv.DictReader(f) if int(row["step"]) <= meta["start_step"]]
-        previous = self.directory / "sharpness.csv"
-        if meta.get("start_step") and previous.is_file():
-            with open(previous, newline="") as f:
-                self.sharpness_rows = [row for row in csv.DictReader(f) if int(row["step"]) <= meta["start_step"]]
+        self.rows, self.sharpness_rows, self.diagnostic_rows = (
+            self._kept(name, meta.get("start_step")) for name in ("metrics.csv", "sharpness.csv", "diagnostics.csv"))
         self._write_json()
 
     def log(self, step: int, split: str, metrics: dict[str, float]) -> None:
@@ -69,10 +65,21 @@ class RunDirRecorder:
         writer.writerows(self.sharpness_rows)
         write_atomic(self.directory / "sharpness.csv", out.getvalue())
 
+    def diagnostics(self, step: int, rows: list[tuple[str, str, float]]) -> None:
+        self.diagnostic_rows += [{"step": step, "site": site, "name": name, "value": value} for site, name, value in rows]
+
     def finish(self, outcome: dict[str, Any]) -> None:
         self.meta.update(outcome)
         self._write_csv()
         self._write_json()
+
+    def _kept(self, name: str, start_step: int | None) -> list[dict[str, Any]]:
+        """The rows of an earlier attempt's CSV up to the step this one resumes from."""
+        previous = self.directory / name
+        if not start_step or not previous.is_file():
+            return []
+        with open(previous, newline="") as f:
+            return [row for row in csv.DictReader(f) if int(row["step"]) <= start_step]
 
     def _write_csv(self) -> None:
         columns = list(dict.fromkeys(key for row in self.rows for key in row))
@@ -81,6 +88,12 @@ class RunDirRecorder:
         writer.writeheader()
         writer.writerows(self.rows)
         write_atomic(self.directory / "metrics.csv", out.getvalue())
+        if self.diagnostic_rows:
+            out = io.StringIO()
+            writer = csv.DictWriter(out, fieldnames=["step", "site", "name", "value"], lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(self.diagnostic_rows)
+            write_atomic(self.directory / "diagnostics.csv", out.getvalue())
 
     def _write_json(self) -> None:
         record = {**self.meta, "checkpoints": self.checkpoints}

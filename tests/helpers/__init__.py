@@ -32,10 +32,11 @@ def compose_train(*overrides: str, micro: bool = True):
 
 
 class MemoryRecorder:
-    """A `Recorder` that keeps everything a run reports, sharpness included."""
+    """A `Recorder` that keeps everything a run reports, sharpness and diagnostics included."""
 
     def __init__(self):
         self.meta, self.rows, self.checkpoints, self.sharpness_values, self.outcome = None, [], [], [], None
+        self.diagnostic_rows = []  # (step, site, name, value)
 
     def start(self, meta):
         self.meta = meta
@@ -48,6 +49,9 @@ class MemoryRecorder:
 
     def sharpness(self, step, metric, value, params):
         self.sharpness_values.append((step, metric, value, params))
+
+    def diagnostics(self, step, rows):
+        self.diagnostic_rows += [(step, *row) for row in rows]
 
     def finish(self, outcome):
         self.outcome = outcome

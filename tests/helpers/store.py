@@ -17,8 +17,10 @@ def make_config(lr=1e-3, fmt="e8m3", seed=0, **extra):
     }
 
 
-def record(store, config, steps=10, sweep=None, status="completed", checkpoint_every=None, **outcome):
-    """Claim and record a run whose train loss at step s is 10 - s/10 and val loss every 5 steps is 10 - s/20."""
+def record(store, config, steps=10, sweep=None, status="completed", checkpoint_every=None, diagnostics=False,
+           **outcome):
+    """Claim and record a run whose train loss at step s is 10 - s/10 and val loss every 5 steps is 10 - s/20
+    (with `diagnostics`, two diagnostics rows every 5 steps: saturated s/100 at fc/fwd_x, grad_cosine 1 - s/100)."""
     rid = run_id(config)
     assert store.claim_run(rid, config, sweep)
     with store.recorder(rid, flush_every=3) as rec:
@@ -28,6 +30,8 @@ def record(store, config, steps=10, sweep=None, status="completed", checkpoint_e
                                     "elapsed": 0.01 * step})
             if step % 5 == 0:
                 rec.log(step, "val", {"loss": 10 - step / 20})
+                if diagnostics:
+                    rec.diagnostics(step, [("fc/fwd_x", "saturated", step / 100), ("model", "grad_cosine", 1 - step / 100)])
             if checkpoint_every and step % checkpoint_every == 0:
                 rec.checkpoint(step, f"ckpt/{rid}/{step}.pt")
         rec.finish({"status": status, **outcome})

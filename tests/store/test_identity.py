@@ -124,7 +124,8 @@ def test_numbers_count_by_value_and_types_stay_apart():
 
 
 @pytest.mark.parametrize("override", ["store.path=/elsewhere/x.db", "train.threads=1", "device=cpu",
-                                      "sharpness.every=5", "train.checkpoint_dir=/scratch/ck"])
+                                      "sharpness.every=5", "train.checkpoint_dir=/scratch/ck",
+                                      "diagnostics.every=10", "diagnostics.families=[casts]"])
 def test_non_semantic_keys_never_change_ids(override):
     assert run_id(_train(override)) == run_id(_train())
 

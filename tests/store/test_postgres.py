@@ -231,14 +231,14 @@ def _tables(store: ResultsStore) -> dict[str, pd.DataFrame]:
     """Every row of a store's tables, in a backend-independent order and form."""
     keys = {"sweeps": ["name"], "runs": ["run_id"], "sweep_runs": ["sweep", "run_id"],
             "metrics": ["run_id", "split", "step"], "checkpoints": ["run_id", "step"],
-            "sharpness": ["run_id", "step", "metric", "params"]}
+            "sharpness": ["run_id", "step", "metric", "params"], "diagnostics": ["run_id", "step", "site", "name"]}
     return {table: store._read(f"SELECT * FROM {table}").sort_values(key).reset_index(drop=True)
             for table, key in keys.items()}
 
 
 def _fill(store: ResultsStore) -> None:
     for seed in range(3):
-        rid = record(store, make_config(seed=seed), sweep="grid", checkpoint_every=5)
+        rid = record(store, make_config(seed=seed), sweep="grid", checkpoint_every=5, diagnostics=True)
         store.add_sharpness(rid, 5, "logit", 0.5 + seed, {"eps": 1e-3})
     record(store, make_config(seed=9), sweep="other")
     store.add_sweep("grid", command="precisionlab sweep seed=0,1,2", grid={"seed": [0, 1, 2]})
@@ -251,7 +251,7 @@ def test_copy_round_trip_sqlite_postgres_sqlite_is_exact_and_idempotent(tmp_path
     back = ResultsStore(tmp_path / "back.db")
     (to_server,) = copy_sweeps(source, server, ["grid"])
     assert (to_server.runs, to_server.copied, to_server.kept, to_server.metrics, to_server.checkpoints,
-            to_server.sharpness) == (3, 3, 0, 36, 6, 3)
+            to_server.sharpness, to_server.diagnostics) == (3, 3, 0, 36, 6, 3, 12)
     copy_sweeps(server, back)
     expected = {t: df for t, df in _tables(source).items()}
     expected["runs"] = expected["runs"][expected["runs"].seed != 9].reset_index(drop=True)
@@ -286,7 +286,8 @@ def test_store_copy_command(tmp_path, postgres_url, monkeypatch):
     runner = CliRunner()
     done = runner.invoke(app, ["store", "copy", postgres_url, "laptop.db", "--sweep", "grid"])
     assert done.exit_code == 0, done.output
-    assert "sweep grid: 3 runs, 3 copied; 36 metric rows, 6 checkpoint rows, 3 sharpness values" in done.stdout
+    assert ("sweep grid: 3 runs, 3 copied; 36 metric rows, 6 checkpoint rows, 3 sharpness values, "
+            "12 diagnostics rows") in done.stdout
     assert "***" in done.stdout and postgres_url not in done.stdout  # the password is never printed
     assert ResultsStore("laptop.db").runs(sweep="grid")["seed"].tolist() == [0, 1, 2]
     for args, message in [

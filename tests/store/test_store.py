@@ -185,6 +185,24 @@ def test_sharpness_round_trip_and_uniqueness(store):
     assert store.sharpness(sweep="none").empty
 
 
+def test_diagnostics_round_trip_and_rerun_semantics(store):
+    rid = record(store, make_config(), steps=10, checkpoint_every=6, status="failed", diagnostics=True)
+    df = store.diagnostics(rid)
+    assert list(df.columns) == ["run_id", "step", "site", "name", "value"]
+    assert sorted(zip(df.step, df.site, df.name, df.value)) == [
+        (5, "fc/fwd_x", "saturated", 0.05), (5, "model", "grad_cosine", 0.95),
+        (10, "fc/fwd_x", "saturated", 0.1), (10, "model", "grad_cosine", 0.9)]
+    assert store.diagnostics(name="grad_cosine").value.tolist() == [0.95, 0.9]
+    assert store.diagnostics(sweep="elsewhere").empty
+    assert store.claim_run(rid, make_config())  # a rerun resumes from step 6: later rows go
+    assert store.diagnostics(rid).step.tolist() == [5, 5]
+    with store.recorder(rid) as rec:
+        rec.diagnostics(10, [("model", "grad_cosine", 0.5), ("model", "grad_cosine", 0.25)])  # same key: the last wins
+        rec.finish({"status": "completed"})
+    assert store.diagnostics(rid, name="grad_cosine").value.tolist() == [0.95, 0.25]
+    assert store.claim_run(rid, make_config(), force=True) and store.diagnostics(rid).empty
+
+
 def test_run_shared_by_two_sweeps_is_computed_once(store):
     config = make_config()
     rid = record(store, config, sweep="first")

@@ -50,6 +50,10 @@ def test_relative_data_path_is_taken_from_the_launch_directory(tmp_path):
     (["data=tokens"], "data=tokens needs data.path"),
     (["optim.master_format=mxfp8"], "optim.master_format takes an element format (bf16, fp16, e5m2, ...), not a block format; got 'mxfp8'"),
     (["optim.master_rounding=up"], "optim.master_rounding must be one of nearest_even, stochastic; got 'up'"),
+    (["diagnostics.every=-1"], "diagnostics.every must be an integer >= 0 (0: off); got -1"),
+    (["diagnostics.families=[casts,spectra]"], "diagnostics.families must be a non-empty list of casts, grad_fidelity, "
+                                                "proxies, e.g. [casts,proxies]; got ['casts', 'spectra']"),
+    (["diagnostics.families=[]"], "diagnostics.families must be a non-empty list"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, overrides, expected):
     proc = _train(tmp_path, *overrides)
