@@ -159,7 +159,9 @@ def test_narrow_formats_show_saturation_and_underflow_where_expected(train_cfg):
     w = _initial_model(train_cfg).blocks[0].mlp.c_fc.weight.detach()
     assert flushed[(1, "blocks.0.mlp.c_fc/fwd_w")] == (w.abs() <= E3M2_TINY / 2).sum().item() / w.numel()
     for site in ("blocks.0.attn.c_attn/fwd_x", "blocks.0.mlp.c_fc/fwd_x", "lm_head/fwd_x"):
-        assert saturated[(1, site)] > 0
+        # a unit-RMS activation beyond 3.5 is a tail event (~1 in 2000 for Gaussian entries): it shows
+        # within the run's steps, not necessarily in step 1's batch
+        assert max(v for (_, s), v in saturated.items() if s == site) > 0, site
     assert all(v == 0 for (_, site), v in saturated.items() if site.endswith(("_g", "_w")))
 
 
@@ -196,13 +198,7 @@ def test_proxies_by_hand_on_the_first_step(train_cfg):
     model = _initial_model(train_cfg)
     x, y = get_batch(load_dataset(cfg.data)[0], cfg.train.batch_size, cfg.train.seq_len, torch.Generator().manual_seed(0))
     captured = {}
-    attn = model.blocks[1].attn
-
-    def attend(q, k, v):
-        captured["qk"] = q, k
-        return type(attn).attend(attn, q, k, v)
-
-    attn.attend = attend
+    model.blocks[1].attn.attend.register_forward_pre_hook(lambda _, inputs: captured.update(qk=inputs[:2]))
     with torch.no_grad():
         logits, _ = model(x, y)
     q, k = captured["qk"]
