@@ -44,6 +44,7 @@ VARIANTS = {
     "attention e4m3fn": ["precision.attention.format=e4m3fn", "precision.scaling=tensor"],
     "mxfp4": ["precision=mxfp4"],
     "nvfp4": ["precision=nvfp4"],  # stochastic rounding on gradients, Hadamard-16 on wgrad operands
+    "fp8 moments": ["optim.state_format=e4m3fn"],  # fp32 GEMMs, both AdamW moments stored in E4M3 (per-tensor scale)
     # fp32 GEMMs, the weights stored in bf16 with stochastic rounding (the dearer rounding): its own cost
     "bf16 master": ["optim.master_format=bf16", "optim.master_rounding=stochastic"],
     "diagnostics every 10": ["precision=nvfp4", "diagnostics.every=10"],  # train/diagnostics.py, as the loop runs it
