@@ -95,7 +95,7 @@ def test_schema_defaults_are_the_default_presets():
     ("train.steps=1.5", "train.steps must be an integer; got 1.5"),
     ("train.threads=x", "train.threads must be an integer or null; got 'x'"),
     ("train.divergence.factor=abc", "train.divergence.factor must be a number; got 'abc'"),
-    ("train.spikes.windo=3", "train.spikes.windo is not a config key; train.spikes takes factor, window"),
+    ("train.spikes.windo=3", "train.spikes.windo is not a config key; train.spikes takes z, window"),
     ("sharpness.every=x", "sharpness.every must be an integer; got 'x'"),
     ("store.journal_mode=[wal]", "store.journal_mode must be a string; got ['wal']"),
     ("seed=true", "seed must be an integer; got True"),

@@ -323,11 +323,6 @@ def comparison_html(a: Report, b: Report, table: pd.DataFrame, notes: list[str],
                   _html_table(display_by_variant(report.by_variant), list(report.by_variant.verdict))]
     if "stability_vs_bits.png" in images:
         parts.append(_html_figure("stability_vs_bits.png", images["stability_vs_bits.png"], CAPTIONS["stability_vs_bits.png"]))
-    if len(report.warning):
-        parts += ["<h2>Early warning</h2>", f"<p>{esc(WARNING_TEXT)}</p>",
-                  _html_table(display_warning(report.warning, DEFAULT_LEAD))]
-        if "early_warning.png" in images:
-            parts.append(_html_figure("early_warning.png", images["early_warning.png"], CAPTIONS["early_warning.png"]))
     parts.append("<h2>Definitions</h2><dl>" + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in DEFINITIONS)
                  + "</dl></body></html>")
     return "\n".join(parts)

@@ -57,6 +57,7 @@ from precisionlab.analysis.diagnostics import labelled
 from precisionlab.analysis.stats import (
     bootstrap_ci,
     exact_binomial_ci,
+    fisher_greater,
     fisher_two_sided,
     holm,
     paired_difference,
@@ -370,18 +371,6 @@ def mark_convergence(runs: pd.DataFrame, table: pd.DataFrame, variants: pd.DataF
     per_variant = runs[stuck].groupby("variant").size()
     variants = variants.assign(not_converged=[int(per_variant.get(v, 0)) for v in variants.variant])
     return runs, table, variants
-
-
-def fisher_greater(diverged: int, runs: int, ref_diverged: int, ref_runs: int) -> float:
-    """One-sided Fisher exact p-value that a variant with `diverged` of `runs` diverges more often
-    than a reference with `ref_diverged` of `ref_runs`: P(X >= diverged) for X hypergeometric
-    (all runs, all divergences, `runs` drawn)."""
-    total, failures = runs + ref_runs, diverged + ref_diverged
-    if total == 0:
-        return math.nan
-    tail = sum(math.comb(failures, x) * math.comb(total - failures, runs - x)
-               for x in range(diverged, min(failures, runs) + 1))
-    return tail / math.comb(total, runs)
 
 
 def _verdicts(table: pd.DataFrame) -> tuple[list[str], list[str]]:

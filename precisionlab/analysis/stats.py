@@ -36,7 +36,7 @@ import pandas as pd
 from scipy import stats
 
 __all__ = ["bootstrap_ci", "paired_difference", "sign_flip_p", "exact_binomial_ci", "holm", "recipe_comparison",
-           "lr_sensitivity", "sensitivity_interval", "paired_sensitivity", "fisher_two_sided", "LEVEL"]
+           "lr_sensitivity", "sensitivity_interval", "paired_sensitivity", "fisher_greater", "fisher_two_sided", "LEVEL"]
 
 LEVEL = 0.95
 _EXACT_PAIRS = 16  # sign-flip test enumerates every pattern up to this many pairs
@@ -155,6 +155,18 @@ def paired_sensitivity(losses, reference, level: float = LEVEL, n_boot: int = 10
     return {"n": int(n), "diff": observed, "low": low, "high": high, "p": p}
 
 
+def fisher_greater(diverged: int, runs: int, ref_diverged: int, ref_runs: int) -> float:
+    """One-sided Fisher exact p-value that a variant with `diverged` of `runs` diverges more often
+    than a reference with `ref_diverged` of `ref_runs`: P(X >= diverged) for X hypergeometric
+    (all runs, all divergences, `runs` drawn)."""
+    total, failures = runs + ref_runs, diverged + ref_diverged
+    if total == 0:
+        return math.nan
+    tail = sum(math.comb(failures, x) * math.comb(total - failures, runs - x)
+               for x in range(diverged, min(failures, runs) + 1))
+    return tail / math.comb(total, runs)
+
+
 def fisher_two_sided(diverged: int, runs: int, ref_diverged: int, ref_runs: int) -> float:
     """Two-sided Fisher exact p-value of two divergence counts (NaN when either has no runs)."""
     if runs == 0 or ref_runs == 0:
@@ -168,8 +180,6 @@ def recipe_comparison(runs: pd.DataFrame, reference: str, level: float = LEVEL) 
     exact interval, Fisher's one-sided p of more divergence than `reference`), the final validation
     loss of completed runs (mean, bootstrap interval) and its paired difference from `reference`
     over the seeds where both completed (mean, interval, sign-flip p)."""
-    from precisionlab.analysis.report import fisher_greater  # the report's test, one copy
-
     finished = runs[runs.status.isin(("completed", "diverged"))]
     ref = finished[finished.variant == reference]
     rows = []

@@ -104,7 +104,7 @@ def test_html_is_self_contained_and_holds_every_plot_and_table(reported):
     report = build(store, "micro")
     store.close()  # an open sqlite3 connection lingers until garbage collection: close it, the file checks rely on it
     expected = [display_by_variant(report.by_variant), display_by_lr(report.by_lr)]
-    assert len(doc.tables) == 3  # per format, per format x LR, logit sharpness per step
+    assert len(doc.tables) == 4  # per format, per format x LR, logit sharpness per step, early warning
     for table, frame in zip(doc.tables, expected):
         assert table[0] == list(frame.columns)
         assert table[1:] == frame.astype(str).values.tolist()

@@ -38,7 +38,7 @@ def test_default_grid_comes_from_the_sweep_config_and_the_command_line_replaces_
     grid = plan([], cwd=tmp_path)
     assert grid.name == "default" and not grid.force
     values = {(c.precision.x, c.optim.lr, c.seed) for c in grid.configs}
-    assert values == set(itertools.product(["e8m7", "e8m5", "e8m3"], [3e-3, 3e-2, 3e-1], [0, 1]))
+    assert values == set(itertools.product(["e8m7", "e8m5", "e8m3"], [3e-3, 3e-2, 3e-1], [0, 1, 2]))
     assert {c.model.n_layer for c in grid.configs} == {2}  # tiny
     seeds = plan(["seed=7"], cwd=tmp_path)
     assert len(seeds.configs) == 9 and {c.seed for c in seeds.configs} == {7}

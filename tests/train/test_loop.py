@@ -263,7 +263,7 @@ def test_a_key_left_out_takes_its_schema_default_and_a_misspelt_one_is_an_error(
 
     cfg = OmegaConf.to_container(train_cfg())
     del cfg["train"]["spikes"]
-    assert validate(cfg).train.spikes == {"factor": 1.5, "window": 20}
+    assert validate(cfg).train.spikes == {"z": 8.0, "window": 20}
     cfg["train"]["spikez"] = {"factor": 2.0}
     with pytest.raises(ConfigError, match=r"train\.spikez is not a config key; train takes steps, "):
         validate(cfg)
