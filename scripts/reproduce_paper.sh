@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Reproduce the bit-reduction study of Lee et al. 2024 ("To FP8 and Back Again") at CPU scale:
 #   1. precisionlab sweep sweep=paper   E8M7, E8M6, E8M5, E8M4, E8M3 (mantissa masking, round toward
-#                                       zero) and E7M7 (exponent clipped) x 6 LRs x 3 seeds = 108 runs
+#                                       zero) and E7M7 (exponent clipped) x 5 LRs x 4 seeds = 120 runs,
+#                                       logit sharpness every 10 steps
 #   2. precisionlab sharpness           the paper's last-token-logit sharpness on every checkpoint
 #   3. precisionlab report              tables, plots, report.html in reports/paper/
-# About 15 minutes on 2 cores. Every step resumes: rerun after a crash or Ctrl-C and it
+# About 35 minutes on 2 cores (120 runs). Every step resumes: rerun after a crash or Ctrl-C and it
 # finishes what is missing. Extra arguments go to the sweep, e.g. for the paper's scale on GPUs:
 #   scripts/reproduce_paper.sh model=gpt2_124m data=tokens data.path=DIR train.seq_len=1024 \
 #     train.batch_size=32 train.steps=5000 optim.warmup_steps=500 train.checkpoint_every=500 \
