@@ -119,9 +119,8 @@ def final_loss_heatmap(report: Report) -> Figure:
         values[variants.index(row.variant), lrs.index(row.lr)] = row.final_loss_mean
     fig = Figure(figsize=(1.3 + 1.25 * len(lrs), 0.9 + 0.55 * len(variants)), layout="constrained")
     ax = fig.subplots()
-    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis_r", aspect="auto")
-    cmap = image.get_cmap()
-    cmap.set_bad("#dddddd")
+    cmap = colormaps["viridis_r"].with_extremes(bad="#dddddd")
+    image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, aspect="auto")
     for row in table.itertuples():
         i, j = variants.index(row.variant), lrs.index(row.lr)
         lines = []

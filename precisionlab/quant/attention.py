@@ -48,37 +48,40 @@ class _QuantMatmulFn(torch.autograd.Function):
     the six operands cast by `casts` with `seeds` ordered by SEED_SLOT."""
 
     @staticmethod
-    def forward(ctx, a, b, casts: LayerCasts, seeds: tuple[int, ...]):
-        a_q = casts.fwd_x(a, seeds[0], axis=-1)  # (..., M, K), blocks along K
-        b_q = casts.fwd_w(b, seeds[1], axis=-1)  # (..., N, K), blocks along K
+    def forward(ctx, a, b, casts: LayerCasts, seeds: tuple[int, ...], site: tuple[str, str]):
+        """site: (module name, GEMM name); each cast names its own as (module, "<gemm>.<operand>")."""
+        at = {op: (site[0], f"{site[1]}.{op}") for op in ("fwd_x", "fwd_w", "dgrad_g", "dgrad_w", "wgrad_g", "wgrad_x")}
+        a_q = casts.fwd_x(a, seeds[0], axis=-1, site=at["fwd_x"])  # (..., M, K), blocks along K
+        b_q = casts.fwd_w(b, seeds[1], axis=-1, site=at["fwd_w"])  # (..., N, K), blocks along K
         # backward recasts a and b from the high-precision tensors unless one cast serves both GEMMs
         ctx.save_for_backward(a_q if casts.share_x else a, b_q if casts.share_w else b)
-        ctx.casts, ctx.seeds = casts, seeds
+        ctx.casts, ctx.seeds, ctx.at = casts, seeds, at
         return a_q @ b_q.transpose(-1, -2)  # fp32 products and sums
 
     @staticmethod
     def backward(ctx, grad_out):  # (..., M, N)
-        casts, seeds = ctx.casts, ctx.seeds
+        casts, seeds, at = ctx.casts, ctx.seeds, ctx.at
         a, b = ctx.saved_tensors
         grad_a = grad_b = g_q = None
         if ctx.needs_input_grad[0] or casts.share_g:
-            g_q = casts.dgrad_g(grad_out, seeds[2], axis=-1)  # blocks along N
+            g_q = casts.dgrad_g(grad_out, seeds[2], axis=-1, site=at["dgrad_g"])  # blocks along N
             if ctx.needs_input_grad[0]:
-                b_q = b if casts.share_w else casts.dgrad_w(b, seeds[4], axis=-2)  # (..., N, K), blocks along N
+                b_q = b if casts.share_w else casts.dgrad_w(b, seeds[4], axis=-2, site=at["dgrad_w"])  # (..., N, K), blocks along N
                 grad_a = g_q @ b_q  # (..., M, N) @ (..., N, K) -> (..., M, K)
         if ctx.needs_input_grad[1]:
-            g_w = g_q if casts.share_g else casts.wgrad_g(grad_out, seeds[5], axis=-2)  # blocks along M
-            a_q = a if casts.share_x else casts.wgrad_x(a, seeds[3], axis=-2)  # (..., M, K), blocks along M
+            g_w = g_q if casts.share_g else casts.wgrad_g(grad_out, seeds[5], axis=-2, site=at["wgrad_g"])  # blocks along M
+            a_q = a if casts.share_x else casts.wgrad_x(a, seeds[3], axis=-2, site=at["wgrad_x"])  # (..., M, K), blocks along M
             grad_b = g_w.transpose(-1, -2) @ a_q  # (..., N, M) @ (..., M, K) -> (..., N, K)
-        return grad_a, grad_b, None, None
+        return grad_a, grad_b, None, None, None
 
 
 class QuantAttend(Attend):
     """`Attend` on the explicit path, its matmuls cast (see the module docstring)."""
 
-    def __init__(self, attend: Attend, casts: AttentionCasts, index: int = 0, seed: int = 0):
+    def __init__(self, attend: Attend, casts: AttentionCasts, index: int = 0, seed: int = 0, name: str = ""):
         super().__init__(attend.dropout)
         self.casts, self.index, self.seed = casts, index, seed
+        self.name = name  # the module's name in the model: its cast sites' layer (numerical diagnostics)
         self.calls = 0  # forward calls so far; seeds stochastic rounding
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -88,11 +91,11 @@ class QuantAttend(Attend):
         if scores.needs_seeds or output.needs_seeds:
             seeds = tuple(_mix_seed(self.seed, self.index, self.calls, _FIRST_SLOT + slot) for slot in range(12))
         self.calls += 1
-        s = _QuantMatmulFn.apply(q, k, scores, seeds[:6]) / math.sqrt(D)  # (B, H, T, T)
+        s = _QuantMatmulFn.apply(q, k, scores, seeds[:6], (self.name, "scores")) / math.sqrt(D)  # (B, H, T, T)
         causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()  # query i sees keys <= i
         p = torch.softmax(s.masked_fill(~causal, float("-inf")), dim=-1, dtype=torch.float32)
         p = F.dropout(p, self.dropout, self.training)
-        return _QuantMatmulFn.apply(p, v.transpose(-1, -2), output, seeds[6:])  # (B, H, T, D)
+        return _QuantMatmulFn.apply(p, v.transpose(-1, -2), output, seeds[6:], (self.name, "output"))  # (B, H, T, D)
 
     def get_extra_state(self) -> dict:
         return {"calls": self.calls}
@@ -112,5 +115,5 @@ def convert_attention(model: nn.Module, casts: AttentionCasts, seed: int = 0) ->
     names = [name for name, module in model.named_modules() if type(module) is Attend]
     for index, name in enumerate(names):  # index: the block, which seeds its random draws
         parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, QuantAttend(model.get_submodule(name), casts, index, seed))
+        setattr(model.get_submodule(parent), child, QuantAttend(model.get_submodule(name), casts, index, seed, name))
     return model

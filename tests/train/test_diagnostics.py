@@ -232,3 +232,18 @@ def test_rows_reach_the_store_and_the_run_directory(train_cfg, tmp_path):
         csv_rows = [(int(r["step"]), r["site"], r["name"], float(r["value"])) for r in csv.DictReader(f)]
     assert csv_rows == memory.diagnostic_rows
     assert store.claim_run(rid, cfg, "s", force=True) and store.diagnostics(rid).empty  # a forced rerun starts afresh
+
+
+def test_attention_casts_are_sites_too(train_cfg):
+    """With the attention matmuls cast (fp8_attention: e4m3fn q, k, p, v, e5m2 gradients, per-tensor
+    scales), each of their casts is a site "<block>.attn.attend/<gemm>.<operand>"; nearest rounding to
+    3 mantissa bits errs by at most half an ulp, 2^-4 of each normal value, so by at most that in norm
+    (values small enough to round to subnormals could err more, but weigh little in the norm)."""
+    _, _, rows = _diagnosed(train_cfg, "precision=fp8_attention", "diagnostics.families=[casts]", every=2)
+    layer = "blocks.0.attn.attend"
+    found = {site.split("/", 1)[1] for (_, site) in rows["cast_error"] if site.startswith(layer + "/")}
+    assert {"scores.fwd_x", "scores.fwd_w", "output.fwd_x", "output.fwd_w"} <= found  # q, k, p, v
+    assert {"scores.dgrad_g", "output.dgrad_g"} <= found  # dS and dy, the backward operands
+    for op in ("scores.fwd_x", "scores.fwd_w", "output.fwd_w"):
+        error = rows["cast_error"][(2, f"{layer}/{op}")]
+        assert 0 < error <= 2**-4 and rows["saturated"][(2, f"{layer}/{op}")] == 0
