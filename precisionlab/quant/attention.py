@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from precisionlab.quant.operands import AttentionCasts, LayerCasts, _mix_seed
+from precisionlab.quant.operands import AttentionCasts, CountsCalls, LayerCasts, _mix_seed
 from precisionlab.train.model import Attend
 
 __all__ = ["QuantAttend", "convert_attention"]
@@ -75,7 +75,7 @@ class _QuantMatmulFn(torch.autograd.Function):
         return grad_a, grad_b, None, None, None
 
 
-class QuantAttend(Attend):
+class QuantAttend(CountsCalls, Attend):
     """`Attend` on the explicit path, its matmuls cast (see the module docstring)."""
 
     def __init__(self, attend: Attend, casts: AttentionCasts, index: int = 0, seed: int = 0, name: str = ""):
@@ -96,12 +96,6 @@ class QuantAttend(Attend):
         p = torch.softmax(s.masked_fill(~causal, float("-inf")), dim=-1, dtype=torch.float32)
         p = F.dropout(p, self.dropout, self.training)
         return _QuantMatmulFn.apply(p, v.transpose(-1, -2), output, seeds[6:], (self.name, "output"))  # (B, H, T, D)
-
-    def get_extra_state(self) -> dict:
-        return {"calls": self.calls}
-
-    def set_extra_state(self, state: dict) -> None:
-        self.calls = int(state["calls"])
 
     def extra_repr(self) -> str:
         return f"dropout={self.dropout}, {self.casts.describe()}"

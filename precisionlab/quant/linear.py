@@ -46,6 +46,7 @@ from precisionlab.quant.operands import (
     OPERANDS,
     ROLES,
     SCALINGS,
+    CountsCalls,
     LayerCasts,
     OperandCast,
     PrecisionConfig,
@@ -143,7 +144,7 @@ def _fixed_hadamard(n: int, signs_seed: int, device: torch.device) -> torch.Tens
     return hadamard_matrix(n, random_signs(n, signs_seed), device)
 
 
-class QuantLinear(nn.Linear):
+class QuantLinear(CountsCalls, nn.Linear):
     """`nn.Linear` whose GEMMs take fake-quantized operands (see the module docstring)."""
 
     def __init__(self, linear: nn.Linear, precision: PrecisionConfig | LayerCasts, index: int = 0, seed: int = 0,
@@ -171,12 +172,6 @@ class QuantLinear(nn.Linear):
         self.calls += 1
         history = tuple(self._buffers[name] for name in DELAYED_STATE) if DELAYED_STATE[0] in self._buffers else None
         return _QuantLinearFn.apply(x, self.weight, self.bias, casts, seeds, history, self.name)
-
-    def get_extra_state(self) -> dict:
-        return {"calls": self.calls}
-
-    def set_extra_state(self, state: dict) -> None:
-        self.calls = int(state["calls"])
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self.casts.describe()}"

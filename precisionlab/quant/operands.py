@@ -46,7 +46,7 @@ from precisionlab.numerics.hadamard import HADAMARD_SIZES
 
 __all__ = ["OperandCast", "RoleCast", "LayerCasts", "AttentionCasts", "PrecisionConfig", "ROLES", "OPERANDS", "GEMMS",
            "OPERAND_ROLE", "SEED_SLOT", "ATTENTION_TENSORS", "SCALINGS", "AMAX_ALGOS", "SIGNS", "OPTIONS", "Delayed",
-           "Accumulate", "observing_casts"]
+           "Accumulate", "CountsCalls", "observing_casts"]
 
 ROLES = ("x", "w", "grad")
 GEMMS = ("fwd", "dgrad", "wgrad")
@@ -71,6 +71,20 @@ def _mix_seed(*parts: int) -> int:
         h = (h ^ (p & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
         h = (h ^ (h >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
     return h & _MASK63
+
+
+class CountsCalls:
+    """A cast module (QuantLinear, QuantAttend): it counts its forward calls in `calls`, which key its
+    stochastic-rounding draws (mixed into their seeds), and keeps the count in its state_dict (its
+    `_extra_state` entry), so a resumed run draws what an uninterrupted one would."""
+
+    calls: int = 0
+
+    def get_extra_state(self) -> dict:
+        return {"calls": self.calls}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.calls = int(state["calls"])
 
 
 _observer = None  # while set (`observing_casts`), every cast that names its site is shown to it

@@ -46,8 +46,8 @@ from precisionlab.analysis.sharpness import (
     keskar_sharpness,
     model_logit_sharpness,
 )
-from precisionlab.quant.attention import QuantAttend
-from precisionlab.quant.linear import DELAYED_STATE, PrecisionConfig, QuantLinear
+from precisionlab.quant.linear import DELAYED_STATE, PrecisionConfig
+from precisionlab.quant.operands import CountsCalls
 from precisionlab.train.model import LM
 
 __all__ = ["METRICS", "Settings", "planned", "measure", "params_key", "check_metrics",
@@ -55,7 +55,6 @@ __all__ = ["METRICS", "Settings", "planned", "measure", "params_key", "check_met
 
 METRICS = ("logit", "hessian", "trace", "keskar")
 SECOND_ORDER = ("hessian", "trace")  # always measured in fp32, see the module docstring
-CAST_MODULES = (QuantLinear, QuantAttend)  # what casts in a model; each counts its calls (stochastic-rounding seeds)
 
 
 @dataclass(frozen=True)
@@ -106,7 +105,7 @@ def is_fp32(cfg: Any) -> bool:
 
 
 def _is_quantized(model: nn.Module) -> bool:
-    return any(isinstance(m, CAST_MODULES) for m in model.modules())
+    return any(isinstance(m, CountsCalls) for m in model.modules())
 
 
 def fp32_twin(model: LM, copy: bool = False) -> LM:
@@ -127,7 +126,7 @@ def _frozen(model: nn.Module) -> Iterator[Callable[[], None]]:
     """Eval mode, and a `reset()` that puts every cast module's call count (its stochastic-rounding
     seed) and delayed-scaling state (amax histories, scales) back to their values on entry; the
     mode, counts and histories are restored on exit."""
-    layers = [m for m in model.modules() if isinstance(m, CAST_MODULES)]
+    layers = [m for m in model.modules() if isinstance(m, CountsCalls)]
     calls = [m.calls for m in layers]
     delayed = [(buffer, buffer.clone()) for m in layers for name, buffer in m.named_buffers() if name in DELAYED_STATE]
     was_training = model.training
