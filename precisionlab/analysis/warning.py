@@ -24,7 +24,6 @@ A signal measured every N steps warns at the first measurement after its crossin
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -72,16 +71,22 @@ def _low_is_bad(signal: str) -> bool:
     return signal.endswith(LOW_IS_BAD)
 
 
-@dataclass
-class _Calibrated:
-    """One signal at one LR: each run's worst value before it stopped (diverged runs: before
-    their divergence step) and its first step past a threshold."""
+def _before_stopping(runs: pd.DataFrame, signal_table: pd.DataFrame) -> pd.DataFrame:
+    """The signal rows with their run's lr, status and diverged_step, and only what a run showed
+    before it stopped: a diverged run's last step is its divergence."""
+    values = signal_table.join(runs.set_index("run_id")[["lr", "status", "diverged_step"]], on="run_id")
+    return values[(values.status != "diverged") | (values.step < values.diverged_step)]
 
-    worst: pd.Series  # run_id -> largest value (smallest where low is bad), signed so larger is worse
 
-    def threshold(self, without: str | None = None) -> float:
-        others = self.worst.drop(without) if without is not None else self.worst
-        return float(others.max()) if len(others) else math.nan
+def _worst(completed: pd.DataFrame, sign: float) -> pd.Series:
+    """run_id -> each run's worst value of the signal, signed (`sign`) so that larger is worse."""
+    return (sign * completed.value).groupby(completed.run_id).max()
+
+
+def _threshold(worst: pd.Series, without: str | None = None) -> float:
+    """The largest signed worst value (of the runs but `without`); NaN for none."""
+    others = worst.drop(without) if without is not None else worst
+    return float(others.max()) if len(others) else math.nan
 
 
 def early_warning(runs: pd.DataFrame, signal_table: pd.DataFrame, lead: int = DEFAULT_LEAD) -> pd.DataFrame:
@@ -89,22 +94,17 @@ def early_warning(runs: pd.DataFrame, signal_table: pd.DataFrame, lead: int = DE
     and leave-one-out false-alarm rate on completed runs (module docstring). `runs` needs run_id,
     lr, status and diverged_step."""
     rows = []
-    info = runs.set_index("run_id")
-    for signal, values in signal_table.groupby("signal", sort=True):
+    for signal, before in _before_stopping(runs, signal_table).groupby("signal", sort=True):
         sign = -1.0 if _low_is_bad(signal) else 1.0
-        values = values.join(info[["lr", "status", "diverged_step"]], on="run_id")
-        # only what a run showed before it stopped: a diverged run's last step is its divergence
-        before = values[(values.status != "diverged") | (values.step < values.diverged_step)]
         leads, n_diverged, n_calibrated, alarms, n_completed = [], 0, 0, 0, 0
         for lr, at_lr in before.groupby("lr"):
-            completed = at_lr[at_lr.status == "completed"]
-            calibration = _Calibrated((sign * completed.value).groupby(completed.run_id).max())
-            for run_id in calibration.worst.index:
-                threshold = calibration.threshold(without=run_id)
+            worst = _worst(at_lr[at_lr.status == "completed"], sign)
+            for run_id in worst.index:
+                threshold = _threshold(worst, without=run_id)
                 if not math.isnan(threshold):
                     n_completed += 1
-                    alarms += calibration.worst[run_id] > threshold
-            threshold = calibration.threshold()
+                    alarms += worst[run_id] > threshold
+            threshold = _threshold(worst)
             for run_id, run in at_lr[at_lr.status == "diverged"].groupby("run_id"):
                 n_diverged += 1
                 if math.isnan(threshold):
@@ -129,16 +129,14 @@ def aligned(runs: pd.DataFrame, signal_table: pd.DataFrame) -> pd.DataFrame:
     """Diverged runs' signals relative to their divergence step (steps_before = step - diverged_step,
     <= 0) and to their LR's threshold (ratio = value / threshold; > 1 is past it where high is bad,
     < 1 where low is bad): run_id, signal, lr, steps_before, ratio."""
-    info = runs.set_index("run_id")
-    values = signal_table.join(info[["lr", "status", "diverged_step"]], on="run_id")
     out = []
-    for (signal, lr), at_lr in values.groupby(["signal", "lr"]):
+    for (signal, lr), at_lr in _before_stopping(runs, signal_table).groupby(["signal", "lr"]):
         sign = -1.0 if _low_is_bad(signal) else 1.0
-        completed = at_lr[at_lr.status == "completed"]
-        if completed.empty:
+        worst = _worst(at_lr[at_lr.status == "completed"], sign)
+        if worst.empty:
             continue
-        threshold = sign * float((sign * completed.value).max())
-        diverged = at_lr[(at_lr.status == "diverged") & (at_lr.step < at_lr.diverged_step)]
+        threshold = sign * _threshold(worst)
+        diverged = at_lr[at_lr.status == "diverged"]
         out.append(pd.DataFrame({"run_id": diverged.run_id, "signal": signal, "lr": lr,
                                  "steps_before": diverged.step - diverged.diverged_step,
                                  "ratio": diverged.value / threshold if threshold else np.nan}))
