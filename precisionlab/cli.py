@@ -181,6 +181,10 @@ def sweep(
     from precisionlab.config import ConfigError, one_line
     from precisionlab.store import ResultsStore, StoreError
     from precisionlab.sweep.job import check_parents
+    from precisionlab.sweep.launchers import missing_plugin
+
+    if missing := missing_plugin(overrides):
+        fail(missing)
     from precisionlab.train.data import DataError
 
     try:
