@@ -98,3 +98,13 @@ def test_a_missing_launcher_plugin_names_its_extra(base_python, tmp_path):
         assert result.stderr.count("\n") == 1 and f"precisionlab[{extra}]" in result.stderr, result.stderr
         assert list(tmp_path.iterdir()) == []  # nothing written
 
+
+
+def test_a_postgres_store_without_psycopg_names_its_extra(base_python, tmp_path):
+    cli = str(Path(base_python).parent / "precisionlab")
+    for args in (["report", "--store", "postgresql://u@localhost/db"],
+                 ["train", "store.url=postgresql://u@localhost/db", "train.steps=2"]):
+        result = subprocess.run([cli, *args], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert result.returncode == 2
+        assert result.stderr.count("\n") == 1 and "precisionlab[postgres]" in result.stderr, result.stderr
+        assert list(tmp_path.iterdir()) == []
