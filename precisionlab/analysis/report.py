@@ -547,14 +547,14 @@ def build(store: ResultsStore, sweep: str | None = None, where: Sequence[str] = 
     sweeps = store.sweeps()
     info = sweeps[sweeps.name == name].iloc[0].to_dict()
     signal_table = warning.signals(curves, sharp, diagnostics)
-    warned = (warning.early_warning(runs, signal_table, curves=curves) if (runs.status == "diverged").any()
-              else pd.DataFrame())
-    def warning_part(part):  # curves: bit-identical runs count once
-        return part(runs, signal_table, curves=curves) if len(warned) else pd.DataFrame()
+    warned = {}
+    if (runs.status == "diverged").any():  # given the curves, bit-identical runs count once
+        warned = {"warning": warning.early_warning(runs, signal_table, curves=curves),
+                  "warning_aligned": warning.aligned(runs, signal_table, curves=curves),
+                  "warning_windows": warning.windows(runs, signal_table, curves=curves),
+                  "warning_roc": warning.roc(runs, signal_table, curves=curves)}
     return Report(sweep=name, store_path=store.location, info=info, runs=runs, by_lr=table, by_variant=variants,
-                  curves=curves, sharpness=sharp, sharpness_steps=sharpness_by_step(sharp), notes=notes,
-                  warning=warned, warning_aligned=warning_part(warning.aligned),
-                  warning_windows=warning_part(warning.windows), warning_roc=warning_part(warning.roc),
+                  curves=curves, sharpness=sharp, sharpness_steps=sharpness_by_step(sharp), notes=notes, **warned,
                   diagnostics=diagnostics,
                   parent_curves=_parent_curves(store, branches))
 
