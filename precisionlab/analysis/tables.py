@@ -97,8 +97,8 @@ def display_warning_windows(windows: pd.DataFrame) -> pd.DataFrame:
     out = {"signal": list(dict.fromkeys(windows.signal))}
     for lead, rows in windows.groupby("lead", sort=True):
         rows = rows.set_index("signal").reindex(out["signal"])
-        out[f"AUC >= {lead} ahead"] = ["–" if pd.isna(r.auc) else f"{_interval(r.auc, r.auc_low, r.auc_high, '.2f')} ({int(r.diverged)})"
-                                       for r in rows.itertuples()]
+        out[f"AUC >= {lead} ahead"] = ["–" if pd.isna(r.auc) else _interval(r.auc, r.auc_low, r.auc_high, ".2f")
+                                       + f" ({int(r.diverged)})" for r in rows.itertuples()]
     return pd.DataFrame(out)
 
 
