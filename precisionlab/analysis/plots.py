@@ -22,7 +22,7 @@ from precisionlab.analysis.diagnostics import OPERAND_ORDER, by_step, site_means
 from precisionlab.analysis.report import Report, bits_per_element, display_label, format_family
 
 __all__ = ["figures", "png", "loss_curves", "final_loss_heatmap", "loss_vs_lr", "stability_vs_bits", "sharpness_curves",
-           "early_warning", "diagnostics_sites", "diagnostics_trends"]
+           "early_warning", "early_warning_roc", "diagnostics_sites", "diagnostics_trends"]
 
 DPI = 110
 FACET_W, FACET_H = 3.4, 2.6  # inches per facet
@@ -224,8 +224,8 @@ def loss_vs_lr(report: Report) -> Figure:
 
 
 def early_warning(report: Report) -> Figure:
-    """Each signal of the diverged runs against steps before their divergence, relative to the
-    threshold of their LR (the completed runs' extreme): one panel per signal, one line per run."""
+    """Each signal of the diverged runs against steps before their divergence, relative to their
+    time-matched threshold (warning.aligned): one panel per signal, one line per run."""
     table = report.warning_aligned
     names = sorted(table.signal.unique())
     cols = min(len(names), 3)
@@ -246,6 +246,30 @@ def early_warning(report: Report) -> Figure:
         ax.set_visible(False)
     fig.get_layout_engine().set(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
     _lr_legend(fig, colours, diverged=False)
+    return fig
+
+
+def early_warning_roc(report: Report) -> Figure:
+    """One ROC panel per signal (warning.roc), one line per lead, the AUC and its interval in the
+    legend (warning.windows); the diagonal is chance."""
+    curves, auc = report.warning_roc, report.warning_windows.set_index(["signal", "lead"])
+    names = sorted(curves.signal.unique())
+    cols = min(len(names), 3)
+    rows = math.ceil(len(names) / cols)
+    fig = Figure(figsize=(FACET_H * 1.15 * cols, FACET_H * 1.15 * rows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax, name in zip(axes, names):
+        for lead, curve in curves[curves.signal == name].groupby("lead", sort=True):
+            a = auc.loc[(name, lead)]
+            ax.plot(curve.false_alarm_rate, curve.hit_rate, lw=1.2,
+                    label=f"≥ {lead} ahead: AUC {a.auc:.2f} [{a.auc_low:.2f}, {a.auc_high:.2f}], {int(a.diverged)} div.")
+        ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
+        ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="false-alarm rate (completed runs)", ylabel="hit rate (diverged runs)")
+        ax.set_title(name, fontsize=9)
+        ax.legend(fontsize=6, loc="lower right")
+        ax.grid(alpha=0.3)
+    for ax in axes[len(names):]:
+        ax.set_visible(False)
     return fig
 
 
@@ -352,6 +376,8 @@ def figures(report: Report) -> dict[str, Figure]:
             out["stability_vs_bits.png"] = bits
     if len(report.warning_aligned):
         out["early_warning.png"] = early_warning(report)
+    if len(report.warning_roc):
+        out["early_warning_roc.png"] = early_warning_roc(report)
     if not report.sharpness.empty:
         for metric, group in report.sharpness.groupby("metric"):
             settings = sorted(group.params.unique())  # one figure per parameter setting, numbered if several

@@ -97,6 +97,8 @@ class Report:
     notes: list[str] = field(default_factory=list)  # caveats to print with the tables
     warning: pd.DataFrame = field(default_factory=pd.DataFrame)  # early_warning(): per signal (may be empty)
     warning_aligned: pd.DataFrame = field(default_factory=pd.DataFrame)  # aligned(): diverged runs' signals
+    warning_windows: pd.DataFrame = field(default_factory=pd.DataFrame)  # windows(): AUC per signal x lead
+    warning_roc: pd.DataFrame = field(default_factory=pd.DataFrame)  # roc(): ROC vertices per signal x lead
     # per branch (its run_id): the parent's train loss up to the branch step (step, loss), drawn faintly
     parent_curves: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["run_id", "step", "loss"]))
     diagnostics: pd.DataFrame = field(default_factory=pd.DataFrame)  # diagnostics rows + variant/lr/seed (may be empty)
@@ -545,10 +547,14 @@ def build(store: ResultsStore, sweep: str | None = None, where: Sequence[str] = 
     sweeps = store.sweeps()
     info = sweeps[sweeps.name == name].iloc[0].to_dict()
     signal_table = warning.signals(curves, sharp, diagnostics)
-    warned = warning.early_warning(runs, signal_table) if (runs.status == "diverged").any() else pd.DataFrame()
+    warned = {}
+    if (runs.status == "diverged").any():  # given the curves, bit-identical runs count once
+        warned = {"warning": warning.early_warning(runs, signal_table, curves=curves),
+                  "warning_aligned": warning.aligned(runs, signal_table, curves=curves),
+                  "warning_windows": warning.windows(runs, signal_table, curves=curves),
+                  "warning_roc": warning.roc(runs, signal_table, curves=curves)}
     return Report(sweep=name, store_path=store.location, info=info, runs=runs, by_lr=table, by_variant=variants,
-                  curves=curves, sharpness=sharp, sharpness_steps=sharpness_by_step(sharp), notes=notes,
-                  warning=warned, warning_aligned=warning.aligned(runs, signal_table) if len(warned) else pd.DataFrame(),
+                  curves=curves, sharpness=sharp, sharpness_steps=sharpness_by_step(sharp), notes=notes, **warned,
                   diagnostics=diagnostics,
                   parent_curves=_parent_curves(store, branches))
 

@@ -7,7 +7,8 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["display_by_lr", "display_by_variant", "display_compare", "display_warning", "text_table"]
+__all__ = ["display_by_lr", "display_by_variant", "display_compare", "display_warning", "display_warning_windows",
+           "text_table"]
 
 
 def _num(x: Any, spec: str = ".4f") -> str:
@@ -86,7 +87,19 @@ def display_warning(table: pd.DataFrame, lead: int) -> pd.DataFrame:
         "median lead (steps)": [_num(x, ".0f") for x in table.median_lead],
         "false alarms (completed)": [_rate(f, n, lo, hi) for f, n, lo, hi in zip(
             table.false_alarms, table.completed, table.false_alarm_low, table.false_alarm_high)],
+        f"AUC >= {lead} steps ahead": [_interval(a, lo, hi, ".2f") for a, lo, hi in zip(
+            table.auc, table.auc_low, table.auc_high)],
     })
+
+
+def display_warning_windows(windows: pd.DataFrame) -> pd.DataFrame:
+    """windows() as one row per signal, one column per lead: 'AUC [interval] (diverged runs)'."""
+    out = {"signal": list(dict.fromkeys(windows.signal))}
+    for lead, rows in windows.groupby("lead", sort=True):
+        rows = rows.set_index("signal").reindex(out["signal"])
+        out[f"AUC >= {lead} ahead"] = ["–" if pd.isna(r.auc) else _interval(r.auc, r.auc_low, r.auc_high, ".2f")
+                                       + f" ({int(r.diverged)})" for r in rows.itertuples()]
+    return pd.DataFrame(out)
 
 
 def display_compare(table: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
