@@ -78,7 +78,7 @@ def table(runs) -> list[str]:
     floor = float(holm([smallest_permutation_p(d["n"]) for d in tests.values()]).min()) if tests else float("nan")
     if tests:
         lines += ["", f"{len(tests)} tests over {pairs} paired seeds: the smallest Holm-adjusted p the sign-flip test "
-                  f"can reach is {floor:.3g}" + (" — no difference can be detected at 5%" if floor >= 0.05 else "")]
+                  f"can reach is {floor:.2g}" + (" — no difference can be detected at 5%" if floor >= 0.05 else "")]
     return lines
 
 

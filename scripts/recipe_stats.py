@@ -76,7 +76,7 @@ def main() -> None:
                      for r in table[table.p_more_diverged.notna()].itertuples()]
         best = min(smallest_holm_p(smallest, j) for j in range(len(pairs)) if not math.isnan(smallest[j]))
         print(f"\nsmallest Holm-adjusted p a loss difference can reach here ({int(pairs.max())} pairs, "
-              f"{int(table.p_diff.notna().sum() + table.p_more_diverged.notna().sum())} tests): {best:.3g}"
+              f"{int(table.p_diff.notna().sum() + table.p_more_diverged.notna().sum())} tests): {best:.2g}"
               + (" — no loss difference can be detected at 5%" if best >= 0.05 else ""))
 
 

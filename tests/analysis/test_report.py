@@ -376,3 +376,37 @@ def test_recipe_presets_are_labelled_by_name(tmp_path):
                         "mxfp4", "mxfp4 [mxfp4_rht_sr]"]
     assert all("nan" not in v for v in variants)
     assert [display_label(v) for v in variants] == ["nvfp4", "nvfp4_no_rht", "nvfp4_no_sr", "mxfp4", "mxfp4 [mxfp4_rht_sr]"]
+
+
+def test_headline_warns_when_holm_leaves_the_sensitivity_test_unable_to_reach_alpha(tmp_path):
+    # 6 paired seeds: the permutation test alone can reach 2/64 = 0.031 < 0.05, but the family holds
+    # 2 ΔS tests (e8m7, e8m3 against fp32) and 2 divergence tests that can reach far lower p: at best
+    # a ΔS test is adjusted by 2, 0.0625 >= 0.05; with 7 seeds 2 x 2/128 = 0.031 would do
+    report = build(_planted_store(tmp_path, seeds=6), "planted")
+    assert "With 6 paired seeds and 4 tests, the smallest Holm-adjusted p the LR-sensitivity test can reach is 0.062" \
+        in report.headline()
+    assert "7 paired seeds would be needed" in report.headline()
+
+
+def test_headline_does_not_warn_when_the_family_can_reach_alpha(tmp_path):
+    report = build(_planted_store(tmp_path, seeds=8), "planted")  # 2 x 2/256 = 0.016
+    assert "cannot detect" not in report.headline()
+
+
+def test_two_seeds_print_a_labelled_range_never_a_ci_and_plots_draw_it(store):
+    from precisionlab.analysis import plots
+    from precisionlab.analysis.tables import display_by_lr, display_by_variant
+
+    report = build(store, SWEEP)
+    shown = display_by_variant(report.by_variant).set_index("format")
+    assert shown.loc["e8m7", "LR sensitivity"] == "0.650 (range 0.100 to 1.200)"  # per-seed 1.2 and 0.1
+    assert shown.loc["e7m7", "LR sensitivity"] == "0.025"  # one seed: the value alone, no [x, x]
+    assert shown.loc["e8m7", "ΔS vs ref."] == "+0.450 (range -0.100 to +1.000)"
+    per_lr = display_by_lr(report.by_lr).set_index(["format", "lr"])
+    assert per_lr.loc[("fp32", "0.001"), "95% CI or range"] == "range 3.0000 to 3.2000"
+    assert per_lr.loc[("e7m7", "0.01"), "95% CI or range"] == "–"  # one completed run
+    assert not any("[" in cell for cell in per_lr["95% CI or range"])
+    assert set(report.by_lr.final_loss_interval) <= {"range", ""}
+    figure = plots.loss_vs_lr(report)
+    dotted = [c for c in figure.axes[0].collections if c.get_linestyle()[0][1] is not None]
+    assert dotted  # the ranges are drawn, dotted

@@ -235,3 +235,27 @@ def test_master_weights_study_refuses_a_missing_store_in_one_line(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "does not exist" in proc.stderr
     assert not (tmp_path / "none.db").exists() and not (tmp_path / "p.png").exists()
+
+
+def test_master_weights_study_holm_adjusts_its_three_tests():
+    # 6 seeds, nearest even 0.078 above fp32 master weights in every seed, SR on it: the sign-flip
+    # p of 6 same-sign differences is 2/64 = 0.031, Holm over the study's 3 tests makes it 3 x 0.031
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "scripts" / "master_weights_study.py"
+    spec = importlib.util.spec_from_file_location("master_weights_study", path)
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    base = np.array([2.431, 2.445, 2.436, 2.440, 2.442, 2.438])
+    rows = [("fp32 master", base), ("bf16 RNE", base + 0.078 + np.linspace(-0.002, 0.002, 6)),
+            ("bf16 SR", base + np.array([0.0004, -0.0003, 0.0002, -0.0001, 0.0005, -0.0002]))]
+    runs = pd.concat([pd.DataFrame({"variant": v, "seed": range(6), "final_val_loss": x}) for v, x in rows])
+    lines = study.table(runs)
+    rne = next(line for line in lines if line.startswith("| bf16 RNE"))
+    assert "| 0.031 | 0.094 |" in rne
+    d = base + 0.078 + np.linspace(-0.002, 0.002, 6) - base
+    low, high = stats.t.interval(0.98, 5, loc=d.mean(), scale=stats.sem(d))
+    assert f"[{low:+.4f}, {high:+.4f}]" in rne
+    assert any("(Holm 0.094)" in line for line in lines)
+    assert any("can reach is 0.094 — no difference can be detected at 5%" in line for line in lines)
