@@ -286,7 +286,7 @@ def by_lr(runs: pd.DataFrame) -> pd.DataFrame:
 
 def seed_matrix(runs: pd.DataFrame, variant: str, lrs: Sequence[float] | None = None) -> pd.DataFrame:
     """ℓ of `variant`'s finished runs as a seeds x LRs table (over `lrs`, default its own grid),
-    only seeds finished at every LR: the rows the seed bootstrap and the paired tests resample."""
+    only seeds finished at every LR: the rows the LR-sensitivity interval and the paired tests use."""
     mine = runs[(runs.variant == variant) & runs.status.isin(DONE)]
     table = mine.pivot_table(index="seed", columns="lr", values="capped_loss", aggfunc="mean")
     if lrs is not None:
@@ -329,7 +329,8 @@ def by_variant(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     out = _variant_sorted(pd.DataFrame(rows, columns=[
         "variant", "runs", "finished", "diverged", "failed", "diverged_frac", "diverged_low", "diverged_high",
         "lr_sensitivity", "lr_sensitivity_low", "lr_sensitivity_high", "lr_sensitivity_interval", "best_lr",
-        "best_lr_loss", "best_lr_loss_low", "best_lr_loss_high", "best_lr_loss_interval", "seed_std", "stable_lrs", "lrs", "initial_loss", "spikes"]))
+        "best_lr_loss", "best_lr_loss_low", "best_lr_loss_high", "best_lr_loss_interval", "seed_std", "stable_lrs", "lrs",
+        "initial_loss", "spikes"]))
     tests = pd.DataFrame([_against_reference(out, runs, i) for i in range(len(out))], columns=_TEST_COLUMNS,
                          index=out.index)
     out = pd.concat([out, tests], axis=1)
@@ -404,7 +405,7 @@ def detectability(table: pd.DataFrame, alpha: float = ALPHA) -> list[str]:
         needed = seeds_needed(smallest, j, alpha)
         lines.append(f"With {pairs} paired seed{'s' * (pairs != 1)} and {tests} tests, the smallest Holm-adjusted p "
                      f"the LR-sensitivity test can reach is {reach[j]:.2g} (≥ α = {alpha:g}): it cannot detect a "
-                     f"difference; " + (f"{needed} paired seeds would be needed." if needed else "far more seeds are needed."))
+                     "difference; " + (f"{needed} paired seeds would be needed." if needed else "far more seeds are needed."))
     div = [j for j in range(m) if not math.isnan(reach[j])]
     if div and min(reach[j] for j in div) >= alpha:
         lines.append(f"With these runs per LR and {tests} tests, the smallest Holm-adjusted p the divergence test can "
@@ -440,8 +441,9 @@ def _verdicts(table: pd.DataFrame) -> tuple[list[str], list[str]]:
             continue
         worse, better, why = False, False, []
         if row.paired_seeds:
-            why.append(f"ΔS = {interval_text(row.sensitivity_diff, row.sensitivity_diff_low, row.sensitivity_diff_high, row.sensitivity_diff_interval, '+.3f')}, "
-                       f"p = {row.p_sensitivity_holm:.2g}")
+            delta = interval_text(row.sensitivity_diff, row.sensitivity_diff_low, row.sensitivity_diff_high,
+                                  row.sensitivity_diff_interval, "+.3f")
+            why.append(f"ΔS = {delta}, p = {row.p_sensitivity_holm:.2g}")
             if row.p_sensitivity_holm < ALPHA:
                 worse, better = worse or row.sensitivity_diff > 0, better or row.sensitivity_diff < 0
         else:
