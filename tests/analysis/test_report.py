@@ -410,3 +410,20 @@ def test_two_seeds_print_a_labelled_range_never_a_ci_and_plots_draw_it(store):
     figure = plots.loss_vs_lr(report)
     dotted = [c for c in figure.axes[0].collections if c.get_linestyle()[0][1] is not None]
     assert dotted  # the ranges are drawn, dotted
+
+
+def test_recipe_stats_prints_ranges_for_two_seeds_and_what_holm_leaves_reachable(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _planted_store(tmp_path, seeds=2)
+    script = Path(__file__).parents[2] / "scripts" / "recipe_stats.py"
+    proc = subprocess.run([sys.executable, str(script), "--store", str(tmp_path / "planted.db"), "--sweep", "planted",
+                           "--reference", "fp32"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| e8m7 |")]
+    assert len(rows) == 2 and all("(range " in row and "[" not in row.split("|")[4] for row in rows)
+    # 3 loss tests over 2 pairs (smallest p 1/2) and 4 divergence tests (smallest 1/6 each): Holm gives
+    # the loss tests at best min(1, 3 x 1/2)
+    assert "smallest Holm-adjusted p a loss difference can reach here (2 pairs, 7 tests): 1 — no loss" in proc.stdout
