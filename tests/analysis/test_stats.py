@@ -56,6 +56,12 @@ def test_two_seeds_give_their_range_one_seed_no_interval_never_a_point_ci():
     assert interval_text(1.5, 1.0, 2.0, RANGE) == "1.500 (range 1.000 to 2.000)"
     assert interval_text(1.0, math.nan, math.nan, NONE) == "1.000"
     assert interval_text(2.0, 1.0, 3.0, CI) == "2.000 [1.000, 3.000]"
+    # equal values: their range, printed as such, never a zero-width CI [x, x]
+    assert mean_interval([2.5, 2.5, 2.5]) == (2.5, 2.5, 2.5, RANGE)
+    assert interval_text(*mean_interval([2.5, 2.5, 2.5])) == "2.500 (all seeds equal)"
+    same = np.tile(CURVE, (4, 1)) + np.arange(4)[:, None] * 0.1  # a per-seed offset only: equal contrasts
+    assert sensitivity_interval(same)[1:] == (pytest.approx(0.4), pytest.approx(0.4), RANGE)
+    assert paired_sensitivity(same, same)["kind"] == RANGE
 
 
 # a loss curve over four LRs whose minimum is well apart: true LR sensitivity 3.0 - 2.6 = 0.4
@@ -198,6 +204,7 @@ def test_recipe_comparison_on_a_constructed_store():
     fp8, fp4 = table.loc["fp8"], table.loc["fp4"]
     assert (fp8.pairs, fp8.diverged) == (4, 0)
     assert fp8["diff"] == pytest.approx(0.1) and fp8.diff_low == pytest.approx(0.1) and fp8.diff_high == pytest.approx(0.1)
+    assert fp8.diff_interval == RANGE  # every pair differs by 0.1: no spread, so no CI is claimed
     assert fp8.p_diff == 2 / 16 and fp8.loss == pytest.approx(3.25)
     assert (fp4.diverged, fp4.pairs) == (2, 2) and fp4["diff"] == pytest.approx(0.4)  # seeds 0 and 3 pair
     assert fp4.p_more_diverged == pytest.approx(fisher_exact([[2, 2], [0, 4]], alternative="greater").pvalue)
