@@ -30,10 +30,12 @@ def _interval(x: float, low: float, high: float, kind: str, spec: str = ".3f") -
 
 
 def _bounds(low: float, high: float, kind: str) -> str:
-    """The interval column alone: '[low, high]', 'range low to high' or '–'."""
+    """The interval column alone: '[low, high]', 'range low to high', 'all seeds equal' or '–'."""
     if kind == CI:
         return f"[{low:.4f}, {high:.4f}]"
-    return f"range {low:.4f} to {high:.4f}" if kind == RANGE else "–"
+    if kind == RANGE:
+        return "all seeds equal" if f"{low:.4f}" == f"{high:.4f}" else f"range {low:.4f} to {high:.4f}"
+    return "–"
 
 
 def _rate(k: int, n: int, low: float, high: float) -> str:
