@@ -47,15 +47,20 @@ DEFINITIONS = [
                  "NaN/Inf or, after warmup, above the initial loss"),
     ("median div. step", "median step at which the diverged runs stopped"),
     ("final val loss", "mean ± std (ddof=1) of the final validation loss over the completed seeds, and the "
-                       "mean's 95% percentile-bootstrap interval over seeds"),
-    ("spikes", "loss spikes summed over the runs: a spike is a stretch of steps whose train loss exceeds "
-               "1.5 x the median of the previous 20 (train.spikes)"),
+                       "mean's interval (see intervals)"),
+    ("intervals", "[low, high]: a 95% confidence interval, from 3 seeds on (Student's t at the 98% quantile for "
+                  "means and paired differences, which keeps 95% coverage on skewed seed-to-seed variation; "
+                  "simultaneous t bounds over the LR grid for LR sensitivity and ΔS). With 2 seeds no interval "
+                  "is claimed: 'range low to high' is the seeds' minimum and maximum. One seed: the value alone"),
+    ("spikes", "loss spikes summed over the runs: a spike is a stretch of steps whose train loss lies more than "
+               "train.spikes.z (8) robust standard deviations above the median of the previous train.spikes.window "
+               "(20) losses (train.spikes)"),
     ("LR sensitivity", "Wortsman et al. 2023: mean over the LR grid of ℓ(η) − min_η ℓ(η), where ℓ(η) is the "
                        "mean over seeds of the final validation loss capped at the initial loss ℓ₀, a diverged "
-                       "run counting as ℓ₀; 0 means every LR trains equally well. [low, high]: 95% bootstrap "
-                       "interval resampling whole seeds (a seed's runs at every LR together)"),
+                       "run counting as ℓ₀; 0 means every LR trains equally well. Estimate and interval use the "
+                       "seeds that finished every LR"),
     ("best lr / loss at best lr", "the LR with the lowest ℓ(η), and the mean of the completed runs' final "
-                                  "validation loss there with its 95% bootstrap interval"),
+                                  "validation loss there with its interval"),
     ("diverged (%)", "diverged / finished runs over the grid, with the exact (Clopper–Pearson) 95% interval "
                      "of the rate"),
     ("stable lrs", "LRs of the grid at which no seed diverged"),
@@ -63,10 +68,12 @@ DEFINITIONS = [
                   "from the initial loss ℓ₀ down to the reference's mean loss at its best LR (shown only when "
                   "there are any); diverged runs stopped, these ran to the end without learning enough"),
     ("ΔS vs ref.", "LR sensitivity minus the reference's (first row) over the seeds both finished at every LR "
-                   "(the same seed: the same initial weights and batches), with its paired bootstrap interval"),
+                   "(the same seed: the same initial weights and batches), with its paired interval"),
     ("p (ΔS), p (div.)", "Holm-adjusted p-values (over all the report's tests) of the exact permutation test of "
-                         "ΔS = 0 (swapping the two formats within seeds) and of the two-sided Fisher exact test "
-                         "of equal divergence rates"),
+                         "ΔS = 0 (swapping the two formats within seeds) and of the two-sided exact test of equal "
+                         "divergence odds stratified by LR (exact conditional Cochran–Mantel–Haenszel); with n "
+                         "paired seeds and m tests the ΔS test cannot go below m x 2/2^n, and the headline says "
+                         "when that is above 0.05"),
     ("vs reference", "less / more stable when an adjusted p is below 0.05 in that direction, else no "
                      "difference detected: the data do not show one (which is not evidence of equality; the "
                      "interval says how large a difference they leave open)"),
@@ -108,8 +115,8 @@ CAPTIONS = {
     "final_loss_heatmap.png": "Final validation loss per format and learning rate (mean ± std over completed "
                               "seeds); hatched grey cells have no completed run.",
     "loss_vs_lr.png": "ℓ(η), the mean over seeds of the final validation loss capped at the initial loss (a "
-                      "diverged run counts as ℓ₀), against the learning rate; error bars are 95% bootstrap "
-                      "intervals over seeds.",
+                      "diverged run counts as ℓ₀), against the learning rate; error bars are 95% intervals over "
+                      "seeds; dotted bars without caps are the seeds' range (2 seeds: no interval claimed).",
     "early_warning.png": "Each signal of every diverged run, as a ratio to its time-matched threshold (the "
                          "highest value the completed runs of the other seeds at its learning rate had reached "
                          "by that step; dashed line), against steps before the divergence: a line that crosses "
@@ -121,8 +128,8 @@ CAPTIONS = {
                              "a signal that carries no warning.",
     "stability_vs_bits.png": "Diverged fraction and LR sensitivity against bits per element (a block format's "
                              "scales included: mxfp4 4.25, nvfp4 4.5), one line per exponent width or block "
-                             "scaling, with 95% intervals (exact for the fraction, seed bootstrap for the "
-                             "sensitivity, whose axis starts at 0); dashed lines are formats of more than 16 bits.",
+                             "scaling, with 95% intervals (exact for the fraction, simultaneous t bounds for the "
+                             "sensitivity, whose axis starts at 0; dotted bars without caps: the range of 2 seeds); dashed lines are formats of more than 16 bits.",
 }
 
 
