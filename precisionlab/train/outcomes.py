@@ -54,9 +54,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 __all__ = ["RunResult", "SpikeCounter", "robust_z", "MAD_FLOOR", "Rule", "MedianRule", "NoRule",
-           "FactorRule", "make_rule", "replay", "reference_loss"]
+           "FactorRule", "make_rule", "replay", "reference_loss", "END_WINDOW"]
 
 MAD_FLOOR = 1e-3  # the MAD's floor, relative to the window's median loss
+END_WINDOW = 20  # a run's end level: the median of its last 20 train losses
 
 
 @dataclass
@@ -81,27 +82,25 @@ def reference_loss(vocab_size: int) -> float:
 class Rule:
     """An early-stop rule: `update(loss)` with each step's train loss in order returns True at the step
     the run should stop as diverged; `end()` after the last step returns the diverged step by the
-    end-of-run definition, or None. Every rule tracks the same state (the step, the first loss, the
-    last `window` losses, the start of the stretch above the level), so `state()`/`load()` carry it
-    across a resume or into a branch whatever rule the parent used."""
+    end-of-run definition (the median of the last END_WINDOW losses above ln V), or None. Every rule
+    tracks the same state (the step, the first loss, the last losses, the start of the stretch whose
+    rolling median is above ln V), so `state()`/`load()` carry it across a resume or into a branch
+    whatever rule the parent used. Subclasses add when to stop early."""
 
-    def __init__(self, level: float, window: int):
-        self.level, self.recent, self.step = level, deque(maxlen=window), 0
-        self.first: float | None = None
-        self.above_since: int | None = None  # first step of the current stretch whose rolling median is above the level
+    def __init__(self, level: float, window: int = 1):
+        self.level, self.step, self.first = level, 0, None
+        self.recent = deque(maxlen=max(window, END_WINDOW))
+        self.above_since: int | None = None  # first step of the current stretch whose END_WINDOW median is above the level
 
-    def _feed(self, loss: float) -> None:
+    def update(self, loss: float) -> bool:
         self.step += 1
         self.recent.append(loss)
         if self.first is None:
             self.first = loss
-        if statistics.median(self.recent) <= self.level:  # NaN compares False: a NaN median counts as above
+        if _median_last(self.recent, END_WINDOW) <= self.level:  # NaN compares False: counts as above
             self.above_since = None
         elif self.above_since is None:
             self.above_since = self.step
-
-    def update(self, loss: float) -> bool:
-        self._feed(loss)
         return not math.isfinite(loss)
 
     def end(self) -> int | None:
@@ -116,22 +115,32 @@ class Rule:
         self.step, self.first, self.above_since = state["step"], state["first"], state["above_since"]
 
 
+def _median_last(values: deque, n: int) -> float:
+    return statistics.median(list(values)[-n:])
+
+
 class NoRule(Rule):
     """`none`: stop only on NaN/Inf; the outcome is judged at the end."""
 
 
 class MedianRule(Rule):
-    """`median`: stop when the median of the last `window` losses is above the level (once `window` exist)."""
+    """`median`: stop when the median of the last `window` losses is above the level + `margin` (once
+    `window` losses exist)."""
+
+    def __init__(self, level: float, window: int, margin: float = 0.0):
+        super().__init__(level, window)
+        self.window, self.margin = window, margin
 
     def update(self, loss: float) -> bool:
-        return super().update(loss) or (len(self.recent) == self.recent.maxlen and self.above_since is not None)
+        return super().update(loss) or (
+            self.step >= self.window and _median_last(self.recent, self.window) > self.level + self.margin)
 
 
 class FactorRule(Rule):
     """`factor`, precisionlab 0.1's rule: after warmup, one loss above factor x the first loss; no end judgement."""
 
-    def __init__(self, factor: float, warmup_steps: int, window: int):
-        super().__init__(math.inf, window)
+    def __init__(self, level: float, factor: float, warmup_steps: int):
+        super().__init__(level)
         self.factor, self.warmup_steps = factor, warmup_steps
 
     def update(self, loss: float) -> bool:
@@ -143,11 +152,12 @@ class FactorRule(Rule):
 
 def make_rule(cfg) -> Rule:
     """The rule `cfg.train.divergence.rule` names, with its settings from `cfg`."""
-    d = cfg.train.divergence
+    d, level = cfg.train.divergence, reference_loss(cfg.model.vocab_size)
     if d.rule == "factor":
-        return FactorRule(d.factor, cfg.optim.warmup_steps, d.window)
-    level = reference_loss(cfg.model.vocab_size) + d.margin
-    return (MedianRule if d.rule == "median" else NoRule)(level, d.window)
+        return FactorRule(level, d.factor, cfg.optim.warmup_steps)
+    if d.rule == "median":
+        return MedianRule(level, d.window, d.margin)
+    return NoRule(level)
 
 
 def replay(rule: Rule, losses: Iterable[float]) -> tuple[str, int | None]:
