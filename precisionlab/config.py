@@ -60,7 +60,7 @@ __all__ = ["ConfigError", "validate", "ensure_valid", "assume_valid", "is_valida
 
 SCHEDULES = ("cosine", "constant")
 JOURNAL_MODES = ("wal", "delete")
-DIVERGENCE_RULES = ("median", "none", "factor")  # precisionlab.train.outcomes
+DIVERGENCE_RULES = ("none", "median", "factor")  # precisionlab.train.outcomes
 
 
 class ConfigError(ValueError):
@@ -221,9 +221,9 @@ class Optim:
 
 @dataclass
 class Divergence:  # precisionlab.train.outcomes: what "diverged" means and when a run stops early
-    rule: str = choice("median", DIVERGENCE_RULES)  # median: stop when the median of the last `window` losses > ln V + margin;
-    window: int = 20                    # none: only on NaN/Inf (judged at the end); factor: precisionlab 0.1's rule
-    margin: float = 0.0                 # nats above ln V (V = model.vocab_size, the uniform-prediction loss)
+    rule: str = choice("none", DIVERGENCE_RULES)  # none: stop only on NaN/Inf, judge at the end (ended above ln V);
+    window: int = 20                    # median: stop once the median of the last `window` losses > ln V + margin;
+    margin: float = 0.0                 # factor: precisionlab 0.1's rule (V = model.vocab_size)
     factor: float = 1.0                 # rule=factor: diverged if loss > factor * step 1's loss after warmup
 
 
