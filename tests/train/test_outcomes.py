@@ -110,7 +110,7 @@ def test_the_config_selects_the_rule():
     assert cfg.train.divergence.rule == "none"  # no early stop: calibration found no rule that predicts well (README)
     assert type(make_rule(cfg)) is NoRule and make_rule(cfg).level == pytest.approx(LN_V)
     assert isinstance(make_rule(compose_train("train.divergence.rule=median")), MedianRule)
-    margin = make_rule(compose_train("train.divergence.margin=0.5", "train.divergence.window=7"))
+    margin = make_rule(compose_train("train.divergence.rule=median", "train.divergence.margin=0.5", "train.divergence.window=7"))
     assert margin.level == pytest.approx(LN_V) and (margin.margin, margin.window) == (0.5, 7)
     old = make_rule(compose_train("train.divergence.rule=factor", "train.divergence.factor=2"))
     assert isinstance(old, FactorRule) and old.factor == 2 and old.warmup_steps == 2
