@@ -165,7 +165,7 @@ def _train(cfg, device, batch_gen, train_tokens, val_tokens, data_meta, recorder
         result.final_val_loss = progress["final_val_loss"]
         spikes.load(progress["spikes"])
         spikes.step = start_step
-        # checkpoints of precisionlab <= 0.2 hold no rule state: the rule restarts its window here
+        # older checkpoints hold no rule state: the rule restarts its window of recent losses here
         rule.load(progress.get("divergence") or
                   {"recent": [], "step": start_step, "first": result.initial_loss, "above_since": None})
     val_batches = eval_batches(val_tokens, cfg)
