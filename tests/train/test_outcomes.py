@@ -204,3 +204,13 @@ def test_the_e8m7_run_at_lr_0_3_that_recovers_is_not_called_diverged():
     assert np.median(losses[-20:]) < LN_V - 1.5 and result.final_val_loss < LN_V - 1.5  # it learned
     old = make_rule(compose_train("train.divergence.rule=factor", micro=False))
     assert replay(old, losses) == ("diverged", 21)  # where 0.1's rule stopped it
+
+
+def test_a_resumed_run_keeps_the_rules_window_and_reaches_the_same_outcome():
+    overrides = ["optim.lr=30", "train.steps=30", "optim.grad_clip=0", "train.eval_every=0"]
+    straight = run(compose_train(*overrides, "train.checkpoint_steps=[15]", "train.checkpoint_dir=a"),
+                   recorder=MemoryRecorder())
+    assert straight.status == "diverged" and straight.diverged_step < 15  # blew up early, judged at the end
+    resumed = run(compose_train(*overrides, "train.checkpoint_dir=b"), recorder=MemoryRecorder(),
+                  resume_from=straight.checkpoints[0][1])
+    assert (resumed.status, resumed.diverged_step, resumed.spikes) == (straight.status, straight.diverged_step, straight.spikes)
