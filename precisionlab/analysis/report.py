@@ -12,10 +12,12 @@ Definitions (the README's "Reading a report" repeats them):
                 plus every other config value that varies between runs of one format
                 besides the learning rate and the seed, e.g. "e8m7 [rounding=toward_zero]".
   ℓ₀            a run's initial loss: its train loss at step 1.
-  outcome       diverged (NaN/Inf, or the loss rose above the divergence bound: the run
-                stopped), did not converge (completed, but its final validation loss did
-                not get NOT_CONVERGED of the way from ℓ₀ down to the reference's loss at
-                its best LR), converged (the other completed runs).
+  outcome       diverged (a NaN/Inf loss, or the run ended above ln V, or an early-stop rule
+                predicted that and stopped it: precisionlab.train.outcomes), did not converge
+                (completed, finite, but its final validation loss did not get NOT_CONVERGED
+                of the way from ℓ₀ down to the reference's loss at its best LR: a stalled run,
+                never a divergence), converged (the other completed runs). A blow-up the run
+                came back from is a loss spike, not a divergence.
   branches      a run started from another run's checkpoint (init.parent) has metrics from its
                 branch step on, and carries its parent's ℓ₀ (so the same divergence bound), min val
                 loss and spike count up to that step: its outcome is that of the whole curve.

@@ -17,7 +17,7 @@ from precisionlab.sweep.plan import plan
 # existing config computes); adding a config key at its neutral default must leave them as they are.
 # precisionlab 0.2's ids, which configs that keep 0.2's data split and regime still have (OLD_0_2):
 # the default sweep's 18 runs in grid order (e8m7, e8m5, e8m3 x LR 3e-3, 3e-2, 3e-1 x seeds 0, 1).
-OLD_0_2 = ("data.split=tail", "train.steps=200", "train.eval_batches=4")
+OLD_0_2 = ("data.split=tail", "train.steps=200", "train.eval_batches=4", "train.divergence.rule=factor")
 PINNED_DEFAULT_SWEEP_0_2 = [
     "15db7e1217eb9268", "de636225a1a8eabf", "640218336371a031", "59b610ca3f25efd0", "ba0237f20299c57f",
     "26c8e27ba8527399", "007d828cb4f8de28", "a7b1323c3bfe36d1", "2e8c0a853164d71f", "89d1dcc3aa4d2e58",
@@ -44,6 +44,22 @@ PINNED = {
     ("precision=fp8",): "bfbebce7b1040b62",
     ("model=llama_120m",): "571d9f7f7b608649",
 }
+# Issue 27 made the default divergence rule `none` (no early stop; 0.1's rule is `factor`): the ids
+# above are those of configs that name train.divergence.rule=factor (BEFORE_RULES); the defaults' are these.
+BEFORE_RULES = ("train.divergence.rule=factor",)
+PINNED_DEFAULT_SWEEP_RULES = [
+    "f569c08b4379563e", "199ea06367a76853", "69d557743a381d0c", "7fcf22638c182884", "427c0052886f7a16",
+    "22516430f5fb5773", "ebd756a92ee4144c", "53d4e1e7d4d8ff24", "bf03f3c051145471", "f7cc502364742049",
+    "9bb75f161e7e9e46", "534abafc7122e648", "d77841f0b0307995", "d1f3cb41d2e5c432", "6484a84119885210",
+    "537625ee8edfdaf9", "78150e757d527c42", "d6d544b1fcc8cce8", "621575df46558ac5", "304a39e9d0ea0330",
+    "07189e7e3e39e4fd", "7896978e8ab7282c", "a8df0525d7eb3565", "c0bd962d2e2bc15b", "711324f3fe44a085",
+    "261340517c80d205", "0cb6bc31bb4e30a8",
+]
+PINNED_RULES = {
+    (): "864c34eb75275398",
+    ("precision=fp8",): "c66eb403b6ca7679",
+    ("model=llama_120m",): "565e417b014a2b3c",
+}
 
 
 def _train(*overrides: str):
@@ -55,8 +71,10 @@ def test_pinned_ids(tmp_path):
     old_sweep = plan([*OLD_0_2, "train.checkpoint_every=50", "seed=0,1"], cwd=tmp_path).run_ids
     assert old_sweep == PINNED_DEFAULT_SWEEP_0_2
     assert {overrides: run_id(_train(*overrides, *OLD_0_2)) for overrides in PINNED_0_2} == PINNED_0_2
-    assert plan([], cwd=tmp_path).run_ids == PINNED_DEFAULT_SWEEP
-    assert {overrides: run_id(_train(*overrides)) for overrides in PINNED} == PINNED
+    assert plan([*BEFORE_RULES], cwd=tmp_path).run_ids == PINNED_DEFAULT_SWEEP
+    assert {overrides: run_id(_train(*overrides, *BEFORE_RULES)) for overrides in PINNED} == PINNED
+    assert plan([], cwd=tmp_path).run_ids == PINNED_DEFAULT_SWEEP_RULES
+    assert {overrides: run_id(_train(*overrides)) for overrides in PINNED_RULES} == PINNED_RULES
 
 
 def _leaves(node, path=""):
@@ -86,7 +104,8 @@ def test_every_key_of_every_preset_has_a_neutral_value(tmp_path):
 
 def test_the_default_config_hashes_to_its_identity_version_and_its_changed_defaults_alone():
     assert semantic_config(_train(*OLD_0_2)) == {}  # every key at its neutral value
-    assert semantic_config(_train()) == {"data": {"split": "files"}, "train": {"steps": 300, "eval_batches": 32}}
+    assert semantic_config(_train()) == {"data": {"split": "files"},
+                                         "train": {"steps": 300, "eval_batches": 32, "divergence": {"rule": "none"}}}
 
 
 def test_a_new_key_at_its_neutral_value_keeps_every_id(monkeypatch):
