@@ -44,6 +44,22 @@ PINNED = {
     ("precision=fp8",): "bfbebce7b1040b62",
     ("model=llama_120m",): "571d9f7f7b608649",
 }
+# Holding out whole families of near-duplicate files (data.split=families, the new default) changed
+# the built-in data again, and so the default configs' ids; data.split=files keeps the ids above.
+SPLIT_FILES = ("data.split=files",)
+PINNED_DEFAULT_SWEEP_FAMILIES = [
+    "746810a4794970e4", "b96642750a4c8bc3", "9eb1ce47cfacde85", "3e9f8a2901fe66d6", "c27d8a75a45dbf74",
+    "3daf5bc4e609d0fd", "948088d115aef894", "c8e15c670d326efe", "0488372d9694bc1e", "b506cdf40ac44a24",
+    "40bed7c682d5ef13", "14f91c7b4f4dfec9", "58d810b8b1b17e79", "dafa41d1200d72ec", "95b74f4d44b2925b",
+    "403897fcad8481e9", "abb30d564c8229a5", "65ca7b70cae0a1ab", "c5c1c03bc118c24f", "3c8d729dfd5a2ec0",
+    "26717818d59625b9", "b470907373b482cd", "d0698c4ccd4cf224", "8c2fc35993cf220b", "bf752e24f34f2843",
+    "14faf0d81cd25aa6", "5d7a5369cbd9c7f9",
+]
+PINNED_FAMILIES = {
+    (): "453c8e9a4f4e66a6",
+    ("precision=fp8",): "8f014a639cd72b73",
+    ("model=llama_120m",): "1975def45a44734e",
+}
 
 
 def _train(*overrides: str):
@@ -55,8 +71,10 @@ def test_pinned_ids(tmp_path):
     old_sweep = plan([*OLD_0_2, "train.checkpoint_every=50", "seed=0,1"], cwd=tmp_path).run_ids
     assert old_sweep == PINNED_DEFAULT_SWEEP_0_2
     assert {overrides: run_id(_train(*overrides, *OLD_0_2)) for overrides in PINNED_0_2} == PINNED_0_2
-    assert plan([], cwd=tmp_path).run_ids == PINNED_DEFAULT_SWEEP
-    assert {overrides: run_id(_train(*overrides)) for overrides in PINNED} == PINNED
+    assert plan([*SPLIT_FILES], cwd=tmp_path).run_ids == PINNED_DEFAULT_SWEEP
+    assert {overrides: run_id(_train(*overrides, *SPLIT_FILES)) for overrides in PINNED} == PINNED
+    assert plan([], cwd=tmp_path).run_ids == PINNED_DEFAULT_SWEEP_FAMILIES
+    assert {overrides: run_id(_train(*overrides)) for overrides in PINNED_FAMILIES} == PINNED_FAMILIES
 
 
 def _leaves(node, path=""):
@@ -86,7 +104,7 @@ def test_every_key_of_every_preset_has_a_neutral_value(tmp_path):
 
 def test_the_default_config_hashes_to_its_identity_version_and_its_changed_defaults_alone():
     assert semantic_config(_train(*OLD_0_2)) == {}  # every key at its neutral value
-    assert semantic_config(_train()) == {"data": {"split": "files"}, "train": {"steps": 300, "eval_batches": 32}}
+    assert semantic_config(_train()) == {"data": {"split": "families"}, "train": {"steps": 300, "eval_batches": 32}}
 
 
 def test_a_new_key_at_its_neutral_value_keeps_every_id(monkeypatch):

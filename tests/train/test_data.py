@@ -46,11 +46,13 @@ def test_text_file_and_folder(tmp_path):
     train, val, _ = load_dataset({"source": "text", "path": str(folder), "val_fraction": 0.1, "split": "tail"})
     assert bytes(train) + bytes(val) == ("first " * 20 + "second " * 20 + "third " * 20).encode()
     texts = {name: (folder / name).read_bytes() for name in ("a.txt", "b.txt", "sub/c.txt")}
-    train, val, meta = load_dataset({"source": "text", "path": str(folder), "val_fraction": 0.4})
-    assert meta["split"] == "files" and sum(meta["files"].values()) == 3
-    held = [name for name, text in texts.items() if text in bytes(val)]  # whole files, in path order
-    assert held and bytes(val) == b"".join(texts[n] for n in held)
-    assert bytes(train) == b"".join(text for n, text in texts.items() if n not in held)
+    for split in ("families", "files"):  # the default, and single files (the split before families)
+        train, val, meta = load_dataset({"source": "text", "path": str(folder), "val_fraction": 0.4, "split": split})
+        assert meta["split"] == split and sum(meta["files"].values()) == 3
+        held = [name for name, text in texts.items() if text in bytes(val)]  # whole files, in path order
+        assert held and bytes(val) == b"".join(texts[n] for n in held)
+        assert bytes(train) == b"".join(text for n, text in texts.items() if n not in held)
+    assert load_dataset({"source": "text", "path": str(folder), "val_fraction": 0.4})[2]["split"] == "families"
 
 
 def _entropy(tokens) -> float:
