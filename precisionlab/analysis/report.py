@@ -67,6 +67,7 @@ from precisionlab.analysis.stats import (
 from precisionlab.numerics.blocks import BlockFormat, parse_format
 from precisionlab.numerics.formats import FloatFormat
 from precisionlab.store import DONE, NON_SEMANTIC_KEYS, ResultsStore, StoreError
+from precisionlab.store.corpus import check_one_corpus
 
 __all__ = ["Report", "ReportError", "ALPHA", "bits_per_element", "build", "by_lr", "by_variant", "compare", "compare_notes",
            "filter_runs", "mark_convergence", "seed_matrix", "NOT_CONVERGED",
@@ -504,6 +505,14 @@ def _operand(node: ast.expr, runs: pd.DataFrame):
 # --------------------------------------------------------------------------- the whole report
 
 
+def _one_corpus(tables: list[pd.DataFrame], where: str) -> None:
+    """ReportError if runs of one data config in `tables` trained on different data (precisionlab.store.corpus)."""
+    try:
+        check_one_corpus([row for runs in tables for row in zip(runs.run_id, runs.config, runs.meta)], where)
+    except StoreError as err:
+        raise ReportError(str(err)) from None
+
+
 def build(store: ResultsStore, sweep: str | None = None, where: Sequence[str] = ()) -> Report:
     """The report of `sweep` (default: the latest) in `store`, over the runs `where` keeps."""
     try:
@@ -511,6 +520,7 @@ def build(store: ResultsStore, sweep: str | None = None, where: Sequence[str] = 
     except StoreError as err:
         raise ReportError(str(err)) from None
     runs = label_runs(store.runs(sweep=name))
+    _one_corpus([runs], f"sweep {name!r}")
     total = len(runs)
     runs = filter_runs(runs, where)
     if runs.empty:
@@ -568,6 +578,7 @@ def _parent_curves(store: ResultsStore, branches: pd.DataFrame) -> pd.DataFrame:
 def compare(a: Report, b: Report) -> pd.DataFrame:
     """One row per variant of either sweep: each sweep's diverged k/n, LR sensitivity, best LR and
     its loss (columns suffixed _a, _b), and the one-sided Fisher p of each diverging more than the other."""
+    _one_corpus([a.runs, b.runs], f"comparing sweeps {a.sweep!r} and {b.sweep!r}")
     keep = ["variant", "finished", "diverged", "diverged_frac", "lr_sensitivity", "best_lr", "best_lr_loss", "seed_std"]
     table = a.by_variant[keep].merge(b.by_variant[keep], on="variant", how="outer", suffixes=("_a", "_b"))
     table = _variant_sorted(table)
