@@ -18,11 +18,10 @@ Checkpoint rows keep SRC's paths; the checkpoint files themselves are not copied
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from precisionlab.store.corpus import check_one_corpus, recorded
+from precisionlab.store.corpus import check_one_corpus, recorded, recorded_rows
 from precisionlab.store.results import ResultsStore
 from precisionlab.store.schema import DONE, StoreError
 
@@ -73,7 +72,7 @@ def _copy_sweep(src: ResultsStore, dst: ResultsStore, name: str) -> CopyResult:
     src_done = {r[rid]: r[status] in DONE for r in runs}
 
     def write(tx) -> CopyResult:
-        mine = [(r[rid], json.loads(r[config]), json.loads(r[meta]) if r[meta] else None) for r in runs]
+        mine = recorded_rows((r[rid], r[config], r[meta]) for r in runs)
         held_here = recorded(lambda sql, params: tx.execute(sql, params).fetchall(), name, [r[0] for r in mine])
         check_one_corpus([*held_here, *mine], f"copying sweep {name} into {dst.location}")
         tx.executemany(_upsert("sweeps", sweep_cols, keep=("created",)), sweep_rows)  # SRC's latest command and grid

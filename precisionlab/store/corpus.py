@@ -20,6 +20,8 @@ fingerprints of one data config, with one line naming two such runs:
   and of the same ids;
 - resuming a run from its checkpoint (precisionlab.train.loop): the checkpoint's fingerprint vs
   the data read now.
+- a run starting in a store (StoreRecorder.start): its fingerprint vs the runs of its sweeps,
+  for machines that run one sweep at once (`check_new_run`); the run fails with that line.
 
 Runs of *different* data configs (a grid over data.budget_bytes, say) differ in fingerprint by
 design and may share a sweep. A data config is the run config's `data` node without
@@ -39,7 +41,7 @@ from precisionlab.store.schema import StoreError
 if TYPE_CHECKING:
     from precisionlab.store.results import ResultsStore
 
-__all__ = ["data_key", "fingerprint", "recorded", "check_one_corpus", "check_sweep_data"]
+__all__ = ["data_key", "fingerprint", "recorded", "recorded_rows", "check_one_corpus", "check_new_run", "check_sweep_data"]
 
 _CHUNK = 500  # run ids per IN (...) query
 
@@ -91,9 +93,22 @@ def recorded(execute: Callable[[str, list], list[tuple]], sweep: str, run_ids: l
     queries += [(f"SELECT run_id, config, meta FROM runs WHERE run_id IN ({','.join('?' * len(chunk))})", chunk)
                 for chunk in (run_ids[i:i + _CHUNK] for i in range(0, len(run_ids), _CHUNK))]
     for sql, params in queries:
-        for rid, config, meta in execute(sql, params):
-            rows[rid] = (rid, json.loads(config), json.loads(meta) if meta else None)
+        rows.update((row[0], row) for row in recorded_rows(execute(sql, params)))
     return list(rows.values())
+
+
+def recorded_rows(rows: Iterable[tuple[str, str, str | None]]) -> list[tuple[str, Any, Any]]:
+    """(run id, config, meta) rows of the runs table, JSON parsed."""
+    return [(rid, json.loads(config), json.loads(meta) if meta else None) for rid, config, meta in rows]
+
+
+def check_new_run(execute: Callable[[str, list], list[tuple]], run_id: str) -> None:
+    """StoreError (one line) if run `run_id`, its meta just written, trained on other data than a run
+    of the same data config in one of its sweeps: two machines that run one sweep at once."""
+    rows = recorded_rows(execute("SELECT run_id, config, meta FROM runs WHERE run_id=? OR run_id IN (SELECT run_id FROM "
+                                 "sweep_runs WHERE sweep IN (SELECT sweep FROM sweep_runs WHERE run_id=?))",
+                                 [run_id, run_id]))
+    check_one_corpus(sorted(rows, key=lambda row: row[0] != run_id), f"run {run_id}'s sweep")
 
 
 def check_sweep_data(store: ResultsStore, sweep: str, configs: list[Mapping[str, Any]], run_ids: list[str]) -> None:

@@ -3,6 +3,8 @@ of one data config trained on different data (fingerprints) together."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -26,9 +28,12 @@ def _meta(fingerprint: str) -> dict:
 
 
 def _store(path, sweep="s", fingerprints=(HERE, HERE), lrs=(1e-3, 1e-2), **extra) -> ResultsStore:
+    """Runs of `sweep` trained on `fingerprints`: a mixed store as one written before runs were checked
+    at their start (or merged by hand) holds it."""
     store = ResultsStore(path)
     for lr, fingerprint in zip(lrs, fingerprints):
-        record(store, make_config(lr=lr, **extra), sweep=sweep, meta=_meta(fingerprint))
+        rid = record(store, make_config(lr=lr, **extra), sweep=sweep, meta=_meta(fingerprints[0]))
+        store._write(lambda tx: tx.execute("UPDATE runs SET meta=? WHERE run_id=?", (json.dumps(_meta(fingerprint)), rid)))
     return store
 
 
@@ -103,3 +108,12 @@ def test_a_run_resumed_from_a_checkpoint_of_another_corpus_is_refused(train_cfg,
     with pytest.raises(DataError, match="trained on data with fingerprint bbbbbbbbbbbb"):
         run(cfg, resume_from=tmp_path / "elsewhere.pt")
     assert run(cfg, resume_from=path).status == "completed"  # its own corpus: resumes
+
+
+def test_a_run_that_starts_beside_runs_of_another_corpus_in_its_sweep_fails_with_that_line(tmp_path):
+    store = _store(tmp_path / "s.db", fingerprints=(HERE,))
+    with pytest.raises(StoreError, match="mixes corpora: runs .*fingerprints bbbbbbbbbbbb and aaaaaaaaaaaa"):
+        record(store, make_config(lr=1e-2), sweep="s", meta=_meta(THERE))  # another machine, the same sweep
+    late = store.runs().set_index("run_id").loc[store.register_runs([make_config(lr=1e-2)])[0]]
+    assert late.status == "failed" and "mixes corpora" in late.error and late.meta is None
+    record(store, make_config(lr=1e-2, seed=5), sweep="other", meta=_meta(THERE))  # a run of its own sweep: fine
