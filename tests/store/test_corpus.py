@@ -66,9 +66,9 @@ def test_comparing_two_sweeps_trained_on_two_corpora_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("other_id", [False, True])
-def test_store_copy_refuses_to_merge_a_sweep_trained_elsewhere(tmp_path, other_id):
+def test_store_copy_refuses_to_merge_a_sweep_trained_elsewhere(tmp_path, store_url, other_id):
     src = _store(tmp_path / "src.db", fingerprints=(THERE, THERE))
-    dst = _store(tmp_path / "dst.db", fingerprints=(HERE,), lrs=(3e-3,) if other_id else (1e-3,))
+    dst = _store(store_url, fingerprints=(HERE,), lrs=(3e-3,) if other_id else (1e-3,))
     before = dst.runs()
     with pytest.raises(StoreError, match="copying sweep s into .* mixes corpora"):
         copy_sweeps(src, dst)
@@ -110,8 +110,8 @@ def test_a_run_resumed_from_a_checkpoint_of_another_corpus_is_refused(train_cfg,
     assert run(cfg, resume_from=path).status == "completed"  # its own corpus: resumes
 
 
-def test_a_run_that_starts_beside_runs_of_another_corpus_in_its_sweep_fails_with_that_line(tmp_path):
-    store = _store(tmp_path / "s.db", fingerprints=(HERE,))
+def test_a_run_that_starts_beside_runs_of_another_corpus_in_its_sweep_fails_with_that_line(store_url):
+    store = _store(store_url, fingerprints=(HERE,))
     with pytest.raises(StoreError, match="mixes corpora: runs .*fingerprints bbbbbbbbbbbb and aaaaaaaaaaaa"):
         record(store, make_config(lr=1e-2), sweep="s", meta=_meta(THERE))  # another machine, the same sweep
     late = store.runs().set_index("run_id").loc[store.register_runs([make_config(lr=1e-2)])[0]]
