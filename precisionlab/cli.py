@@ -180,8 +180,8 @@ def sweep(
              f"got {' '.join(flags)}")
     from precisionlab.config import ConfigError, one_line
     from precisionlab.store import ResultsStore, StoreError
-    from precisionlab.sweep.job import check_parents
     from precisionlab.store.corpus import check_sweep_data
+    from precisionlab.sweep.job import check_parents
     from precisionlab.train.data import DataError
 
     try:
