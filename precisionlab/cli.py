@@ -180,6 +180,7 @@ def sweep(
              f"got {' '.join(flags)}")
     from precisionlab.config import ConfigError, one_line
     from precisionlab.store import ResultsStore, StoreError
+    from precisionlab.store.corpus import check_sweep_data
     from precisionlab.sweep.job import check_parents
     from precisionlab.sweep.launchers import missing_plugin
 
@@ -197,7 +198,8 @@ def sweep(
         fail(one_line(err))
     try:
         check_parents(store, grid.configs)  # branches (init.parent): their parents' checkpoints, before any row
-    except (ConfigError, StoreError) as err:
+        check_sweep_data(store, grid.name, grid.configs, grid.run_ids)  # one corpus per run id, before any row
+    except (ConfigError, DataError, StoreError) as err:
         store.close()
         fail(str(err))
     command = " ".join(["precisionlab sweep", *ctx.args, *(["--jobs", str(jobs)] if jobs else []), *(["--force"] if force else [])])

@@ -175,7 +175,7 @@ class StdlibData:
     vocab_size: int = 256
     budget_bytes: int = 4_000_000       # whole .py files sampled over the library until this many bytes
     val_fraction: float = 0.1           # held out for validation
-    split: str = choice("files", SPLITS)  # files: hold out whole files (hash-chosen); tail: the last bytes (0.2)
+    split: str = choice("families", SPLITS)  # families: hold out whole families of near-duplicate files; files: single files (hash-chosen); tail: the last bytes (0.2)
     cache_dir: Optional[str] = None     # null: $PRECISIONLAB_CACHE, $XDG_CACHE_HOME/precisionlab or ~/.cache/precisionlab
 
 
@@ -186,7 +186,7 @@ class TextData:
     glob: str = "**/*.txt"
     vocab_size: int = 256
     val_fraction: float = 0.1
-    split: str = choice("files", SPLITS)  # files: hold out whole files of a folder; tail: the last bytes
+    split: str = choice("families", SPLITS)  # families / files: hold out whole files of a folder (see stdlib); tail: the last bytes
 
 
 @dataclass

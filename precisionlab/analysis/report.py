@@ -78,6 +78,7 @@ from precisionlab.analysis.stats import (
 from precisionlab.numerics.blocks import BlockFormat, parse_format
 from precisionlab.numerics.formats import FloatFormat
 from precisionlab.store import DONE, NON_SEMANTIC_KEYS, ResultsStore, StoreError
+from precisionlab.store.corpus import check_one_corpus
 
 __all__ = ["Report", "ReportError", "ALPHA", "bits_per_element", "build", "by_lr", "by_variant", "compare", "compare_notes",
            "filter_runs", "mark_convergence", "seed_matrix", "NOT_CONVERGED",
@@ -565,6 +566,14 @@ def _operand(node: ast.expr, runs: pd.DataFrame):
 # --------------------------------------------------------------------------- the whole report
 
 
+def _one_corpus(tables: list[pd.DataFrame], where: str) -> None:
+    """ReportError if runs of one data config in `tables` trained on different data (precisionlab.store.corpus)."""
+    try:
+        check_one_corpus([row for runs in tables for row in zip(runs.run_id, runs.config, runs.meta)], where)
+    except StoreError as err:
+        raise ReportError(str(err)) from None
+
+
 def build(store: ResultsStore, sweep: str | None = None, where: Sequence[str] = ()) -> Report:
     """The report of `sweep` (default: the latest) in `store`, over the runs `where` keeps."""
     try:
@@ -572,6 +581,7 @@ def build(store: ResultsStore, sweep: str | None = None, where: Sequence[str] = 
     except StoreError as err:
         raise ReportError(str(err)) from None
     runs = label_runs(store.runs(sweep=name))
+    _one_corpus([runs], f"sweep {name!r}")
     total = len(runs)
     runs = filter_runs(runs, where)
     if runs.empty:
@@ -636,6 +646,7 @@ def compare(a: Report, b: Report) -> pd.DataFrame:
     sensitivity (sensitivity_diff, over the LRs both ran) and of the best-LR loss (loss_diff), paired
     by seed over the seeds both ran (same seed: same initial weights and batches), with intervals and
     permutation p; and the one-sided p of each diverging more than the other (exact, stratified by LR)."""
+    _one_corpus([a.runs, b.runs], f"comparing sweeps {a.sweep!r} and {b.sweep!r}")
     keep = ["variant", "finished", "diverged", "diverged_frac", "lr_sensitivity", "lr_sensitivity_low",
             "lr_sensitivity_high", "lr_sensitivity_interval", "best_lr", "best_lr_loss", "best_lr_loss_low",
             "best_lr_loss_high", "best_lr_loss_interval", "seed_std"]

@@ -118,6 +118,11 @@ def run(cfg: Any, recorder: Recorder | None = None, resume_from: str | os.PathLi
         train_tokens, val_tokens, data_meta = load_dataset(cfg.data)
     except OSError as err:
         raise DataError(f"cannot read the data: {err}") from None
+    trained_on = (state or {}).get("data", {}).get("fingerprint")
+    if cfg.init.parent is None and trained_on not in (None, data_meta["fingerprint"]):  # one corpus per run id
+        raise DataError(f"checkpoint {resume_from} trained on data with fingerprint {trained_on[:12]}, but the data here "
+                        f"gives {data_meta['fingerprint'][:12]} (the built-in corpus depends on the Python installation, "
+                        "see scripts/corpus_info.py); resume the run where it started")
     for split, tokens in (("train", train_tokens), ("val", val_tokens)):
         if len(tokens) <= t.seq_len:
             raise DataError(f"the {split} split has {len(tokens)} tokens, fewer than train.seq_len + 1 = {t.seq_len + 1}")

@@ -44,21 +44,22 @@ PINNED = {
     ("precision=fp8",): "bfbebce7b1040b62",
     ("model=llama_120m",): "571d9f7f7b608649",
 }
-# Issue 27 made the default divergence rule `none` (no early stop; 0.1's rule is `factor`): the ids
-# above are those of configs that name train.divergence.rule=factor (BEFORE_RULES); the defaults' are these.
-BEFORE_RULES = ("train.divergence.rule=factor",)
-PINNED_DEFAULT_SWEEP_RULES = [
-    "f569c08b4379563e", "199ea06367a76853", "69d557743a381d0c", "7fcf22638c182884", "427c0052886f7a16",
-    "22516430f5fb5773", "ebd756a92ee4144c", "53d4e1e7d4d8ff24", "bf03f3c051145471", "f7cc502364742049",
-    "9bb75f161e7e9e46", "534abafc7122e648", "d77841f0b0307995", "d1f3cb41d2e5c432", "6484a84119885210",
-    "537625ee8edfdaf9", "78150e757d527c42", "d6d544b1fcc8cce8", "621575df46558ac5", "304a39e9d0ea0330",
-    "07189e7e3e39e4fd", "7896978e8ab7282c", "a8df0525d7eb3565", "c0bd962d2e2bc15b", "711324f3fe44a085",
-    "261340517c80d205", "0cb6bc31bb4e30a8",
+# The divergence rule's default became `none` (no early stop; 0.1's rule is `factor`) and the built-in
+# corpus holds out whole families of near-duplicate files (data.split=families): the ids above are those
+# of configs that name both old values (BEFORE); the defaults' are these.
+BEFORE = ("train.divergence.rule=factor", "data.split=files")
+PINNED_DEFAULT_SWEEP_NOW = [
+    "3abe2c2f1ecfe65f", "8861b8cc25cb0596", "ff0dba385ab6e869", "8ec5277d56c71788", "5e44da27da57cb2e",
+    "ebcf416ba0f69437", "e06a6d65e753a9a8", "44f8c1157659306b", "35e6b99bee9fc788", "3aaa1b88b3f66959",
+    "e003268936e0321b", "2181f3108ecdfc28", "f4124260a52827ed", "8ba323d7c8eb1451", "1ead81a1929217f7",
+    "58e5eefce155b52b", "c2288b66faf343ef", "9e2650db12baa475", "74e93f9412d4016f", "13b51b37049933cf",
+    "e9625493539f9e34", "5a0bcf1e0385d2bc", "bb20221100831c7e", "a43f4b8fe1511389", "1468f760729a0230",
+    "3d367e0bf6b7f50f", "159d48d67cb1d120",
 ]
-PINNED_RULES = {
-    (): "864c34eb75275398",
-    ("precision=fp8",): "c66eb403b6ca7679",
-    ("model=llama_120m",): "565e417b014a2b3c",
+PINNED_NOW = {
+    (): "eb5ceffaf75767e2",
+    ("precision=fp8",): "30ff4e1d069c579a",
+    ("model=llama_120m",): "e43014b40cd52d65",
 }
 
 
@@ -71,10 +72,10 @@ def test_pinned_ids(tmp_path):
     old_sweep = plan([*OLD_0_2, "train.checkpoint_every=50", "seed=0,1"], cwd=tmp_path).run_ids
     assert old_sweep == PINNED_DEFAULT_SWEEP_0_2
     assert {overrides: run_id(_train(*overrides, *OLD_0_2)) for overrides in PINNED_0_2} == PINNED_0_2
-    assert plan([*BEFORE_RULES], cwd=tmp_path).run_ids == PINNED_DEFAULT_SWEEP
-    assert {overrides: run_id(_train(*overrides, *BEFORE_RULES)) for overrides in PINNED} == PINNED
-    assert plan([], cwd=tmp_path).run_ids == PINNED_DEFAULT_SWEEP_RULES
-    assert {overrides: run_id(_train(*overrides)) for overrides in PINNED_RULES} == PINNED_RULES
+    assert plan([*BEFORE], cwd=tmp_path).run_ids == PINNED_DEFAULT_SWEEP
+    assert {overrides: run_id(_train(*overrides, *BEFORE)) for overrides in PINNED} == PINNED
+    assert plan([], cwd=tmp_path).run_ids == PINNED_DEFAULT_SWEEP_NOW
+    assert {overrides: run_id(_train(*overrides)) for overrides in PINNED_NOW} == PINNED_NOW
 
 
 def _leaves(node, path=""):
@@ -104,7 +105,7 @@ def test_every_key_of_every_preset_has_a_neutral_value(tmp_path):
 
 def test_the_default_config_hashes_to_its_identity_version_and_its_changed_defaults_alone():
     assert semantic_config(_train(*OLD_0_2)) == {}  # every key at its neutral value
-    assert semantic_config(_train()) == {"data": {"split": "files"},
+    assert semantic_config(_train()) == {"data": {"split": "families"},
                                          "train": {"steps": 300, "eval_batches": 32, "divergence": {"rule": "none"}}}
 
 
