@@ -139,6 +139,13 @@ def _cases(files: Path) -> list[tuple[list[str], str]]:
         (["sweep", "store.path=" + stores["damaged.db"], *SWEEP_MICRO], "the file is damaged"),
         (["sweep", "store.path=" + stores["folder.db"], *SWEEP_MICRO], "is a directory"),
         (["sweep", "--jobs", "0"], "--jobs must be a positive number"),
+        # store URLs whose password a URL cannot hold as typed: refused without echoing it
+        *[([cmd, *args], fragment) for cmd, args, fragment in (
+            ("sweep", ["store.url=postgresql://me:pa/ss@127.0.0.1:5432/db", *SWEEP_MICRO], "must percent-encode (%2F"),
+            ("train", ["store.url=postgresql://me:pa@ss@127.0.0.1:5432/db", *MICRO], "must percent-encode (%2F"),
+            ("sweep", ["store.url=postgresql://me:pa%ss@127.0.0.1:5432/db", *SWEEP_MICRO], "write % as %25"),
+            ("report", ["--store", "postgresql://me:pa/ss@127.0.0.1:5432/db"], "must percent-encode (%2F"),
+            ("sharpness", ["--store", "postgresql://me:pa%ss@127.0.0.1:5432/db"], "write % as %25"))],
         # train: data that has no window of seq_len + 1 tokens is refused before any run directory
         (["train", "data=text", "data.path=/dev/null", *MICRO], "is not a regular file or folder"),
         (["train", "train.seq_len=100000000", "train.steps=1"], "lower train.batch_size or train.seq_len"),
@@ -686,3 +693,29 @@ def test_runs_sharing_a_checkpoint_dir_write_files_of_their_own(tmp_path):
     paths = [Path(store.checkpoints(run_id(cfg)).path.iloc[0]) for cfg in configs]
     assert paths == [shared / run_id(cfg) / "step_0000004.pt" for cfg in configs]
     assert all(torch.load(p, weights_only=True)["run_id"] == run_id(cfg) for p, cfg in zip(paths, configs))
+
+
+@pytest.mark.parametrize("url", ["postgresql://me:Xy7/Qk4@127.0.0.1:5432/db", "postgresql://me:Xy7@Qk4@127.0.0.1:5432/db",
+                                 "postgresql://me:Xy7%Qk4@127.0.0.1:5432/db", "postgresql://me:Xy7:Qk4@127.0.0.1:x/db"])
+@pytest.mark.parametrize("command", ["sweep", "train", "report"])
+def test_a_store_url_password_is_not_echoed_in_errors(url, command, tmp_path, monkeypatch):
+    """Malformed URLs whose password holds '/', '@', '%' or ':': one line, exit 2, no piece of the password."""
+    monkeypatch.chdir(tmp_path)
+    args = {"sweep": [f"store.url={url}", *SWEEP_MICRO], "train": [f"store.url={url}", *MICRO],
+            "report": ["--store", url]}[command]
+    result = CliRunner().invoke(app, [command, *args])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "Xy7" not in result.output and "Qk4" not in result.output, lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_store_url_with_a_password_in_a_config_is_refused():
+    """A password that reached the composed config (a config file; the command line's is taken out first)
+    would be written into run.json and checkpoints: refused in one line, before anything runs."""
+    from precisionlab.store.url import configured_store
+
+    with pytest.raises(StoreError, match="holds a password, which would be written into run folders") as err:
+        configured_store({"store": {"url": "postgresql://me:s3cr%2Fet@db:5432/runs", "path": None}})
+    assert "s3cr" not in str(err.value)
+    assert configured_store({"store": {"url": "postgresql://me@db:5432/runs", "path": None}}) == "postgresql://me@db:5432/runs"
