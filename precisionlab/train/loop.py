@@ -106,7 +106,8 @@ def run(cfg: Any, recorder: Recorder | None = None, resume_from: str | os.PathLi
     (`init.parent`, precisionlab.train.branch) its parent's checkpoint at the branch step
     (`precisionlab train` and `sweep` look it up in the results store); a `CheckpointRef` says which
     run and step the file must hold (precisionlab.train.checkpoint). `run_id` (the results store's id of
-    `cfg`) is written into every checkpoint, which goes to train.checkpoint_dir/RUN_ID/. `cfg` is validated
+    `cfg`; default: the recorder's `run_id`, as a store's recorder has) is written into every checkpoint,
+    which goes to train.checkpoint_dir/RUN_ID/. `cfg` is validated
     unless `precisionlab.config.validate` made it (the CLI and the sweep validate before they call this).
     """
     cfg = ensure_valid(cfg)
@@ -130,6 +131,7 @@ def run(cfg: Any, recorder: Recorder | None = None, resume_from: str | os.PathLi
         from precisionlab.train.rundir import RunDirRecorder
 
         recorder = RunDirRecorder(".")
+    run_id = run_id if run_id is not None else getattr(recorder, "run_id", None)
     result = RunResult(status="completed")
     try:
         _train(cfg, device, batch_gen, train_tokens, val_tokens, data_meta, recorder, state, resume_from, result, run_id)
