@@ -509,6 +509,14 @@ PRECISION_CASES = [(["train", *args, "train.steps=1"], fragment) for args, fragm
     (["precision.keep.format=e9m9"], "precision.keep.format: format 'e9m9'"),
     (["precision.format=e2m1fn/b32/e9m9"], "precision.format: block format 'e2m1fn/b32/e9m9': unknown scale format 'e9m9'"),
     (["precision.format=e2m1fn/b32/e8m0/amax"], "precision.format: block format 'e2m1fn/b32/e8m0/amax': scale rule 'amax'"),
+    # 2-D blocks need a 2-D tensor: x (batch, seq, in) and attention's 4-D tensors refuse them up front
+    *[([f"{key}={name}"], f"{key.removeprefix('precision.')}: block format '{name}' has 2-D blocks") for key, name in (
+        ("precision.format", "e2m1fn/b16x16/e4m3fn/tensor"), ("precision.format", "e2m1fn/b32x32/e4m3fn/tensor"),
+        ("precision.x", "e2m1fn/b16x16/e4m3fn/tensor"),
+        ("precision.operands.fwd_x.format", "e2m1fn/b16x16/e4m3fn/tensor"),
+        ("precision.keep.format", "e2m1fn/b16x16/e4m3fn/tensor"),
+        ("precision.attention.format", "e2m1fn/b16x16/e4m3fn/tensor"),
+        *[(f"precision.attention.{t}.format", "e2m1fn/b32x32/e4m3fn/tensor") for t in ("q", "k", "p", "v")])],
 )]
 
 
@@ -522,3 +530,10 @@ def test_bad_precision_settings_are_one_line_exit_2(args, fragment, tmp_path, mo
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.stderr
     assert "Traceback" not in result.output and (result.exception is None or isinstance(result.exception, SystemExit))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("key", ["precision.w", "precision.grad", "precision.operands.dgrad_w.format",
+                                 "precision.operands.wgrad_x.format", "precision.weight_grad"])
+def test_two_d_blocks_stay_accepted_on_two_d_operands(key):
+    """The refusal above is for the operands cast from a tensor of rank > 2 only."""
+    validate(compose_train(f"{key}=e2m1fn/b16x16/e4m3fn/tensor"))
