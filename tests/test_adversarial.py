@@ -537,3 +537,56 @@ def test_bad_precision_settings_are_one_line_exit_2(args, fragment, tmp_path, mo
 def test_two_d_blocks_stay_accepted_on_two_d_operands(key):
     """The refusal above is for the operands cast from a tensor of rank > 2 only."""
     validate(compose_train(f"{key}=e2m1fn/b16x16/e4m3fn/tensor"))
+
+
+# --------------------------------------------------------------------------- files outside what was asked (issue 32)
+
+
+def _one_line_exit_2(result, fragment: str) -> None:
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.stderr
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+@pytest.mark.parametrize("through_link", [True, False])
+def test_report_never_replaces_a_users_folder_named_like_a_report(tmp_path, monkeypatch, through_link):
+    """A folder holding a report.md and runs.csv of the user's own: before, it was replaced and they were lost."""
+    monkeypatch.chdir(tmp_path)
+    _store_with_pending_runs(tmp_path / "s.db").close()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.md").write_text("my notes")
+    (mine / "runs.csv").write_text("my,data")
+    if through_link:
+        (tmp_path / "out").symlink_to(mine)
+    result = CliRunner().invoke(app, ["report", "--store", "s.db", "--out", "out" if through_link else "mine"])
+    _one_line_exit_2(result, "symbolic link" if through_link else "did not write")
+    assert _report_files(mine) == {"report.md": b"my notes", "runs.csv": b"my,data"}
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("s.db")) == sorted(
+        ["mine", *(["out"] if through_link else [])])
+
+
+def test_report_out_through_a_dangling_link_creates_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _store_with_pending_runs(tmp_path / "s.db").close()
+    (tmp_path / "out").symlink_to(tmp_path / "nowhere" / "target")
+    (tmp_path / "up").symlink_to(tmp_path / "gone")
+    for out, fragment in (("out", "symbolic link"), ("up/r", "is a symbolic link to a missing folder")):
+        _one_line_exit_2(CliRunner().invoke(app, ["report", "--store", "s.db", "--out", out]), fragment)
+    assert not (tmp_path / "nowhere").exists() and not (tmp_path / "gone").exists()
+
+
+def test_report_replaces_its_own_earlier_report(tmp_path, monkeypatch):
+    """The marker is what lets a report replace its folder (and a report from before the marker too)."""
+    monkeypatch.chdir(tmp_path)
+    _store_with_pending_runs(tmp_path / "s.db").close()
+    for _ in range(2):
+        result = CliRunner().invoke(app, ["report", "--store", "s.db", "--out", "r"])
+        assert result.exit_code == 0, result.output
+    assert (tmp_path / "r" / render.MARKER).is_file() and (tmp_path / "r" / "report.md").is_file()
+    (tmp_path / "r" / render.MARKER).unlink()  # as an older precisionlab wrote it: recognised by its page
+    assert CliRunner().invoke(app, ["report", "--store", "s.db", "--out", "r"]).exit_code == 0
+    (tmp_path / "r" / "report.html").write_text("<html>my own page</html>")
+    (tmp_path / "r" / render.MARKER).unlink()
+    _one_line_exit_2(CliRunner().invoke(app, ["report", "--store", "s.db", "--out", "r"]), "did not write")

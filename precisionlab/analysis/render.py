@@ -350,8 +350,16 @@ def _write_files(files: dict[str, bytes | str], out: str | os.PathLike) -> list[
     system has it). A kill leaves the whole old report or the whole new one, plus at most a
     staging folder, which the next report into the same parent folder removes (or renames back
     into place, see `_clean_stale`). `out` must be new or hold an earlier report: a report
-    replaces its folder as a whole, so it never mixes into (or deletes) other files."""
-    out = Path(out).resolve()
+    replaces its folder as a whole, so it never mixes into (or deletes) other files. An earlier
+    report is recognised by the marker file every report writes (`MARKER`), never by file names
+    alone; `out` may not be a symbolic link (its files would be another folder's)."""
+    given = Path(os.path.abspath(out))
+    if given.is_symlink():
+        raise ReportError(f"--out {out} is a symbolic link; give the folder itself (a report replaces its folder)")
+    for folder in given.parents:  # a dangling link would make mkdir create its target, wherever it points
+        if folder.is_symlink() and not folder.exists():
+            raise ReportError(f"--out {out}: {folder} is a symbolic link to a missing folder; choose an existing place")
+    out = given.resolve()
     for name in files:  # names can come from the store (sharpness_METRIC.png): plain names inside `out` only
         if Path(name).name != name or name.startswith(".") or name in ("", "."):
             raise ReportError(f"refusing to write {name!r}: report files are plain names inside --out")
@@ -367,15 +375,20 @@ def _write_files(files: dict[str, bytes | str], out: str | os.PathLike) -> list[
     _clean_stale(out)
     if out.exists() and not out.is_dir():
         raise ReportError(f"--out {out} is not a folder")
-    others = sorted(p.name for p in out.iterdir() if not _old_report_entry(p)) if out.is_dir() else []
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    others = [name for name in entries if not _old_report_entry(out / name)]
     if others:
         raise ReportError(f"--out {out} holds files that are not a report's ({', '.join(others[:3])}"
                           f"{', ...' if len(others) > 3 else ''}); a report replaces its folder as a whole: "
                           "choose a new folder")
+    if entries and not _is_earlier_report(out):
+        raise ReportError(f"--out {out} holds files precisionlab did not write (no {MARKER} in it); a report "
+                          "replaces its folder as a whole: choose a new folder")
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     staging = out.parent / f".{out.name}.report-{tag}"
     try:
         staging.mkdir()
+        (staging / MARKER).write_text(MARKER_TEXT, encoding="utf-8")
         for name, content in files.items():
             mode = "wb" if isinstance(content, bytes) else "w"
             with open(staging / name, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as f:
@@ -397,9 +410,29 @@ _REPORT_FILE = re.compile(r"(report|compare)\.(html|md)|(by_format|by_format_lr|
                           r"diagnostics_[\w.-]+)\.png")
 
 
+# Every report folder holds this file: what marks it as one the next report may replace.
+MARKER = ".precisionlab-report"
+MARKER_TEXT = "written by precisionlab report: the next report into this folder replaces it as a whole\n"
+_OUR_PAGE = '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n<title>precisionlab'
+
+
 def _old_report_entry(path: Path) -> bool:
     """A file an earlier report wrote, or the staging folder an earlier precisionlab left inside it."""
-    return _REPORT_FILE.fullmatch(path.name) is not None and path.is_file() or path.name.startswith(".report-")
+    if path.is_symlink():
+        return False
+    return ((_REPORT_FILE.fullmatch(path.name) is not None or path.name == MARKER) and path.is_file()
+            or path.name.startswith(".report-"))
+
+
+def _is_earlier_report(out: Path) -> bool:
+    """`out` holds the marker, or is a report from before the marker (its HTML page is ours)."""
+    if (out / MARKER).is_file():
+        return (out / MARKER).read_text(encoding="utf-8", errors="replace") == MARKER_TEXT
+    for page in ("report.html", "compare.html"):
+        if (out / page).is_file():
+            with open(out / page, encoding="utf-8", errors="replace") as f:
+                return f.read(len(_OUR_PAGE)) == _OUR_PAGE
+    return False
 
 
 _STAGING = re.compile(r"\.(?P<out>.+)\.(?P<kind>report|old)-(?P<pid>\d+)-[0-9a-f]{8}")
