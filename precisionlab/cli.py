@@ -376,10 +376,11 @@ def store_copy(
     Checkpoint files are not copied (their rows keep SRC's paths).
     """
     from precisionlab.store import ResultsStore, StoreError
-    from precisionlab.store.copy import copy_sweeps
+    from precisionlab.store.copy import copy_sweeps, sweeps_to_copy
 
     with _existing_store(source, read_only=True) as src:
         try:
+            sweeps_to_copy(src, destination, sweep_names)  # refused before the destination is created
             dst = ResultsStore(destination)
         except StoreError as err:
             fail(str(err))

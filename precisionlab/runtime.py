@@ -56,7 +56,9 @@ def absolute_paths(cfg: Any, base: str | os.PathLike) -> None:
             node = cfg.get(group)
             if node is None or key not in node or OmegaConf.is_missing(node, key) or node[key] is None:
                 continue
-            node[key] = str(Path(base) / os.path.expanduser(str(node[key])))
+            value = os.path.expanduser(str(node[key]))
+            slash = os.sep if value.endswith(("/", os.sep)) else ""  # kept: `results/` names a folder, not a file
+            node[key] = str(Path(base) / value) + slash
         url = cfg.store.get("url") if cfg.get("store") is not None else None
         if isinstance(url, str) and url.lower().startswith("sqlite:"):
             from precisionlab.store.url import parse_store_url  # the store's own rule for relative paths

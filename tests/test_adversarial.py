@@ -141,6 +141,15 @@ def _cases(files: Path) -> list[tuple[list[str], str]]:
         (["train", "train.seq_len=100000000", "train.steps=1"], "lower train.batch_size or train.seq_len"),
         (["train", "data=text", "data.path=tiny.txt", *MICRO], "fewer than train.seq_len + 1"),
         (["train", "store.path=" + stores["damaged.db"], *MICRO], "the file is damaged"),
+        # a store location that can only name a folder is not made a file of that name (issue 32)
+        (["train", "store.path=results/", *MICRO], "names a folder, not a file"),
+        (["train", "store.url=sqlite:///results/", *MICRO], "names a folder, not a file"),
+        (["sweep", "store.path=results/", *SWEEP_MICRO], "names a folder, not a file"),
+        (["report", "--store", "results/"], "names a folder, not a file"),
+        (["store", "copy", good, "results/"], "names a folder, not a file"),
+        # store copy: refused before the destination exists
+        (["store", "copy", good, "copy.db", "--sweep", "nope"], "unknown sweep 'nope'"),
+        (["store", "copy", stores["nosweeps.db"], "copy.db"], "holds no sweeps"),
         # flags Hydra would answer with its usage text or a traceback; runs that could never end or fit
         (["train", "--foo"], "takes Hydra overrides and only these Hydra flags"),
         (["train", "-m", "seed=1"], "a grid of runs: precisionlab sweep"),
@@ -329,7 +338,7 @@ def test_read_only_store_is_reported(tmp_path, monkeypatch):
     os.chmod(tmp_path / "s.db", 0o444)
     access = os.access  # root may write anything: the store is what the user may not write
     monkeypatch.setattr(os, "access", lambda p, mode: access(p, mode) and not (str(p).endswith("s.db") and mode & os.W_OK))
-    with pytest.raises(StoreError, match="is not writable"):
+    with pytest.raises(StoreError, match=r"is read-only \(no write permission\)"):
         ResultsStore(tmp_path / "s.db")  # writers are still refused up front
     result = CliRunner().invoke(app, ["report", "--store", "s.db"])
     assert result.exit_code == 0, result.output
@@ -590,3 +599,60 @@ def test_report_replaces_its_own_earlier_report(tmp_path, monkeypatch):
     (tmp_path / "r" / "report.html").write_text("<html>my own page</html>")
     (tmp_path / "r" / render.MARKER).unlink()
     _one_line_exit_2(CliRunner().invoke(app, ["report", "--store", "s.db", "--out", "r"]), "did not write")
+
+
+# --------------------------------------------------------------------------- store copy, read-only stores (issue 32)
+
+
+def test_store_copy_into_a_link_to_its_source_is_refused(tmp_path, monkeypatch):
+    """A destination that is the source through a symbolic link: before, the store was copied into itself."""
+    monkeypatch.chdir(tmp_path)
+    _store_with_pending_runs(tmp_path / "s.db").close()
+    (tmp_path / "link.db").symlink_to(tmp_path / "s.db")
+    before = (tmp_path / "s.db").read_bytes()
+    _one_line_exit_2(CliRunner().invoke(app, ["store", "copy", "s.db", "link.db"]), "the same results store")
+    assert (tmp_path / "s.db").read_bytes() == before
+
+
+def test_store_copy_to_a_newer_store_leaves_no_files_beside_either(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _store_with_pending_runs(tmp_path / "s.db").close()
+    _store_with_pending_runs(tmp_path / "new.db").close()
+    with sqlite3.connect(tmp_path / "new.db") as conn:
+        conn.execute("UPDATE meta SET value='999' WHERE key='schema_version'")
+    conn.close()
+    _one_line_exit_2(CliRunner().invoke(app, ["store", "copy", "s.db", "new.db"]), "newer than this precisionlab reads")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.db", "s.db"]  # no -wal/-shm (the source's neither)
+
+
+def _read_only_mount(folder: Path, *command: str) -> subprocess.CompletedProcess:
+    """`command` run where `folder` is a read-only bind mount of itself (a private mount namespace:
+    the mount vanishes with the process). Skips where mount namespaces are not available."""
+    script = f'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && touch "$1/probe" 2>/dev/null && exit 99; shift; exec "$@"'
+    proc = subprocess.run(["unshare", "--map-root-user", "--mount", "sh", "-c", script, "sh", str(folder), *command],
+                          capture_output=True, text=True, cwd=folder.parent)
+    if proc.returncode == 99 or (proc.returncode != 0 and "unshare" in proc.stderr):
+        pytest.skip(f"no read-only bind mount here: {proc.stderr.strip()[:200]}")
+    return proc
+
+
+@pytest.mark.slow
+def test_healthy_store_on_a_read_only_file_system(tmp_path):
+    """A WAL store (no -wal file) on a read-only bind mount: readers read it, writers are told it is
+    read-only. Before, every command called it damaged: SQLite could not create its -shm file."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    _store_with_pending_runs(ro / "s.db").close()
+    assert sorted(p.name for p in ro.iterdir()) == ["s.db"]
+    report = _read_only_mount(ro, CLI, "report", "--store", str(ro / "s.db"), "--out", str(tmp_path / "r"))
+    assert report.returncode == 0, report.stderr
+    assert "2 runs (2 pending)" in report.stdout and (tmp_path / "r" / "report.md").is_file()
+    copy = _read_only_mount(ro, CLI, "store", "copy", str(ro / "s.db"), str(tmp_path / "copy.db"))
+    assert copy.returncode == 0, copy.stderr
+    for args in (["sharpness", "--store", str(ro / "s.db"), "--device", "cpu"],
+                 ["sweep", f"store.path={ro / 's.db'}", *SWEEP_MICRO]):
+        proc = _read_only_mount(ro, CLI, *args)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+        assert "is read-only (a read-only file system)" in lines[0] and "damaged" not in lines[0]
+    assert sorted(p.name for p in ro.iterdir()) == ["s.db"]
