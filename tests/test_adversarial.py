@@ -11,6 +11,7 @@ tests/test_config.py.
 from __future__ import annotations
 
 import logging
+import re
 import os
 import sqlite3
 import subprocess
@@ -24,6 +25,7 @@ import torch.nn as nn
 from typer.testing import CliRunner
 
 from helpers import MICRO, SWEEP_MICRO, compose_train
+from helpers.store import make_config, record
 from precisionlab.analysis import render
 from precisionlab.analysis.report import ReportError, build
 from precisionlab.cli import app
@@ -656,3 +658,34 @@ def test_healthy_store_on_a_read_only_file_system(tmp_path):
         assert proc.returncode == 2 and len(lines) == 1, proc.stderr
         assert "is read-only (a read-only file system)" in lines[0] and "damaged" not in lines[0]
     assert sorted(p.name for p in ro.iterdir()) == ["s.db"]
+
+
+# --------------------------------------------------------------------------- report.md content (issue 32)
+
+
+def test_report_md_renders_names_values_and_command_as_text(tmp_path, monkeypatch):
+    """Names, config values and the command line holding HTML and Markdown: a CommonMark renderer
+    (markdown-it-py, as independent oracle) shows them as the text they are, no tag of their own;
+    a backtick in a value does not end its code span. Before, <script> and <img onerror> went into
+    report.md raw, and report.html escaped them."""
+    import html as html_module
+
+    from markdown_it import MarkdownIt
+    monkeypatch.chdir(tmp_path)
+    sweep, command = "x`y*z*", "precisionlab sweep 'a=<img src=x onerror=alert(1)>' b=`c`"
+    labels = ["<script>alert(1)</script>", "_[link](http://evil)_ | cell"]
+    store = ResultsStore(tmp_path / "s.db")
+    store.add_sweep(sweep, command=command)
+    for label, rounding in zip(labels, ("toward_zero", "nearest_even")):  # one format, two recipes: named by label
+        for seed in (0, 1):
+            record(store, make_config(seed=seed, precision={"name": label, "format": "e8m3", "rounding": rounding},
+                                      data={"path": "<img src=y onerror=alert(2)>.txt"}), sweep=sweep)
+    store.close()
+    result = CliRunner().invoke(app, ["report", "--store", "s.db", "--out", "r"])
+    assert result.exit_code == 0, result.output
+    rendered = MarkdownIt("commonmark").enable("table").render((tmp_path / "r" / "report.md").read_text())
+    assert "<script" not in rendered and "onerror" not in re.sub(r"onerror=alert\(\d\)&gt;", "", rendered) and "<a " not in rendered
+    assert all((tmp_path / "r" / src).is_file() for src in re.findall(r'<img src="([^"]*)"', rendered))  # ours only
+    text = html_module.unescape(re.sub(r"<[^>]+>", "", rendered))
+    assert command in text and all(label in text for label in labels), text[:2000]
+    assert f"<h1>Sweep <code>{html_module.escape(sweep, quote=False)}</code></h1>" in rendered

@@ -233,30 +233,52 @@ def _html_figure(name: str, data: bytes, caption: str) -> str:
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|~!#])")
+
+
+def _md(value: object) -> str:
+    """`value` as inline Markdown text that renders as itself: HTML characters as entities (no raw
+    <script> or <img onerror>), Markdown's as backslash escapes (no emphasis, links, code spans or
+    table cells of its own), one line."""
+    text = " ".join(str(value).splitlines())
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MD_SPECIAL.sub(r"\\\1", text)
+
+
+def _md_code(value: object) -> str:
+    """`value` as one Markdown code span, shown verbatim: its fence is one backtick longer than the
+    longest run of backticks in it, so a backtick cannot end the span. A value with < or > is escaped
+    text instead (`_md`): renderers that are not CommonMark may take HTML in a code span for HTML."""
+    text = " ".join(str(value).splitlines())
+    if "<" in text or ">" in text:
+        return _md(text)
+    fence = "`" * (1 + max((len(run) for run in re.findall(r"`+", text)), default=0))
+    pad = " " if text.startswith("`") or text.endswith("`") or (text.startswith(" ") and text.strip()) else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def _md_table(df: pd.DataFrame) -> str:
-    def cell(v):
-        return str(v).replace("|", "\\|")
-    lines = ["| " + " | ".join(cell(c) for c in df.columns) + " |",
+    lines = ["| " + " | ".join(_md(c) for c in df.columns) + " |",
              "|" + "|".join("---" if i == 0 else "---:" for i in range(len(df.columns))) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.astype(str).values.tolist()]
+    lines += ["| " + " | ".join(_md(v) for v in row) + " |" for row in df.astype(str).values.tolist()]
     return "\n".join(lines)
 
 
 def markdown_document(report: Report, image_names: list[str]) -> str:
     """report.md: the same tables, with the PNGs linked beside it."""
-    parts = [f"# Sweep `{report.sweep}`", ""]
-    parts += [f"- **{k}**: `{v}`" for k, v in _provenance(report).items()]
-    parts += ["", f"**{report.headline()}**", ""]
-    parts += [f"> note: {n}" for n in report.notes] + ([""] if report.notes else [])
+    parts = [f"# Sweep {_md_code(report.sweep)}", ""]
+    parts += [f"- **{k}**: {_md_code(v)}" for k, v in _provenance(report).items()]
+    parts += ["", f"**{_md(report.headline())}**", ""]
+    parts += [f"> note: {_md(n)}" for n in report.notes] + ([""] if report.notes else [])
     parts += ["## Stability per format", "", _md_table(display_by_variant(report.by_variant)), ""]
-    parts += [f"- {r.variant}: {r.reason}" for r in report.by_variant.itertuples() if r.reason]
+    parts += [f"- {_md(r.variant)}: {_md(r.reason)}" for r in report.by_variant.itertuples() if r.reason]
     parts += ["", "## Per format and learning rate", "", _md_table(display_by_lr(report.by_lr)), ""]
     parts += [f"![{name}]({name})\n\n*{CAPTIONS[name]}*\n" for name in image_names if name in CAPTIONS]
     sharp = sharpness_display(report)
     if sharp:
         parts += ["## Sharpness over training", ""]
         for title, table in sharp.items():
-            parts += [f"### {title}: mean ± std (runs) per step", "", _md_table(table), ""]
+            parts += [f"### {_md(title)}: mean ± std (runs) per step", "", _md_table(table), ""]
         parts += [f"![{name}]({name})\n" for name in image_names if name.startswith("sharpness_")]
     diagnostics = diagnostics_display(report)
     if diagnostics is not None:
@@ -334,9 +356,10 @@ def write_comparison(a: Report, b: Report, table: pd.DataFrame, notes: list[str]
     `out`; `table` and `notes` are `compare(a, b)` and `compare_notes(a, b)`."""
     figure = plots.stability_vs_bits(a, b)
     images = {} if figure is None else {"stability_vs_bits.png": plots.png(figure)}
-    markdown = [f"# Sweeps `{a.sweep}` and `{b.sweep}`", "", _md_table(display_compare(table, a.sweep, b.sweep)), ""]
+    markdown = [f"# Sweeps {_md_code(a.sweep)} and {_md_code(b.sweep)}", "",
+                _md_table(display_compare(table, a.sweep, b.sweep)), ""]
     for report in (a, b):
-        markdown += [f"## {report.sweep}", "", f"**{report.headline()}**", "",
+        markdown += [f"## {_md(report.sweep)}", "", f"**{_md(report.headline())}**", "",
                      _md_table(display_by_variant(report.by_variant)), ""]
     markdown += [f"![{name}]({name})" for name in images]
     files = {"compare.html": comparison_html(a, b, table, notes, images), "compare.md": "\n".join(markdown) + "\n",
