@@ -321,6 +321,8 @@ def report(
 
     if compare and sweep_name:
         fail("--sweep and --compare exclude each other; --compare SWEEP_A SWEEP_B names both sweeps")
+    if compare and compare[0] == compare[1]:
+        fail(f"--compare {compare[0]} {compare[1]} names one sweep twice; --compare takes two different sweeps")
     with _existing_store(store_path, read_only=True) as store:
         try:
             if compare:

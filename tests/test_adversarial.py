@@ -117,6 +117,11 @@ def _cases(files: Path) -> list[tuple[list[str], str]]:
         (["report", "--store", good, "--where", "format=e5m2"], "has no runs matching"),
         (["report", "--store", good, "--compare", "p", "nope"], "unknown sweep 'nope'"),
         (["report", "--store", good, "--compare", "p", "p", "--sweep", "p"], "exclude each other"),
+        # lists are for in / not in: == and the others compared them with the rows by position (issue 32)
+        *[(["report", "--store", good, "--where", where], "not a usable filter") for where in (
+            "seed == [0, 0, 0, 0]", "lr == [0.003, 0, 0, 0]", "seed == [0, 0]", "lr == [0.001, 0.003]", "[0, 0] == seed", "seed != [0, 1]", "lr < [1, 1]",
+            "seed in [[0, 1]]", "[0] in seed")],
+        (["report", "--store", good, "--compare", "p", "p"], "names one sweep twice"),
         (["report", "--store", good, "--out", "/proc/precisionlab-report"], "--out"),
         (["report", "--store", good, "--out", "."], "is the working directory"),
         # sharpness
