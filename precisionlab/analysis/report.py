@@ -474,7 +474,7 @@ def _mask(node: ast.expr, runs: pd.DataFrame):
             right = _operand(right_node, runs)
             if isinstance(op, (ast.In, ast.NotIn)):
                 if not isinstance(right, list) or isinstance(left, list) or any(isinstance(v, list) for v in right):
-                    raise ValueError("in / not in take a column and a list of numbers or strings, e.g. format in ['e8m7', 'e8m3']")
+                    raise ValueError("in / not in take a list of numbers or strings after a column, e.g. format in ['e8m7', 'e8m3']")
                 found = pd.Series(left).isin(right).to_numpy()
                 keep &= found if isinstance(op, ast.In) else ~found
             elif type(op) in _COMPARE:
