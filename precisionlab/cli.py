@@ -268,7 +268,7 @@ def sharpness(
         except Exception as err:  # StoreError, or SQLite/pandas failing on a damaged file
             fail(_first_line(err))
         try:
-            check_batch_size(store, name, batch_size)
+            check_batch_size(store, name, batch_size, device)
         except ValueError as err:
             fail(str(err))
         try:

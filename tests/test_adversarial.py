@@ -131,6 +131,7 @@ def _cases(files: Path) -> list[tuple[list[str], str]]:
         *[(["sharpness", "--store", good, "--eps", eps], "--eps must be finite numbers >= 0") for eps in (
             "x", "1e-3,x", "-1", "1e-3,-1e-3", "nan", "inf", "1e-3,,1e-2")],
         (["sharpness", "--store", good, "--batch-size", "0"], "--batch-size must be a positive integer"),
+        (["sharpness", "--store", good, "--batch-size", "99999999", "--device", "cpu"], "lower --batch-size"),  # issue 32
         (["sharpness", "--store", good, "--iters", "0"], "--iters must be a positive integer"),
         (["sharpness", "--store", good, "--tol", "0"], "--tol must be a number > 0"),
         (["sharpness", "--store", good, "--tol", "nan"], "--tol must be a number > 0"),
