@@ -103,13 +103,15 @@ def _check_train_overrides(overrides: list[str]):
     except (ConfigError, DataError) as err:
         fail(str(err))
     from precisionlab.store import run_id
-    from precisionlab.sweep.job import check_parents, open_store
+    from precisionlab.sweep.job import busy_error, check_parents, open_store
 
     store = None
     try:  # creates it if absent (a branch's must hold its parent); an unusable store.path fails here, before any run directory
         store = open_store(cfg, create=cfg.init.parent is None)
         if store is not None:  # reads the pages the run's claim will write: a damaged file fails here too
             store.status(run_id(cfg))
+            if run_id(cfg) in store.running([run_id(cfg)])[0]:  # another `train` of this run, alive
+                raise busy_error(store, run_id(cfg))
         check_parents(store, [cfg])  # a branch's parent checkpoint (init.parent) is in the store and fits
     except ValueError as err:  # StoreError, ConfigError
         fail(str(err))

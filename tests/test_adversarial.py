@@ -32,7 +32,7 @@ from precisionlab.cli import app
 from precisionlab.config import validate
 from precisionlab.numerics.formats import FloatFormat
 from precisionlab.quant.linear import convert_model
-from precisionlab.store import ResultsStore, StoreError
+from precisionlab.store import ResultsStore, StoreError, run_id
 from precisionlab.store.names import sweep_name_problem
 
 CLI = str(Path(sys.executable).with_name("precisionlab"))
@@ -695,3 +695,51 @@ def test_report_md_renders_names_values_and_command_as_text(tmp_path, monkeypatc
     text = html_module.unescape(re.sub(r"<[^>]+>", "", rendered))
     assert command in text and all(label in text for label in labels), text[:2000]
     assert f"<h1>Sweep <code>{html_module.escape(sweep, quote=False)}</code></h1>" in rendered
+
+
+# --------------------------------------------------------------------------- signals, concurrent runs (issue 32)
+
+
+@pytest.mark.parametrize("race", [False, True])
+def test_second_train_of_a_running_run_leaves_nothing(tmp_path, monkeypatch, race):
+    """Another live process trains the run: one line, exit 2, and no Hydra run folder (before, one was
+    left). race: both `train`s passed the CLI's check before either claimed; the claim refuses it."""
+    monkeypatch.chdir(tmp_path)
+    args = [*MICRO, "precision=mask", "precision.format=e8m3", f"store.path={tmp_path / 's.db'}"]
+    store = ResultsStore(tmp_path / "s.db")
+    cfg = validate(compose_train(*args[len(MICRO):]))
+    assert store.claim_run(run_id(cfg), cfg)  # this process: alive, heartbeat now
+    if race:
+        monkeypatch.setattr(ResultsStore, "running", lambda self, ids: (set(), set()))
+    result = CliRunner().invoke(app, ["train", *args])
+    _one_line_exit_2(result, "is being trained by another live process")
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("s.db")) == []
+    assert store.status(run_id(cfg)) == "running"
+
+
+def _mapped(pid: int, library: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            return library in f.read()
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_interrupt_during_imports_is_one_line_exit_130(tmp_path):
+    """SIGINT while the console script imports torch, Hydra, pandas: before, a 25-49 line
+    KeyboardInterrupt traceback. Sent once torch's library is mapped (the imports are under way;
+    the interpreter's own start-up, before any precisionlab code runs, is Python's), and later."""
+    for extra in (0.0, 0.1, 0.3):
+        proc = subprocess.Popen([CLI, "formats"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not _mapped(proc.pid, "libtorch") and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        time.sleep(extra)
+        proc.send_signal(2)
+        out, err = proc.communicate(timeout=60)
+        if proc.returncode == 0:  # finished before the signal: nothing to judge
+            continue
+        assert proc.returncode == 130, (extra, err)
+        assert err.strip().splitlines() == ["error: interrupted"], (extra, err)
+        assert list(tmp_path.iterdir()) == []

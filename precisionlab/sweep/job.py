@@ -137,9 +137,13 @@ def train_recorded(cfg: DictConfig, recorder: Any = None) -> RunResult:
         return run(cfg, recorder=recorder)
     result = recorded_run(cfg, store, recorder, force=True)
     if result is None:
-        raise StoreError(f"results store {store.location}: run {run_id(cfg)} is being trained by another live "
-                         "process; wait for it, or set store.path to another file")
+        raise busy_error(store, run_id(cfg))
     return result
+
+
+def busy_error(store: ResultsStore, rid: str) -> StoreError:
+    return StoreError(f"results store {store.location}: run {rid} is being trained by another live "
+                      "process; wait for it, or set store.path to another file")
 
 
 def _record_unclaimed_failure(store: ResultsStore | None, cfg: DictConfig, err: Exception) -> None:
