@@ -442,13 +442,31 @@ def _existing_store(location: str, read_only: bool = False):
 
 
 def _run_hydra(hydra_main, args: list[str]) -> None:
-    """Call a module-level @hydra.main function with `args` as its command line."""
-    argv = sys.argv
+    """Call a module-level @hydra.main function with `args` as its command line. A full file
+    system (a run's files, the store, Hydra's own .hydra files) is one line and exit code 1:
+    HYDRA_FULL_ERROR lets the error through Hydra, which would print it as a traceback."""
+    import logging
+
+    from precisionlab.runtime import disk_full
+
+    argv, full_error = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
     sys.argv = [argv[0], *args]
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    logging.raiseExceptions = False  # a log line that cannot be written is dropped, not a "Logging error" traceback
     try:
         hydra_main()
+    except Exception as err:
+        full = disk_full(err)
+        if full is None:
+            raise
+        typer.echo(f"error: {full}", err=True)
+        sys.exit(1)
     finally:
         sys.argv = argv
+        if full_error is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = full_error
 
 
 # Typer's own parse errors (an unknown option, a missing option value) get the one-line form of

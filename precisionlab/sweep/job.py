@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig, open_dict
 
 from precisionlab.config import ConfigError, assume_valid, ensure_valid
-from precisionlab.runtime import absolute_paths
+from precisionlab.runtime import absolute_paths, disk_full
 from precisionlab.store import ResultsStore, StoreError, run_id
 from precisionlab.store.url import configured_store
 from precisionlab.sweep.launchers import exit_with_parent, threads_per_job
@@ -178,6 +178,10 @@ def run_job(cfg: DictConfig) -> str:
             log.info("skipped run %s: %s in the store", run_id(cfg), store.status(run_id(cfg)))
             return "skipped"
     except Exception as err:  # recorded `failed` by the recorder if the run was claimed; the sweep goes on
+        full = disk_full(err)
+        if full is not None:  # every later run would fail so too: the sweep stops, the CLI says why in one line
+            _record_unclaimed_failure(store, cfg, err)
+            raise full from None
         log.exception("run failed")
         _record_unclaimed_failure(store, cfg, err)
         return "failed"
