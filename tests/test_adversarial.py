@@ -767,3 +767,38 @@ def test_full_file_system_mid_sweep_is_one_line_exit_1(tmp_path):
     assert "Traceback" not in err and "Logging error" not in err
     assert all(line.startswith(("sweep full: ", "error: ")) for line in err.splitlines()), err
     assert (tmp_path / "report_rc.txt").read_text().strip() == "0", (tmp_path / "report_err.txt").read_text()
+
+
+# --------------------------------------------------------------------------- an unreachable server (issue 32)
+
+
+def test_unreachable_server_gets_one_retry_window_said_once(own_postgres_server, monkeypatch, capsys):
+    """Every write path waited out its own retry window (a sweep: ~7 x 300 s, silent). Now the
+    process's transactions share one window per outage, and stderr says once that retries are under
+    way. The window comes from $PRECISIONLAB_STORE_RETRY_SECONDS here (3 s)."""
+    from precisionlab.store.results import RETRY_ENV
+
+    monkeypatch.setenv(RETRY_ENV, "3")
+    first, second = ResultsStore(own_postgres_server.url()), ResultsStore(own_postgres_server.url())
+    assert first.retry_seconds == second.retry_seconds == 3.0
+    capsys.readouterr()
+    own_postgres_server.stop()
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="still unreachable"):
+        first.runs()
+    assert 3.0 <= time.monotonic() - started < 15
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="still unreachable"):
+        second.add_sweep("other write path")  # the window is spent: no second one
+    assert time.monotonic() - started < 2.0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: results store ") and "retrying for up to 3 s" in err[0], err
+    assert own_postgres_server.password not in err[0]
+
+
+def test_store_retry_seconds_setting_is_checked(monkeypatch, tmp_path):
+    from precisionlab.store.results import RETRY_ENV
+
+    monkeypatch.setenv(RETRY_ENV, "soon")
+    with pytest.raises(StoreError, match="must be a number of seconds >= 0; got 'soon'"):
+        ResultsStore(tmp_path / "s.db")
