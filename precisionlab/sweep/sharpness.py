@@ -43,7 +43,7 @@ def check_batch_size(store: Any, sweep: str, batch_size: int | None, device: str
         return
     for row in store.runs(sweep=sweep).itertuples():
         cfg = row.config
-        short = memory_shortfall(cfg["model"], batch_size, int(cfg["train"]["seq_len"]), device)
+        short = memory_shortfall(cfg.get("model") or {}, batch_size, int(cfg["train"]["seq_len"]), device)
         if short:
             raise ValueError(f"--batch-size {batch_size}: a step of run {row.run_id}'s model on that many sequences "
                              f"needs at least {short}; lower --batch-size (default: the run's train.batch_size)")
