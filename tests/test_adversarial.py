@@ -377,7 +377,8 @@ def test_creation_removes_temp_files_of_killed_creators(tmp_path):
 
 
 def _report_files(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+    """The report's files in `out` (its marker file aside: every report folder holds one)."""
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.name != render.MARKER}
 
 
 def test_report_swap_replaces_the_whole_folder(tmp_path, monkeypatch):
@@ -579,7 +580,7 @@ def test_report_never_replaces_a_users_folder_named_like_a_report(tmp_path, monk
         (tmp_path / "out").symlink_to(mine)
     result = CliRunner().invoke(app, ["report", "--store", "s.db", "--out", "out" if through_link else "mine"])
     _one_line_exit_2(result, "symbolic link" if through_link else "did not write")
-    assert _report_files(mine) == {"report.md": b"my notes", "runs.csv": b"my,data"}
+    assert {p.name: p.read_bytes() for p in mine.iterdir()} == {"report.md": b"my notes", "runs.csv": b"my,data"}
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("s.db")) == sorted(
         ["mine", *(["out"] if through_link else [])])
 
