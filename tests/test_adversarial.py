@@ -11,8 +11,9 @@ tests/test_config.py.
 from __future__ import annotations
 
 import logging
-import re
 import os
+import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -637,6 +638,8 @@ def test_store_copy_to_a_newer_store_leaves_no_files_beside_either(tmp_path, mon
 def _read_only_mount(folder: Path, *command: str) -> subprocess.CompletedProcess:
     """`command` run where `folder` is a read-only bind mount of itself (a private mount namespace:
     the mount vanishes with the process). Skips where mount namespaces are not available."""
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1) here")
     script = f'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && touch "$1/probe" 2>/dev/null && exit 99; shift; exec "$@"'
     proc = subprocess.run(["unshare", "--map-root-user", "--mount", "sh", "-c", script, "sh", str(folder), *command],
                           capture_output=True, text=True, cwd=folder.parent)
@@ -751,6 +754,8 @@ def test_full_file_system_mid_sweep_is_one_line_exit_1(tmp_path):
     """A sweep on a 1 MiB tmpfs (in a private mount namespace): it fills up with checkpoints mid-run.
     Before: ~96 stderr lines and 3 tracebacks (logging, Hydra's _save_config). Now one error line
     naming the file system, exit 1, and the store stays readable (a report of it works)."""
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1) here")
     disk = tmp_path / "disk"
     disk.mkdir()
     script = ('mount -t tmpfs -o size=1m tmpfs "$1" || exit 99; cd "$1"; "$2" sweep sweep.name=full seed=0,1,2 '
