@@ -103,13 +103,15 @@ def _check_train_overrides(overrides: list[str]):
     except (ConfigError, DataError) as err:
         fail(str(err))
     from precisionlab.store import run_id
-    from precisionlab.sweep.job import check_parents, open_store
+    from precisionlab.sweep.job import busy_error, check_parents, open_store
 
     store = None
     try:  # creates it if absent (a branch's must hold its parent); an unusable store.path fails here, before any run directory
         store = open_store(cfg, create=cfg.init.parent is None)
         if store is not None:  # reads the pages the run's claim will write: a damaged file fails here too
             store.status(run_id(cfg))
+            if run_id(cfg) in store.running([run_id(cfg)])[0]:  # another `train` of this run, alive
+                raise busy_error(store, run_id(cfg))
         check_parents(store, [cfg])  # a branch's parent checkpoint (init.parent) is in the store and fits
     except ValueError as err:  # StoreError, ConfigError
         fail(str(err))
@@ -276,7 +278,7 @@ def sharpness(
         except Exception as err:  # StoreError, or SQLite/pandas failing on a damaged file
             fail(_first_line(err))
         try:
-            check_batch_size(store, name, batch_size)
+            check_batch_size(store, name, batch_size, device)
         except ValueError as err:
             fail(str(err))
         try:
@@ -329,6 +331,8 @@ def report(
 
     if compare and sweep_name:
         fail("--sweep and --compare exclude each other; --compare SWEEP_A SWEEP_B names both sweeps")
+    if compare and compare[0] == compare[1]:
+        fail(f"--compare {compare[0]} {compare[1]} names one sweep twice; --compare takes two different sweeps")
     with _existing_store(store_path, read_only=True) as store:
         try:
             if compare:
@@ -384,10 +388,11 @@ def store_copy(
     Checkpoint files are not copied (their rows keep SRC's paths).
     """
     from precisionlab.store import ResultsStore, StoreError
-    from precisionlab.store.copy import copy_sweeps
+    from precisionlab.store.copy import copy_sweeps, sweeps_to_copy
 
     with _existing_store(source, read_only=True) as src:
         try:
+            sweeps_to_copy(src, destination, sweep_names)  # refused before the destination is created
             dst = ResultsStore(destination)
         except StoreError as err:
             fail(str(err))
@@ -445,13 +450,31 @@ def _existing_store(location: str, read_only: bool = False):
 
 
 def _run_hydra(hydra_main, args: list[str]) -> None:
-    """Call a module-level @hydra.main function with `args` as its command line."""
-    argv = sys.argv
+    """Call a module-level @hydra.main function with `args` as its command line. A full file
+    system (a run's files, the store, Hydra's own .hydra files) is one line and exit code 1:
+    HYDRA_FULL_ERROR lets the error through Hydra, which would print it as a traceback."""
+    import logging
+
+    from precisionlab.runtime import disk_full
+
+    argv, full_error = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
     sys.argv = [argv[0], *args]
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    logging.raiseExceptions = False  # a log line that cannot be written is dropped, not a "Logging error" traceback
     try:
         hydra_main()
+    except Exception as err:
+        full = disk_full(err)
+        if full is None:
+            raise
+        typer.echo(f"error: {full}", err=True)
+        sys.exit(1)
     finally:
         sys.argv = argv
+        if full_error is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = full_error
 
 
 # Typer's own parse errors (an unknown option, a missing option value) get the one-line form of

@@ -481,21 +481,30 @@ MAX_STEPS = 10**9
 def _check_memory(cfg: DictConfig) -> None:
     """Refuse a step that cannot fit in the device's memory up front, instead of swapping or
     being killed hours later (the estimate is a lower bound: one that passes may still not fit)."""
+    short = memory_shortfall(OmegaConf.to_container(cfg.model), cfg.train.batch_size, cfg.train.seq_len, cfg.device)
+    if short:
+        raise ConfigError(f"a training step needs at least {short} (train.batch_size={cfg.train.batch_size}, "
+                          f"train.seq_len={cfg.train.seq_len}, this model); lower train.batch_size or train.seq_len")
+
+
+def memory_shortfall(model: dict, batch_size: int, seq_len: int, device: str) -> str | None:
+    """'N GiB, more than the M GiB of DEVICE memory here' when a training step of `model` (a
+    `model` config) on `batch_size` sequences of `seq_len` tokens cannot fit (`ModelConfig.step_bytes`,
+    a lower bound), else None."""
     import os
 
     import torch
 
-    device = resolve_device(cfg.device)
-    if device.type == "cuda":
-        total = torch.cuda.get_device_properties(device).total_memory
+    where = resolve_device(device)
+    if where.type == "cuda":
+        total = torch.cuda.get_device_properties(where).total_memory
     else:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    model = ModelConfig(**OmegaConf.to_container(cfg.model))
-    need = model.step_bytes(cfg.train.batch_size, cfg.train.seq_len)
-    if need > total:
-        raise ConfigError(f"a training step needs at least {need / 2**30:.3g} GiB (train.batch_size="
-                          f"{cfg.train.batch_size}, train.seq_len={cfg.train.seq_len}, this model), more than the "
-                          f"{total / 2**30:.3g} GiB of {device.type} memory here; lower train.batch_size or train.seq_len")
+    known = {f.name for f in dataclasses.fields(ModelConfig)}  # a stored config may be an older version's
+    need = ModelConfig(**{k: v for k, v in model.items() if k in known}).step_bytes(batch_size, seq_len)
+    if need <= total:
+        return None
+    return f"{need / 2**30:.3g} GiB, more than the {total / 2**30:.3g} GiB of {where.type} memory here"
 
 
 def _check_init(cfg: DictConfig) -> None:

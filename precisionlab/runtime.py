@@ -11,15 +11,17 @@ One home for three questions several stages ask:
 
 from __future__ import annotations
 
+import errno
 import os
 import platform
+import re
 import subprocess
 from functools import cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DeviceError", "resolve_device", "absolute_paths", "PATH_KEYS", "provenance"]
+__all__ = ["DeviceError", "resolve_device", "absolute_paths", "PATH_KEYS", "provenance", "DiskFull", "disk_full"]
 
 # The config keys holding file-system paths, relative to the launch directory when relative.
 PATH_KEYS = (("data", "path"), ("data", "cache_dir"), ("store", "path"))
@@ -56,7 +58,9 @@ def absolute_paths(cfg: Any, base: str | os.PathLike) -> None:
             node = cfg.get(group)
             if node is None or key not in node or OmegaConf.is_missing(node, key) or node[key] is None:
                 continue
-            node[key] = str(Path(base) / os.path.expanduser(str(node[key])))
+            value = os.path.expanduser(str(node[key]))
+            slash = os.sep if value.endswith(("/", os.sep)) else ""  # kept: `results/` names a folder, not a file
+            node[key] = str(Path(base) / value) + slash
         url = cfg.store.get("url") if cfg.get("store") is not None else None
         if isinstance(url, str) and url.lower().startswith("sqlite:"):
             from precisionlab.store.url import parse_store_url  # the store's own rule for relative paths
@@ -92,3 +96,36 @@ def provenance() -> dict[str, str | None]:
         rev += "-dirty"
     return {"python": platform.python_version(), **{p: version(p) for p in ("torch", "triton", "precisionlab")},
             "git_rev": rev}
+
+
+class DiskFull(OSError):
+    """A write failed because its file system is full: stops a sweep (every run after it would fail
+    the same way); the CLI says so in one line (`str` of it)."""
+
+    def __init__(self, path: str):
+        mount = Path(os.path.abspath(path or os.getcwd()))
+        while not os.path.ismount(mount) and mount != mount.parent:
+            mount = mount.parent
+        super().__init__(errno.ENOSPC, f"no space left on the file system at {mount}"
+                         + (f" (writing {path})" if path else ""))
+        self.path, self.mount = path, str(mount)
+
+    def __str__(self) -> str:
+        return f"{self.strerror}; free space there and rerun: finished runs are kept, the others rerun"
+
+
+def disk_full(err: BaseException | None) -> DiskFull | None:
+    """A `DiskFull` when `err` or an exception it chains is a disk-full error (ENOSPC or EDQUOT, or
+    SQLite's "database or disk is full"), else None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, DiskFull):
+            return err
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return DiskFull(str(err.filename or ""))
+        if "database or disk is full" in str(err):
+            store = re.search(r"results store (\S+?):", str(err))
+            return DiskFull(store[1] if store else "")
+        err = err.__cause__ or err.__context__
+    return None

@@ -256,30 +256,52 @@ def _html_figure(name: str, data: bytes, caption: str) -> str:
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|~!#])")
+
+
+def _md(value: object) -> str:
+    """`value` as inline Markdown text that renders as itself: HTML characters as entities (no raw
+    <script> or <img onerror>), Markdown's as backslash escapes (no emphasis, links, code spans or
+    table cells of its own), one line."""
+    text = " ".join(str(value).splitlines())
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MD_SPECIAL.sub(r"\\\1", text)
+
+
+def _md_code(value: object) -> str:
+    """`value` as one Markdown code span, shown verbatim: its fence is one backtick longer than the
+    longest run of backticks in it, so a backtick cannot end the span. A value with < or > is escaped
+    text instead (`_md`): renderers that are not CommonMark may take HTML in a code span for HTML."""
+    text = " ".join(str(value).splitlines())
+    if "<" in text or ">" in text:
+        return _md(text)
+    fence = "`" * (1 + max((len(run) for run in re.findall(r"`+", text)), default=0))
+    pad = " " if text.startswith("`") or text.endswith("`") or (text.startswith(" ") and text.strip()) else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def _md_table(df: pd.DataFrame) -> str:
-    def cell(v):
-        return str(v).replace("|", "\\|")
-    lines = ["| " + " | ".join(cell(c) for c in df.columns) + " |",
+    lines = ["| " + " | ".join(_md(c) for c in df.columns) + " |",
              "|" + "|".join("---" if i == 0 else "---:" for i in range(len(df.columns))) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.astype(str).values.tolist()]
+    lines += ["| " + " | ".join(_md(v) for v in row) + " |" for row in df.astype(str).values.tolist()]
     return "\n".join(lines)
 
 
 def markdown_document(report: Report, image_names: list[str]) -> str:
     """report.md: the same tables, with the PNGs linked beside it."""
-    parts = [f"# Sweep `{report.sweep}`", ""]
-    parts += [f"- **{k}**: `{v}`" for k, v in _provenance(report).items()]
-    parts += ["", f"**{report.headline()}**", ""]
-    parts += [f"> note: {n}" for n in report.notes] + ([""] if report.notes else [])
+    parts = [f"# Sweep {_md_code(report.sweep)}", ""]
+    parts += [f"- **{k}**: {_md_code(v)}" for k, v in _provenance(report).items()]
+    parts += ["", f"**{_md(report.headline())}**", ""]
+    parts += [f"> note: {_md(n)}" for n in report.notes] + ([""] if report.notes else [])
     parts += ["## Stability per format", "", _md_table(display_by_variant(report.by_variant)), ""]
-    parts += [f"- {r.variant}: {r.reason}" for r in report.by_variant.itertuples() if r.reason]
+    parts += [f"- {_md(r.variant)}: {_md(r.reason)}" for r in report.by_variant.itertuples() if r.reason]
     parts += ["", "## Per format and learning rate", "", _md_table(display_by_lr(report.by_lr)), ""]
     parts += [f"![{name}]({name})\n\n*{CAPTIONS[name]}*\n" for name in image_names if name in CAPTIONS]
     sharp = sharpness_display(report)
     if sharp:
         parts += ["## Sharpness over training", ""]
         for title, table in sharp.items():
-            parts += [f"### {title}: mean ± std (runs) per step", "", _md_table(table), ""]
+            parts += [f"### {_md(title)}: mean ± std (runs) per step", "", _md_table(table), ""]
         parts += [f"![{name}]({name})\n" for name in image_names if name.startswith("sharpness_")]
     diagnostics = diagnostics_display(report)
     if diagnostics is not None:
@@ -360,9 +382,10 @@ def write_comparison(a: Report, b: Report, table: pd.DataFrame, notes: list[str]
     `out`; `table` and `notes` are `compare(a, b)` and `compare_notes(a, b)`."""
     figure = plots.stability_vs_bits(a, b)
     images = {} if figure is None else {"stability_vs_bits.png": plots.png(figure)}
-    markdown = [f"# Sweeps `{a.sweep}` and `{b.sweep}`", "", _md_table(display_compare(table, a.sweep, b.sweep)), ""]
+    markdown = [f"# Sweeps {_md_code(a.sweep)} and {_md_code(b.sweep)}", "",
+                _md_table(display_compare(table, a.sweep, b.sweep)), ""]
     for report in (a, b):
-        markdown += [f"## {report.sweep}", "", f"**{report.headline()}**", "",
+        markdown += [f"## {_md(report.sweep)}", "", f"**{_md(report.headline())}**", "",
                      _md_table(display_by_variant(report.by_variant)), ""]
     markdown += [f"![{name}]({name})" for name in images]
     files = {"compare.html": comparison_html(a, b, table, notes, images), "compare.md": "\n".join(markdown) + "\n",
@@ -376,8 +399,16 @@ def _write_files(files: dict[str, bytes | str], out: str | os.PathLike) -> list[
     system has it). A kill leaves the whole old report or the whole new one, plus at most a
     staging folder, which the next report into the same parent folder removes (or renames back
     into place, see `_clean_stale`). `out` must be new or hold an earlier report: a report
-    replaces its folder as a whole, so it never mixes into (or deletes) other files."""
-    out = Path(out).resolve()
+    replaces its folder as a whole, so it never mixes into (or deletes) other files. An earlier
+    report is recognised by the marker file every report writes (`MARKER`), never by file names
+    alone; `out` may not be a symbolic link (its files would be another folder's)."""
+    given = Path(os.path.abspath(out))
+    if given.is_symlink():
+        raise ReportError(f"--out {out} is a symbolic link; give the folder itself (a report replaces its folder)")
+    for folder in given.parents:  # a dangling link would make mkdir create its target, wherever it points
+        if folder.is_symlink() and not folder.exists():
+            raise ReportError(f"--out {out}: {folder} is a symbolic link to a missing folder; choose an existing place")
+    out = given.resolve()
     for name in files:  # names can come from the store (sharpness_METRIC.png): plain names inside `out` only
         if Path(name).name != name or name.startswith(".") or name in ("", "."):
             raise ReportError(f"refusing to write {name!r}: report files are plain names inside --out")
@@ -393,15 +424,20 @@ def _write_files(files: dict[str, bytes | str], out: str | os.PathLike) -> list[
     _clean_stale(out)
     if out.exists() and not out.is_dir():
         raise ReportError(f"--out {out} is not a folder")
-    others = sorted(p.name for p in out.iterdir() if not _old_report_entry(p)) if out.is_dir() else []
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    others = [name for name in entries if not _old_report_entry(out / name)]
     if others:
         raise ReportError(f"--out {out} holds files that are not a report's ({', '.join(others[:3])}"
                           f"{', ...' if len(others) > 3 else ''}); a report replaces its folder as a whole: "
                           "choose a new folder")
+    if entries and not _is_earlier_report(out):
+        raise ReportError(f"--out {out} holds files precisionlab did not write (no {MARKER} in it); a report "
+                          "replaces its folder as a whole: choose a new folder")
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     staging = out.parent / f".{out.name}.report-{tag}"
     try:
         staging.mkdir()
+        (staging / MARKER).write_text(MARKER_TEXT, encoding="utf-8")
         for name, content in files.items():
             mode = "wb" if isinstance(content, bytes) else "w"
             with open(staging / name, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as f:
@@ -424,9 +460,29 @@ _REPORT_FILE = re.compile(r"(report|compare)\.(html|md)|(by_format|by_format_lr|
                           r"diagnostics_[\w.-]+)\.png")
 
 
+# Every report folder holds this file: what marks it as one the next report may replace.
+MARKER = ".precisionlab-report"
+MARKER_TEXT = "written by precisionlab report: the next report into this folder replaces it as a whole\n"
+_OUR_PAGE = '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n<title>precisionlab'
+
+
 def _old_report_entry(path: Path) -> bool:
     """A file an earlier report wrote, or the staging folder an earlier precisionlab left inside it."""
-    return _REPORT_FILE.fullmatch(path.name) is not None and path.is_file() or path.name.startswith(".report-")
+    if path.is_symlink():
+        return False
+    return ((_REPORT_FILE.fullmatch(path.name) is not None or path.name == MARKER) and path.is_file()
+            or path.name.startswith(".report-"))
+
+
+def _is_earlier_report(out: Path) -> bool:
+    """`out` holds the marker, or is a report from before the marker (its HTML page is ours)."""
+    if (out / MARKER).is_file():
+        return (out / MARKER).read_text(encoding="utf-8", errors="replace") == MARKER_TEXT
+    for page in ("report.html", "compare.html"):
+        if (out / page).is_file():
+            with open(out / page, encoding="utf-8", errors="replace") as f:
+                return f.read(len(_OUR_PAGE)) == _OUR_PAGE
+    return False
 
 
 _STAGING = re.compile(r"\.(?P<out>.+)\.(?P<kind>report|old)-(?P<pid>\d+)-[0-9a-f]{8}")

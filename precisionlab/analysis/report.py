@@ -535,11 +535,14 @@ def _mask(node: ast.expr, runs: pd.DataFrame):
         for op, right_node in zip(node.ops, node.comparators):
             right = _operand(right_node, runs)
             if isinstance(op, (ast.In, ast.NotIn)):
-                if not isinstance(right, list):
-                    raise ValueError("in / not in take a list, e.g. format in ['e8m7', 'e8m3']")
+                if not isinstance(right, list) or isinstance(left, list) or any(isinstance(v, list) for v in right):
+                    raise ValueError("in / not in take a list of numbers or strings after a column, e.g. format in ['e8m7', 'e8m3']")
                 found = pd.Series(left).isin(right).to_numpy()
                 keep &= found if isinstance(op, ast.In) else ~found
             elif type(op) in _COMPARE:
+                if isinstance(left, list) or isinstance(right, list):  # numpy would compare row by row position
+                    raise ValueError(f"{type(op).__name__} compares a column with a number or string, not a list; "
+                                     "for a list use in [...]")
                 keep &= np.asarray(_COMPARE[type(op)](left, right), dtype=bool)
             else:
                 raise ValueError(f"unsupported comparison {type(op).__name__}")

@@ -399,6 +399,9 @@ class PrecisionConfig:
         if unknown:
             raise ValueError(f"precision.operands.{unknown[0]} is not an operand; accepted: {', '.join(OPERANDS)}")
         operands = [_override(f"operands.{op}", roles[OPERAND_ROLE[op]], overrides.get(op) or {}) for op in OPERANDS]
+        fwd_x_key = ("operands.fwd_x.format" if (overrides.get("fwd_x") or {}).get("format") is not None
+                     else "x" if cfg.get("x", cfg.get("format")) != cfg.get("format") else "format")
+        _one_d(fwd_x_key, operands[OPERANDS.index("fwd_x")].fmt, "fwd_x casts the activations x (batch, seq, in)")
         size, gemms, signs = _hadamard(cfg.get("hadamard") or {})
         accumulate, accumulate_gemms = _accumulate(cfg.get("accumulate") or {})
         weight_grad = _parse("weight_grad", cfg.get("weight_grad", "fp32"))
@@ -428,6 +431,14 @@ def _parse(key: str, name: Any) -> FloatFormat | BlockFormat | None:
     except ValueError as err:
         raise ValueError(f"precision.{key}: {err}") from None
     return None if fmt == _FP32 else fmt
+
+
+def _one_d(key: str, fmt: FloatFormat | BlockFormat | None, why: str) -> None:
+    """2-D blocks (B x C) need a 2-D tensor: refuse them for an operand cast from a higher-rank one."""
+    if isinstance(fmt, BlockFormat) and fmt.block_cols > 1:
+        raise ValueError(f"precision.{key}: block format {str(fmt)!r} has 2-D blocks ({fmt.block}x{fmt.block_cols}), "
+                         f"but {why}; it takes an element format or 1-D blocks (2-D blocks suit precision.w, "
+                         f"precision.grad and the operands fwd_w, dgrad_g, dgrad_w, wgrad_g, wgrad_x)")
 
 
 def _patterns(value: Any) -> tuple[str, ...]:
@@ -464,6 +475,8 @@ def _attention(cfg: dict, shared: dict) -> AttentionCasts:
     base = OperandCast(_parse("attention.format", cfg.get("format", "fp32")), **{**shared, "scaling": scaling})
     tensors = {t: _override(f"attention.{t}", base, cfg.get(t) or {}) for t in ATTENTION_TENSORS}
     for t, cast in tensors.items():
+        given = "format" if (cfg.get(t) or {}).get("format") is None else f"{t}.format"
+        _one_d(f"attention.{given}", cast.fmt, f"attention's {t} is a 4-D tensor (batch, head, seq, ...)")
         if cast.scaling == "delayed":
             raise ValueError(f"precision.attention.{t}.scaling must be none or tensor (attention casts keep no amax "
                              "history); got 'delayed'")
@@ -523,5 +536,7 @@ def _keep(cfg: dict) -> Keep:
         value = cfg.get(key, 0)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"precision.keep.{key} must be an integer >= 0 (blocks); got {value!r}")
-    return Keep(OperandCast(_parse("keep.format", cfg.get("format", "bf16"))), cfg.get("first", 0),
+    fmt = _parse("keep.format", cfg.get("format", "bf16"))
+    _one_d("keep.format", fmt, "kept layers cast their activations x (batch, seq, in) with it too")
+    return Keep(OperandCast(fmt), cfg.get("first", 0),
                 cfg.get("last", 0), _patterns(cfg.get("match")))

@@ -18,14 +18,16 @@ Checkpoint rows keep SRC's paths; the checkpoint files themselves are not copied
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from precisionlab.store.corpus import check_one_corpus, recorded, recorded_rows
 from precisionlab.store.results import ResultsStore
 from precisionlab.store.schema import DONE, StoreError
+from precisionlab.store.url import parse_store_url
 
-__all__ = ["CopyResult", "copy_sweeps"]
+__all__ = ["CopyResult", "copy_sweeps", "sweeps_to_copy"]
 
 _OF_SWEEP = "run_id IN (SELECT run_id FROM sweep_runs WHERE sweep=?)"
 _KEYS = {"sweeps": ("name",), "runs": ("run_id",), "sharpness": ("run_id", "step", "metric", "params")}
@@ -100,10 +102,13 @@ def _copy_sweep(src: ResultsStore, dst: ResultsStore, name: str) -> CopyResult:
     return dst._write(write)
 
 
-def copy_sweeps(src: ResultsStore, dst: ResultsStore, sweeps: Sequence[str] | None = None) -> list[CopyResult]:
-    """Copy `sweeps` (default: all of SRC's) from `src` to `dst`, one transaction per sweep.
-    StoreError (one line) for an unknown sweep, an empty source, or one store given twice."""
-    if src.url == dst.url:
+def sweeps_to_copy(src: ResultsStore, destination: str, sweeps: Sequence[str] | None = None) -> list[str]:
+    """The sweeps to copy from `src` into the store at `destination` (a path or URL), checked before
+    anything is opened there: StoreError (one line) for an unknown sweep, an empty source, or one
+    store given twice (a path through a symbolic link included)."""
+    a, b = parse_store_url(src.url), parse_store_url(destination)
+    same = (os.path.realpath(a.target) == os.path.realpath(b.target)) if a.backend == b.backend == "sqlite" else a.url == b.url
+    if same:
         raise StoreError(f"source and destination are the same results store ({src.location}); "
                          "give two different stores")
     names = list(dict.fromkeys(sweeps)) if sweeps else list(src.sweeps()["name"])
@@ -111,4 +116,11 @@ def copy_sweeps(src: ResultsStore, dst: ResultsStore, sweeps: Sequence[str] | No
         raise StoreError(f"results store {src.location} holds no sweeps; nothing to copy")
     for name in names:
         src.sweep_name(name)  # StoreError naming the sweeps there
+    return names
+
+
+def copy_sweeps(src: ResultsStore, dst: ResultsStore, sweeps: Sequence[str] | None = None) -> list[CopyResult]:
+    """Copy `sweeps` (default: all of SRC's) from `src` to `dst`, one transaction per sweep.
+    StoreError (one line) as `sweeps_to_copy`."""
+    names = sweeps_to_copy(src, dst.url, sweeps)
     return [_copy_sweep(src, dst, name) for name in names]

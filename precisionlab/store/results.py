@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 import threading
 import time
 import uuid
@@ -60,6 +61,25 @@ __all__ = ["ResultsStore", "StoreError", "DEFAULT_STORE_PATH"]
 
 DEFAULT_STORE_PATH = "results/precisionlab.db"
 RETRY_SECONDS = 300.0  # how long a transaction is retried (after SQLite's own 60 s busy timeout)
+RETRY_ENV = "PRECISIONLAB_STORE_RETRY_SECONDS"  # overrides RETRY_SECONDS (e.g. a short window, to test)
+# Store URL -> when this process first found its server unreachable (time.monotonic), until a
+# transaction gets through: every write path of the process (run recorder, claims, the sweep's
+# progress) shares one retry window per outage, instead of each waiting out its own.
+_UNREACHABLE: dict[str, float] = {}
+
+
+def default_retry_seconds() -> float:
+    """RETRY_SECONDS, or $PRECISIONLAB_STORE_RETRY_SECONDS when set (seconds >= 0)."""
+    text = os.environ.get(RETRY_ENV)
+    if text is None:
+        return RETRY_SECONDS
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise StoreError(f"{RETRY_ENV} must be a number of seconds >= 0; got {text!r}")
+    return value
 
 # Created on first use by stores made before it joined the schema (SQLite only: PostgreSQL stores always have it).
 _SHARPNESS_CLAIMS = ("CREATE TABLE IF NOT EXISTS sharpness_claims (run_id TEXT NOT NULL, step INTEGER NOT NULL, "
@@ -145,7 +165,7 @@ class ResultsStore:
 
     def __init__(self, location: str | os.PathLike = DEFAULT_STORE_PATH, *, journal_mode: str = "wal",
                  stale_after: float = 120.0, read_only: bool = False, create: bool = True,
-                 retry_seconds: float = RETRY_SECONDS):
+                 retry_seconds: float | None = None):
         """Open the store at `location`, creating it if absent (and `create`).
 
         location: a file path or sqlite:///PATH (SQLite; missing parent folders are
@@ -158,12 +178,15 @@ class ResultsStore:
             write is accepted; nothing is written through this object.
         create: False: a missing store is an error, not made.
         retry_seconds: how long a transaction that found the database locked,
-            conflicting or unreachable is retried before StoreError.
+            conflicting or unreachable is retried before StoreError (default:
+            `default_retry_seconds()`). An unreachable server gets one window per
+            outage in this process, whatever the number of transactions waiting.
         Raises StoreError (one line) when the location is not usable as a store.
         """
         if journal_mode not in ("wal", "delete"):
             raise ValueError(f"journal_mode must be 'wal' or 'delete', not {journal_mode!r}")
-        self.stale_after, self.read_only, self.retry_seconds = stale_after, read_only, retry_seconds
+        self.stale_after, self.read_only = stale_after, read_only
+        self.retry_seconds = default_retry_seconds() if retry_seconds is None else retry_seconds
         self._bind(parse_store_url(location))
         # the backup's path, when opening migrated an older store
         self.migrated_from = self._db.open(read_only=read_only, create=create, journal_mode=journal_mode)
@@ -202,7 +225,7 @@ class ResultsStore:
                 "retry_seconds": self.retry_seconds}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update({"read_only": False, "retry_seconds": RETRY_SECONDS, **state})
+        self.__dict__.update({"read_only": False, "retry_seconds": default_retry_seconds(), **state})
         self._bind(parse_store_url(self.url))
         self.migrated_from = None
 
@@ -221,6 +244,8 @@ class ResultsStore:
                 result = work(Transaction(conn, self._db.sql))
                 if writing or snapshot:
                     conn.execute("COMMIT")
+                if _UNREACHABLE:
+                    _UNREACHABLE.pop(self.url, None)  # reachable again: a later outage gets its own window
                 return result
             except self._db.errors as err:
                 if conn is not None:
@@ -231,7 +256,14 @@ class ResultsStore:
                 if reason is None:
                     raise self._db.failure(err, writing) from None
                 now = time.monotonic()
-                deadline = deadline or now + self.retry_seconds
+                if reason.startswith("unreachable"):  # one window for the whole process, said once
+                    if self.url not in _UNREACHABLE:
+                        _UNREACHABLE[self.url] = now
+                        print(f"warning: results store {self.location} is {redact(reason)}; retrying for up to "
+                              f"{self.retry_seconds:.0f} s", file=sys.stderr, flush=True)
+                    deadline = _UNREACHABLE[self.url] + self.retry_seconds
+                else:
+                    deadline = deadline or now + self.retry_seconds
                 if now >= deadline:
                     raise self._error(f"still {reason} after {self.retry_seconds:.0f} s of retries") from None
                 time.sleep(min(delay * (1 + random.random()), deadline - now))

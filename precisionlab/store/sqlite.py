@@ -47,6 +47,10 @@ class SQLiteBackend:
 
     def damaged(self, err: BaseException) -> StoreError:
         """SQLite failing on the file itself (a torn or overwritten page): what to do, in one line."""
+        if "unable to open" in str(err) and not os.access(os.path.dirname(self.path), os.W_OK):
+            return self._error(f"cannot be opened: its folder is read-only ({self._read_only_why()}) and SQLite "
+                               "needs to create the store's -wal/-shm files there; make the folder writable, or "
+                               "copy the store (with its -wal file) somewhere writable")
         return self._error(f"cannot be read as SQLite ({str(err).splitlines()[0]}): the file is damaged; "
                            "move it aside (or restore a backup) and rerun")
 
@@ -56,17 +60,39 @@ class SQLiteBackend:
         return text
 
     def connect(self, read_only: bool) -> sqlite3.Connection:
+        """A connection; a reader's refuses every write. A reader of a store it may write opens it
+        as a writer would, with query_only on, so that the last connection to close removes the
+        -wal/-shm files as a writer's does (mode=ro leaves them beside the store); one it may not
+        write opens with mode=ro, and immutable=1 on a read-only file system where a WAL store has
+        no -wal file (nothing can change it there, and SQLite could not create its -shm file)."""
         try:
-            if read_only:  # mode=ro: SQLite itself refuses every write through this connection
-                conn = sqlite3.connect(f"{Path(self.path).as_uri()}?mode=ro", uri=True,
+            if read_only and not self.writable():
+                flags = "mode=ro"
+                if self._read_only_filesystem() and not os.path.exists(self.path + "-wal"):
+                    flags += "&immutable=1"
+                conn = sqlite3.connect(f"{Path(self.path).as_uri()}?{flags}", uri=True,
                                        isolation_level=None, timeout=BUSY_TIMEOUT_S)
             else:
                 conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
-                conn.execute("PRAGMA synchronous=NORMAL")  # durable against process kills in WAL mode
+                conn.execute("PRAGMA query_only=ON" if read_only else
+                             "PRAGMA synchronous=NORMAL")  # durable against process kills in WAL mode
         except sqlite3.DatabaseError as err:
             raise self.damaged(err) from None
         _CONNECTED[self.path] += 1
         return conn
+
+    def writable(self) -> bool:
+        """This process may write the store and create its -wal/-shm files beside it."""
+        return os.access(self.path, os.W_OK) and os.access(os.path.dirname(self.path), os.W_OK)
+
+    def _read_only_filesystem(self) -> bool:
+        try:
+            return bool(os.statvfs(os.path.dirname(self.path)).f_flag & os.ST_RDONLY)
+        except OSError:
+            return False
+
+    def _read_only_why(self) -> str:
+        return "a read-only file system" if self._read_only_filesystem() else "no write permission"
 
     def disconnect(self, conn: sqlite3.Connection) -> None:
         try:
@@ -127,6 +153,9 @@ class SQLiteBackend:
                 raise self._error(f"cannot be read ({err.strerror})") from None
             if header != _HEADER:  # an empty file too, which SQLite would take for an empty database
                 raise self._error("is not an SQLite database (expected a precisionlab results store or a new path)")
+        if not read_only and not self.writable():
+            raise self._error(f"is read-only ({self._read_only_why()}); this command writes to it: choose a "
+                              "writable store, or copy this one somewhere writable (precisionlab store copy)")
         conn = self.connect(read_only)
         try:
             return self._check_schema(conn, read_only)
@@ -152,8 +181,6 @@ class SQLiteBackend:
             found = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
         if str(found) != str(SCHEMA_VERSION):
             raise self._error(f"has unknown schema version {found!r} (this precisionlab reads {SCHEMA_VERSION})")
-        if not read_only and not os.access(self.path, os.W_OK):
-            raise self._error("is not writable")
         return backup
 
     def _create(self, journal_mode: str) -> None:

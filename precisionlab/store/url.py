@@ -143,14 +143,13 @@ def parse_store_url(location: str | os.PathLike, base: str | os.PathLike | None 
         raise StoreError(f"store location {text!r} is empty; {URL_HELP}")
     scheme, sep, rest = text.partition("://")
     if not sep:  # a plain path
-        return StoreURL("sqlite", os.path.abspath(os.path.join(os.fspath(base or os.getcwd()), os.path.expanduser(text))))
+        return StoreURL("sqlite", _sqlite_file(text, text, base))
     scheme = scheme.lower()
     if scheme == "sqlite":
         if not rest.startswith("/") or rest in ("/", "/:memory:") or "?" in rest:
             raise StoreError(f"store URL {text!r} names no database file (sqlite:///relative/path.db or "
                              f"sqlite:////absolute/path.db; an in-memory store is not shared between processes)")
-        path = rest[1:]
-        return StoreURL("sqlite", os.path.abspath(os.path.join(os.fspath(base or os.getcwd()), os.path.expanduser(path))))
+        return StoreURL("sqlite", _sqlite_file(rest[1:], text, base))
     if scheme in _POSTGRES_SCHEMES:
         _check_userinfo(text)
         url = "postgresql://" + rest
@@ -168,3 +167,12 @@ def parse_store_url(location: str | os.PathLike, base: str | os.PathLike | None 
             raise StoreError(f"store URL {redact(text)} has port {port!r}, expected a number 1-65535; {URL_HELP}")
         return StoreURL("postgresql", url)
     raise StoreError(f"store URL scheme {scheme!r} is not supported ({redact(text)}); {URL_HELP}")
+
+
+def _sqlite_file(path: str, given: str, base: str | os.PathLike | None) -> str:
+    """The absolute path of an SQLite store; a path that can only name a folder (`results/`) is an
+    error, not a file named after the folder."""
+    if path.endswith(("/", os.sep)) or os.path.basename(path) in (".", ".."):
+        raise StoreError(f"store location {given!r} names a folder, not a file; give the store's file name, "
+                         f"e.g. {os.path.join(path, 'precisionlab.db')}")
+    return os.path.abspath(os.path.join(os.fspath(base or os.getcwd()), os.path.expanduser(path)))

@@ -17,9 +17,12 @@ checks nothing again; called any other way, `train_main` validates. `sweep_main`
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -87,12 +90,33 @@ def train_main(cfg: DictConfig) -> RunResult:
         cfg = _validated if _validated is not None else validate(cfg)
         result = train_recorded(cfg, _ProgressRecorder(cfg.train.steps))  # run directory + results store
     except (ConfigError, DataError, StoreError) as err:
+        _remove_unused_run_dir()
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     print(describe(result))
     if result.status == "failed":
         sys.exit(1)
     return result
+
+
+def _remove_unused_run_dir() -> None:
+    """Refused before training (e.g. another live `train` of the same run claimed it first): the run
+    directory Hydra made holds only Hydra's own files, so it goes, with the date folder it leaves empty."""
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    own = {".hydra", f"{hydra_cfg.job.name}.log"}
+    if not run_dir.is_dir() or not {p.name for p in run_dir.iterdir()} <= own:
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    launch = Path(hydra_cfg.runtime.cwd).resolve()
+    for folder in run_dir.resolve().parents:  # outputs/DATE, outputs: while empty and inside the launch folder
+        if folder == launch or not folder.is_relative_to(launch):
+            break
+        try:
+            folder.rmdir()
+        except OSError:  # not empty
+            break
+    os.chdir(launch)
 
 
 @hydra.main(config_path="pkg://precisionlab.configs", config_name="sweep", version_base="1.3")

@@ -20,7 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, open_dict
 
 from precisionlab.config import ConfigError, assume_valid, ensure_valid
-from precisionlab.runtime import absolute_paths
+from precisionlab.runtime import absolute_paths, disk_full
 from precisionlab.store import ResultsStore, StoreError, run_id
 from precisionlab.store.url import configured_store
 from precisionlab.sweep.launchers import exit_with_parent, threads_per_job
@@ -147,9 +147,13 @@ def train_recorded(cfg: DictConfig, recorder: Any = None) -> RunResult:
         return run(cfg, recorder=recorder, run_id=run_id(cfg))
     result = recorded_run(cfg, store, recorder, force=True)
     if result is None:
-        raise StoreError(f"results store {store.location}: run {run_id(cfg)} is being trained by another live "
-                         "process; wait for it, or set store.path to another file")
+        raise busy_error(store, run_id(cfg))
     return result
+
+
+def busy_error(store: ResultsStore, rid: str) -> StoreError:
+    return StoreError(f"results store {store.location}: run {rid} is being trained by another live "
+                      "process; wait for it, or set store.path to another file")
 
 
 def _record_unclaimed_failure(store: ResultsStore | None, cfg: DictConfig, err: Exception) -> None:
@@ -184,6 +188,10 @@ def run_job(cfg: DictConfig) -> str:
             log.info("skipped run %s: %s in the store", run_id(cfg), store.status(run_id(cfg)))
             return "skipped"
     except Exception as err:  # recorded `failed` by the recorder if the run was claimed; the sweep goes on
+        full = disk_full(err)
+        if full is not None:  # every later run would fail so too: the sweep stops, the CLI says why in one line
+            _record_unclaimed_failure(store, cfg, err)
+            raise full from None
         log.exception("run failed")
         _record_unclaimed_failure(store, cfg, err)
         return "failed"

@@ -73,7 +73,10 @@ def exit_with_parent(interval: float = 1.0) -> None:
     global _watching
     if _watching or multiprocessing.current_process().name == "MainProcess":
         return
-    _watching, parent = True, os.getppid()
+    # the pid of the process that started this one, as multiprocessing recorded it: os.getppid() here
+    # would race a parent that dies before this line (it would name the reaper, and never change)
+    origin = multiprocessing.parent_process()
+    _watching, parent = True, origin.pid if origin is not None else os.getppid()
 
     def watch() -> None:
         while os.getppid() == parent:

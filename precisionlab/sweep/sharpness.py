@@ -17,6 +17,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from precisionlab.config import memory_shortfall
 from precisionlab.quant.operands import PrecisionConfig
 from precisionlab.train.checkpoint import load_checkpoint
 from precisionlab.train.data import load_dataset
@@ -34,13 +35,18 @@ class Outcome:
     unreadable: list[str] | None = None  # checkpoints that could not be loaded: "path (why)"
 
 
-def check_batch_size(store: Any, sweep: str, batch_size: int | None) -> None:
+def check_batch_size(store: Any, sweep: str, batch_size: int | None, device: str = "cpu") -> None:
     """ValueError when `batch_size` sequences give a token count that a run's weight-gradient
-    Hadamard transform cannot divide (the run's own train.batch_size passed that check)."""
+    Hadamard transform cannot divide, or a step of its model that cannot fit in `device`'s memory
+    (the run's own train.batch_size passed both checks)."""
     if batch_size is None:
         return
     for row in store.runs(sweep=sweep).itertuples():
         cfg = row.config
+        short = memory_shortfall(cfg.get("model") or {}, batch_size, int(cfg["train"]["seq_len"]), device)
+        if short:
+            raise ValueError(f"--batch-size {batch_size}: a step of run {row.run_id}'s model on that many sequences "
+                             f"needs at least {short}; lower --batch-size (default: the run's train.batch_size)")
         casts = PrecisionConfig.from_cfg(cfg["precision"]).casts
         size, tokens = casts.hadamard, batch_size * int(cfg["train"]["seq_len"])
         if casts.rotates("wgrad") and tokens % size:

@@ -78,7 +78,7 @@ class _Document(HTMLParser):
 def test_report_writes_every_file_and_says_where(reported):
     cwd, proc = reported
     out = cwd / "out"
-    assert {p.name for p in out.iterdir()} == FILES  # no staging folder left behind
+    assert {p.name for p in out.iterdir()} == FILES | {".precisionlab-report"}  # no staging folder left behind
     assert f"report: {out / 'report.html'}" in proc.stdout
     assert "sharpness logit (" in proc.stdout and "step 4" in proc.stdout
     assert "Against e8m7 (reference; " in proc.stdout
@@ -168,7 +168,8 @@ def test_compare_two_sweeps(reported):
     proc = _cli(cwd, "report", "--compare", "micro", "rne")
     assert proc.returncode == 0, proc.stderr
     out = cwd / "reports" / "micro-vs-rne"
-    assert {p.name for p in out.iterdir()} == {"compare.html", "compare.md", "compare.csv", "stability_vs_bits.png"}
+    assert {p.name for p in out.iterdir()} == {"compare.html", "compare.md", "compare.csv", "stability_vs_bits.png",
+                                               ".precisionlab-report"}
     with open(out / "compare.csv") as f:
         rows = {r["format"]: r for r in csv.DictReader(f)}
     assert set(rows) == {"e8m7", "e8m3"} and rows["e8m3"]["finished_a"] == "4" and rows["e8m3"]["finished_b"] == "2"
