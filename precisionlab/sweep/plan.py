@@ -213,9 +213,10 @@ def _collapsed(points: list[list[str]], ids: list[str]) -> list[str]:
     for j, rid in enumerate(ids):
         if rid in first:
             i = first[rid]
-            a = " ".join(o for o in points[i] if o not in points[j]) or "(the same overrides)"
-            b = " ".join(o for o in points[j] if o not in points[i]) or "(the same overrides)"
-            return [f"grid points {a} and {b} are one run ({rid}): they train the same config; "
-                    f"{len(ids)} grid points give {len(set(ids))} runs"]
+            a = " ".join(o for o in points[i] if o not in points[j])
+            b = " ".join(o for o in points[j] if o not in points[i])
+            what = (f"grid points {a} and {b} are one run ({rid}): they train the same config" if a or b else
+                    f"grid point {' '.join(points[i])} comes twice (a value given twice?)")
+            return [f"{what}; {len(ids)} grid points give {len(set(ids))} runs"]
         first[rid] = j
     return []
