@@ -184,7 +184,12 @@ def sweep(
              f"got {' '.join(flags)}")
     from precisionlab.config import ConfigError, one_line
     from precisionlab.store import ResultsStore, StoreError
+    from precisionlab.store.corpus import check_sweep_data
     from precisionlab.sweep.job import check_parents
+    from precisionlab.sweep.launchers import missing_plugin
+
+    if missing := missing_plugin(overrides):
+        fail(missing)
     from precisionlab.train.data import DataError
 
     try:
@@ -200,8 +205,10 @@ def sweep(
         fail(one_line(err))
     try:
         check_parents(store, grid.configs)  # branches (init.parent): their parents' checkpoints, before any row
+        if store is not None:  # None: a dry run without a store yet, so no recorded run to disagree with
+            check_sweep_data(store, grid.name, grid.configs, grid.run_ids)  # one corpus per run id, before any row
         status = statuses(store, grid)
-    except (ConfigError, StoreError) as err:
+    except (ConfigError, DataError, StoreError) as err:
         if store is not None:
             store.close()
         fail(str(err))

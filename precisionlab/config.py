@@ -60,6 +60,7 @@ __all__ = ["ConfigError", "validate", "ensure_valid", "assume_valid", "is_valida
 
 SCHEDULES = ("cosine", "constant")
 JOURNAL_MODES = ("wal", "delete")
+DIVERGENCE_RULES = ("none", "median", "factor")  # precisionlab.train.outcomes
 
 
 class ConfigError(ValueError):
@@ -174,7 +175,7 @@ class StdlibData:
     vocab_size: int = 256
     budget_bytes: int = 4_000_000       # whole .py files sampled over the library until this many bytes
     val_fraction: float = 0.1           # held out for validation
-    split: str = choice("files", SPLITS)  # files: hold out whole files (hash-chosen); tail: the last bytes (0.2)
+    split: str = choice("families", SPLITS)  # families: hold out whole families of near-duplicate files; files: single files (hash-chosen); tail: the last bytes (0.2)
     cache_dir: Optional[str] = None     # null: $PRECISIONLAB_CACHE, $XDG_CACHE_HOME/precisionlab or ~/.cache/precisionlab
 
 
@@ -185,7 +186,7 @@ class TextData:
     glob: str = "**/*.txt"
     vocab_size: int = 256
     val_fraction: float = 0.1
-    split: str = choice("files", SPLITS)  # files: hold out whole files of a folder; tail: the last bytes
+    split: str = choice("families", SPLITS)  # families / files: hold out whole files of a folder (see stdlib); tail: the last bytes
 
 
 @dataclass
@@ -219,8 +220,11 @@ class Optim:
 
 
 @dataclass
-class Divergence:
-    factor: float = 1.0                 # diverged if loss > factor * initial loss after warmup (or NaN/Inf)
+class Divergence:  # precisionlab.train.outcomes: what "diverged" means and when a run stops early
+    rule: str = choice("none", DIVERGENCE_RULES)  # none: stop only on NaN/Inf, judge at the end (ended above ln V);
+    window: int = 20                    # median: stop once the median of the last `window` losses > ln V + margin;
+    margin: float = 0.0                 # factor: precisionlab 0.1's rule (V = model.vocab_size)
+    factor: float = 1.0                 # rule=factor: diverged if loss > factor * step 1's loss after warmup
 
 
 @dataclass
@@ -463,6 +467,8 @@ def _check_train(cfg: DictConfig) -> None:
     _check(t.threads is None or t.threads > 0, "train.threads must be a positive integer or null (all cores)", t.threads)
     _check(t.seq_len <= cfg.model.block_size, f"train.seq_len must be <= model.block_size ({cfg.model.block_size})", t.seq_len)
     _check(t.divergence.factor > 0, "train.divergence.factor must be > 0", t.divergence.factor)
+    _check(t.divergence.window > 0, "train.divergence.window must be a positive integer", t.divergence.window)
+    _check(math.isfinite(t.divergence.margin), "train.divergence.margin must be a finite number of nats", t.divergence.margin)
     _check(0 < t.spikes.z < math.inf, "train.spikes.z must be a positive number", t.spikes.z)
     _check(t.spikes.window > 0, "train.spikes.window must be a positive integer", t.spikes.window)
     _check(t.steps <= MAX_STEPS, f"train.steps must be at most {MAX_STEPS:.0e} (a run that could never end)", t.steps)

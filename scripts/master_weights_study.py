@@ -4,12 +4,14 @@
     python scripts/master_weights_study.py [--store results/precisionlab.db] [--sweep master_weights]
                                            [--plot docs/master_weights.png]
 
-Prints a Markdown table: per variant the mean final validation loss over seeds (bootstrap 95%
-interval), its paired difference from fp32 master weights over the seeds (same seed: same initial
-weights and batch order; bootstrap interval, exact sign-flip p), and the share of nearest-even's gap
-that stochastic rounding recovers, 1 - Δ(SR) / Δ(RNE). Writes a figure: validation loss against
-step (mean over seeds, band min to max) and the paired difference from fp32 master weights per
-evaluation (mean, bootstrap 95% band).
+Prints a Markdown table: per variant the mean final validation loss over seeds (95% interval), its
+paired difference from fp32 master weights over the seeds (same seed: same initial weights and batch
+order; 95% interval, exact sign-flip p raw and Holm-adjusted over the study's three tests: RNE and SR
+against fp32 master weights, SR against RNE), and the share of nearest-even's gap that stochastic
+rounding recovers, 1 - Δ(SR) / Δ(RNE). The intervals are the report's (precisionlab.analysis.stats;
+the seeds' range, printed as a range, with 2 seeds). Writes a figure: validation loss against step
+(mean over seeds, band min to max) and the paired difference from fp32 master weights per
+evaluation (mean, 95% band).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from precisionlab.analysis.plots import DPI, FACET_H, FACET_W
-from precisionlab.analysis.stats import bootstrap_ci, paired_difference
+from precisionlab.analysis.stats import holm, interval_text, mean_interval, paired_difference, smallest_permutation_p
 from precisionlab.store import DEFAULT_STORE_PATH, ResultsStore, StoreError
 
 VARIANTS = {  # (optim.master_format, optim.master_rounding) -> label, colour, line style
@@ -42,28 +44,41 @@ def load(store: ResultsStore, sweep: str):
     return runs, curves
 
 
+def _paired(final: dict, label: str, reference: str) -> dict:
+    x, ref = final[label], final[reference]
+    seeds = x.index.intersection(ref.index)
+    return paired_difference(x[seeds].to_numpy(), ref[seeds].to_numpy())
+
+
 def table(runs) -> list[str]:
+    """The study's table; its tests (each bf16 variant against fp32 master weights, SR against RNE)
+    are one family, Holm-adjusted together."""
     final = {v: g.set_index("seed").final_val_loss.astype(float) for v, g in runs.groupby("variant")}
-    ref = final["fp32 master"]
-    lines = ["| variant | runs | final val loss [95% CI] | Δ vs fp32 master [95% CI] | p (Δ) |", "|---|---|---|---|---|"]
-    diffs = {}
+    tests = {label: _paired(final, label, "fp32 master") for label in ("bf16 RNE", "bf16 SR") if label in final}
+    if {"bf16 RNE", "bf16 SR"} <= set(final):
+        tests["SR - RNE"] = _paired(final, "bf16 SR", "bf16 RNE")
+    adjusted = dict(zip(tests, holm([d["p"] for d in tests.values()])))
+    lines = ["| variant | runs | final val loss [95% CI] | Δ vs fp32 master [95% CI] | p (Δ) | Holm p (Δ) |",
+             "|---|---|---|---|---|---|"]
     for label, *_ in VARIANTS.values():
         if label not in final:
             continue
-        x = final[label]
-        mean, low, high = bootstrap_ci(x.to_numpy())
-        seeds = x.index.intersection(ref.index)
-        d = diffs[label] = paired_difference(x[seeds].to_numpy(), ref[seeds].to_numpy())
-        delta = "—" if label == "fp32 master" else f"{d['diff']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
-        p = "—" if label == "fp32 master" else f"{d['p']:.3f}"
-        lines.append(f"| {label} | {len(x)} | {mean:.4f} [{low:.4f}, {high:.4f}] | {delta} | {p} |")
-    if {"bf16 RNE", "bf16 SR"} <= set(final):
-        rne, sr = final["bf16 RNE"], final["bf16 SR"]
-        seeds = rne.index.intersection(sr.index)
-        d = paired_difference(sr[seeds].to_numpy(), rne[seeds].to_numpy())
-        recovered = 1 - diffs["bf16 SR"]["diff"] / diffs["bf16 RNE"]["diff"]
-        lines += ["", f"bf16 SR - bf16 RNE: {d['diff']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}], p = {d['p']:.3f} "
-                  f"over {d['n']} seeds; stochastic rounding recovers {recovered:.0%} of nearest-even's gap"]
+        mean, low, high, kind = mean_interval(final[label].to_numpy())
+        d = tests.get(label)
+        delta = "—" if d is None else interval_text(d["diff"], d["low"], d["high"], d["kind"], "+.4f")
+        p = "— | —" if d is None else f"{d['p']:.3f} | {adjusted[label]:.3f}"
+        lines.append(f"| {label} | {len(final[label])} | {interval_text(mean, low, high, kind, '.4f')} | {delta} | {p} |")
+    if "SR - RNE" in tests:
+        d = tests["SR - RNE"]
+        recovered = 1 - tests["bf16 SR"]["diff"] / tests["bf16 RNE"]["diff"]
+        lines += ["", f"bf16 SR - bf16 RNE: {interval_text(d['diff'], d['low'], d['high'], d['kind'], '+.4f')}, "
+                  f"p = {d['p']:.3f} (Holm {adjusted['SR - RNE']:.3f}) over {d['n']} seeds; stochastic rounding "
+                  f"recovers {recovered:.0%} of nearest-even's gap"]
+    pairs = min(d["n"] for d in tests.values()) if tests else 0
+    floor = float(holm([smallest_permutation_p(d["n"]) for d in tests.values()]).min()) if tests else float("nan")
+    if tests:
+        lines += ["", f"{len(tests)} tests over {pairs} paired seeds: the smallest Holm-adjusted p the sign-flip test "
+                  f"can reach is {floor:.2g}" + (" — no difference can be detected at 5%" if floor >= 0.05 else "")]
     return lines
 
 
@@ -78,11 +93,11 @@ def figure(curves) -> Figure:
         loss_ax.plot(c.index, c.mean(axis=1), color=colour, ls=style, lw=1.5, label=label, zorder=3 if style == "--" else 2)
         loss_ax.fill_between(c.index, c.min(axis=1), c.max(axis=1), color=colour, alpha=0.15, lw=0)
         d = c - ref[c.columns]  # paired by seed
-        band = np.array([bootstrap_ci(row.dropna().to_numpy()) for _, row in d.iterrows()])  # (steps, 3)
+        band = np.array([mean_interval(row.dropna().to_numpy())[:3] for _, row in d.iterrows()], dtype=float)
         diff_ax.plot(d.index, band[:, 0], color=colour, ls=style, lw=1.5)
         diff_ax.fill_between(d.index, band[:, 1], band[:, 2], color=colour, alpha=0.2, lw=0)
     loss_ax.set(xlabel="step", ylabel="val loss", title="mean over seeds, band: min-max")
-    diff_ax.set(xlabel="step", ylabel="Δ val loss vs fp32 master", title="paired by seed, band: bootstrap 95%")
+    diff_ax.set(xlabel="step", ylabel="Δ val loss vs fp32 master", title="paired by seed, band: 95% interval (range for 2 seeds)")
     for ax in (loss_ax, diff_ax):
         ax.grid(alpha=0.3)
         ax.title.set_fontsize(9)

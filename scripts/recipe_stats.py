@@ -4,10 +4,12 @@
 
 Prints a Markdown table (precisionlab.analysis.stats.recipe_comparison): divergences with their
 exact 95% interval and Fisher's one-sided p against the reference; the mean final validation loss
-of completed runs with a bootstrap 95% interval; the paired difference from the reference over the
-seeds where both completed (same seed: same initial weights and batch order), with its bootstrap
-interval and the exact sign-flip p-value; and a verdict worded by the tests at the 5% level after
-Holm's adjustment over every test in the table (a recipe x LR grid makes dozens of comparisons).
+of completed runs with its 95% interval; the paired difference from the reference over the seeds
+where both completed (same seed: same initial weights and batch order), with its 95% interval and
+the exact sign-flip p-value, raw and Holm-adjusted over every test in the table (a recipe x LR grid
+makes dozens of comparisons); and a verdict worded by the adjusted p-values at the 5% level. The
+intervals are the report's (precisionlab.analysis.stats): with 2 seeds the seeds' range, printed
+as a range; the last line says when the family's size leaves no test able to reach p < 0.05.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import math
 import sys
 
 from precisionlab.analysis.report import display_label, format_order, label_runs
-from precisionlab.analysis.stats import holm, recipe_comparison
+from precisionlab.analysis.stats import fisher_greater, interval_text, holm, recipe_comparison, smallest_holm_p, smallest_permutation_p
 from precisionlab.store import DEFAULT_STORE_PATH, ResultsStore, StoreError
 
 
@@ -56,15 +58,26 @@ def main() -> None:
     table["holm_diff"], table["holm_diverged"] = adjusted[:len(table)], adjusted[len(table):]
     table = table.iloc[sorted(range(len(table)), key=lambda i: (table.lr.iat[i], format_order(table.variant.iat[i])))]
     print("| variant | lr | diverged [95% CI] | final val loss [95% CI] | Δ vs " + display_label(args.reference)
-          + " [95% CI], pairs | p (Δ) | verdict |")
-    print("|---|---|---|---|---|---|---|")
+          + " [95% CI], pairs | p (Δ) | Holm p (Δ) | verdict |")
+    print("|---|---|---|---|---|---|---|---|")
     for _, r in table.iterrows():
         div = f"{r.diverged}/{r.runs} [{r.diverged_low:.2f}, {r.diverged_high:.2f}]"
-        loss = "—" if math.isnan(r.loss) else f"{r.loss:.3f} [{r.loss_low:.3f}, {r.loss_high:.3f}]"
+        loss = "—" if math.isnan(r.loss) else interval_text(r.loss, r.loss_low, r.loss_high, r.loss_interval)
         diff = "—" if not r.pairs or r.variant == args.reference else \
-            f"{r['diff']:+.3f} [{r.diff_low:+.3f}, {r.diff_high:+.3f}], {r.pairs}"
+            f"{interval_text(r['diff'], r.diff_low, r.diff_high, r.diff_interval, '+.3f')}, {r.pairs}"
         p = "—" if math.isnan(r.p_diff) else f"{r.p_diff:.3f}"
-        print(f"| {display_label(r.variant)} | {r.lr:g} | {div} | {loss} | {diff} | {p} | {verdict(r)} |")
+        adjusted = "—" if math.isnan(r.holm_diff) else f"{r.holm_diff:.3f}"
+        print(f"| {display_label(r.variant)} | {r.lr:g} | {div} | {loss} | {diff} | {p} | {adjusted} | {verdict(r)} |")
+    pairs = table.pairs[table.p_diff.notna()]
+    if len(pairs):  # the loss tests' best case: every test at its smallest p (Holm is monotone in each)
+        ref_runs = table[table.variant == args.reference].set_index("lr").runs
+        smallest = [smallest_permutation_p(int(n)) if n else math.nan for n in pairs]
+        smallest += [fisher_greater(r.runs, r.runs, 0, int(ref_runs.get(r.lr, 0)))  # all diverged vs none
+                     for r in table[table.p_more_diverged.notna()].itertuples()]
+        best = min(smallest_holm_p(smallest, j) for j in range(len(pairs)) if not math.isnan(smallest[j]))
+        print(f"\nsmallest Holm-adjusted p a loss difference can reach here ({int(pairs.max())} pairs, "
+              f"{int(table.p_diff.notna().sum() + table.p_more_diverged.notna().sum())} tests): {best:.2g}"
+              + (" — no loss difference can be detected at 5%" if best >= 0.05 else ""))
 
 
 if __name__ == "__main__":

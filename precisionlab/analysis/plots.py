@@ -20,9 +20,10 @@ from matplotlib.patches import Rectangle
 
 from precisionlab.analysis.diagnostics import OPERAND_ORDER, by_step, site_means, worst_sites
 from precisionlab.analysis.report import Report, bits_per_element, display_label, format_family
+from precisionlab.analysis.stats import CI, RANGE
 
 __all__ = ["figures", "png", "loss_curves", "final_loss_heatmap", "loss_vs_lr", "stability_vs_bits", "sharpness_curves",
-           "early_warning", "diagnostics_sites", "diagnostics_trends"]
+           "early_warning", "early_warning_roc", "diagnostics_sites", "diagnostics_trends"]
 
 DPI = 110
 FACET_W, FACET_H = 3.4, 2.6  # inches per facet
@@ -174,9 +175,9 @@ def stability_vs_bits(*reports: Report) -> Figure | None:
             ("lr_sensitivity_low", "lr_sensitivity_high")
         for k, ((sweep, family, extra), group) in enumerate(series.groupby(["sweep", "family", "extra"], sort=False)):
             group = group.sort_values("bits")
-            errors = _error_bars(group[column], group[low], group[high]) * scale
-            ax.errorbar(group.bits, group[column] * scale, yerr=errors, marker="o", capsize=3,
-                        label=f"{sweep}{family} {extra}".strip())
+            kind = [CI] * len(group) if column == "diverged_frac" else list(group.lr_sensitivity_interval)
+            _interval_bars(ax, group.bits, group[column] * scale, group[low] * scale, group[high] * scale, kind,
+                           marker="o", label=f"{sweep}{family} {extra}".strip())
             for row in group.itertuples():  # labels of later series sit lower, so equal values stay legible
                 name = display_label(row.variant)
                 ax.annotate(name if name != row.variant else row.variant.split(" ")[0], (row.bits, getattr(row, column) * scale),
@@ -185,7 +186,7 @@ def stability_vs_bits(*reports: Report) -> Figure | None:
             ax.axhline(getattr(row, column) * scale, ls="--", lw=1, color=f"C{(i + 5) % 10}",
                        label=f"{row.sweep}{row.variant}")
         ax.set_xlabel("bits per element (scales included)")
-        ax.set_ylabel(label + " [95% interval]")
+        ax.set_ylabel(label + " [95% interval; dotted: range]")
         ax.set_ylim(bottom=0 if column == "lr_sensitivity" else -4)  # from 0: noise must not read as a trend
         ax.grid(alpha=0.3)
     axes[0].set_ylim(-4, 104)
@@ -200,23 +201,39 @@ def _error_bars(value: pd.Series, low: pd.Series, high: pd.Series) -> np.ndarray
     return np.nan_to_num(np.stack([value - low, high - value]).clip(min=0))
 
 
+def _interval_bars(ax, x, y, low, high, kind, **line) -> None:
+    """A line with error bars: capped solid bars for 95% CIs, dotted uncapped bars for the seeds'
+    range (2 seeds, no level claimed), none for a single value (`stats` interval kinds)."""
+    y, low, high = (np.asarray(c, dtype=float) for c in (y, low, high))
+    kind = np.asarray(kind, dtype=object)
+    ci, spread = kind == CI, kind == RANGE
+    bars = _error_bars(y, np.where(ci, low, np.nan), np.where(ci, high, np.nan))
+    drawn = ax.errorbar(x, y, yerr=bars, capsize=3, **line)
+    if spread.any():
+        ranges = ax.errorbar(np.asarray(x)[spread], y[spread], yerr=_error_bars(y, low, high)[:, spread], fmt="none",
+                             capsize=0, ecolor=drawn.lines[0].get_color())
+        for collection in ranges.lines[2]:
+            collection.set_linestyle(":")
+
+
 def loss_vs_lr(report: Report) -> Figure:
     """ℓ(η), the mean capped final loss over seeds, against the learning rate, one line per variant,
-    with the 95% bootstrap interval over seeds as error bars (a diverged run counts as ℓ₀)."""
+    with the 95% interval over seeds as error bars (the seeds' range, dotted, for 2 seeds; a diverged
+    run counts as ℓ₀)."""
     table = report.by_lr[report.by_lr.finished > 0]
     fig = Figure(figsize=(6.4, 3.8), layout="constrained")
     ax = fig.subplots()
     for variant in report.by_variant.variant:
         rows = table[table.variant == variant].sort_values("lr")
         if len(rows):
-            ax.errorbar(rows.lr, rows.lr_loss, yerr=_error_bars(rows.lr_loss, rows.lr_loss_low, rows.lr_loss_high),
-                        marker="o", capsize=3, label=display_label(variant))
+            _interval_bars(ax, rows.lr, rows.lr_loss, rows.lr_loss_low, rows.lr_loss_high, rows.lr_loss_interval,
+                           marker="o", label=display_label(variant))
     initial = report.runs.initial_loss.astype(float)
     if initial.notna().any():
         ax.axhline(initial.mean(), ls=":", color="grey", lw=1, label="ℓ₀ (initial loss)")
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
-    ax.set_ylabel("ℓ(η): final val loss, capped [95% interval]")
+    ax.set_ylabel("ℓ(η): final val loss, capped [95% interval; dotted: range]")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title("loss against learning rate (mean over seeds; a diverged run counts as ℓ₀)", fontsize=10)
@@ -224,8 +241,8 @@ def loss_vs_lr(report: Report) -> Figure:
 
 
 def early_warning(report: Report) -> Figure:
-    """Each signal of the diverged runs against steps before their divergence, relative to the
-    threshold of their LR (the completed runs' extreme): one panel per signal, one line per run."""
+    """Each signal of the diverged runs against steps before their divergence, relative to their
+    time-matched threshold (warning.aligned): one panel per signal, one line per run."""
     table = report.warning_aligned
     names = sorted(table.signal.unique())
     cols = min(len(names), 3)
@@ -246,6 +263,30 @@ def early_warning(report: Report) -> Figure:
         ax.set_visible(False)
     fig.get_layout_engine().set(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
     _lr_legend(fig, colours, diverged=False)
+    return fig
+
+
+def early_warning_roc(report: Report) -> Figure:
+    """One ROC panel per signal (warning.roc), one line per lead, the AUC and its interval in the
+    legend (warning.windows); the diagonal is chance."""
+    curves, auc = report.warning_roc, report.warning_windows.set_index(["signal", "lead"])
+    names = sorted(curves.signal.unique())
+    cols = min(len(names), 3)
+    rows = math.ceil(len(names) / cols)
+    fig = Figure(figsize=(FACET_H * 1.15 * cols, FACET_H * 1.15 * rows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax, name in zip(axes, names):
+        for lead, curve in curves[curves.signal == name].groupby("lead", sort=True):
+            a = auc.loc[(name, lead)]
+            ax.plot(curve.false_alarm_rate, curve.hit_rate, lw=1.2,
+                    label=f"≥ {lead} ahead: AUC {a.auc:.2f} [{a.auc_low:.2f}, {a.auc_high:.2f}], {int(a.diverged)} div.")
+        ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
+        ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="false-alarm rate (completed runs)", ylabel="hit rate (diverged runs)")
+        ax.set_title(name, fontsize=9)
+        ax.legend(fontsize=6, loc="lower right")
+        ax.grid(alpha=0.3)
+    for ax in axes[len(names):]:
+        ax.set_visible(False)
     return fig
 
 
@@ -352,6 +393,8 @@ def figures(report: Report) -> dict[str, Figure]:
             out["stability_vs_bits.png"] = bits
     if len(report.warning_aligned):
         out["early_warning.png"] = early_warning(report)
+    if len(report.warning_roc):
+        out["early_warning_roc.png"] = early_warning_roc(report)
     if not report.sharpness.empty:
         for metric, group in report.sharpness.groupby("metric"):
             settings = sorted(group.params.unique())  # one figure per parameter setting, numbered if several

@@ -31,6 +31,7 @@ from precisionlab.analysis.tables import (
     display_by_lr,
     display_by_variant,
     display_warning,
+    display_warning_windows,
     display_compare,
 )
 from precisionlab.store.names import sweep_name_problem
@@ -46,15 +47,20 @@ DEFINITIONS = [
                  "NaN/Inf or, after warmup, above the initial loss"),
     ("median div. step", "median step at which the diverged runs stopped"),
     ("final val loss", "mean ± std (ddof=1) of the final validation loss over the completed seeds, and the "
-                       "mean's 95% percentile-bootstrap interval over seeds"),
-    ("spikes", "loss spikes summed over the runs: a spike is a stretch of steps whose train loss exceeds "
-               "1.5 x the median of the previous 20 (train.spikes)"),
+                       "mean's interval (see intervals)"),
+    ("intervals", "[low, high]: a 95% confidence interval, from 3 seeds on (Student's t at the 98% quantile for "
+                  "means and paired differences, which keeps 95% coverage on skewed seed-to-seed variation; "
+                  "simultaneous t bounds over the LR grid for LR sensitivity and ΔS). With 2 seeds no interval "
+                  "is claimed: 'range low to high' is the seeds' minimum and maximum. One seed: the value alone"),
+    ("spikes", "loss spikes summed over the runs: a spike is a stretch of steps whose train loss lies more than "
+               "train.spikes.z (8) robust standard deviations above the median of the previous train.spikes.window "
+               "(20) losses (train.spikes)"),
     ("LR sensitivity", "Wortsman et al. 2023: mean over the LR grid of ℓ(η) − min_η ℓ(η), where ℓ(η) is the "
                        "mean over seeds of the final validation loss capped at the initial loss ℓ₀, a diverged "
-                       "run counting as ℓ₀; 0 means every LR trains equally well. [low, high]: 95% bootstrap "
-                       "interval resampling whole seeds (a seed's runs at every LR together)"),
+                       "run counting as ℓ₀; 0 means every LR trains equally well. Estimate and interval use the "
+                       "seeds that finished every LR"),
     ("best lr / loss at best lr", "the LR with the lowest ℓ(η), and the mean of the completed runs' final "
-                                  "validation loss there with its 95% bootstrap interval"),
+                                  "validation loss there with its interval"),
     ("diverged (%)", "diverged / finished runs over the grid, with the exact (Clopper–Pearson) 95% interval "
                      "of the rate"),
     ("stable lrs", "LRs of the grid at which no seed diverged"),
@@ -62,21 +68,31 @@ DEFINITIONS = [
                   "from the initial loss ℓ₀ down to the reference's mean loss at its best LR (shown only when "
                   "there are any); diverged runs stopped, these ran to the end without learning enough"),
     ("ΔS vs ref.", "LR sensitivity minus the reference's (first row) over the seeds both finished at every LR "
-                   "(the same seed: the same initial weights and batches), with its paired bootstrap interval"),
+                   "(the same seed: the same initial weights and batches), with its paired interval"),
     ("p (ΔS), p (div.)", "Holm-adjusted p-values (over all the report's tests) of the exact permutation test of "
-                         "ΔS = 0 (swapping the two formats within seeds) and of the two-sided Fisher exact test "
-                         "of equal divergence rates"),
+                         "ΔS = 0 (swapping the two formats within seeds) and of the two-sided exact test of equal "
+                         "divergence odds stratified by LR (exact conditional Cochran–Mantel–Haenszel); with n "
+                         "paired seeds and m tests the ΔS test cannot go below m x 2/2^n, and the headline says "
+                         "when that is above 0.05"),
     ("vs reference", "less / more stable when an adjusted p is below 0.05 in that direction, else no "
                      "difference detected: the data do not show one (which is not evidence of equality; the "
                      "interval says how large a difference they leave open)"),
 ]
 
-WARNING_TEXT = (f"Does a per-step signal cross a threshold before a run diverges? Per learning rate, the "
-                f"threshold is the extreme the completed runs reached (so none of them crosses it); a diverged "
-                f"run is warned when its signal crossed it at least {DEFAULT_LEAD} steps before its divergence. "
-                f"False alarms: completed runs beyond the threshold of the other completed runs at their LR "
-                f"(leave-one-out). Intervals: exact 95%. Signals measured every N steps warn at the first "
+WARNING_TEXT = (f"Does a per-step signal cross a threshold before a run diverges, and not in runs that complete? "
+                f"Per learning rate and step, the threshold is the highest value the completed runs of the other "
+                f"seeds had reached by that step (time-matched; a run's own seed left out, bit-identical runs "
+                f"counted once); a diverged run is warned when its signal crossed it at least {DEFAULT_LEAD} steps "
+                f"before its divergence; a completed run that crossed it at any step is a false alarm (each "
+                f"completed run judged by the other seeds, so any number can be). AUC: over every threshold, how "
+                f"well what the signal showed k steps before the divergence separates the diverged runs from "
+                f"completed runs at the same learning rate and step (0.5: not at all, 1: always; with its 95% "
+                f"score interval). Counts: exact 95% intervals. Signals measured every N steps warn at the first "
                 f"measurement past the threshold; runs that diverged before a signal's first measurement do not count.")
+
+WINDOWS_TEXT = ("AUC by lead: what each signal showed at least k steps before the divergence, against completed "
+                "runs at the same step (95% interval; in brackets the diverged runs that had measured by then).")
+WARNING_FIGURES = ("early_warning.png", "early_warning_roc.png")
 
 CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1200px;
@@ -99,15 +115,21 @@ CAPTIONS = {
     "final_loss_heatmap.png": "Final validation loss per format and learning rate (mean ± std over completed "
                               "seeds); hatched grey cells have no completed run.",
     "loss_vs_lr.png": "ℓ(η), the mean over seeds of the final validation loss capped at the initial loss (a "
-                      "diverged run counts as ℓ₀), against the learning rate; error bars are 95% bootstrap "
-                      "intervals over seeds.",
-    "early_warning.png": "Each signal of every diverged run, as a ratio to its learning rate's threshold (the "
-                         "extreme the completed runs at that LR reached; dashed line), against steps before "
-                         "the divergence: a line that crosses 1 early warns early.",
+                      "diverged run counts as ℓ₀), against the learning rate; error bars are 95% intervals over "
+                      "seeds; dotted bars without caps are the seeds' range (2 seeds: no interval claimed).",
+    "early_warning.png": "Each signal of every diverged run, as a ratio to its time-matched threshold (the "
+                         "highest value the completed runs of the other seeds at its learning rate had reached "
+                         "by that step; dashed line), against steps before the divergence: a line that crosses "
+                         "1 early warns early.",
+    "early_warning_roc.png": "ROC of each signal: the fraction of diverged runs caught (hit rate) against the "
+                             "fraction of completed runs at the same learning rate and step let through (false-"
+                             "alarm rate), over every threshold, judged on what the signal showed at least k "
+                             "steps before the divergence (one line per k, AUC in the legend); the diagonal is "
+                             "a signal that carries no warning.",
     "stability_vs_bits.png": "Diverged fraction and LR sensitivity against bits per element (a block format's "
                              "scales included: mxfp4 4.25, nvfp4 4.5), one line per exponent width or block "
-                             "scaling, with 95% intervals (exact for the fraction, seed bootstrap for the "
-                             "sensitivity, whose axis starts at 0); dashed lines are formats of more than 16 bits.",
+                             "scaling, with 95% intervals (exact for the fraction, simultaneous t bounds for the "
+                             "sensitivity, whose axis starts at 0; dotted bars without caps: the range of 2 seeds); dashed lines are formats of more than 16 bits.",
 }
 
 
@@ -217,8 +239,9 @@ def html_document(report: Report, images: dict[str, bytes]) -> str:
     if len(report.warning):
         parts += ["<h2>Early warning</h2>", f"<p>{esc(WARNING_TEXT)}</p>",
                   _html_table(display_warning(report.warning, DEFAULT_LEAD))]
-        if "early_warning.png" in images:
-            parts.append(_html_figure("early_warning.png", images["early_warning.png"], CAPTIONS["early_warning.png"]))
+        if len(report.warning_windows):
+            parts += [f"<p>{esc(WINDOWS_TEXT)}</p>", _html_table(display_warning_windows(report.warning_windows))]
+        parts += [_html_figure(name, images[name], CAPTIONS[name]) for name in WARNING_FIGURES if name in images]
     parts.append("<h2>Definitions</h2><dl>" + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in DEFINITIONS)
                  + "</dl>")
     parts.append(f'<p class="meta">Tables as CSV beside this file; per-run data: '
@@ -265,8 +288,9 @@ def markdown_document(report: Report, image_names: list[str]) -> str:
                   for name, caption in _diagnostics_captions(report, image_names).items()]
     if len(report.warning):
         parts += ["## Early warning", "", WARNING_TEXT, "", _md_table(display_warning(report.warning, DEFAULT_LEAD)), ""]
-        parts += [f"![early_warning.png](early_warning.png)\n\n*{CAPTIONS['early_warning.png']}*\n"
-                  for name in image_names if name == "early_warning.png"]
+        if len(report.warning_windows):
+            parts += [WINDOWS_TEXT, "", _md_table(display_warning_windows(report.warning_windows)), ""]
+        parts += [f"![{name}]({name})\n\n*{CAPTIONS[name]}*\n" for name in WARNING_FIGURES if name in image_names]
     parts += ["## Definitions", ""] + [f"- **{k}**: {v}" for k, v in DEFINITIONS]
     return "\n".join(parts) + "\n"
 
@@ -294,6 +318,8 @@ def write(report: Report, out: str | os.PathLike) -> list[Path]:
     }
     if len(report.warning):
         files["early_warning.csv"] = report.warning.to_csv(index=False)
+    if len(report.warning_windows):
+        files["early_warning_windows.csv"] = report.warning_windows.to_csv(index=False)
     if not report.sharpness_steps.empty:
         files["sharpness.csv"] = report.sharpness_steps.rename(columns={"variant": "format"}).to_csv(index=False)
     if not report.diagnostics.empty:  # the heatmaps' numbers: per format and cast site, means over steps and runs
@@ -392,8 +418,9 @@ def _write_files(files: dict[str, bytes | str], out: str | os.PathLike) -> list[
 
 
 # What a report folder may hold: every file `write` and `write_comparison` produce.
-_REPORT_FILE = re.compile(r"(report|compare)\.(html|md)|(by_format|by_format_lr|runs|sharpness|early_warning|compare|diagnostics)"
-                          r"\.csv|(loss_curves|final_loss_heatmap|loss_vs_lr|stability_vs_bits|early_warning|sharpness_[\w.-]+|"
+_REPORT_FILE = re.compile(r"(report|compare)\.(html|md)|(by_format|by_format_lr|runs|sharpness|early_warning|early_warning_windows|"
+                          r"compare|diagnostics)\.csv|(loss_curves|final_loss_heatmap|loss_vs_lr|stability_vs_bits|"
+                          r"early_warning|early_warning_roc|sharpness_[\w.-]+|"
                           r"diagnostics_[\w.-]+)\.png")
 
 

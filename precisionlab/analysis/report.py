@@ -15,10 +15,12 @@ Definitions (the README's "Reading a report" repeats them):
                 the run is exactly that preset, PRESET+key=value for what an override
                 changed ("nvfp4+x=e8m7"; precisionlab.analysis.presets).
   ℓ₀            a run's initial loss: its train loss at step 1.
-  outcome       diverged (NaN/Inf, or the loss rose above the divergence bound: the run
-                stopped), did not converge (completed, but its final validation loss did
-                not get NOT_CONVERGED of the way from ℓ₀ down to the reference's loss at
-                its best LR), converged (the other completed runs).
+  outcome       diverged (a NaN/Inf loss, or the run ended above ln V, or an early-stop rule
+                predicted that and stopped it: precisionlab.train.outcomes), did not converge
+                (completed, finite, but its final validation loss did not get NOT_CONVERGED
+                of the way from ℓ₀ down to the reference's loss at its best LR: a stalled run,
+                never a divergence), converged (the other completed runs). A blow-up the run
+                came back from is a loss spike, not a divergence.
   branches      a run started from another run's checkpoint (init.parent) has metrics from its
                 branch step on, and carries its parent's ℓ₀ (so the same divergence bound), min val
                 loss and spike count up to that step: its outcome is that of the whole curve.
@@ -27,18 +29,22 @@ Definitions (the README's "Reading a report" repeats them):
   LR sensitivity  Wortsman et al. 2023: mean over the LR grid of ℓ(η) − min_η ℓ(η).
   best LR       argmin_η ℓ(η); seed std is the std (ddof=1) of the final
                 validation loss over the completed runs at the best LR.
-  intervals     95%: percentile bootstrap over seeds for means and LR sensitivity (a
-                seed's runs resampled together across the LR grid), Clopper–Pearson
-                for divergence rates (`precisionlab.analysis.stats`).
+  intervals     95% confidence intervals from 3 seeds on (`precisionlab.analysis.stats`
+                says which and why: t for means and paired differences, simultaneous t
+                bounds over the grid's contrasts for LR sensitivity and ΔS), the seeds'
+                range for 2 seeds (labelled a range: no level is claimed), Clopper–Pearson
+                for divergence rates; each interval column has a `*_interval` column
+                naming its kind.
   verdict       against the reference (the variant with the most bits, listed first),
-                by two tests per variant: divergence over the grid (two-sided Fisher
-                exact) and LR sensitivity paired over seeds (the same seed gives the
-                same initial weights and batches in every variant; exact permutation
-                test swapping the two variants within seeds, with a bootstrap interval
-                of the difference ΔS). p-values are Holm-adjusted over all the
-                report's tests; "less stable" / "more stable" when an adjusted p is
-                below ALPHA in that direction, else "no difference detected", with
-                the difference and its interval either way.
+                by two tests per variant: divergence (exact conditional test stratified
+                by LR, two-sided) and LR sensitivity paired over seeds (the same seed gives
+                the same initial weights and batches in every variant; exact permutation
+                test swapping the two variants within seeds, with the interval of the
+                difference ΔS). p-values are Holm-adjusted over all the report's tests;
+                "less stable" / "more stable" when an adjusted p is below ALPHA in that
+                direction, else "no difference detected", with the difference and its
+                interval either way. The headline says when a test cannot reach an
+                adjusted p below ALPHA at all with the paired seeds (or runs) it has.
 Only finished runs (completed or diverged) enter the statistics; failed and
 unfinished runs are counted apart and named in the report's notes.
 """
@@ -59,18 +65,24 @@ from precisionlab.analysis import warning
 from precisionlab.analysis.diagnostics import labelled
 from precisionlab.analysis.presets import preset_label
 from precisionlab.analysis.stats import (
-    bootstrap_ci,
     exact_binomial_ci,
     fisher_greater,
-    fisher_two_sided,
     holm,
+    interval_text,
+    mean_interval,
     paired_difference,
     paired_sensitivity,
+    seeds_needed,
     sensitivity_interval,
+    smallest_holm_p,
+    smallest_permutation_p,
+    smallest_stratified_p,
+    stratified_exact_p,
 )
 from precisionlab.numerics.blocks import BlockFormat, parse_format
 from precisionlab.numerics.formats import FloatFormat
 from precisionlab.store import DONE, NON_SEMANTIC_KEYS, ResultsStore, StoreError
+from precisionlab.store.corpus import check_one_corpus
 
 __all__ = ["Report", "ReportError", "ALPHA", "bits_per_element", "build", "by_lr", "by_variant", "compare", "compare_notes",
            "filter_runs", "mark_convergence", "seed_matrix", "NOT_CONVERGED",
@@ -101,6 +113,8 @@ class Report:
     notes: list[str] = field(default_factory=list)  # caveats to print with the tables
     warning: pd.DataFrame = field(default_factory=pd.DataFrame)  # early_warning(): per signal (may be empty)
     warning_aligned: pd.DataFrame = field(default_factory=pd.DataFrame)  # aligned(): diverged runs' signals
+    warning_windows: pd.DataFrame = field(default_factory=pd.DataFrame)  # windows(): AUC per signal x lead
+    warning_roc: pd.DataFrame = field(default_factory=pd.DataFrame)  # roc(): ROC vertices per signal x lead
     # per branch (its run_id): the parent's train loss up to the branch step (step, loss), drawn faintly
     parent_curves: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["run_id", "step", "loss"]))
     diagnostics: pd.DataFrame = field(default_factory=pd.DataFrame)  # diagnostics rows + variant/lr/seed (may be empty)
@@ -116,17 +130,14 @@ class Report:
             return "no finished runs yet"
         if len(table) < 2:
             return f"one variant ({self.reference}): nothing to compare" if len(table) else "no finished runs"
-        seeds = self.runs[self.runs.status.isin(DONE)].seed.nunique()
-        text = f"Against {self.reference} (reference; {seeds} seed{'s' * (seeds != 1)}, Holm-adjusted α = {ALPHA:g}):"
+        seeds = int(table.paired_seeds.max()) if table.paired_seeds.notna().any() else 0
+        text = f"Against {self.reference} (reference; {seeds} paired seed{'s' * (seeds != 1)}, Holm-adjusted α = {ALPHA:g}):"
         for verdict in ("less stable", "more stable", "mixed", "no difference detected"):
             rows = table[table.verdict == verdict]
             if len(rows):
                 text += f" {verdict.capitalize()}: " + "; ".join(f"{display_label(r.variant)} ({r.reason})"
                                                                   for r in rows.itertuples()) + "."
-        if 2 / 2**seeds >= ALPHA:
-            text += (f" With {seeds} paired seeds the smallest possible p of the LR-sensitivity test is "
-                     f"{2 / 2**seeds:.2g}: it cannot detect a difference; run more seeds.")
-        return text
+        return text + "".join(f" {line}" for line in detectability(table))
 
 
 # --------------------------------------------------------------------------- ordering and labels
@@ -255,14 +266,15 @@ def _variant_sorted(df: pd.DataFrame, *also: str) -> pd.DataFrame:
 def by_lr(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per variant x LR: runs, finished, diverged, failed, diverged_frac (and its exact
     interval diverged_low/high), median_diverged_step, final_loss_mean/std/n (completed runs) and
-    the mean's bootstrap interval final_loss_low/high, lr_loss (ℓ(η)) and its interval, spikes (total)."""
+    the mean's interval final_loss_low/high (its kind: final_loss_interval), lr_loss (ℓ(η)) and its
+    interval, spikes (total)."""
     rows = []
     for (variant, lr), g in runs.groupby(["variant", "lr"], dropna=False):
         finished, diverged = g[g.status.isin(DONE)], g[g.status == "diverged"]
         losses = g[g.status == "completed"].final_val_loss.dropna().astype(float)
         rate_low, rate_high = exact_binomial_ci(len(diverged), len(finished))
-        _, loss_low, loss_high = bootstrap_ci(losses.to_numpy())
-        _, lr_low, lr_high = bootstrap_ci(finished.capped_loss.dropna().to_numpy())
+        _, loss_low, loss_high, loss_kind = mean_interval(losses.to_numpy())
+        _, lr_low, lr_high, lr_kind = mean_interval(finished.capped_loss.dropna().to_numpy())
         rows.append({
             "variant": variant, "lr": lr, "runs": len(g), "finished": len(finished),
             "diverged": len(diverged), "failed": int((g.status == "failed").sum()),
@@ -271,21 +283,22 @@ def by_lr(runs: pd.DataFrame) -> pd.DataFrame:
             "median_diverged_step": diverged.diverged_step.astype(float).median() if len(diverged) else math.nan,
             "final_loss_mean": losses.mean() if len(losses) else math.nan,
             "final_loss_std": losses.std(ddof=1) if len(losses) > 1 else math.nan,
-            "final_loss_low": loss_low, "final_loss_high": loss_high,
+            "final_loss_low": loss_low, "final_loss_high": loss_high, "final_loss_interval": loss_kind,
             "final_loss_n": len(losses),
             "lr_loss": finished.capped_loss.mean() if len(finished) else math.nan,
-            "lr_loss_low": lr_low, "lr_loss_high": lr_high,
+            "lr_loss_low": lr_low, "lr_loss_high": lr_high, "lr_loss_interval": lr_kind,
             "spikes": int(g.spikes.fillna(0).sum()),
         })
     columns = ["variant", "lr", "runs", "finished", "diverged", "failed", "diverged_frac", "diverged_low", "diverged_high",
                "median_diverged_step", "final_loss_mean", "final_loss_std", "final_loss_low", "final_loss_high",
-               "final_loss_n", "lr_loss", "lr_loss_low", "lr_loss_high", "spikes"]
+               "final_loss_interval", "final_loss_n", "lr_loss", "lr_loss_low", "lr_loss_high", "lr_loss_interval",
+               "spikes"]
     return _variant_sorted(pd.DataFrame(rows, columns=columns), "lr")
 
 
 def seed_matrix(runs: pd.DataFrame, variant: str, lrs: Sequence[float] | None = None) -> pd.DataFrame:
     """ℓ of `variant`'s finished runs as a seeds x LRs table (over `lrs`, default its own grid),
-    only seeds finished at every LR: the rows the seed bootstrap and the paired tests resample."""
+    only seeds finished at every LR: the rows the LR-sensitivity interval and the paired tests use."""
     mine = runs[(runs.variant == variant) & runs.status.isin(DONE)]
     table = mine.pivot_table(index="seed", columns="lr", values="capped_loss", aggfunc="mean")
     if lrs is not None:
@@ -295,7 +308,8 @@ def seed_matrix(runs: pd.DataFrame, variant: str, lrs: Sequence[float] | None = 
 
 def by_variant(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     """One row per variant from `by_lr(runs)`: runs, diverged/finished over the grid (and the
-    rate's exact interval), LR sensitivity and its seed-bootstrap interval, best LR, loss at the
+    rate's exact interval), LR sensitivity and its interval (both over the seeds that finished every
+    LR, so the estimate lies in its interval; over all finished runs when no seed did), best LR, loss at the
     best LR (interval) and seed std, LRs without a divergence, initial loss, the tests against the
     first (reference) variant and the verdict (see the module docstring)."""
     rows = []
@@ -303,19 +317,22 @@ def by_variant(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
         grid = g[g.finished > 0]
         best = grid.loc[grid.lr_loss.idxmin()] if len(grid) else None
         mine = runs[runs.variant == variant]
-        _, sens_low, sens_high = sensitivity_interval(seed_matrix(runs, variant).to_numpy())
+        sens, sens_low, sens_high, sens_kind = sensitivity_interval(seed_matrix(runs, variant).to_numpy())
+        if math.isnan(sens) and len(grid):  # no seed finished every LR: the estimate of all runs, no interval
+            sens = (grid.lr_loss - grid.lr_loss.min()).mean()
         rate_low, rate_high = exact_binomial_ci(int(g.diverged.sum()), int(g.finished.sum()))
         rows.append({
             "variant": variant, "runs": int(g.runs.sum()), "finished": int(g.finished.sum()),
             "diverged": int(g.diverged.sum()), "failed": int(g.failed.sum()),
             "diverged_frac": g.diverged.sum() / g.finished.sum() if g.finished.sum() else math.nan,
             "diverged_low": rate_low, "diverged_high": rate_high,
-            "lr_sensitivity": (grid.lr_loss - grid.lr_loss.min()).mean() if len(grid) else math.nan,
-            "lr_sensitivity_low": sens_low, "lr_sensitivity_high": sens_high,
+            "lr_sensitivity": sens, "lr_sensitivity_low": sens_low, "lr_sensitivity_high": sens_high,
+            "lr_sensitivity_interval": sens_kind,
             "best_lr": best.lr if best is not None else math.nan,
             "best_lr_loss": best.final_loss_mean if best is not None else math.nan,
             "best_lr_loss_low": best.final_loss_low if best is not None else math.nan,
             "best_lr_loss_high": best.final_loss_high if best is not None else math.nan,
+            "best_lr_loss_interval": best.final_loss_interval if best is not None else "",
             "seed_std": best.final_loss_std if best is not None else math.nan,
             "stable_lrs": int((grid.diverged == 0).sum()), "lrs": len(grid),
             "initial_loss": mine.initial_loss.astype(float).mean(),
@@ -323,8 +340,9 @@ def by_variant(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
         })
     out = _variant_sorted(pd.DataFrame(rows, columns=[
         "variant", "runs", "finished", "diverged", "failed", "diverged_frac", "diverged_low", "diverged_high",
-        "lr_sensitivity", "lr_sensitivity_low", "lr_sensitivity_high", "best_lr", "best_lr_loss", "best_lr_loss_low",
-        "best_lr_loss_high", "seed_std", "stable_lrs", "lrs", "initial_loss", "spikes"]))
+        "lr_sensitivity", "lr_sensitivity_low", "lr_sensitivity_high", "lr_sensitivity_interval", "best_lr",
+        "best_lr_loss", "best_lr_loss_low", "best_lr_loss_high", "best_lr_loss_interval", "seed_std", "stable_lrs", "lrs",
+        "initial_loss", "spikes"]))
     tests = pd.DataFrame([_against_reference(out, runs, i) for i in range(len(out))], columns=_TEST_COLUMNS,
                          index=out.index)
     out = pd.concat([out, tests], axis=1)
@@ -338,31 +356,74 @@ def by_variant(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
 
 
 _TEST_COLUMNS = ["p_more_diverged", "p_diverged", "paired_seeds", "sensitivity_diff", "sensitivity_diff_low",
-                 "sensitivity_diff_high", "p_sensitivity", "best_loss_diff", "best_loss_diff_low", "best_loss_diff_high",
-                 "p_best_loss"]
+                 "sensitivity_diff_high", "sensitivity_diff_interval", "p_sensitivity", "best_loss_diff",
+                 "best_loss_diff_low", "best_loss_diff_high", "best_loss_diff_interval", "p_best_loss",
+                 "p_diverged_smallest", "p_sensitivity_smallest"]
 
 
 def _against_reference(table: pd.DataFrame, runs: pd.DataFrame, i: int) -> list[float]:
-    """Row i of `table` against row 0, the reference: divergence over the grid (Fisher, one- and
-    two-sided), LR sensitivity paired over the seeds both finished at every LR of the reference's
-    grid, and the best-LR loss ℓ paired over seeds (each at its own best LR)."""
+    """Row i of `table` against row 0, the reference: divergence over the grid (exact test stratified
+    by LR, one- and two-sided), LR sensitivity paired over the seeds both finished at every LR of the
+    reference's grid, the best-LR loss ℓ paired over seeds (each at its own best LR), and the smallest
+    p each of the two tests could give with these runs (for the headline's detectability check)."""
     if i == 0:
-        return [math.nan] * len(_TEST_COLUMNS)
+        return [math.nan] * 6 + [""] + [math.nan] * 4 + [""] + [math.nan] * 3
     row, ref = table.iloc[i], table.iloc[0]
-    counts = (int(row.diverged), int(row.finished), int(ref.diverged), int(ref.finished))
+    strata = divergence_strata(runs, row.variant, ref.variant)
     lrs = sorted(runs[runs.variant == ref.variant].lr.unique())
     mine, theirs = seed_matrix(runs, row.variant, lrs), seed_matrix(runs, ref.variant, lrs)
     seeds = mine.index.intersection(theirs.index)
     sens = paired_sensitivity(mine.loc[seeds].to_numpy(), theirs.loc[seeds].to_numpy())
-    best = {"diff": math.nan, "low": math.nan, "high": math.nan, "p": math.nan}
+    best = {"diff": math.nan, "low": math.nan, "high": math.nan, "kind": "", "p": math.nan}
     if not (math.isnan(row.best_lr) or math.isnan(ref.best_lr)):
         at_best = [runs[(runs.variant == v) & (runs.lr == lr) & runs.status.isin(DONE)].set_index("seed").capped_loss
                    for v, lr in ((row.variant, row.best_lr), (ref.variant, ref.best_lr))]
         paired = at_best[0].index.intersection(at_best[1].index)
         if len(paired):
             best = paired_difference(at_best[0][paired].to_numpy(), at_best[1][paired].to_numpy())
-    return [fisher_greater(*counts), fisher_two_sided(*counts), sens["n"], sens["diff"], sens["low"], sens["high"],
-            sens["p"], best["diff"], best["low"], best["high"], best["p"]]
+    return [stratified_exact_p(strata, "greater"), stratified_exact_p(strata), sens["n"], sens["diff"], sens["low"],
+            sens["high"], sens["kind"], sens["p"], best["diff"], best["low"], best["high"], best["kind"], best["p"],
+            smallest_stratified_p(strata) if strata else math.nan, smallest_permutation_p(sens["n"])]
+
+
+def divergence_strata(runs: pd.DataFrame, variant: str, reference: str) -> list[tuple[int, int, int, int]]:
+    """(diverged, finished, reference diverged, reference finished) per LR both ran: the strata of
+    the divergence test (divergence rates differ far more between LRs than between formats)."""
+    done = runs[runs.status.isin(DONE)]
+    counts = done.assign(div=done.status == "diverged").groupby(["variant", "lr"]).div.agg(["sum", "count"])
+    strata = []
+    for lr in sorted(set(done[done.variant == variant].lr) & set(done[done.variant == reference].lr)):
+        (k, n), (kr, nr) = counts.loc[(variant, lr)], counts.loc[(reference, lr)]
+        strata.append((int(k), int(n), int(kr), int(nr)))
+    return strata
+
+
+def detectability(table: pd.DataFrame, alpha: float = ALPHA) -> list[str]:
+    """Warnings for tests of `by_variant`'s family (every divergence and ΔS test, Holm-adjusted
+    together) that cannot reach an adjusted p below `alpha` with the paired seeds or runs they
+    have: the smallest Holm-adjusted p each can reach (stats.smallest_holm_p), and for ΔS the
+    paired seeds it would need (the family's size unchanged)."""
+    if "p_sensitivity_smallest" not in table or len(table) < 2:
+        return []
+    m = len(table)
+    smallest = np.concatenate([table.p_diverged_smallest.to_numpy(float), table.p_sensitivity_smallest.to_numpy(float)])
+    reach = [smallest_holm_p(smallest, j) if not math.isnan(smallest[j]) else math.nan for j in range(2 * m)]
+    tests = int((~np.isnan(smallest)).sum())
+    lines = []
+    sens = [j for j in range(m, 2 * m) if not math.isnan(reach[j])]
+    if sens and min(reach[j] for j in sens) >= alpha:
+        j = min(sens, key=lambda j: reach[j])
+        pairs = int(table.paired_seeds.iloc[j - m])
+        needed = seeds_needed(smallest, j, alpha)
+        lines.append(f"With {pairs} paired seed{'s' * (pairs != 1)} and {tests} tests, the smallest Holm-adjusted p "
+                     f"the LR-sensitivity test can reach is {reach[j]:.2g} (≥ α = {alpha:g}): it cannot detect a "
+                     "difference; " + (f"{needed} paired seeds would be needed." if needed else "far more seeds are needed."))
+    div = [j for j in range(m) if not math.isnan(reach[j])]
+    if div and min(reach[j] for j in div) >= alpha:
+        lines.append(f"With these runs per LR and {tests} tests, the smallest Holm-adjusted p the divergence test can "
+                     f"reach is {min(reach[j] for j in div):.2g} (≥ α = {alpha:g}): it cannot detect a difference; "
+                     "run more seeds.")
+    return lines
 
 
 def mark_convergence(runs: pd.DataFrame, table: pd.DataFrame, variants: pd.DataFrame) -> tuple[pd.DataFrame, ...]:
@@ -392,14 +453,15 @@ def _verdicts(table: pd.DataFrame) -> tuple[list[str], list[str]]:
             continue
         worse, better, why = False, False, []
         if row.paired_seeds:
-            why.append(f"ΔS = {row.sensitivity_diff:+.3f} [{row.sensitivity_diff_low:+.3f}, {row.sensitivity_diff_high:+.3f}], "
-                       f"p = {row.p_sensitivity_holm:.2g}")
+            delta = interval_text(row.sensitivity_diff, row.sensitivity_diff_low, row.sensitivity_diff_high,
+                                  row.sensitivity_diff_interval, "+.3f")
+            why.append(f"ΔS = {delta}, p = {row.p_sensitivity_holm:.2g}")
             if row.p_sensitivity_holm < ALPHA:
                 worse, better = worse or row.sensitivity_diff > 0, better or row.sensitivity_diff < 0
         else:
             why.append("no seed finished every LR in both: LR sensitivity not compared")
         why.append(f"diverged {row.diverged}/{row.finished} vs {ref.diverged}/{ref.finished}, "
-                   f"Fisher p = {row.p_diverged_holm:.2g}")
+                   f"exact p = {row.p_diverged_holm:.2g}")
         if row.p_diverged_holm < ALPHA:
             worse, better = worse or row.diverged_frac > ref.diverged_frac, better or row.diverged_frac < ref.diverged_frac
         verdicts.append("mixed" if worse and better else "less stable" if worse else "more stable" if better
@@ -511,6 +573,14 @@ def _operand(node: ast.expr, runs: pd.DataFrame):
 # --------------------------------------------------------------------------- the whole report
 
 
+def _one_corpus(tables: list[pd.DataFrame], where: str) -> None:
+    """ReportError if runs of one data config in `tables` trained on different data (precisionlab.store.corpus)."""
+    try:
+        check_one_corpus([row for runs in tables for row in zip(runs.run_id, runs.config, runs.meta)], where)
+    except StoreError as err:
+        raise ReportError(str(err)) from None
+
+
 def build(store: ResultsStore, sweep: str | None = None, where: Sequence[str] = ()) -> Report:
     """The report of `sweep` (default: the latest) in `store`, over the runs `where` keeps."""
     try:
@@ -518,6 +588,7 @@ def build(store: ResultsStore, sweep: str | None = None, where: Sequence[str] = 
     except StoreError as err:
         raise ReportError(str(err)) from None
     runs = label_runs(store.runs(sweep=name))
+    _one_corpus([runs], f"sweep {name!r}")
     total = len(runs)
     runs = filter_runs(runs, where)
     if runs.empty:
@@ -552,10 +623,14 @@ def build(store: ResultsStore, sweep: str | None = None, where: Sequence[str] = 
     sweeps = store.sweeps()
     info = sweeps[sweeps.name == name].iloc[0].to_dict()
     signal_table = warning.signals(curves, sharp, diagnostics)
-    warned = warning.early_warning(runs, signal_table) if (runs.status == "diverged").any() else pd.DataFrame()
+    warned = {}
+    if (runs.status == "diverged").any():  # given the curves, bit-identical runs count once
+        warned = {"warning": warning.early_warning(runs, signal_table, curves=curves),
+                  "warning_aligned": warning.aligned(runs, signal_table, curves=curves),
+                  "warning_windows": warning.windows(runs, signal_table, curves=curves),
+                  "warning_roc": warning.roc(runs, signal_table, curves=curves)}
     return Report(sweep=name, store_path=store.location, info=info, runs=runs, by_lr=table, by_variant=variants,
-                  curves=curves, sharpness=sharp, sharpness_steps=sharpness_by_step(sharp), notes=notes,
-                  warning=warned, warning_aligned=warning.aligned(runs, signal_table) if len(warned) else pd.DataFrame(),
+                  curves=curves, sharpness=sharp, sharpness_steps=sharpness_by_step(sharp), notes=notes, **warned,
                   diagnostics=diagnostics,
                   parent_curves=_parent_curves(store, branches))
 
@@ -573,16 +648,52 @@ def _parent_curves(store: ResultsStore, branches: pd.DataFrame) -> pd.DataFrame:
 
 
 def compare(a: Report, b: Report) -> pd.DataFrame:
-    """One row per variant of either sweep: each sweep's diverged k/n, LR sensitivity, best LR and
-    its loss (columns suffixed _a, _b), and the one-sided Fisher p of each diverging more than the other."""
-    keep = ["variant", "finished", "diverged", "diverged_frac", "lr_sensitivity", "best_lr", "best_lr_loss", "seed_std"]
+    """One row per variant of either sweep: each sweep's diverged k/n, LR sensitivity and best-LR
+    loss with their intervals, best LR (columns suffixed _a, _b); the differences b - a of LR
+    sensitivity (sensitivity_diff, over the LRs both ran) and of the best-LR loss (loss_diff), paired
+    by seed over the seeds both ran (same seed: same initial weights and batches), with intervals and
+    permutation p; and the one-sided p of each diverging more than the other (exact, stratified by LR)."""
+    _one_corpus([a.runs, b.runs], f"comparing sweeps {a.sweep!r} and {b.sweep!r}")
+    keep = ["variant", "finished", "diverged", "diverged_frac", "lr_sensitivity", "lr_sensitivity_low",
+            "lr_sensitivity_high", "lr_sensitivity_interval", "best_lr", "best_lr_loss", "best_lr_loss_low",
+            "best_lr_loss_high", "best_lr_loss_interval", "seed_std"]
     table = a.by_variant[keep].merge(b.by_variant[keep], on="variant", how="outer", suffixes=("_a", "_b"))
     table = _variant_sorted(table)
-    both = table.finished_a.notna() & table.finished_b.notna()
-    def p(x, y):
-        return [fisher_greater(int(r[f"diverged_{x}"]), int(r[f"finished_{x}"]), int(r[f"diverged_{y}"]),
-                               int(r[f"finished_{y}"])) if ok else math.nan for ok, (_, r) in zip(both, table.iterrows())]
-    return table.assign(p_a_more_diverged=p("a", "b"), p_b_more_diverged=p("b", "a"))
+    rows = []
+    for r in table.itertuples():
+        both = not (pd.isna(r.finished_a) or pd.isna(r.finished_b))
+        rows.append(_between_sweeps(a.runs, b.runs, r.variant, r.best_lr_a, r.best_lr_b) if both else
+                    [math.nan] * 3 + [""] + [math.nan] * 4 + [""] + [math.nan] * 3)
+    return pd.concat([table, pd.DataFrame(rows, columns=_COMPARE_COLUMNS, index=table.index)], axis=1)
+
+
+_COMPARE_COLUMNS = ["sensitivity_diff", "sensitivity_diff_low", "sensitivity_diff_high", "sensitivity_diff_interval",
+                    "p_sensitivity", "loss_diff", "loss_diff_low", "loss_diff_high", "loss_diff_interval", "p_loss",
+                    "p_a_more_diverged", "p_b_more_diverged"]
+
+
+def _between_sweeps(runs_a: pd.DataFrame, runs_b: pd.DataFrame, variant: str, best_a: float, best_b: float) -> list:
+    """One variant in two sweeps: _COMPARE_COLUMNS (b minus a, paired by seed)."""
+    tagged = pd.concat([runs_a[runs_a.variant == variant].assign(variant="a"),
+                        runs_b[runs_b.variant == variant].assign(variant="b")], ignore_index=True)
+    lrs = sorted(set(tagged[tagged.variant == "a"].lr) & set(tagged[tagged.variant == "b"].lr))
+    mine, theirs = seed_matrix(tagged, "b", lrs), seed_matrix(tagged, "a", lrs)
+    seeds = mine.index.intersection(theirs.index)
+    sens = paired_sensitivity(mine.loc[seeds].to_numpy(), theirs.loc[seeds].to_numpy()) if lrs else {}
+    loss = {}
+    if not (math.isnan(best_a) or math.isnan(best_b)):
+        done = tagged[tagged.status == "completed"]
+        at_best = [done[(done.variant == side) & (done.lr == lr)].set_index("seed").final_val_loss.astype(float)
+                   for side, lr in (("b", best_b), ("a", best_a))]
+        paired = at_best[0].index.intersection(at_best[1].index)
+        if len(paired):
+            loss = paired_difference(at_best[0][paired].to_numpy(), at_best[1][paired].to_numpy())
+    strata = divergence_strata(tagged, "a", "b")
+    values = [sens.get(k, math.nan) for k in ("diff", "low", "high")] + [sens.get("kind", ""), sens.get("p", math.nan)]
+    values += [loss.get(k, math.nan) for k in ("diff", "low", "high")] + [loss.get("kind", ""), loss.get("p", math.nan)]
+    flipped = [(kr, nr, k, n) for k, n, kr, nr in strata]
+    return values + [stratified_exact_p(strata, "greater") if strata else math.nan,
+                     stratified_exact_p(flipped, "greater") if strata else math.nan]
 
 
 def compare_notes(a: Report, b: Report) -> list[str]:

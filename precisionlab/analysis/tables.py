@@ -7,7 +7,10 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["display_by_lr", "display_by_variant", "display_compare", "display_warning", "text_table"]
+from precisionlab.analysis.stats import CI, RANGE, interval_text
+
+__all__ = ["display_by_lr", "display_by_variant", "display_compare", "display_warning", "display_warning_windows",
+           "text_table"]
 
 
 def _num(x: Any, spec: str = ".4f") -> str:
@@ -21,13 +24,19 @@ def _mean_std(mean: float, std: float) -> str:
     return f"{mean:.4f}" if math.isnan(std) else f"{mean:.4f} ± {std:.4f}"
 
 
-def _interval(x: float, low: float, high: float, spec: str = ".3f") -> str:
-    """'x [low, high]', or x alone where the interval is missing or a point (one seed)."""
-    if math.isnan(x):
-        return "–"
-    if math.isnan(low) or low == high:
-        return format(x, spec)
-    return f"{format(x, spec)} [{format(low, spec)}, {format(high, spec)}]"
+def _interval(x: float, low: float, high: float, kind: str, spec: str = ".3f") -> str:
+    """'x [low, high]' for a 95% CI, 'x (range low to high)' for the seeds' range (2 seeds), x alone
+    without either (one seed); see `stats.interval_text`."""
+    return interval_text(x, low, high, kind if isinstance(kind, str) else "", spec)
+
+
+def _bounds(low: float, high: float, kind: str) -> str:
+    """The interval column alone: '[low, high]', 'range low to high', 'all seeds equal' or '–'."""
+    if kind == CI:
+        return f"[{low:.4f}, {high:.4f}]"
+    if kind == RANGE:
+        return "all seeds equal" if f"{low:.4f}" == f"{high:.4f}" else f"range {low:.4f} to {high:.4f}"
+    return "–"
 
 
 def _rate(k: int, n: int, low: float, high: float) -> str:
@@ -45,8 +54,8 @@ def display_by_lr(table: pd.DataFrame) -> pd.DataFrame:
         **({"not conv.": [f"{k}/{f}" for k, f in zip(table.not_converged, table.finished)]}
            if "not_converged" in table and table.not_converged.any() else {}),
         "final val loss": [_mean_std(m, s) for m, s in zip(table.final_loss_mean, table.final_loss_std)],
-        "95% interval": [_interval(m, lo, hi, ".4f").partition(" ")[2] or "–"
-                         for m, lo, hi in zip(table.final_loss_mean, table.final_loss_low, table.final_loss_high)],
+        "95% CI or range": [_bounds(lo, hi, k) for lo, hi, k in zip(table.final_loss_low, table.final_loss_high,
+                                                                  table.final_loss_interval)],
         "spikes": table.spikes.astype(str),
         **({"failed": table.failed.astype(str)} if table.failed.any() else {}),
     })
@@ -59,17 +68,17 @@ def display_by_variant(table: pd.DataFrame) -> pd.DataFrame:
         "format": table.variant,
         "diverged": [_rate(d, f, lo, hi) for d, f, lo, hi in zip(table.diverged, table.finished, table.diverged_low,
                                                                   table.diverged_high)],
-        "LR sensitivity": [_interval(x, lo, hi) for x, lo, hi in zip(table.lr_sensitivity, table.lr_sensitivity_low,
-                                                                      table.lr_sensitivity_high)],
+        "LR sensitivity": [_interval(x, lo, hi, k) for x, lo, hi, k in zip(
+            table.lr_sensitivity, table.lr_sensitivity_low, table.lr_sensitivity_high, table.lr_sensitivity_interval)],
         "best lr": [_num(x, ".3g") for x in table.best_lr],
-        "loss at best lr": [_interval(x, lo, hi, ".4f") for x, lo, hi in zip(table.best_lr_loss, table.best_lr_loss_low,
-                                                                              table.best_lr_loss_high)],
+        "loss at best lr": [_interval(x, lo, hi, k, ".4f") for x, lo, hi, k in zip(
+            table.best_lr_loss, table.best_lr_loss_low, table.best_lr_loss_high, table.best_lr_loss_interval)],
         "stable lrs": [f"{s}/{n}" for s, n in zip(table.stable_lrs, table.lrs)],
         **({"not conv.": [f"{k}/{f}" for k, f in zip(table.not_converged, table.finished)]}
            if "not_converged" in table and table.not_converged.any() else {}),
         "spikes": table.spikes.astype(str),
-        "ΔS vs ref.": [_interval(x, lo, hi, "+.3f") for x, lo, hi in zip(table.sensitivity_diff, table.sensitivity_diff_low,
-                                                                          table.sensitivity_diff_high)],
+        "ΔS vs ref.": [_interval(x, lo, hi, k, "+.3f") for x, lo, hi, k in zip(
+            table.sensitivity_diff, table.sensitivity_diff_low, table.sensitivity_diff_high, table.sensitivity_diff_interval)],
         "p (ΔS)": [_num(p, ".2g") for p in table.p_sensitivity_holm],
         "p (div.)": [_num(p, ".2g") for p in table.p_diverged_holm],
         "vs reference": table.verdict,
@@ -86,19 +95,39 @@ def display_warning(table: pd.DataFrame, lead: int) -> pd.DataFrame:
         "median lead (steps)": [_num(x, ".0f") for x in table.median_lead],
         "false alarms (completed)": [_rate(f, n, lo, hi) for f, n, lo, hi in zip(
             table.false_alarms, table.completed, table.false_alarm_low, table.false_alarm_high)],
+        f"AUC >= {lead} steps ahead": [_interval(a, lo, hi, CI, ".2f") for a, lo, hi in zip(
+            table.auc, table.auc_low, table.auc_high)],
     })
 
 
+def display_warning_windows(windows: pd.DataFrame) -> pd.DataFrame:
+    """windows() as one row per signal, one column per lead: 'AUC [interval] (diverged runs)'."""
+    out = {"signal": list(dict.fromkeys(windows.signal))}
+    for lead, rows in windows.groupby("lead", sort=True):
+        rows = rows.set_index("signal").reindex(out["signal"])
+        out[f"AUC >= {lead} ahead"] = ["–" if pd.isna(r.auc) else _interval(r.auc, r.auc_low, r.auc_high, CI, ".2f")
+                                       + f" ({int(r.diverged)})" for r in rows.itertuples()]
+    return pd.DataFrame(out)
+
+
 def display_compare(table: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
-    """compare() as the strings every output shows, columns named after the sweeps."""
+    """compare() as the strings every output shows, columns named after the sweeps: each sweep's
+    estimates with their intervals, then the paired differences (b - a) with theirs."""
     def div(d, f):
         return "–" if pd.isna(f) else f"{int(d)}/{int(f)}"
+    def cells(name, spec=".3f", side=""):
+        columns = [f"{name}{part}{side and '_' + side}" for part in ("", "_low", "_high", "_interval")]
+        return [_interval(x, lo, hi, k, spec) for x, lo, hi, k in zip(*(table[c] for c in columns))]
     out = {"format": table.variant}
     for side, name in (("a", a), ("b", b)):
         out[f"{name}: diverged"] = [div(d, f) for d, f in zip(table[f"diverged_{side}"], table[f"finished_{side}"])]
-        out[f"{name}: LR sens."] = [_num(x) for x in table[f"lr_sensitivity_{side}"]]
+        out[f"{name}: LR sens."] = cells("lr_sensitivity", side=side)
         out[f"{name}: best lr"] = [_num(x, ".3g") for x in table[f"best_lr_{side}"]]
-        out[f"{name}: loss"] = [_mean_std(m, s) for m, s in zip(table[f"best_lr_loss_{side}"], table[f"seed_std_{side}"])]
+        out[f"{name}: loss"] = cells("best_lr_loss", ".4f", side)
+    out[f"ΔS ({b} − {a})"] = cells("sensitivity_diff", "+.3f")
+    out["p (ΔS)"] = [_num(p, ".2g") for p in table.p_sensitivity]
+    out[f"Δ loss ({b} − {a})"] = cells("loss_diff", "+.4f")
+    out["p (Δ loss)"] = [_num(p, ".2g") for p in table.p_loss]
     out[f"p ({a} more div.)"] = [_num(p, ".2g") for p in table.p_a_more_diverged]
     out[f"p ({b} more div.)"] = [_num(p, ".2g") for p in table.p_b_more_diverged]
     return pd.DataFrame(out)

@@ -10,6 +10,9 @@ to date, by this rule per run:
 - Otherwise the run's row, its metrics, checkpoint and diagnostics rows in DST become SRC's.
 - Sharpness values are merged by (run, step, metric, parameters): values measured at DST stay.
 
+A sweep whose runs in SRC and DST trained on different data for one data config (two machines'
+built-in corpora, precisionlab.store.corpus) is not copied: StoreError, DST unchanged.
+
 Checkpoint rows keep SRC's paths; the checkpoint files themselves are not copied.
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from precisionlab.store.corpus import check_one_corpus, recorded, recorded_rows
 from precisionlab.store.results import ResultsStore
 from precisionlab.store.schema import DONE, StoreError
 
@@ -64,10 +68,13 @@ def _copy_sweep(src: ResultsStore, dst: ResultsStore, name: str) -> CopyResult:
                        (f"SELECT * FROM runs WHERE {_OF_SWEEP} ORDER BY run_id", [name]),
                        *((f"SELECT * FROM {table} WHERE {_OF_SWEEP}", [name]) for table in _PER_RUN),
                        (f"SELECT * FROM sharpness WHERE {_OF_SWEEP}", [name])])
-    rid, status = run_cols.index("run_id"), run_cols.index("status")
+    rid, status, config, meta = (run_cols.index(c) for c in ("run_id", "status", "config", "meta"))
     src_done = {r[rid]: r[status] in DONE for r in runs}
 
     def write(tx) -> CopyResult:
+        mine = recorded_rows((r[rid], r[config], r[meta]) for r in runs)
+        held_here = recorded(lambda sql, params: tx.execute(sql, params).fetchall(), name, [r[0] for r in mine])
+        check_one_corpus([*held_here, *mine], f"copying sweep {name} into {dst.location}")
         tx.executemany(_upsert("sweeps", sweep_cols, keep=("created",)), sweep_rows)  # SRC's latest command and grid
         held = {}
         for i in range(0, len(runs), 500):

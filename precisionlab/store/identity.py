@@ -144,6 +144,11 @@ NEUTRAL: Mapping[str, Any] = {
     "optim.master_rounding": "nearest_even",
     # branching runs (issue 12)
     "init.parent": None,
+    # divergence rules (issue 27): `factor` is what every run computed before, so runs that name it keep
+    # their ids; the new default `median` (runs continue past the old bound) changes the ids of default configs
+    "train.divergence.rule": "factor",
+    "train.divergence.window": 20,
+    "train.divergence.margin": 0,
 }
 
 

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from precisionlab.runtime import provenance
+from precisionlab.store.corpus import check_new_run
 from precisionlab.store.identity import dumps
 from precisionlab.store.liveness import LIVE_CLAIMS, Lease
 from precisionlab.store.schema import (
@@ -85,7 +86,8 @@ class StoreRecorder:
                for name in ("torch", "triton", "precisionlab")},
             "meta": dumps({k: v for k, v in meta.items() if k != "config"}),
         }
-        self._commit(**columns)
+        self._commit(lambda conn: check_new_run(lambda sql, params: conn.execute(sql, params).fetchall(), self.run_id),
+                     **columns)
 
     def log(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
         extra = {k: v for k, v in metrics.items() if k not in METRIC_KEYS}

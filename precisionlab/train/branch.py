@@ -8,8 +8,8 @@ did. A checkpoint holds a config too; where it and the branch's differ, what com
   the checkpoint      weights (names and shapes must match the branch's model: a branch may change
                       precision, optim, train and data settings, not the model's shape; a mismatch
                       is one line, `check_weights`); AdamW's moments and step counts; the loop's
-                      bookkeeping (the initial loss, so the divergence bound is the parent's; min and
-                      last val loss, the spike window and count, elapsed time: a branch's outcome
+                      bookkeeping (the initial loss; the divergence rule's window, so the rule sees the
+                      parent's losses; min and last val loss, the spike window and count, elapsed time: a branch's outcome
                       covers the whole curve it continues); the RNG states (batch order, dropout)
                       while the branch keeps the parent's seed
   the checkpoint where it fits, else fresh

@@ -10,20 +10,37 @@ Three sources (`data.source`):
           folder `data.path`, memory-mapped; `data.vocab_size` from config.
 
 How stdlib and text are split (`data.split`):
-  files   (default) whole files are held out, so train and validation come from one
-          distribution. stdlib first samples files over the whole library in the order
-          of a hash of their paths until `budget_bytes` (whole files). A file is held out
-          when a hash of its path (with a salt) falls below `val_fraction`; the salt is the
-          first of 0, 1, ... whose train and validation unigram entropies agree within
-          ENTROPY_TOLERANCE nats/byte (random file samples of the stdlib differ by up to
-          0.1: a few large files, such as codec tables, weigh much), so the split is a
-          hash-random sample of files conditioned on matching byte statistics. A single
-          text file has no files to hold out: its tail is (as `tail`).
+  families  (default) whole families of near-duplicate files are held out, so train and
+          validation come from one distribution and share no copied text. stdlib first
+          samples files over the whole library in the order of a hash of their paths until
+          `budget_bytes` (whole files). Near-duplicate files form families
+          (precisionlab.train.shingles: files sharing more than 10% of their 4-line shingles
+          with each other, such as the codec tables encodings/iso8859_*.py). A family is
+          held out when a hash of its first path (with a salt) falls below `val_fraction`;
+          then any held-out file sharing more than 10% of its shingles with the training
+          files moves to training, so that no validation file does (run metadata:
+          "max_val_shingle_share"). The salt is the first of 0, 1, ... whose validation
+          files hold val_fraction of the bytes within a factor 1 ± 1/2 and whose train and
+          validation unigram entropies agree within ENTROPY_TOLERANCE nats/byte (random
+          file samples of the stdlib differ by up to 0.1: a few large files and families,
+          such as codec tables, weigh much), so the split is a hash-random sample of
+          families conditioned on matching byte statistics (if no salt of _SALTS does, the
+          closest split found). A single text file has no files to hold out: its tail is
+          (as `tail`).
+  files   the split before families: each file held out on its own when
+          a hash of its path (with a salt) falls below `val_fraction`, the salt the first
+          of _FILE_SALTS whose unigram entropies agree within ENTROPY_TOLERANCE. It can hold
+          out one codec table and train on its near-copies.
   tail    precisionlab 0.2's split: stdlib takes the first `budget_bytes` of the sorted
           paths (mostly `asyncio` … `encodings`, cached under `data.cache_dir`, else
           $PRECISIONLAB_CACHE, else $XDG_CACHE_HOME/precisionlab, else
           ~/.cache/precisionlab) and the last `val_fraction` of the bytes is validation:
           codec tables, another distribution than the training bytes.
+
+Which files a Python installation holds differs between versions and builds (a Debian
+python3.11 lacks the test package that a pyenv build has), so the stdlib corpus and its
+fingerprint do too; scripts/corpus_info.py prints them for any interpreter, and the results
+store keeps runs of one data config with different fingerprints apart (precisionlab.store.corpus).
 
 The fingerprint is the sha256 of the token bytes (train then val); for
 `.bin` files larger than 256 MiB it is the sha256 of their sizes and 16
@@ -44,13 +61,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from precisionlab.train.shingles import NearDuplicates
+
 __all__ = ["DataError", "data_path", "check_data_size", "load_dataset", "get_batch", "build_stdlib_corpus", "cache_dir",
            "split_files", "unigram_entropy", "SOURCES", "SPLITS", "ENTROPY_TOLERANCE"]
 
 SOURCES = ("stdlib", "text", "tokens")
-SPLITS = ("files", "tail")
+SPLITS = ("families", "files", "tail")
 ENTROPY_TOLERANCE = 0.02  # nats/byte between the train and validation files' unigram entropies
-_SALTS = 256              # salts tried before taking the best split found
+_SALTS = 2048             # salts tried before taking the best split found
+_FILE_SALTS = 256         # ... by data.split=files (as it always did)
 _FULL_HASH_LIMIT = 256 * 2**20
 
 
@@ -71,8 +91,8 @@ def _stdlib_root() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
 
-def _stdlib_sources() -> list[Path]:
-    root = _stdlib_root()
+def _stdlib_sources(root: Path | None = None) -> list[Path]:
+    root = root or _stdlib_root()
     skip = {"site-packages", "dist-packages", "__pycache__"}
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
@@ -112,11 +132,12 @@ def _path_hash(name: str, salt: str = "") -> float:
     return int.from_bytes(hashlib.sha256(f"{salt}{name}".encode()).digest()[:8], "little") / 2**64
 
 
-def sample_stdlib(budget_bytes: int) -> list[tuple[str, bytes]]:
+def sample_stdlib(budget_bytes: int, root: Path | None = None) -> list[tuple[str, bytes]]:
     """Whole stdlib .py files, (relative path, bytes), in the order of a hash of their paths
-    until `budget_bytes` are reached: a sample spread over the whole library."""
-    root = _stdlib_root()
-    named = [(p.relative_to(root).as_posix(), p) for p in _stdlib_sources()]
+    until `budget_bytes` are reached: a sample spread over the whole library. `root`: another
+    installation's stdlib folder (scripts/corpus_info.py), default this interpreter's."""
+    root = root or _stdlib_root()
+    named = [(p.relative_to(root).as_posix(), p) for p in _stdlib_sources(root)]
     docs, size = [], 0
     for name, path in sorted(named, key=lambda item: _path_hash(item[0])):
         if size >= budget_bytes:
@@ -136,32 +157,51 @@ def unigram_entropy(counts: np.ndarray) -> float:
     return float(-(p * np.log(p)).sum())
 
 
-def split_files(docs: list[tuple[str, bytes]], val_fraction: float) -> tuple[bytes, bytes, dict[str, Any]]:
-    """Hold out whole files (see the module docstring): (train bytes, validation bytes, what was
-    done). Files keep their order within each split."""
+def split_files(docs: list[tuple[str, bytes]], val_fraction: float, families: bool = True) -> tuple[bytes, bytes, dict[str, Any]]:
+    """Hold out whole families of near-duplicate files (data.split=families), or whole files
+    chosen one by one (data.split=files, the split before families); see the module docstring.
+    (train bytes, validation bytes, what was done). Files keep their order within each split."""
+    split = "families" if families else "files"
     if len(docs) < 2:
-        raise DataError(f"data.split=files needs at least 2 files to hold one out; found {len(docs)} "
+        raise DataError(f"data.split={split} needs at least 2 files to hold one out; found {len(docs)} "
                         "(use data.split=tail)")
-    counts = [np.bincount(np.frombuffer(data, dtype=np.uint8), minlength=256) for _, data in docs]
+    counts = np.stack([np.bincount(np.frombuffer(data, dtype=np.uint8), minlength=256) for _, data in docs])
+    sizes = counts.sum(axis=1)
+    if families:
+        near = NearDuplicates([data for _, data in docs])
+        first = {}  # a family's name: its first path in sorted order
+        for (name, _), family in zip(docs, near.family):
+            first[family] = min(first.get(family, name), name)
+        units = [first[family] for family in near.family]
+    else:
+        units = [name for name, _ in docs]
     best = None
-    for salt in range(_SALTS):
-        held = [_path_hash(name, f"val{salt}:") < val_fraction for name, _ in docs]
+    for salt in range(_SALTS if families else _FILE_SALTS):
+        held = [_path_hash(unit, f"val{salt}:") < val_fraction for unit in units]
+        if families:
+            held = near.keep_clear(held)
         if all(held) or not any(held):
             continue
-        val_counts = sum(c for c, h in zip(counts, held) if h)
-        train_counts = sum(c for c, h in zip(counts, held) if not h)
+        mask = np.array(held)
+        val_counts, train_counts = counts[mask].sum(axis=0), counts[~mask].sum(axis=0)
         gap = abs(unigram_entropy(train_counts) - unigram_entropy(val_counts))
-        if best is None or gap < best[0]:
-            best = (gap, salt, held)
-        if gap <= ENTROPY_TOLERANCE:
+        off_size = families and abs(sizes[mask].sum() / sizes.sum() - val_fraction) > val_fraction / 2
+        if best is None or (off_size, gap) < best[0]:
+            best = ((off_size, gap), salt, held)
+        if gap <= ENTROPY_TOLERANCE and not off_size:
             break
     if best is None:
-        raise DataError(f"data.split=files could not hold out a fraction {val_fraction} of {len(docs)} files "
+        raise DataError(f"data.split={split} could not hold out a fraction {val_fraction} of {len(docs)} files "
                         "(use more files, another data.val_fraction or data.split=tail)")
     _, salt, held = best
     train = b"".join(data for (_, data), h in zip(docs, held) if not h)
     val = b"".join(data for (_, data), h in zip(docs, held) if h)
-    return train, val, {"split": "files", "salt": salt, "files": {"train": held.count(False), "val": held.count(True)}}
+    meta = {"split": split, "salt": salt, "files": {"train": held.count(False), "val": held.count(True)}}
+    if families:
+        train_side = [not h for h in held]
+        meta["families"] = len(set(near.family))
+        meta["max_val_shingle_share"] = max(near.share(i, train_side) for i, h in enumerate(held) if h)
+    return train, val, meta
 
 
 def _split(data: bytes, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -229,8 +269,9 @@ def check_data_size(data_cfg: Any, seq_len: int) -> None:
                             f"train.seq_len + 1 = {seq_len + 1}; use more data or a shorter train.seq_len")
 
 
-def load_dataset(data_cfg: Any) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """(train tokens, val tokens, meta) for a `data` config node.
+def load_dataset(data_cfg: Any, stdlib_root: Path | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """(train tokens, val tokens, meta) for a `data` config node; `stdlib_root`: the stdlib
+    folder of another Python installation for data.source=stdlib (default this interpreter's).
 
     Tokens are 1-D numpy arrays (uint8 for bytes, uint16 memmaps for .bin);
     meta has source, path, fingerprint, fingerprint_kind, n_tokens (train,
@@ -240,7 +281,7 @@ def load_dataset(data_cfg: Any) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]
     source, vocab_size = cfg.get("source", "stdlib"), int(cfg.get("vocab_size") or 256)
     if source not in SOURCES:
         raise DataError(f"data.source must be one of {', '.join(SOURCES)}; got {source!r}")
-    val_fraction, split = float(cfg.get("val_fraction", 0.1)), cfg.get("split", "files")
+    val_fraction, split = float(cfg.get("val_fraction", 0.1)), cfg.get("split", "families")
     path, split_meta = None, {"split": "tail"}  # unless files are held out below
     if source == "tokens":
         path = data_path(cfg)
@@ -254,12 +295,12 @@ def load_dataset(data_cfg: Any) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]
     else:
         if source == "stdlib":
             budget = int(cfg.get("budget_bytes", 4_000_000))
-            docs = sample_stdlib(budget) if split == "files" else [("", build_stdlib_corpus(budget, cache_dir(cfg.get("cache_dir"))))]
+            docs = sample_stdlib(budget, stdlib_root) if split != "tail" else [("", build_stdlib_corpus(budget, cache_dir(cfg.get("cache_dir"))))]
         else:
             path = data_path(cfg)
             docs = _read_text(path, cfg.get("glob", "**/*.txt"))
-        if split == "files" and len(docs) > 1:
-            train_bytes, val_bytes, split_meta = split_files(docs, val_fraction)
+        if split != "tail" and len(docs) > 1:
+            train_bytes, val_bytes, split_meta = split_files(docs, val_fraction, families=split == "families")
             train, val = np.frombuffer(train_bytes, dtype=np.uint8), np.frombuffer(val_bytes, dtype=np.uint8)
         else:  # data.split=tail, or one text file: the tail of the bytes
             train, val = _split(b"".join(data for _, data in docs), val_fraction)

@@ -6,7 +6,7 @@ constant) learning rate, gradient-norm clipping, a fixed set of validation
 batches evaluated every `train.eval_every` steps and at the end, checkpoints
 at `train.checkpoint_steps` / every `train.checkpoint_every` steps.
 
-Outcomes and loss spikes: `precisionlab.train.outcomes`.
+Outcomes, the divergence rules (when a run stops early) and loss spikes: `precisionlab.train.outcomes`.
 User-config errors (`ConfigError`, `DataError`) are raised by `precisionlab.config.validate`
 and before the first step, so nothing is recorded for a run that cannot start.
 
@@ -58,7 +58,7 @@ from precisionlab.train.measure import Settings as SharpnessSettings
 from precisionlab.train.measure import is_fp32, measure, planned
 from precisionlab.train.model import LM
 from precisionlab.train.optim import MasterFormat, MomentFormats, build_optimizer, store_master, store_moments
-from precisionlab.train.outcomes import RunResult, SpikeCounter
+from precisionlab.train.outcomes import RunResult, SpikeCounter, make_rule
 from precisionlab.train.recorder import Recorder
 
 __all__ = ["run", "eval_batches", "lr_at"]
@@ -118,6 +118,11 @@ def run(cfg: Any, recorder: Recorder | None = None, resume_from: str | os.PathLi
         train_tokens, val_tokens, data_meta = load_dataset(cfg.data)
     except OSError as err:
         raise DataError(f"cannot read the data: {err}") from None
+    trained_on = (state or {}).get("data", {}).get("fingerprint")
+    if cfg.init.parent is None and trained_on not in (None, data_meta["fingerprint"]):  # one corpus per run id
+        raise DataError(f"checkpoint {resume_from} trained on data with fingerprint {trained_on[:12]}, but the data here "
+                        f"gives {data_meta['fingerprint'][:12]} (the built-in corpus depends on the Python installation, "
+                        "see scripts/corpus_info.py); resume the run where it started")
     for split, tokens in (("train", train_tokens), ("val", val_tokens)):
         if len(tokens) <= t.seq_len:
             raise DataError(f"the {split} split has {len(tokens)} tokens, fewer than train.seq_len + 1 = {t.seq_len + 1}")
@@ -155,7 +160,7 @@ def _train(cfg, device, batch_gen, train_tokens, val_tokens, data_meta, recorder
     optimizer, moment_formats = build_optimizer(model, o), MomentFormats.from_cfg(o)
     master = MasterFormat.from_cfg(o)
     store_master(model, master, cfg.seed, 0)  # the initial weights in the master format (a resume overwrites them)
-    spikes = SpikeCounter(t.spikes.z, t.spikes.window)
+    spikes, rule = SpikeCounter(t.spikes.z, t.spikes.window), make_rule(cfg)
     start_step, elapsed0 = 0, 0.0
     if state is not None:  # resumed, or a branch: precisionlab.train.branch says what comes from where
         load_state(state, cfg, model, optimizer, batch_gen, device)
@@ -164,6 +169,10 @@ def _train(cfg, device, batch_gen, train_tokens, val_tokens, data_meta, recorder
         result.initial_loss, result.min_val_loss = progress["initial_loss"], progress["min_val_loss"]
         result.final_val_loss = progress["final_val_loss"]
         spikes.load(progress["spikes"])
+        spikes.step = start_step
+        # older checkpoints hold no rule state: the rule restarts its window of recent losses here
+        rule.load(progress.get("divergence") or
+                  {"recent": [], "step": start_step, "first": result.initial_loss, "above_since": None})
     val_batches = eval_batches(val_tokens, cfg)
     checkpoint_steps = set(t.checkpoint_steps)
     sharpness_every = (cfg.get("sharpness") or {}).get("every", 0)
@@ -197,16 +206,16 @@ def _train(cfg, device, batch_gen, train_tokens, val_tokens, data_meta, recorder
                 grad_norm = math.nan
         if result.initial_loss is None:
             result.initial_loss = loss_value
-        spikes.update(loss_value)
-        result.steps_done, result.final_train_loss, result.spikes = step, loss_value, spikes.count
+        result.steps_done, result.final_train_loss = step, loss_value
         recorder.log(step, "train", {
             "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
             "tokens": step * tokens_per_step, "elapsed": elapsed0 + time.perf_counter() - started,
         })
-        bound = t.divergence.factor * result.initial_loss
-        if not math.isfinite(loss_value) or (step > o.warmup_steps and loss_value > bound):
-            result.status, result.diverged_step = "diverged", step
+        if rule.update(loss_value):  # predicted to end diverged (precisionlab.train.outcomes): stop here
+            _diverged(result, spikes, step)  # the step it stops at is no spike
             return
+        spikes.update(loss_value)
+        result.spikes = spikes.count
         if (t.eval_every and step % t.eval_every == 0) or step == t.steps:
             result.final_val_loss = _evaluate(model, val_batches, device)
             result.min_val_loss = min(result.min_val_loss or math.inf, result.final_val_loss)
@@ -219,13 +228,21 @@ def _train(cfg, device, batch_gen, train_tokens, val_tokens, data_meta, recorder
                 "rng": {"torch": torch.get_rng_state(), "batches": batch_gen.get_state(),
                         "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
                 "progress": {"initial_loss": result.initial_loss, "min_val_loss": result.min_val_loss,
-                             "final_val_loss": result.final_val_loss, "spikes": spikes.state(),
+                             "final_val_loss": result.final_val_loss, "spikes": spikes.state(), "divergence": rule.state(),
                              "elapsed": elapsed0 + time.perf_counter() - started},
             })
             result.checkpoints.append((step, str(path.resolve())))
             recorder.checkpoint(step, str(path.resolve()))
         if sharpness_every and step % sharpness_every == 0:  # after the checkpoint: the same state it holds
             _record_sharpness(model, val_batches[0], cfg, step, recorder)
+    onset = rule.end()  # ran to the end: diverged if it ended above the level (rule=none, median)
+    if onset is not None:
+        _diverged(result, spikes, onset)
+
+
+def _diverged(result: RunResult, spikes: SpikeCounter, step: int) -> None:
+    """Mark `result` diverged at `step`; spikes from then on are the blow-up, not recovered excursions."""
+    result.status, result.diverged_step, result.spikes = "diverged", step, spikes.before(step)
 
 
 def _record_sharpness(model: LM, batch: tuple, cfg: DictConfig, step: int, recorder: Recorder) -> None:

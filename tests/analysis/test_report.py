@@ -10,12 +10,15 @@ Every expectation is worked out by hand in the comments (initial loss ℓ₀ = 5
   e8m3    1e-3   6.0 (> ℓ₀)        3.0               5.5, 3.0           4.25
   e8m3    1e-2   diverged @ 30     diverged @ 50     5.5, 5.5           5.5    -> sens mean(0, 1.25) = 0.625
   e7m7    1e-3   3.3               3.1               3.3, 3.1           3.2
-  e7m7    1e-2   3.35              failed            3.35               3.35   -> sens mean(0, .15) = 0.075
+  e7m7    1e-2   3.35              failed            3.35               3.35
 
 Reference fp32 (most bits): diverged 0/4, sens 0.2, seed std at 1e-3 = std(3.0, 3.2) = 0.141421.
-Seed bootstrap of e8m7's sensitivity: rows {0,0} give seed means [3.1, 5.5] -> 1.2, {1,1} [3.3, 3.5]
--> 0.1, mixed [3.2, 4.5] -> 0.65; with two seeds the expanded interval is the whole range [0.1, 1.2].
-Every verdict is "no difference detected": with two seeds no permutation p can be below 0.5.
+LR sensitivity and its interval come from the seeds that finished every LR: for e7m7 seed 0 alone
+([3.3, 3.35] -> mean(0, .05) = 0.025; all runs would give mean(0, .15) = 0.075 with seed 1's 3.1).
+Two seeds give no confidence interval but their range: e8m7's seeds alone have sensitivities 1.2
+([3.1, 5.5]) and 0.1 ([3.3, 3.5]), fp32's 0.2 and 0.2; ΔS per seed: 1.0 and -0.1.
+Every verdict is "no difference detected": with two seeds no permutation p can be below 0.5, and
+with 6 tests Holm can bring it no lower than 1.
 """
 
 from __future__ import annotations
@@ -111,7 +114,7 @@ def test_per_format_table_and_verdicts(store):
     report = build(store, SWEEP)
     table = report.by_variant.set_index("variant")
     assert list(table.index) == ["fp32", "e8m7", "e7m7", "e8m3"] and report.reference == "fp32"
-    expected_sensitivity = {"fp32": 0.2, "e8m7": 0.65, "e8m3": 0.625, "e7m7": 0.075}
+    expected_sensitivity = {"fp32": 0.2, "e8m7": 0.65, "e8m3": 0.625, "e7m7": 0.025}
     for variant, value in expected_sensitivity.items():
         assert table.loc[variant, "lr_sensitivity"] == pytest.approx(value), variant
     assert table.loc["fp32", "best_lr"] == 1e-3 and table.loc["fp32", "seed_std"] == pytest.approx(0.1414213562)
@@ -124,11 +127,13 @@ def test_per_format_table_and_verdicts(store):
     assert list(table.verdict) == ["reference"] + ["no difference detected"] * 3
     assert (table.loc["e8m7", "lr_sensitivity_low"], table.loc["e8m7", "lr_sensitivity_high"]) == pytest.approx((0.1, 1.2))
     assert (table.loc["fp32", "lr_sensitivity_low"], table.loc["fp32", "lr_sensitivity_high"]) == pytest.approx((0.2, 0.2))
+    assert set(table.lr_sensitivity_interval) == {"range", ""}  # 2 seeds: ranges; e7m7's one seed: none
+    assert table.loc["e7m7", "lr_sensitivity_interval"] == "" and np.isnan(table.loc["e7m7", "lr_sensitivity_low"])
     assert table.loc["e8m7", "sensitivity_diff"] == pytest.approx(0.45) and table.loc["e8m7", "p_sensitivity"] == 1.0
     assert table.loc["e7m7", "paired_seeds"] == 1  # seed 1 failed at 1e-2: only seed 0 finished both LRs
-    assert "diverged 1/4 vs 0/4" in table.loc["e8m7", "reason"] and "ΔS = +0.450 [-0.100, +1.000]" in table.loc["e8m7", "reason"]
-    assert report.headline().startswith("Against fp32 (reference; 2 seeds, Holm-adjusted α = 0.05): No difference detected: e8m7")
-    assert "smallest possible p of the LR-sensitivity test is 0.5" in report.headline()
+    assert "diverged 1/4 vs 0/4" in table.loc["e8m7", "reason"] and "ΔS = +0.450 (range -0.100 to +1.000)" in table.loc["e8m7", "reason"]
+    assert report.headline().startswith("Against fp32 (reference; 2 paired seeds, Holm-adjusted α = 0.05): No difference detected: e8m7")
+    assert "With 2 paired seeds and 6 tests, the smallest Holm-adjusted p the LR-sensitivity test can reach is 1" in report.headline()
     assert any("1 run(s) failed" in note for note in report.notes)
 
 
@@ -295,10 +300,12 @@ def test_fisher_p_value_matches_scipy(counts):
 def test_verdict_reasons_carry_the_holm_adjusted_p_values(store):
     table = build(store, SWEEP).by_variant.set_index("variant")
     assert math.isnan(table.loc["fp32", "p_more_diverged"])
-    assert table.loc["e8m3", "p_more_diverged"] == pytest.approx(fisher_greater(2, 4, 0, 4))
-    assert table.loc["e8m3", "p_diverged"] == pytest.approx(30 / 70)  # two-sided, see test_stats
+    # stratified by LR: at 1e-3 nothing diverged (no information), at 1e-2 e8m3 2/2 against fp32 0/2:
+    # one table with margins 2 of 4 diverged, P(both in e8m3) = 1 / C(4, 2); pooled it would be 2/4 vs 0/4
+    assert table.loc["e8m3", "p_more_diverged"] == pytest.approx(1 / 6)
+    assert table.loc["e8m3", "p_diverged"] == pytest.approx(2 / 6)  # two-sided: 2/2 vs 0/2 or 0/2 vs 2/2
     assert table.loc["e8m3", "p_diverged_holm"] >= table.loc["e8m3", "p_diverged"]
-    assert f"Fisher p = {table.loc['e8m7', 'p_diverged_holm']:.2g}" in table.loc["e8m7", "reason"]
+    assert f"exact p = {table.loc['e8m7', 'p_diverged_holm']:.2g}" in table.loc["e8m7", "reason"]
 
 
 def _planted_store(tmp_path, seeds: int = 8) -> ResultsStore:
@@ -324,7 +331,7 @@ def test_a_planted_difference_is_less_stable_and_a_null_one_is_not(tmp_path):
     # ΔS: e8m3's ℓ(1e-2) is ℓ₀ = 5.5, so its sensitivity is about (5.5 - 3.0) / 2 against fp32's 0.15
     assert table.loc["e8m3", "sensitivity_diff"] == pytest.approx(1.1, abs=0.05)
     assert table.loc["e8m3", "p_sensitivity"] == 2 / 2**8 and table.loc["e8m3", "sensitivity_diff_low"] > 0
-    assert table.loc["e8m3", "p_diverged"] == pytest.approx(fisher_two_sided(8, 16, 0, 16))
+    assert table.loc["e8m3", "p_diverged"] == pytest.approx(fisher_two_sided(8, 8, 0, 8))  # the 1e-2 stratum
     assert table.loc["e8m7", "verdict"] == "no difference detected"
     assert table.loc["e8m7", "sensitivity_diff_low"] <= 0 <= table.loc["e8m7", "sensitivity_diff_high"]
     assert "Less stable: e8m3 (ΔS = +1.085 [" in report.headline() and ". No difference detected: e8m7" in report.headline()
@@ -340,8 +347,12 @@ def test_compare_two_sweeps(store):
     row = table.loc["e8m3"]
     assert (row.diverged_a, row.finished_a, row.diverged_b, row.finished_b) == (2, 4, 1, 2)
     assert row.lr_sensitivity_a == pytest.approx(0.625) and row.lr_sensitivity_b == pytest.approx(1.25)
-    assert row.p_a_more_diverged == pytest.approx(fisher_greater(2, 4, 1, 2))
-    assert row.p_b_more_diverged == pytest.approx(fisher_greater(1, 2, 2, 4))
+    # per LR: at 1e-3 nothing diverged, at 1e-2 everything did: no stratum says anything, p = 1
+    assert row.p_a_more_diverged == pytest.approx(1.0) and row.p_b_more_diverged == pytest.approx(1.0)
+    # paired over the seed both ran (seed 0): ΔS = 1.25 - 0 (a's seed 0: 6.0 capped at 5.5 and 5.5), and
+    # the best-LR loss 3.0 - 6.0; one pair: no interval at all, the difference alone
+    assert row.sensitivity_diff == pytest.approx(1.25) and row.loss_diff == pytest.approx(-3.0)
+    assert row.sensitivity_diff_interval == "" and math.isnan(row.sensitivity_diff_low)
     assert math.isnan(table.loc["fp32", "finished_b"]) and math.isnan(table.loc["fp32", "p_a_more_diverged"])
     assert compare_notes(a, b) == []  # same LR grid, same steps and model in both
 
@@ -365,3 +376,54 @@ def test_recipe_presets_are_labelled_by_name(tmp_path):
                         "mxfp4", "mxfp4 [mxfp4_rht_sr]"]
     assert all("nan" not in v for v in variants)
     assert [display_label(v) for v in variants] == ["nvfp4", "nvfp4_no_rht", "nvfp4_no_sr", "mxfp4", "mxfp4 [mxfp4_rht_sr]"]
+
+
+def test_headline_warns_when_holm_leaves_the_sensitivity_test_unable_to_reach_alpha(tmp_path):
+    # 6 paired seeds: the permutation test alone can reach 2/64 = 0.031 < 0.05, but the family holds
+    # 2 ΔS tests (e8m7, e8m3 against fp32) and 2 divergence tests that can reach far lower p: at best
+    # a ΔS test is adjusted by 2, 0.0625 >= 0.05; with 7 seeds 2 x 2/128 = 0.031 would do
+    report = build(_planted_store(tmp_path, seeds=6), "planted")
+    assert "With 6 paired seeds and 4 tests, the smallest Holm-adjusted p the LR-sensitivity test can reach is 0.062" \
+        in report.headline()
+    assert "7 paired seeds would be needed" in report.headline()
+
+
+def test_headline_does_not_warn_when_the_family_can_reach_alpha(tmp_path):
+    report = build(_planted_store(tmp_path, seeds=8), "planted")  # 2 x 2/256 = 0.016
+    assert "cannot detect" not in report.headline()
+
+
+def test_two_seeds_print_a_labelled_range_never_a_ci_and_plots_draw_it(store):
+    from precisionlab.analysis import plots
+    from precisionlab.analysis.tables import display_by_lr, display_by_variant
+
+    report = build(store, SWEEP)
+    shown = display_by_variant(report.by_variant).set_index("format")
+    assert shown.loc["e8m7", "LR sensitivity"] == "0.650 (range 0.100 to 1.200)"  # per-seed 1.2 and 0.1
+    assert shown.loc["e7m7", "LR sensitivity"] == "0.025"  # one seed: the value alone, no [x, x]
+    assert shown.loc["e8m7", "ΔS vs ref."] == "+0.450 (range -0.100 to +1.000)"
+    per_lr = display_by_lr(report.by_lr).set_index(["format", "lr"])
+    assert per_lr.loc[("fp32", "0.001"), "95% CI or range"] == "range 3.0000 to 3.2000"
+    assert per_lr.loc[("e7m7", "0.01"), "95% CI or range"] == "–"  # one completed run
+    assert not any("[" in cell for cell in per_lr["95% CI or range"])
+    assert set(report.by_lr.final_loss_interval) <= {"range", ""}
+    figure = plots.loss_vs_lr(report)
+    dotted = [c for c in figure.axes[0].collections if c.get_linestyle()[0][1] is not None]
+    assert dotted  # the ranges are drawn, dotted
+
+
+def test_recipe_stats_prints_ranges_for_two_seeds_and_what_holm_leaves_reachable(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _planted_store(tmp_path, seeds=2)
+    script = Path(__file__).parents[2] / "scripts" / "recipe_stats.py"
+    proc = subprocess.run([sys.executable, str(script), "--store", str(tmp_path / "planted.db"), "--sweep", "planted",
+                           "--reference", "fp32"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| e8m7 |")]
+    assert len(rows) == 2 and all("(range " in row and "[" not in row.split("|")[4] for row in rows)
+    # 3 loss tests over 2 pairs (smallest p 1/2) and 4 divergence tests (smallest 1/6 each): Holm gives
+    # the loss tests at best min(1, 3 x 1/2)
+    assert "smallest Holm-adjusted p a loss difference can reach here (2 pairs, 7 tests): 1 — no loss" in proc.stdout

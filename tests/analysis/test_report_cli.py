@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from helpers import SWEEP_MICRO
 from precisionlab.analysis.report import build
-from precisionlab.analysis.tables import display_by_lr, display_by_variant
+from precisionlab.analysis.tables import display_by_lr, display_by_variant, display_warning_windows
 from precisionlab.cli import app
 from precisionlab.store import ResultsStore
 
@@ -27,7 +27,7 @@ GRID = ["precision.format=e8m7,e8m3", "optim.lr=1e-3,30", "seed=0,1", "optim.gra
         "train.checkpoint_every=4", "sweep.name=micro", "train.threads=1", *SWEEP_MICRO]
 FILES = {"report.html", "report.md", "by_format.csv", "by_format_lr.csv", "runs.csv", "sharpness.csv", "early_warning.csv",
          "loss_curves.png", "final_loss_heatmap.png", "loss_vs_lr.png", "stability_vs_bits.png", "sharpness_logit.png",
-         "early_warning.png"}
+         "early_warning.png", "early_warning_windows.csv", "early_warning_roc.png"}
 
 
 def _cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
@@ -104,7 +104,9 @@ def test_html_is_self_contained_and_holds_every_plot_and_table(reported):
     report = build(store, "micro")
     store.close()  # an open sqlite3 connection lingers until garbage collection: close it, the file checks rely on it
     expected = [display_by_variant(report.by_variant), display_by_lr(report.by_lr)]
-    assert len(doc.tables) == 4  # per format, per format x LR, logit sharpness per step, early warning
+    # per format, per format x LR, logit sharpness per step, early warning, its AUC by lead
+    assert len(doc.tables) == 5
+    assert doc.tables[4][1:] == display_warning_windows(report.warning_windows).astype(str).values.tolist()
     for table, frame in zip(doc.tables, expected):
         assert table[0] == list(frame.columns)
         assert table[1:] == frame.astype(str).values.tolist()

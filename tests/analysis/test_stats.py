@@ -1,17 +1,25 @@
-"""The comparison statistics on data with known answers: scipy's exact interval, bootstrap coverage
-on simulated samples, the sign-flip test's exact p-values, a planted difference and a null one."""
+"""The comparison statistics on data with known answers: scipy's exact and t intervals, the grid
+contrasts' interval written out, the sign-flip test's exact p-values, a planted difference and a null
+one, the stratified exact test, Holm and what a family of tests can reach (coverage:
+test_stats_coverage.py)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 from scipy.stats import binomtest, fisher_exact
 
 from precisionlab.analysis.stats import (
-    bootstrap_ci,
+    CI,
+    NONE,
+    RANGE,
+    interval_text,
+    mean_interval,
     exact_binomial_ci,
     fisher_two_sided,
     holm,
@@ -20,7 +28,12 @@ from precisionlab.analysis.stats import (
     paired_sensitivity,
     recipe_comparison,
     sensitivity_interval,
+    seeds_needed,
     sign_flip_p,
+    smallest_holm_p,
+    smallest_permutation_p,
+    smallest_stratified_p,
+    stratified_exact_p,
 )
 
 
@@ -30,42 +43,47 @@ def test_exact_interval_is_scipys_clopper_pearson(k, n):
     assert exact_binomial_ci(k, n) == pytest.approx((ci.low, ci.high), abs=1e-12)
 
 
-def test_bootstrap_interval_covers_the_mean_of_simulated_samples():
-    rng = np.random.default_rng(1)
-    covered = 0
-    for i in range(200):
-        sample = rng.normal(3.0, 0.5, size=30)
-        _, low, high = bootstrap_ci(sample, n_boot=2000, seed=i)
-        covered += low <= 3.0 <= high
-    assert covered >= 180  # >= 90% of nominal-95% intervals
+def test_mean_interval_is_scipys_t_interval_at_the_skew_margin_level():
+    x = np.array([2.31, 2.45, 2.28, 2.52, 2.40])
+    low, high = stats.t.interval(0.98, df=4, loc=x.mean(), scale=stats.sem(x))  # 95% with tail 0.4 x 5%
+    assert mean_interval(x) == (pytest.approx(x.mean()), pytest.approx(low), pytest.approx(high), CI)
 
 
-def test_small_samples_get_expanded_intervals_that_still_cover():
-    """With 8 seeds the plain percentile interval covered 88% of 200 (measured); the expanded one
-    must reach 90%, and with 2 values it is the whole range of the bootstrap means (the two values)."""
-    rng = np.random.default_rng(1)
-    covered = sum(low <= 3.0 <= high for low, high in
-                  (bootstrap_ci(rng.normal(3.0, 0.5, size=8), n_boot=2000, seed=i)[1:] for i in range(200)))
-    assert covered >= 180
-    assert bootstrap_ci([1.0, 2.0]) == (1.5, 1.0, 2.0)
+def test_two_seeds_give_their_range_one_seed_no_interval_never_a_point_ci():
+    assert mean_interval([1.0, 2.0]) == (1.5, 1.0, 2.0, RANGE)
+    mean, low, high, kind = mean_interval([1.0])
+    assert (mean, kind) == (1.0, NONE) and math.isnan(low) and math.isnan(high)
+    assert interval_text(1.5, 1.0, 2.0, RANGE) == "1.500 (range 1.000 to 2.000)"
+    assert interval_text(1.0, math.nan, math.nan, NONE) == "1.000"
+    assert interval_text(2.0, 1.0, 3.0, CI) == "2.000 [1.000, 3.000]"
+    # equal values: their range, printed as such, never a zero-width CI [x, x]
+    assert mean_interval([2.5, 2.5, 2.5]) == (2.5, 2.5, 2.5, RANGE)
+    assert interval_text(*mean_interval([2.5, 2.5, 2.5])) == "2.500 (all seeds equal)"
+    same = np.tile(CURVE, (4, 1)) + np.arange(4)[:, None] * 0.1  # a per-seed offset only: equal contrasts
+    assert sensitivity_interval(same)[1:] == (pytest.approx(0.4), pytest.approx(0.4), RANGE)
+    assert paired_sensitivity(same, same)["kind"] == RANGE
 
 
 # a loss curve over four LRs whose minimum is well apart: true LR sensitivity 3.0 - 2.6 = 0.4
 CURVE = np.array([3.0, 2.6, 2.8, 3.6])
 
 
-def test_lr_sensitivity_and_its_seed_bootstrap_interval_cover_the_truth():
+def test_lr_sensitivity_interval_written_out_from_the_grid_contrasts():
     assert lr_sensitivity([[3.0, 3.4], [3.2, 3.6]]) == pytest.approx(0.2)  # seed means 3.1, 3.5: mean(0, 0.4)
-    truth = CURVE.mean() - CURVE.min()
     rng = np.random.default_rng(1)
-    covered = 0
-    for i in range(200):  # 8 seeds: noise per run, plus a per-seed offset shared by its LRs
-        losses = CURVE + rng.normal(0, 0.1, (8, 4)) + rng.normal(0, 0.1, (8, 1))
-        _, low, high = sensitivity_interval(losses, n_boot=2000, seed=i)
-        covered += low <= truth <= high
-    assert covered >= 180
-    assert sensitivity_interval(np.empty((0, 4)))[0] != sensitivity_interval(np.empty((0, 4)))[0]  # NaN
-    assert sensitivity_interval([[3.0, 3.4]]) == (pytest.approx(0.2),) * 3  # one seed: a point
+    losses = CURVE + rng.normal(0, 0.1, (5, 4))
+    c = losses.mean(axis=1, keepdims=True) - losses  # per seed: grid mean - loss at each LR
+    se = c.std(axis=0, ddof=1) / math.sqrt(5)
+    low = max(c.mean(axis=0) - stats.t.ppf(1 - 0.05 / 8, 4) * se)  # all 4 lower bounds at once: Bonferroni
+    high = max(c.mean(axis=0) + stats.t.ppf(1 - 0.05 / 2, 4) * se)  # the true best LR's contrast alone
+    estimate = losses.mean(axis=0).mean() - losses.mean(axis=0).min()
+    assert sensitivity_interval(losses) == (pytest.approx(estimate), pytest.approx(max(low, 0)), pytest.approx(high), CI)
+    assert low <= estimate <= high  # the estimate sits inside its own interval
+    assert math.isnan(sensitivity_interval(np.empty((0, 4)))[0])
+    one = sensitivity_interval([[3.0, 3.4]])
+    assert one[0] == pytest.approx(0.2) and math.isnan(one[1]) and one[3] == NONE  # one seed: no interval
+    # two seeds: the range of the per-seed sensitivities (0.2 and 0.5), not a CI
+    assert sensitivity_interval([[3.0, 3.4], [3.0, 4.0]])[1:] == (pytest.approx(0.2), pytest.approx(0.5), RANGE)
 
 
 def test_paired_sensitivity_written_out_detects_a_planted_difference_and_not_a_null_one():
@@ -98,6 +116,70 @@ def test_sign_flip_p_values_written_out():
     assert math.isnan(sign_flip_p([]))
 
 
+def test_monte_carlo_permutation_p_values_are_never_zero():
+    # 20 pairs, all +1: no random pattern but the all-plus one is as extreme; the exact p is
+    # 2 / 2^20 (~2e-6), a Monte-Carlo estimate over N = 100,000 patterns is (k + 1) / (N + 1)
+    p = sign_flip_p(np.ones(20))
+    assert 0 < p <= 3 / 100_001
+    x = np.tile(CURVE, (20, 1)) + np.linspace(0, 0.01, 20)[:, None]
+    assert 0 < paired_sensitivity(x + np.array([0, 0, 0, 1.0]), x)["p"] <= 3 / 100_001
+
+
+def _stratified_by_enumeration(strata):
+    """The exact conditional test written out: every table with each stratum's margins, the
+    probability of the variant's divergence counts a product of hypergeometric terms."""
+    options = []
+    for k, n, kr, nr in strata:
+        total = k + kr
+        options.append([(x, math.comb(total, x) * math.comb(n + nr - total, n - x) / math.comb(n + nr, n))
+                        for x in range(max(0, total - nr), min(total, n) + 1)])
+    observed = sum(k for k, *_ in strata)
+    by_sum = {}
+    for combo in itertools.product(*options):
+        t = sum(x for x, _ in combo)
+        by_sum[t] = by_sum.get(t, 0.0) + math.prod(q for _, q in combo)
+    greater = sum(q for t, q in by_sum.items() if t >= observed)
+    two_sided = sum(q for q in by_sum.values() if q <= by_sum[observed] * (1 + 1e-7))
+    return greater, two_sided
+
+
+@pytest.mark.parametrize("strata", [
+    [(3, 4, 0, 4), (0, 4, 0, 4), (4, 4, 4, 4)],  # one informative LR among uninformative ones
+    [(2, 4, 1, 4), (1, 4, 0, 4), (4, 4, 2, 4)],
+    [(2, 8, 0, 8)],
+])
+def test_stratified_exact_test_against_enumeration_and_fisher(strata):
+    greater, two_sided = _stratified_by_enumeration(strata)
+    assert stratified_exact_p(strata, "greater") == pytest.approx(greater, rel=1e-9)
+    assert stratified_exact_p(strata) == pytest.approx(two_sided, rel=1e-9)
+    if len(strata) == 1:
+        table = [[strata[0][0], strata[0][1] - strata[0][0]], [strata[0][2], strata[0][3] - strata[0][2]]]
+        assert stratified_exact_p(strata) == pytest.approx(fisher_exact(table).pvalue, rel=1e-9)
+
+
+def test_stratified_test_does_not_pool_lrs():
+    # 3/4 vs 0/4 at one LR, everything diverged at another, nothing at a third: pooled into one
+    # table (7/12 vs 4/12) Fisher sees little (p = 0.41); within LRs it is the 3/4 vs 0/4 table alone
+    strata = [(3, 4, 0, 4), (0, 4, 0, 4), (4, 4, 4, 4)]
+    assert fisher_two_sided(7, 12, 4, 12) == pytest.approx(fisher_exact([[7, 5], [4, 8]]).pvalue)
+    assert stratified_exact_p(strata) == pytest.approx(fisher_exact([[3, 1], [0, 4]]).pvalue)
+    assert stratified_exact_p(strata) < fisher_two_sided(7, 12, 4, 12)
+    assert smallest_stratified_p([(0, 4, 0, 4)]) == pytest.approx(2 / math.comb(8, 4))
+
+
+def test_smallest_reachable_holm_p_and_seeds_needed():
+    # fp8_recipes: 7 recipes, each a ΔS permutation test over 8 paired seeds (smallest p 2/256) and a
+    # divergence test over 24 + 24 runs (smallest p far below): the ΔS tests rank after the 7
+    # divergence tests, Holm multiplies their p by 7 at best: 7 x 2/256 = 0.0547
+    divergence = smallest_stratified_p([(0, 8, 0, 8)] * 3)
+    family = [divergence] * 7 + [smallest_permutation_p(8)] * 7
+    assert smallest_holm_p(family, 7) == pytest.approx(7 * 2 / 256)
+    assert seeds_needed(family, 7, 0.05) == 9  # 7 x 2/512 = 0.027
+    # master weights: three sign-flip tests over 6 seeds: 3 x 2/64 = 0.094, as the study's Holm gives
+    assert smallest_holm_p([smallest_permutation_p(6)] * 3, 0) == pytest.approx(3 * 2 / 64)
+    assert seeds_needed([smallest_permutation_p(6)] * 3, 0, 0.05) == 7  # 3 x 2/128 = 0.047
+
+
 def test_paired_test_detects_a_planted_difference_and_not_a_null_one():
     rng = np.random.default_rng(0)
     base = rng.normal(3.0, 0.3, size=12)  # seed-to-seed variation, shared by the pairs
@@ -122,6 +204,7 @@ def test_recipe_comparison_on_a_constructed_store():
     fp8, fp4 = table.loc["fp8"], table.loc["fp4"]
     assert (fp8.pairs, fp8.diverged) == (4, 0)
     assert fp8["diff"] == pytest.approx(0.1) and fp8.diff_low == pytest.approx(0.1) and fp8.diff_high == pytest.approx(0.1)
+    assert fp8.diff_interval == RANGE  # every pair differs by 0.1: no spread, so no CI is claimed
     assert fp8.p_diff == 2 / 16 and fp8.loss == pytest.approx(3.25)
     assert (fp4.diverged, fp4.pairs) == (2, 2) and fp4["diff"] == pytest.approx(0.4)  # seeds 0 and 3 pair
     assert fp4.p_more_diverged == pytest.approx(fisher_exact([[2, 2], [0, 4]], alternative="greater").pvalue)
@@ -159,3 +242,27 @@ def test_master_weights_study_refuses_a_missing_store_in_one_line(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "does not exist" in proc.stderr
     assert not (tmp_path / "none.db").exists() and not (tmp_path / "p.png").exists()
+
+
+def test_master_weights_study_holm_adjusts_its_three_tests():
+    # 6 seeds, nearest even 0.078 above fp32 master weights in every seed, SR on it: the sign-flip
+    # p of 6 same-sign differences is 2/64 = 0.031, Holm over the study's 3 tests makes it 3 x 0.031
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "scripts" / "master_weights_study.py"
+    spec = importlib.util.spec_from_file_location("master_weights_study", path)
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    base = np.array([2.431, 2.445, 2.436, 2.440, 2.442, 2.438])
+    rows = [("fp32 master", base), ("bf16 RNE", base + 0.078 + np.linspace(-0.002, 0.002, 6)),
+            ("bf16 SR", base + np.array([0.0004, -0.0003, 0.0002, -0.0001, 0.0005, -0.0002]))]
+    runs = pd.concat([pd.DataFrame({"variant": v, "seed": range(6), "final_val_loss": x}) for v, x in rows])
+    lines = study.table(runs)
+    rne = next(line for line in lines if line.startswith("| bf16 RNE"))
+    assert "| 0.031 | 0.094 |" in rne
+    d = base + 0.078 + np.linspace(-0.002, 0.002, 6) - base
+    low, high = stats.t.interval(0.98, 5, loc=d.mean(), scale=stats.sem(d))
+    assert f"[{low:+.4f}, {high:+.4f}]" in rne
+    assert any("(Holm 0.094)" in line for line in lines)
+    assert any("can reach is 0.094 — no difference can be detected at 5%" in line for line in lines)

@@ -18,13 +18,13 @@ def make_config(lr=1e-3, fmt="e8m3", seed=0, **extra):
 
 
 def record(store, config, steps=10, sweep=None, status="completed", checkpoint_every=None, diagnostics=False,
-           **outcome):
+           meta=None, **outcome):
     """Claim and record a run whose train loss at step s is 10 - s/10 and val loss every 5 steps is 10 - s/20
     (with `diagnostics`, two diagnostics rows every 5 steps: saturated s/100 at fc/fwd_x, grad_cosine 1 - s/100)."""
     rid = run_id(config)
     assert store.claim_run(rid, config, sweep)
     with store.recorder(rid, flush_every=3) as rec:
-        rec.start({"device": "cpu", "data_fingerprint": "abc"})
+        rec.start(meta or {"device": "cpu", "data_fingerprint": "abc"})
         for step in range(1, steps + 1):
             rec.log(step, "train", {"loss": 10 - step / 10, "lr": 1e-3, "grad_norm": 0.5, "tokens": 64 * step,
                                     "elapsed": 0.01 * step})

@@ -17,7 +17,7 @@ from precisionlab.sweep.plan import plan
 # existing config computes); adding a config key at its neutral default must leave them as they are.
 # precisionlab 0.2's ids, which configs that keep 0.2's data split and regime still have (OLD_0_2):
 # the default sweep's 18 runs in grid order (e8m7, e8m5, e8m3 x LR 3e-3, 3e-2, 3e-1 x seeds 0, 1).
-OLD_0_2 = ("data.split=tail", "train.steps=200", "train.eval_batches=4")
+OLD_0_2 = ("data.split=tail", "train.steps=200", "train.eval_batches=4", "train.divergence.rule=factor")
 PINNED_DEFAULT_SWEEP_0_2 = [
     "15db7e1217eb9268", "de636225a1a8eabf", "640218336371a031", "59b610ca3f25efd0", "ba0237f20299c57f",
     "26c8e27ba8527399", "007d828cb4f8de28", "a7b1323c3bfe36d1", "2e8c0a853164d71f", "89d1dcc3aa4d2e58",
@@ -44,6 +44,23 @@ PINNED = {
     ("precision=fp8",): "bfbebce7b1040b62",
     ("model=llama_120m",): "571d9f7f7b608649",
 }
+# The divergence rule's default became `none` (no early stop; 0.1's rule is `factor`) and the built-in
+# corpus holds out whole families of near-duplicate files (data.split=families): the ids above are those
+# of configs that name both old values (BEFORE); the defaults' are these.
+BEFORE = ("train.divergence.rule=factor", "data.split=files")
+PINNED_DEFAULT_SWEEP_NOW = [
+    "3abe2c2f1ecfe65f", "8861b8cc25cb0596", "ff0dba385ab6e869", "8ec5277d56c71788", "5e44da27da57cb2e",
+    "ebcf416ba0f69437", "e06a6d65e753a9a8", "44f8c1157659306b", "35e6b99bee9fc788", "3aaa1b88b3f66959",
+    "e003268936e0321b", "2181f3108ecdfc28", "f4124260a52827ed", "8ba323d7c8eb1451", "1ead81a1929217f7",
+    "58e5eefce155b52b", "c2288b66faf343ef", "9e2650db12baa475", "74e93f9412d4016f", "13b51b37049933cf",
+    "e9625493539f9e34", "5a0bcf1e0385d2bc", "bb20221100831c7e", "a43f4b8fe1511389", "1468f760729a0230",
+    "3d367e0bf6b7f50f", "159d48d67cb1d120",
+]
+PINNED_NOW = {
+    (): "eb5ceffaf75767e2",
+    ("precision=fp8",): "30ff4e1d069c579a",
+    ("model=llama_120m",): "e43014b40cd52d65",
+}
 
 
 def _train(*overrides: str):
@@ -55,8 +72,10 @@ def test_pinned_ids(tmp_path):
     old_sweep = plan([*OLD_0_2, "train.checkpoint_every=50", "seed=0,1"], cwd=tmp_path).run_ids
     assert old_sweep == PINNED_DEFAULT_SWEEP_0_2
     assert {overrides: run_id(_train(*overrides, *OLD_0_2)) for overrides in PINNED_0_2} == PINNED_0_2
-    assert plan([], cwd=tmp_path).run_ids == PINNED_DEFAULT_SWEEP
-    assert {overrides: run_id(_train(*overrides)) for overrides in PINNED} == PINNED
+    assert plan([*BEFORE], cwd=tmp_path).run_ids == PINNED_DEFAULT_SWEEP
+    assert {overrides: run_id(_train(*overrides, *BEFORE)) for overrides in PINNED} == PINNED
+    assert plan([], cwd=tmp_path).run_ids == PINNED_DEFAULT_SWEEP_NOW
+    assert {overrides: run_id(_train(*overrides)) for overrides in PINNED_NOW} == PINNED_NOW
 
 
 def _leaves(node, path=""):
@@ -86,7 +105,8 @@ def test_every_key_of_every_preset_has_a_neutral_value(tmp_path):
 
 def test_the_default_config_hashes_to_its_identity_version_and_its_changed_defaults_alone():
     assert semantic_config(_train(*OLD_0_2)) == {}  # every key at its neutral value
-    assert semantic_config(_train()) == {"data": {"split": "files"}, "train": {"steps": 300, "eval_batches": 32}}
+    assert semantic_config(_train()) == {"data": {"split": "families"},
+                                         "train": {"steps": 300, "eval_batches": 32, "divergence": {"rule": "none"}}}
 
 
 def test_a_new_key_at_its_neutral_value_keeps_every_id(monkeypatch):

@@ -87,13 +87,17 @@ def test_seeds_pair_across_precisions(train_cfg, monkeypatch):
         assert all(torch.equal(a, b) for a, b in zip(got["batches"], reference["batches"])), name
 
 
-def test_huge_learning_rate_diverges_and_stops(train_cfg):
+def test_huge_learning_rate_diverges_and_an_early_stop_rule_stops_it(train_cfg):
+    # the default (train.divergence.rule=none) trains to the end and judges there: the run ended above ln V
     result, rec = _run(train_cfg("optim.lr=30", "train.steps=40", "optim.grad_clip=0"))
-    assert result.status == "diverged"
-    assert result.diverged_step is not None and result.steps_done == result.diverged_step < 40
-    last = rec.losses()[-1][1]
-    assert not math.isfinite(last) or last > result.initial_loss
-    assert rec.outcome["status"] == "diverged"
+    assert result.status == "diverged" and result.steps_done == 40 and rec.outcome["status"] == "diverged"
+    losses = [loss for _, loss in rec.losses()]
+    assert np.median(losses[-20:]) > math.log(256) and result.diverged_step < 40
+    # rule=median stops it once most of the last 5 losses are above ln V
+    stopped, rec = _run(train_cfg("optim.lr=30", "train.steps=40", "optim.grad_clip=0", "train.divergence.rule=median",
+                                  "train.divergence.window=5"))
+    assert stopped.status == "diverged" and stopped.steps_done == stopped.diverged_step < 40
+    assert sum(loss > math.log(256) for _, loss in rec.losses()[-5:]) >= 3
 
 
 def test_nan_loss_diverges_without_raising(train_cfg, monkeypatch):
