@@ -129,9 +129,10 @@ def train(ctx: typer.Context) -> None:
     data (default, text, tokens), optim (adamw). Writes metrics.csv, run.json and checkpoints/
     into the Hydra run directory (outputs/DATE/TIME).
     """
+    from precisionlab.store.url import hide_passwords
     from precisionlab.sweep.app import train_main, validated_by_cli
 
-    overrides = list(ctx.args)
+    overrides = hide_passwords(list(ctx.args))  # a store.url's password: to PGPASSWORD, never into run files
     flags = [arg for arg in overrides if arg.startswith("-")]
     if _SHOW_FLAGS & set(flags):  # Hydra's --cfg job, --info, ...: shown as they are, nothing runs
         _run_hydra(train_main, overrides)
@@ -165,10 +166,11 @@ def sweep(
     """
     from precisionlab.sweep.app import sweep_main
     from precisionlab.sweep.plan import SweepError, plan
+    from precisionlab.store.url import hide_passwords
     from precisionlab.sweep.preview import header, run_list, statuses
     from precisionlab.sweep.progress import Progress, complete, summary
 
-    overrides = list(ctx.args)
+    overrides = hide_passwords(list(ctx.args))  # a store.url's password: to PGPASSWORD, never into run files
     if jobs is not None:
         if jobs < 1:
             fail(f"--jobs must be a positive number of runs at once; got {jobs}")
@@ -222,7 +224,7 @@ def sweep(
             store.close()
         typer.echo(run_list(grid, status))
         return
-    command = " ".join(["precisionlab sweep", *ctx.args, *(["--jobs", str(jobs)] if jobs else []), *(["--force"] if force else [])])
+    command = " ".join(["precisionlab sweep", *hide_passwords(list(ctx.args)), *(["--jobs", str(jobs)] if jobs else []), *(["--force"] if force else [])])
     try:  # a store damaged or made unusable before or during the sweep: one line, not a traceback
         grid.register(store, command=command)
         with Progress(store, grid):

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 import torch.nn as nn
 from typer.testing import CliRunner
 
@@ -136,6 +139,13 @@ def _cases(files: Path) -> list[tuple[list[str], str]]:
         (["sweep", "store.path=" + stores["damaged.db"], *SWEEP_MICRO], "the file is damaged"),
         (["sweep", "store.path=" + stores["folder.db"], *SWEEP_MICRO], "is a directory"),
         (["sweep", "--jobs", "0"], "--jobs must be a positive number"),
+        # store URLs whose password a URL cannot hold as typed: refused without echoing it
+        *[([cmd, *args], fragment) for cmd, args, fragment in (
+            ("sweep", ["store.url=postgresql://me:pa/ss@127.0.0.1:5432/db", *SWEEP_MICRO], "must percent-encode (%2F"),
+            ("train", ["store.url=postgresql://me:pa@ss@127.0.0.1:5432/db", *MICRO], "must percent-encode (%2F"),
+            ("sweep", ["store.url=postgresql://me:pa%ss@127.0.0.1:5432/db", *SWEEP_MICRO], "write % as %25"),
+            ("report", ["--store", "postgresql://me:pa/ss@127.0.0.1:5432/db"], "must percent-encode (%2F"),
+            ("sharpness", ["--store", "postgresql://me:pa%ss@127.0.0.1:5432/db"], "write % as %25"))],
         # train: data that has no window of seq_len + 1 tokens is refused before any run directory
         (["train", "data=text", "data.path=/dev/null", *MICRO], "is not a regular file or folder"),
         (["train", "train.seq_len=100000000", "train.steps=1"], "lower train.batch_size or train.seq_len"),
@@ -522,3 +532,190 @@ def test_bad_precision_settings_are_one_line_exit_2(args, fragment, tmp_path, mo
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.stderr
     assert "Traceback" not in result.output and (result.exception is None or isinstance(result.exception, SystemExit))
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- checkpoints that are not what they claim
+# (a file another run wrote in its place, a damaged file, a parent whose weights do not load into the branch)
+
+
+def _flip_a_weight_bit(path: Path) -> None:
+    """Flip one exponent bit of a float in the largest tensor stored in checkpoint `path` (torch's zip
+    stores tensors uncompressed): the file stays a loadable checkpoint, one weight changes."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    data = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26: info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len
+    data[start + 4 * (info.file_size // 8) + 3] ^= 0x40  # the high byte of a little-endian float32 in the middle
+    path.write_bytes(bytes(data))
+
+
+def _stored_run(store: ResultsStore, checkpoint_dir: Path, *overrides: str):
+    """A 10-step micro run recorded into `store`, checkpoint at step 4 -> (its config, its result)."""
+    from precisionlab.sweep.job import recorded_run
+    from precisionlab.train.rundir import RunDirRecorder
+
+    cfg = validate(compose_train(*overrides, "train.checkpoint_steps=[4]", f"train.checkpoint_dir={checkpoint_dir}"))
+    result = recorded_run(cfg, store, RunDirRecorder(checkpoint_dir.parent / "rundirs" / str(len(store.runs()))),
+                          force=True)
+    assert result.status == "completed"
+    return cfg, result
+
+
+@pytest.fixture(scope="module")
+def parents(tmp_path_factory):
+    """A store of parent runs (checkpoint at step 4): a tied-weights parent, an untied one, one whose
+    checkpoint holds another run's state, one whose checkpoint is damaged."""
+    from precisionlab.store import run_id
+
+    root = tmp_path_factory.mktemp("parents")
+    store = ResultsStore(root / "parents.db")
+    ids = {name: run_id(_stored_run(store, root / name, *overrides)[0]) for name, overrides in (
+        ("tied", []), ("untied", ["model.tie_weights=false"]), ("overwritten", ["seed=1"]), ("damaged", ["seed=2"]))}
+    path = {name: store.checkpoints(rid).path.iloc[0] for name, rid in ids.items()}
+    shutil.copyfile(path["tied"], path["overwritten"])  # another run's file in its place
+    _flip_a_weight_bit(Path(path["damaged"]))
+    store.close()
+    return SimpleNamespace(db=root / "parents.db", ids=ids, path=path)
+
+
+def _branch_cases(parents) -> list[tuple[list[str], str]]:
+    """(command line, a fragment of the one error line): branches whose parent check must refuse them."""
+    ids, path = parents.ids, parents.path
+    grid = ["sweep=fp4", "precision=bf16", "optim.lr=3e-3", "seed=0"]  # its grid replaced: one run
+    cases = []
+    for command, extra in (("train", []), ("sweep", grid)):
+        common = [command, *extra, *MICRO, f"store.path={parents.db}"]
+        cases += [
+            ([*common, f"init.parent={ids['overwritten']}@4"],
+             f"checkpoint {path['overwritten']} holds run {ids['tied']} at step 4, not run {ids['overwritten']} at step 4"),
+            ([*common, f"init.parent={ids['damaged']}@4"],
+             f"checkpoint {path['damaged']} is damaged: its content does not match its checksum"),
+            ([*common, f"init.parent={ids['tied']}@4", "model.tie_weights=false"], "(model.tie_weights changed?)"),
+            ([*common, f"init.parent={ids['untied']}@4", "model.tie_weights=true"], "(model.tie_weights changed?)"),
+        ]
+    return cases
+
+
+@pytest.mark.slow
+def test_branches_from_checkpoints_that_do_not_hold_their_parent_are_one_line_exit_2(parents, tmp_path, monkeypatch):
+    """Another run's file, a flipped bit, a model that changed tie_weights: each refused before anything
+    is written (the store's rows unchanged, no run folder), never trained into a `diverged` or `failed` row."""
+    def rows():
+        store = ResultsStore(parents.db)
+        try:
+            return sorted(store.runs().run_id), len(store.metrics()), len(store.checkpoints())
+        finally:
+            store.close()
+
+    before, failures = rows(), []
+    for i, (args, fragment) in enumerate(_branch_cases(parents)):
+        cwd = tmp_path / f"case{i}"
+        cwd.mkdir()
+        monkeypatch.chdir(cwd)
+        result = CliRunner().invoke(app, args)
+        lines = result.stderr.strip().splitlines()
+        if (result.exit_code != 2 or len(lines) != 1 or not lines[0].startswith("error: ") or fragment not in lines[0]
+                or list(cwd.iterdir()) or rows() != before):
+            failures.append(f"{args[0]} {args[-2:]}: exit {result.exit_code}, stderr {result.stderr!r}, "
+                            f"wrote {list(cwd.iterdir())}")
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.slow
+def test_a_rerun_never_resumes_from_another_runs_checkpoint(tmp_path):
+    """Run A's step-4 checkpoint replaced by run B's (both wrote one train.checkpoint_dir): rerunning A
+    trains it from the start, to A's own curve, instead of continuing B's weights under A's name."""
+    from precisionlab.store import run_id
+
+    from precisionlab.sweep.job import recorded_run
+    from precisionlab.train.rundir import RunDirRecorder
+
+    class StopsAtStep6(RunDirRecorder):  # a run that dies after its step-4 checkpoint (recorded `failed`)
+        def log(self, step, split, metrics):
+            if step == 6:
+                raise RuntimeError("killed")
+            super().log(step, split, metrics)
+
+    store = ResultsStore(tmp_path / "r.db")
+    (cfg_a, whole), (cfg_b, _) = _stored_run(store, tmp_path / "a"), _stored_run(store, tmp_path / "b", "seed=1")
+    a_id = run_id(cfg_a)
+    assert recorded_run(cfg_a, store, StopsAtStep6(tmp_path / "killed"), force=True).status == "failed"
+    a_file, b_file = (store.checkpoints(run_id(cfg)).path.iloc[0] for cfg in (cfg_a, cfg_b))
+    shutil.copyfile(b_file, a_file)  # B's state in A's file
+    rerun = recorded_run(cfg_a, store, RunDirRecorder(tmp_path / "rerun"))  # a failed run resumes from its checkpoint if it can
+    assert rerun.status == "completed"
+    assert (rerun.final_val_loss, rerun.final_train_loss) == (whole.final_val_loss, whole.final_train_loss)
+    assert store.metrics(a_id, split="train").step.tolist() == list(range(1, 11))
+
+
+@pytest.mark.slow
+def test_sharpness_never_measures_another_runs_or_a_damaged_checkpoint(tmp_path, monkeypatch):
+    """Checkpoints holding another run's state, or a flipped bit, are reported (exit 1) and measured under no run."""
+    from precisionlab.sweep.job import recorded_run
+    from precisionlab.store import run_id
+    from precisionlab.train.rundir import RunDirRecorder
+
+    store = ResultsStore(tmp_path / "r.db")
+    store.add_sweep("s", command="test")
+    files, ids = [], []
+    for seed in (0, 1, 2):
+        cfg = validate(compose_train(f"seed={seed}", "train.checkpoint_steps=[4]",
+                                     f"train.checkpoint_dir={tmp_path / f'checkpoints{seed}'}"))
+        assert recorded_run(cfg, store, RunDirRecorder(tmp_path / f"run{seed}"), sweep="s").status == "completed"
+        ids.append(run_id(cfg))
+        files.append(Path(store.checkpoints(ids[-1]).path.iloc[0]))
+    shutil.copyfile(files[0], files[1])  # run 1's file holds run 0
+    _flip_a_weight_bit(files[2])
+    store.close()
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["sharpness", "--store", str(tmp_path / "r.db"), "--metric", "logit"])
+    assert result.exit_code == 1, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: checkpoint not measured")]
+    assert len(warnings) == 2 and str(files[1]) in warnings[0] + warnings[1] and str(files[2]) in warnings[0] + warnings[1]
+    assert any("holds run" in w for w in warnings) and any("is damaged" in w for w in warnings)
+    measured = ResultsStore(tmp_path / "r.db").sharpness()
+    assert set(measured.run_id) == {ids[0]}
+
+
+@pytest.mark.slow
+def test_runs_sharing_a_checkpoint_dir_write_files_of_their_own(tmp_path):
+    """Two runs given one absolute train.checkpoint_dir (the defect: the second overwrote the first's
+    step_0000004.pt): each saves under a folder named by its run id."""
+    from precisionlab.store import run_id
+
+    store = ResultsStore(tmp_path / "r.db")
+    shared = tmp_path / "checkpoints"
+    configs = [_stored_run(store, shared, f"seed={seed}")[0] for seed in (0, 1)]
+    paths = [Path(store.checkpoints(run_id(cfg)).path.iloc[0]) for cfg in configs]
+    assert paths == [shared / run_id(cfg) / "step_0000004.pt" for cfg in configs]
+    assert all(torch.load(p, weights_only=True)["run_id"] == run_id(cfg) for p, cfg in zip(paths, configs))
+
+
+@pytest.mark.parametrize("url", ["postgresql://me:Xy7/Qk4@127.0.0.1:5432/db", "postgresql://me:Xy7@Qk4@127.0.0.1:5432/db",
+                                 "postgresql://me:Xy7%Qk4@127.0.0.1:5432/db", "postgresql://me:Xy7:Qk4@127.0.0.1:x/db"])
+@pytest.mark.parametrize("command", ["sweep", "train", "report"])
+def test_a_store_url_password_is_not_echoed_in_errors(url, command, tmp_path, monkeypatch):
+    """Malformed URLs whose password holds '/', '@', '%' or ':': one line, exit 2, no piece of the password."""
+    monkeypatch.chdir(tmp_path)
+    args = {"sweep": [f"store.url={url}", *SWEEP_MICRO], "train": [f"store.url={url}", *MICRO],
+            "report": ["--store", url]}[command]
+    result = CliRunner().invoke(app, [command, *args])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "Xy7" not in result.output and "Qk4" not in result.output, lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_store_url_with_a_password_in_a_config_is_refused():
+    """A password that reached the composed config (a config file; the command line's is taken out first)
+    would be written into run.json and checkpoints: refused in one line, before anything runs."""
+    from precisionlab.store.url import configured_store
+
+    with pytest.raises(StoreError, match="holds a password, which would be written into run folders") as err:
+        configured_store({"store": {"url": "postgresql://me:s3cr%2Fet@db:5432/runs", "path": None}})
+    assert "s3cr" not in str(err.value)
+    assert configured_store({"store": {"url": "postgresql://me@db:5432/runs", "path": None}}) == "postgresql://me@db:5432/runs"

@@ -8,6 +8,15 @@
 The spellings are SQLAlchemy's and Optuna's. SQLite is for one machine; a PostgreSQL
 server is for jobs on many nodes (SQLite's locking over a network file system is
 unreliable by its own documentation).
+
+Passwords: a password in a URL (USER:PASSWORD@, or ?password=) is a secret precisionlab keeps
+out of everything it writes and prints. `train` and `sweep` take it out of a `store.url=`
+override before Hydra sees the command line (`hide_passwords`): the URL without it is what
+the config, Hydra's job lines and `.hydra/` files, run.json and checkpoints hold, and the
+password goes to PGPASSWORD for this process and the runs it starts (libpq reads it, as it
+reads ~/.pgpass). Messages show URLs through `redact`. A password written as a URL must
+percent-encode `/ ? # @` and `%` (%2F %3F %23 %40 %25); one that does not is refused without
+echoing it.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ from dataclasses import dataclass
 
 from precisionlab.store.schema import StoreError
 
-__all__ = ["StoreURL", "parse_store_url", "configured_store", "redact", "URL_HELP"]
+__all__ = ["StoreURL", "parse_store_url", "configured_store", "redact", "hide_passwords", "without_password", "URL_HELP"]
 
 URL_HELP = ("accepted: a file path or sqlite:///PATH (SQLite, one machine), "
             "postgresql://USER:PASSWORD@HOST:PORT/DB (a server, for clusters)")
@@ -26,9 +35,73 @@ _POSTGRES_SCHEMES = ("postgresql", "postgresql+psycopg", "postgres")
 
 
 def redact(url: str) -> str:
-    """`url` with its password replaced by ***, for messages and logs."""
-    url = re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", url)
+    """`url` (or a text holding URLs) with every password replaced by ***, for messages and logs: from
+    `://USER:` to the last `@` of the word, so a password holding `/`, `@` or `:` is hidden whole."""
+    url = re.sub(r"(://[^/@:\s]*:)\S*@", r"\1***@", url)
     return re.sub(r"(?i)(password=)[^&\s]*", r"\1***", url)
+
+
+def _userinfo(url: str) -> tuple[str, str | None, str]:
+    """(`scheme://`, what comes before the last `@` or None, the rest): a URL's USER[:PASSWORD] part,
+    found without trusting the password to be percent-encoded."""
+    scheme, sep, rest = url.partition("://")
+    if "@" not in rest:
+        return scheme + sep, None, rest
+    userinfo, _, host = rest.rpartition("@")
+    return scheme + sep, userinfo, host
+
+
+def _check_userinfo(text: str) -> None:
+    """StoreError (one line, the password not shown) when a PostgreSQL URL's user or password holds
+    characters a URL must percent-encode: libpq would read them as host, port or database."""
+    head, userinfo, host = _userinfo(text)
+    if userinfo is None:
+        return
+    shown = f"{head}{userinfo.partition(':')[0] if ':' in userinfo else '***'}:***@{host}"
+    if any(c in userinfo for c in "/?#@"):
+        raise StoreError(f"store URL {shown}: its user or password holds '/', '?', '#' or '@', which a URL must "
+                         "percent-encode (%2F, %3F, %23, %40); or leave the password out of the URL and set "
+                         "PGPASSWORD or a ~/.pgpass line")
+    if re.search(r"%(?![0-9A-Fa-f]{2})", userinfo):
+        raise StoreError(f"store URL {shown}: its user or password holds a '%' that is not a percent-encoding "
+                         "(write % as %25); or leave the password out of the URL and set PGPASSWORD or a ~/.pgpass line")
+
+
+def without_password(url: str) -> str:
+    """`url` with its password taken out (USER:PASSWORD@ -> USER@, and any password= parameter)."""
+    head, userinfo, host = _userinfo(url)
+    if userinfo is not None:
+        url = f"{head}{userinfo.partition(':')[0]}@{host}"
+    base, sep, query = url.partition("?")
+    if sep:
+        params = [p for p in query.split("&") if not p.lower().startswith("password=")]
+        url = base + ("?" + "&".join(params) if params else "")
+    return url
+
+
+def hide_passwords(overrides: list[str]) -> list[str]:
+    """`train`/`sweep` overrides with the password taken out of a PostgreSQL `store.url=` (see the module
+    docstring): the password goes to PGPASSWORD for this process and the runs it starts. A URL that
+    does not parse is left as it is, for validation to refuse in one line."""
+    hidden = []
+    for arg in overrides:
+        key, sep, value = arg.partition("=")
+        if sep and key.lstrip("+~") == "store.url":
+            quote = value[0] if len(value) > 1 and value[0] in "'\"" and value[-1] == value[0] else ""
+            url = value[len(quote):len(value) - len(quote)]
+            try:
+                where = parse_store_url(url)
+            except StoreError:
+                where = None
+            if where is not None and where.backend == "postgresql":
+                from psycopg.conninfo import conninfo_to_dict  # parse_store_url checked it is installed
+
+                password = conninfo_to_dict(where.target).get("password")
+                if password is not None:
+                    os.environ["PGPASSWORD"] = password
+                    arg = f"{key}={quote}{without_password(url)}{quote}"
+        hidden.append(arg)
+    return hidden
 
 
 @dataclass(frozen=True)
@@ -52,7 +125,13 @@ def configured_store(cfg) -> str | None:
     node = cfg.get("store") if hasattr(cfg, "get") else None
     if node is None:
         return None
-    return node.get("url") or node.get("path")
+    url = node.get("url")
+    if url and str(url).partition("://")[0].lower() in _POSTGRES_SCHEMES and without_password(str(url)) != str(url):
+        _check_userinfo(str(url))  # a malformed one: that, in its own words
+        raise StoreError(f"store.url {redact(str(url))} holds a password, which would be written into run folders and "
+                         "checkpoints with the config; give it in store.url on the command line (precisionlab takes it "
+                         "out), as PGPASSWORD or in ~/.pgpass")
+    return url or node.get("path")
 
 
 def parse_store_url(location: str | os.PathLike, base: str | os.PathLike | None = None) -> StoreURL:
@@ -73,6 +152,7 @@ def parse_store_url(location: str | os.PathLike, base: str | os.PathLike | None 
         path = rest[1:]
         return StoreURL("sqlite", os.path.abspath(os.path.join(os.fspath(base or os.getcwd()), os.path.expanduser(path))))
     if scheme in _POSTGRES_SCHEMES:
+        _check_userinfo(text)
         url = "postgresql://" + rest
         try:
             from psycopg.conninfo import conninfo_to_dict

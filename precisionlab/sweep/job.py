@@ -17,7 +17,6 @@ import logging
 import os
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, open_dict
 
 from precisionlab.config import ConfigError, assume_valid, ensure_valid
@@ -25,7 +24,8 @@ from precisionlab.runtime import absolute_paths
 from precisionlab.store import ResultsStore, StoreError, run_id
 from precisionlab.store.url import configured_store
 from precisionlab.sweep.launchers import exit_with_parent, threads_per_job
-from precisionlab.train.branch import check_weights, parse_parent, shapes
+from precisionlab.train.branch import check_loads, parse_parent
+from precisionlab.train.checkpoint import CheckpointError, CheckpointRef, read_checkpoint
 from precisionlab.train.loop import run
 from precisionlab.train.outcomes import RunResult
 from precisionlab.train.recorder import Tee
@@ -50,18 +50,31 @@ def recorded_run(cfg: DictConfig, store: ResultsStore, recorder: Any = None, *, 
         checkpoint = store.latest_checkpoint(rid)
         resume_from = None
         if checkpoint is not None:
-            if os.path.isfile(checkpoint[1]):
-                resume_from = checkpoint[1]
-                log.info("resuming run %s from its checkpoint at step %d: %s", rid, *checkpoint)
-            else:  # rows up to the checkpoint are kept and relogged identically from the start
-                log.warning("run %s: checkpoint %s is gone; training from the start", rid, checkpoint[1])
+            resume_from = _own_checkpoint(rid, *checkpoint)
         if resume_from is None and cfg.init.parent is not None:
-            resume_from = parent_checkpoint(store, cfg)
-            log.info("run %s branches from run %s: %s", rid, cfg.init.parent, resume_from)
+            parent = parse_parent(cfg.init.parent)
+            resume_from = CheckpointRef(parent_checkpoint(store, cfg), parent.run_id, parent.step)
+            log.info("run %s branches from run %s: %s", rid, cfg.init.parent, resume_from.path)
         tee = Tee(rec, recorder if recorder is not None else RunDirRecorder("."),
                   extra_meta={"run_id": rid, "run_dir": os.getcwd(),
                               "threads": cfg.train.threads or os.cpu_count() or 1})  # as train.run sets them
-        return run(cfg, recorder=tee, resume_from=resume_from)
+        return run(cfg, recorder=tee, resume_from=resume_from, run_id=rid)
+
+
+def _own_checkpoint(rid: str, step: int, path: str) -> CheckpointRef | None:
+    """Run `rid`'s checkpoint at `step` to resume from, or None (with a warning) when the file is gone,
+    damaged or holds another run: the run then trains from the start, its rows up to the checkpoint kept
+    and relogged identically."""
+    if not os.path.isfile(path):
+        log.warning("run %s: checkpoint %s is gone; training from the start", rid, path)
+        return None
+    try:
+        read_checkpoint(path, run_id=rid, step=step)
+    except CheckpointError as err:
+        log.warning("run %s: %s; training from the start", rid, err)
+        return None
+    log.info("resuming run %s from its checkpoint at step %d: %s", rid, step, path)
+    return CheckpointRef(path, rid, step)
 
 
 def parent_checkpoint(store: ResultsStore, cfg: DictConfig) -> str | None:
@@ -91,29 +104,26 @@ def parent_checkpoint(store: ResultsStore, cfg: DictConfig) -> str | None:
 def check_parents(store: ResultsStore | None, configs: list[DictConfig]) -> None:
     """Before any run starts or any row is written (`precisionlab train` and `sweep`): every branch
     among the validated `configs` finds its parent's checkpoint in `store`, the file holds that run at
-    that step, and its weights fit the branch's model. ConfigError (one line) otherwise."""
-    read = {}  # path -> (run id, step, weight shapes): the grid points of a sweep often share a parent
+    that step (its checksum verified), and it loads into the branch's model and optimizer. ConfigError
+    (one line) otherwise."""
+    read, loaded = {}, set()  # the grid points of a sweep often share a parent, and a model
     for cfg in configs:
         if cfg.init.parent is None:
             continue
         if store is None:
             raise ConfigError(f"init.parent={cfg.init.parent}: a branch finds its parent's checkpoint in the results "
                               "store, but store.path is null; set store.path (or store.url) to the parent's store")
-        path = parent_checkpoint(store, cfg)
-        if path not in read:
-            try:  # mmap: only the tensors' headers are read
-                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-                read[path] = (run_id(state["config"]), int(state["step"]), shapes(state["model"]))
-            except Exception as err:
-                problem = str(err).splitlines()[0] if str(err) else ""
-                raise ConfigError(f"init.parent={cfg.init.parent}: the checkpoint file {path} cannot be read "
-                                  f"({type(err).__name__}: {problem})") from None
-        rid, step, weights = read[path]
-        if (rid, step) != parse_parent(cfg.init.parent):
-            raise ConfigError(f"init.parent={cfg.init.parent}: the checkpoint file {path} holds run {rid} at step "
-                              f"{step} (overwritten by another run writing the same train.checkpoint_dir?)")
+        path, parent = parent_checkpoint(store, cfg), parse_parent(cfg.init.parent)
+        where = f"init.parent={cfg.init.parent}"
         try:
-            check_weights(cfg, weights, f"init.parent={cfg.init.parent}")
+            if path not in read:
+                read[path] = read_checkpoint(path, run_id=parent.run_id, step=parent.step)
+            model = (path, repr({k: cfg[k] for k in ("model", "precision", "optim", "seed")}))
+            if model not in loaded:
+                check_loads(read[path], cfg, where)
+                loaded.add(model)
+        except CheckpointError as err:
+            raise ConfigError(f"{where}: {err}") from None
         except ValueError as err:
             raise ConfigError(str(err)) from None
 
@@ -134,7 +144,7 @@ def train_recorded(cfg: DictConfig, recorder: Any = None) -> RunResult:
     cfg = ensure_valid(cfg)
     store = open_store(cfg)
     if store is None:
-        return run(cfg, recorder=recorder)
+        return run(cfg, recorder=recorder, run_id=run_id(cfg))
     result = recorded_run(cfg, store, recorder, force=True)
     if result is None:
         raise StoreError(f"results store {store.location}: run {run_id(cfg)} is being trained by another live "

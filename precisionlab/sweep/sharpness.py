@@ -89,8 +89,8 @@ def measure_checkpoints(store: Any, sweep: str, metrics: Sequence[str], settings
 def _measure(store: Any, row: Any, todo: list, size: int, device: str, validation: dict, outcome: Outcome) -> None:
     """Load checkpoint `row` and write each (metric, params) of `todo` into `store`."""
     try:
-        model, cfg, _, _ = load_checkpoint(row.path, device)
-    except Exception as err:  # a deleted or torn file: report it, measure the rest
+        model, cfg, _, _ = load_checkpoint(row.path, device, run_id=row.run_id, step=int(row.step))
+    except Exception as err:  # a deleted, torn or damaged file, or another run's: report it, measure the rest
         outcome.unreadable.append(f"{row.path} ({type(err).__name__}: {err})")
         return
     data_key = json.dumps(OmegaConf.to_container(cfg.data), sort_keys=True)

@@ -7,9 +7,11 @@ did. A checkpoint holds a config too; where it and the branch's differ, what com
 
   the checkpoint      weights (names and shapes must match the branch's model: a branch may change
                       precision, optim, train and data settings, not the model's shape; a mismatch
-                      is one line, `check_weights`); AdamW's moments and step counts; the loop's
-                      bookkeeping (the initial loss; the divergence rule's window, so the rule sees the
-                      parent's losses; min and last val loss, the spike window and count, elapsed time: a branch's outcome
+                      is one line, `check_weights`; `check_loads` loads the checkpoint as a run would,
+                      so a parameter added or removed, e.g. by model.tie_weights, is one line too);
+                      AdamW's moments and step counts; the loop's bookkeeping (the initial loss; the
+                      divergence rule's window, so the rule sees the parent's losses; min and last val
+                      loss, the spike window and count, elapsed time: a branch's outcome
                       covers the whole curve it continues); the RNG states (batch order, dropout)
                       while the branch keeps the parent's seed
   the checkpoint where it fits, else fresh
@@ -37,9 +39,9 @@ import torch
 
 from precisionlab.quant.linear import DELAYED_STATE
 from precisionlab.train.checkpoint import build_model
-from precisionlab.train.optim import MomentFormats, store_moments
+from precisionlab.train.optim import MomentFormats, build_optimizer, store_moments
 
-__all__ = ["Parent", "PARENT_SPELLING", "parse_parent", "shapes", "check_weights", "load_state"]
+__all__ = ["Parent", "PARENT_SPELLING", "parse_parent", "shapes", "check_weights", "check_loads", "load_state"]
 
 PARENT_SPELLING = "RUN_ID@STEP (a run's 16-hex-digit id, @, a checkpoint step >= 1), e.g. 3f9a2c1b00d4e5f6@100"
 _PARENT = re.compile(r"([0-9a-f]{16})@([1-9][0-9]*)")
@@ -87,6 +89,39 @@ def check_weights(cfg: Any, saved: dict[str, tuple[int, ...]], where: str) -> No
                          "a branch may change precision, optim, train and data settings, not the model's shape")
 
 
+def check_loads(state: dict, cfg: Any, where: str) -> None:
+    """ValueError (one line, starting with `where`) unless checkpoint `state` loads into a new model and
+    optimizer of `cfg` as a run loads it (`load_state`): its weights fit (`check_weights`) and so does
+    AdamW's state (a parameter added or removed, e.g. by model.tie_weights, shifts it). Torch's global
+    RNG is left as it was."""
+    check_weights(cfg, shapes(state["model"]), where)
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(cfg)
+        optimizer = build_optimizer(model, cfg.optim)
+        try:
+            load_state(state, cfg, model, optimizer, torch.Generator(), torch.device("cpu"))
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+        except Exception as err:  # torch's own load errors
+            problem = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise ValueError(f"{where}: the checkpoint does not load into this run's model ({type(err).__name__}: "
+                             f"{problem})") from None
+
+
+def _check_moments(optimizer: torch.optim.Optimizer) -> None:
+    """ValueError unless every loaded AdamW state belongs to a parameter of this run, tensor shapes matching."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, entry in optimizer.state_dict()["state"].items():
+        if index >= len(params):
+            raise ValueError(f"the checkpoint's optimizer holds state for {index + 1}+ parameters, this run's model has "
+                             f"{len(params)} (model.tie_weights changed?); a branch may not change the model's shape")
+        for name, value in entry.items():
+            if torch.is_tensor(value) and value.dim() > 0 and tuple(value.shape) != tuple(params[index].shape):
+                raise ValueError(f"the checkpoint's optimizer state {name} of parameter #{index} has shape "
+                                 f"{list(value.shape)}, this run's parameter {list(params[index].shape)} "
+                                 "(model.tie_weights changed?); a branch may not change the model's shape")
+
+
 def _few(items: list[str], n: int = 3) -> str:
     return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
 
@@ -102,6 +137,7 @@ def load_state(state: dict, cfg: Any, model: torch.nn.Module, optimizer: torch.o
     model.load_state_dict(fits, strict=False)  # missing: only module state the parent lacks (checked weights)
     saved = state["optimizer"]
     optimizer.load_state_dict({"state": saved["state"], "param_groups": optimizer.state_dict()["param_groups"]})
+    _check_moments(optimizer)
     formats = MomentFormats.from_cfg(cfg.optim)
     if formats != MomentFormats.from_cfg(state["config"]["optim"]):
         store_moments(optimizer, formats)  # the parent's moments, stored as this run stores them

@@ -38,7 +38,6 @@ import math
 import os
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -49,7 +48,10 @@ from precisionlab.runtime import provenance, resolve_device
 from precisionlab.train.branch import check_weights, load_state, parse_parent, shapes
 from precisionlab.train.checkpoint import (
     CHECKPOINT_FORMAT,
+    CheckpointRef,
     build_model,
+    checkpoint_path,
+    read_checkpoint,
     save_checkpoint,
 )
 from precisionlab.train.data import DataError, get_batch, load_dataset
@@ -94,15 +96,19 @@ def eval_batches(val_tokens: Any, cfg: Any) -> list[tuple[torch.Tensor, torch.Te
     return [get_batch(val_tokens, cfg.train.batch_size, cfg.train.seq_len, generator) for _ in range(cfg.train.eval_batches)]
 
 
-def run(cfg: Any, recorder: Recorder | None = None, resume_from: str | os.PathLike | None = None) -> RunResult:
+def run(cfg: Any, recorder: Recorder | None = None, resume_from: str | os.PathLike | CheckpointRef | None = None,
+        run_id: str | None = None) -> RunResult:
     """Train one model as `cfg` says; see the module docstring for outcomes and definitions.
 
     `recorder` gets the metadata, per-step metrics, checkpoints and outcome
     (default: `RunDirRecorder` on the current directory). `resume_from` is a
     checkpoint path written by an earlier run with the same config, or for a branch
     (`init.parent`, precisionlab.train.branch) its parent's checkpoint at the branch step
-    (`precisionlab train` and `sweep` look it up in the results store). `cfg` is validated unless
-    `precisionlab.config.validate` made it (the CLI and the sweep validate before they call this).
+    (`precisionlab train` and `sweep` look it up in the results store); a `CheckpointRef` says which
+    run and step the file must hold (precisionlab.train.checkpoint). `run_id` (the results store's id of
+    `cfg`; default: the recorder's `run_id`, as a store's recorder has) is written into every checkpoint,
+    which goes to train.checkpoint_dir/RUN_ID/. `cfg` is validated
+    unless `precisionlab.config.validate` made it (the CLI and the sweep validate before they call this).
     """
     cfg = ensure_valid(cfg)
     t = cfg.train
@@ -130,31 +136,32 @@ def run(cfg: Any, recorder: Recorder | None = None, resume_from: str | os.PathLi
         from precisionlab.train.rundir import RunDirRecorder
 
         recorder = RunDirRecorder(".")
+    run_id = run_id if run_id is not None else getattr(recorder, "run_id", None)
     result = RunResult(status="completed")
     try:
-        _train(cfg, device, batch_gen, train_tokens, val_tokens, data_meta, recorder, state, resume_from, result)
+        _train(cfg, device, batch_gen, train_tokens, val_tokens, data_meta, recorder, state, resume_from, result, run_id)
     except Exception as err:  # never crash a sweep: record the failure
         result.status, result.error = "failed", f"{type(err).__name__}: {err}"
     recorder.finish(asdict(result))
     return result
 
 
-def _read_checkpoint(path: str | os.PathLike, cfg: DictConfig, device: torch.device) -> dict:
-    """The checkpoint at `path`, whose weights fit `cfg`'s model; ConfigError (one line) otherwise."""
-    if not Path(path).is_file():
-        raise ConfigError(f"checkpoint to resume from {str(path)!r} does not exist")
+def _read_checkpoint(source: str | os.PathLike | CheckpointRef, cfg: DictConfig, device: torch.device) -> dict:
+    """The checkpoint at `source`, verified (precisionlab.train.checkpoint), whose weights fit `cfg`'s model;
+    ConfigError (one line) otherwise."""
+    ref = source if isinstance(source, CheckpointRef) else CheckpointRef(os.fspath(source), None, None)
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
-        check_weights(cfg, shapes(state["model"]), f"checkpoint {path}")
-    except ValueError as err:
+        state = read_checkpoint(ref.path, device, run_id=ref.run_id, step=ref.step)
+        check_weights(cfg, shapes(state["model"]), f"checkpoint {ref.path}")
+    except ValueError as err:  # CheckpointError included
         raise ConfigError(str(err)) from None
-    except Exception as err:  # not a checkpoint: a torch.load or pickle error, a missing key
-        raise ConfigError(f"checkpoint {path} cannot be read: {type(err).__name__}: {err}") from None
+    except Exception as err:  # a missing key
+        raise ConfigError(f"checkpoint {ref.path} cannot be read: {type(err).__name__}: {err}") from None
     return state
 
 
 def _train(cfg, device, batch_gen, train_tokens, val_tokens, data_meta, recorder, state, resume_from,
-           result: RunResult) -> None:
+           result: RunResult, run_id: str | None) -> None:
     t, o = cfg.train, cfg.optim
     model = build_model(cfg).to(device)
     optimizer, moment_formats = build_optimizer(model, o), MomentFormats.from_cfg(o)
@@ -180,7 +187,8 @@ def _train(cfg, device, batch_gen, train_tokens, val_tokens, data_meta, recorder
     diagnostics, trained = Diagnostics.from_cfg(cfg, recorder), objective(o.z_loss)
     recorder.start({
         "config": OmegaConf.to_container(cfg), "data": data_meta, "device": str(device),
-        "n_params": model.num_params(), "resumed_from": None if resume_from is None else str(resume_from),
+        "n_params": model.num_params(),
+        "resumed_from": None if resume_from is None else os.fspath(getattr(resume_from, "path", resume_from)),
         "start_step": start_step, "parent_run_id": parent and parent.run_id, "branch_step": parent and parent.step,
         "versions": provenance(),
     })
@@ -221,9 +229,9 @@ def _train(cfg, device, batch_gen, train_tokens, val_tokens, data_meta, recorder
             result.min_val_loss = min(result.min_val_loss or math.inf, result.final_val_loss)
             recorder.log(step, "val", {"loss": result.final_val_loss})
         if step in checkpoint_steps or (t.checkpoint_every and step % t.checkpoint_every == 0):
-            path = Path(t.checkpoint_dir) / f"step_{step:07d}.pt"
+            path = checkpoint_path(t.checkpoint_dir, run_id, step)
             save_checkpoint(path, {
-                "format": CHECKPOINT_FORMAT, "step": step, "config": OmegaConf.to_container(cfg),
+                "format": CHECKPOINT_FORMAT, "run_id": run_id, "step": step, "config": OmegaConf.to_container(cfg),
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "data": data_meta,
                 "rng": {"torch": torch.get_rng_state(), "batches": batch_gen.get_state(),
                         "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},

@@ -298,3 +298,70 @@ def test_store_copy_command(tmp_path, postgres_url, monkeypatch):
         bad = runner.invoke(app, args)
         assert bad.exit_code == 2 and bad.stderr.startswith("error: ") and message in bad.stderr, (args, bad.output)
         assert len(bad.stderr.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- a password never written or printed
+
+PLANTED = "Pl4nted/se@cr:et%9Zq"  # '/', '@', ':' and '%': what broke the redaction
+
+
+def _planted_store(server) -> str:
+    """A database of its own owned by a role whose password is PLANTED -> its URL (the password percent-encoded)."""
+    import psycopg
+    from psycopg import sql
+    from urllib.parse import quote
+
+    with psycopg.connect(server.url("postgres"), autocommit=True, connect_timeout=10) as conn:
+        conn.execute(sql.SQL("CREATE ROLE planted LOGIN PASSWORD {}").format(sql.Literal(PLANTED)))
+        conn.execute("CREATE DATABASE planted OWNER planted")
+    return f"postgresql://planted:{quote(PLANTED, safe='')}@127.0.0.1:{server.port}/planted"
+
+
+def _leaks(text: bytes) -> list[str]:
+    """The pieces of PLANTED (whole, percent-encoded, or a fragment a redaction cut off) found in `text`."""
+    from urllib.parse import quote
+
+    needles = {PLANTED, quote(PLANTED, safe=""), "Pl4nted", "se@cr", "et%9Zq", "9Zq", "cr%3Aet", "se%40cr"}
+    return sorted(n for n in needles if n.encode() in text)
+
+
+@pytest.mark.slow
+def test_a_planted_password_is_never_written_or_printed(tmp_path, own_postgres_server):
+    """A sweep (two runs with checkpoints and sharpness), `train`, `sharpness`, `report`, `store copy` and
+    bad input naming a store URL with the password in it: no file any of them writes (run folders,
+    .hydra/, run.json, checkpoints, the report, the copied store) and no line they print holds it,
+    whole or in part. The runs reach the server: the password went from the URL to libpq."""
+    url = _planted_store(own_postgres_server)
+    env = {k: v for k, v in os.environ.items() if k not in ("PGPASSWORD", "PGPASSFILE")}
+    env["HOME"] = str(tmp_path / "home")  # no ~/.pgpass: the URL's password is the only one
+    micro = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "train.steps=8", "train.batch_size=4",
+             "train.seq_len=16", "train.eval_every=4", "train.eval_batches=2", "optim.warmup_steps=2"]
+    commands = [  # (command line, expected exit code)
+        (["sweep", f"store.url={url}", "sweep.name=planted", "sweep=fp4", "precision=bf16", "optim.lr=3e-3", "seed=0,1",
+          "train.checkpoint_every=4",
+          "sharpness.every=4", "sharpness.metrics=[logit]", *micro], 0),
+        (["train", f"store.url={url}", "seed=5", "train.checkpoint_every=4", "train.threads=1", *micro], 0),
+        (["sharpness", "--store", url, "--sweep", "planted", "--metric", "keskar"], 0),
+        (["report", "--store", url, "--sweep", "planted", "--out", "rep"], 0),
+        (["store", "copy", url, "copy.db"], 0),
+        (["sweep", f"store.url={url.replace('%2F', '/')}", "seed=0", *micro], 2),   # the password's '/' not encoded
+        (["sweep", f"store.url={url.replace('%25', '%')}", "seed=0", *micro], 2),   # its '%' not encoded
+        (["report", "--store", url.replace("%2F", "/")], 2),
+        (["store", "copy", url.replace("%40", "@"), "other.db"], 2),
+    ]
+    printed = []
+    for args, code in commands:
+        done = subprocess.run([CLI, *args], cwd=tmp_path, capture_output=True, env=env, timeout=600)
+        assert done.returncode == code, (args[0], done.stderr.decode()[-2000:])
+        printed.append((args[0], done.stdout + done.stderr))
+    store = ResultsStore(url)
+    assert set(store.runs(sweep="planted").status) == {"completed"} and len(store.runs()) == 3
+    assert len(store.checkpoints()) == 6 and len(store.sharpness()) > 0
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name == "run.json" for p in written) and any(p.suffix == ".pt" for p in written)
+    assert any(p.parent.name == ".hydra" for p in written) and (tmp_path / "rep" / "report.md").is_file()
+    leaks = [f"{p.relative_to(tmp_path)}: {_leaks(p.read_bytes())}" for p in written if _leaks(p.read_bytes())]
+    leaks += [f"{cmd} output: {_leaks(text)}" for cmd, text in printed if _leaks(text)]
+    stored = store._read("SELECT * FROM runs", []).to_json() + store.sweeps().to_json()
+    leaks += [f"the store's runs and sweeps: {_leaks(stored.encode())}"] if _leaks(stored.encode()) else []
+    assert not leaks, "\n".join(leaks)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -194,6 +195,9 @@ def stored(tmp_path_factory):
         cfg = validate(compose_train(*keep, *overrides))
         assert recorded_run(cfg, store, RunDirRecorder(root / name)).status == "completed"
         ids.append(run_id(cfg))
+    first, second = (store.checkpoints(rid).path.iloc[0] for rid in ids[1:])
+    assert first != second  # one train.checkpoint_dir, a folder per run: no collision by default
+    shutil.copyfile(second, first)  # what an earlier version, or a copy by hand, did: the second's file in the first's place
     gone = record(store, make_config(), checkpoint_every=4)  # rows naming checkpoint files never written
     store.close()
     return SimpleNamespace(db=db, parent=ids[0], overwritten=ids[1], overwriter=ids[2], gone=gone,
@@ -268,8 +272,8 @@ BAD = [  # (overrides after the parent's, what the line says)
     (["init.parent=0123456789abcdef@4"], "has no run 0123456789abcdef (a run's id: run_id in its run.json"),
     (["init.parent={parent}@3"], "run {parent} has no stored checkpoint at step 3; it has some at steps 4"),
     (["init.parent={gone}@4"], "/ckpt/{gone}/4.pt of run {gone} at step 4 is gone"),
-    (["init.parent={overwritten}@4"], "holds run {overwriter} at step 4 (overwritten by another run writing the same "
-                                      "train.checkpoint_dir?)"),
+    (["init.parent={overwritten}@4"], "holds run {overwriter} at step 4, not run {overwritten} at step 4 (overwritten by "
+                                      "another run writing the same train.checkpoint_dir?)"),
     (["init.parent={parent}@4", "model.n_embd=64"], "the checkpoint's weights do not fit this run's model (shapes differ"),
     (["init.parent={parent}@4", "store.path=elsewhere.db"], "elsewhere.db: does not exist"),
 ]

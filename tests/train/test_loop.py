@@ -271,3 +271,55 @@ def test_a_key_left_out_takes_its_schema_default_and_a_misspelt_one_is_an_error(
     cfg["train"]["spikez"] = {"factor": 2.0}
     with pytest.raises(ConfigError, match=r"train\.spikez is not a config key; train takes steps, "):
         validate(cfg)
+
+
+# ---- checkpoint integrity: the file names its run and step, and its content checksum is verified
+
+
+def _saved(tmp_path, **state):
+    from precisionlab.train.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"format": CHECKPOINT_FORMAT, "run_id": "0123456789abcdef", "step": 4,
+                           "model": {"w": torch.arange(6, dtype=torch.float32)}, **state})
+    return path
+
+
+def test_a_checkpoint_is_read_only_as_the_run_and_step_it_holds(tmp_path):
+    from precisionlab.train.checkpoint import CheckpointError, read_checkpoint
+
+    path = _saved(tmp_path)
+    assert read_checkpoint(path, run_id="0123456789abcdef", step=4)["model"]["w"].tolist() == [0, 1, 2, 3, 4, 5]
+    for expected, fragment in (({"run_id": "fedcba9876543210"}, "holds run 0123456789abcdef at step 4, not run fedcba9876543210"),
+                               ({"step": 5}, "holds run 0123456789abcdef at step 4, not step 5")):
+        with pytest.raises(CheckpointError, match=fragment) as err:
+            read_checkpoint(path, **expected)
+        assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("change", [
+    lambda s: s["model"]["w"].__setitem__(2, 2.5),              # a weight
+    lambda s: s.__setitem__("step", 5),                         # the step it claims
+    lambda s: s.__setitem__("run_id", "fedcba9876543210"),      # the run it claims
+    lambda s: s["model"].__setitem__("w", s["model"]["w"].double()),  # a dtype, same values
+])
+def test_a_checkpoint_changed_after_saving_is_refused_as_damaged(tmp_path, change):
+    from precisionlab.train.checkpoint import CheckpointError, read_checkpoint
+
+    path = _saved(tmp_path)
+    state = torch.load(path, weights_only=True)
+    change(state)
+    torch.save(state, path)  # the old checksum kept: what a bit flip on disk looks like to the reader
+    with pytest.raises(CheckpointError, match="is damaged: its content does not match its checksum") as err:
+        read_checkpoint(path)
+    assert str(path) in str(err.value)
+
+
+def test_an_earlier_format_checkpoint_is_refused_in_one_line(tmp_path):
+    from precisionlab.train.checkpoint import CheckpointError, read_checkpoint
+
+    path = tmp_path / "old.pt"
+    torch.save({"format": "precisionlab-checkpoint-1", "step": 4, "model": {}}, path)
+    with pytest.raises(CheckpointError, match="an earlier precisionlab's checkpoint, without a run id or checksum") as err:
+        read_checkpoint(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
