@@ -151,21 +151,25 @@ def sweep(
     ctx: typer.Context,
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Run N runs at once on this machine (joblib launcher), each with cores/N torch threads."),
     force: bool = typer.Option(False, "--force", help="Rerun completed and diverged runs too."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the grid and every run (id, status in the store, formats, label) and exit; writes nothing."),
 ) -> None:
     """Train a grid of runs (Hydra multirun) into the results store; rerun to resume. Arguments are Hydra overrides, e.g.:
 
-    precisionlab sweep                      (sweep=default: 3 formats x 3 LRs x 2 seeds, tiny model)
+    precisionlab sweep                      (sweep=default: 3 formats x 3 LRs x 3 seeds, tiny model)
 
     precisionlab sweep sweep=paper --jobs 2 (the paper's E8M7..E8M3, E7M7 bit-reduction study)
 
     precisionlab sweep precision.format=e8m7,e8m5,e8m3 optim.lr=1e-3,3e-3,1e-2 seed=0,1
 
-    Completed and diverged runs are skipped, failed and interrupted ones rerun (from their last
-    checkpoint). Launchers: hydra/launcher=joblib (= --jobs N), slurm, ray (see README).
+    The grid is what was typed: axes on the command line (key=a,b) are the whole grid; with
+    sweep=NAME they replace NAME's axes of the same keys. Completed and diverged runs are skipped,
+    failed and interrupted ones rerun (from their last checkpoint). Launchers: hydra/launcher=joblib
+    (= --jobs N), slurm, ray (see README).
     """
     from precisionlab.sweep.app import sweep_main
     from precisionlab.sweep.plan import SweepError, plan
     from precisionlab.store.url import hide_passwords
+    from precisionlab.sweep.preview import header, run_list, statuses
     from precisionlab.sweep.progress import Progress, complete, summary
 
     overrides = hide_passwords(list(ctx.args))  # a store.url's password: to PGPASSWORD, never into run files
@@ -195,22 +199,38 @@ def sweep(
     try:
         grid = plan(overrides)
         branches = any(cfg.init.parent is not None for cfg in grid.configs)  # their parents' store must exist
-        store = ResultsStore(grid.store, journal_mode=grid.journal_mode, create=not branches)
+        if dry_run:  # read the store if it exists, never create it
+            store = _store_if_present(grid.store)
+        else:
+            store = ResultsStore(grid.store, journal_mode=grid.journal_mode, create=not branches)
     except (SweepError, ConfigError, DataError, StoreError) as err:
         fail(str(err))
     except Exception as err:  # Hydra's override and composition errors, OmegaConf's type errors
         fail(one_line(err))
     try:
         check_parents(store, grid.configs)  # branches (init.parent): their parents' checkpoints, before any row
-        check_sweep_data(store, grid.name, grid.configs, grid.run_ids)  # one corpus per run id, before any row
+        if store is not None:  # None: a dry run without a store yet, so no recorded run to disagree with
+            check_sweep_data(store, grid.name, grid.configs, grid.run_ids)  # one corpus per run id, before any row
+        status = statuses(store, grid)
     except (ConfigError, DataError, StoreError) as err:
-        store.close()
+        if store is not None:
+            store.close()
         fail(str(err))
+    for line in grid.notes:
+        typer.echo(f"note: {line}", err=True)
+    for line in grid.warnings:
+        typer.echo(f"warning: {line}", err=True)
+    typer.echo(header(grid, status))
+    if dry_run:
+        if store is not None:
+            store.close()
+        typer.echo(run_list(grid, status))
+        return
     command = " ".join(["precisionlab sweep", *hide_passwords(list(ctx.args)), *(["--jobs", str(jobs)] if jobs else []), *(["--force"] if force else [])])
     try:  # a store damaged or made unusable before or during the sweep: one line, not a traceback
         grid.register(store, command=command)
         with Progress(store, grid):
-            complete(store, grid, lambda: _run_hydra(sweep_main, ["-m", *overrides, *(
+            complete(store, grid, lambda: _run_hydra(sweep_main, ["-m", *grid.launch_overrides, *(
                 [f"sweep.name={grid.name}"] if grid.name_derived else [])]))
         text, counts = summary(store, grid)
     except StoreError as err:
@@ -405,6 +425,16 @@ def store_copy(
     for result in results:
         typer.echo(result.line())
     typer.echo(f"copied {len(results)} sweep{'s' * (len(results) != 1)} from {src.location} to {dst.location}")
+
+
+def _store_if_present(location: str):
+    """The results store at `location` opened to read, or None where an SQLite file is absent (nothing is created)."""
+    from precisionlab.store import ResultsStore, parse_store_url
+
+    parsed = parse_store_url(location)
+    if parsed.backend == "sqlite" and not os.path.exists(parsed.target):
+        return None
+    return ResultsStore(location, read_only=True, create=False)
 
 
 def _number(text: str) -> float | None:

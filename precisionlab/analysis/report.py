@@ -11,6 +11,9 @@ Definitions (the README's "Reading a report" repeats them):
                 a generic block spelling with ':' for '/', e.g. e2m1fn:b16x16:e4m3fn),
                 plus every other config value that varies between runs of one format
                 besides the learning rate and the seed, e.g. "e8m7 [rounding=toward_zero]".
+                Presets that share formats are told apart by their preset: its name where
+                the run is exactly that preset, PRESET+key=value for what an override
+                changed ("nvfp4+x=e8m7"; precisionlab.analysis.presets).
   ℓ₀            a run's initial loss: its train loss at step 1.
   outcome       diverged (a NaN/Inf loss, or the run ended above ln V, or an early-stop rule
                 predicted that and stopped it: precisionlab.train.outcomes), did not converge
@@ -60,6 +63,7 @@ import pandas as pd
 
 from precisionlab.analysis import warning
 from precisionlab.analysis.diagnostics import labelled
+from precisionlab.analysis.presets import preset_label
 from precisionlab.analysis.stats import (
     exact_binomial_ci,
     fisher_greater,
@@ -190,7 +194,8 @@ def short_format(name: str) -> str:
 
 def display_label(variant: str) -> str:
     """A variant's label in figures: a preset's name alone where its formats are long
-    ("nvfp4/e2m1fn:b16x16:e4m3fn:tensor/nvfp4 [nvfp4_no_rht]" -> "nvfp4_no_rht")."""
+    ("nvfp4/e2m1fn:b16x16:e4m3fn:tensor/nvfp4 [nvfp4_no_rht]" -> "nvfp4_no_rht"), with what an
+    override changed ("... [nvfp4+x=e8m7]" -> "nvfp4+x=e8m7")."""
     formats, _, extras = variant.partition(" [")
     return extras[:-1] if extras and len(formats) > 16 else variant
 
@@ -221,15 +226,17 @@ def label_runs(runs: pd.DataFrame) -> pd.DataFrame:
         recipe = [k for k in varying if k.startswith("precision.")]
         by_name = bool(recipe) and "precision.name" in flat.columns and (by_format["precision.name"].nunique() > 1).any()
         if by_name:  # presets that differ beyond their formats (nvfp4 vs nvfp4_no_rht): their name says how,
-            # for their precision keys and any other key a preset sets (msamp_o2's optim.exp_avg_format)
-            by_preset = flat.groupby(flat["precision.name"].to_numpy())
+            # for their precision keys and any other key a preset sets (msamp_o2's optim.exp_avg_format);
+            # PRESET+key=value where an override changed the preset (never its bare name then)
+            presets = pd.Series([str(preset_label(c)) if isinstance(c, dict) else "None" for c in runs.config])
+            by_preset = flat.groupby(presets.to_numpy())
             varying = [k for k in varying if k not in recipe and (by_preset[k].nunique() > 1).any()]
         short = {k: k.split(".")[-1] for k in varying}
         if len(set(short.values())) < len(short):
             short = {k: k for k in varying}
         extras = []
         for i in range(len(runs)):
-            parts = [flat["precision.name"].iat[i]] if by_name and flat["precision.name"].iat[i] not in _UNSET else []
+            parts = [presets.iat[i]] if by_name and presets.iat[i] not in _UNSET else []
             parts += [f"{short[k]}={flat[k].iat[i]}" for k in varying if flat[k].iat[i] not in _UNSET]
             if parts == [runs["format"].iat[i]]:  # the preset named after its format
                 parts = []
