@@ -101,9 +101,11 @@ def test_no_import_cycles_between_modules():
 
 
 def test_a_training_run_imports_no_report_code():
-    """`precisionlab train` and a sweep's jobs load the training stack only: no report, plots or matplotlib."""
-    code = ("import sys, precisionlab.sweep.app, precisionlab.train.loop\n"
+    """`precisionlab train`, a sweep's jobs and the sweep's own progress and summary load the training
+    stack only: no report, statistics, plots or matplotlib (nor scipy, which the statistics need)."""
+    code = ("import sys, precisionlab.sweep.app, precisionlab.train.loop, precisionlab.sweep.progress\n"
             "print(' '.join(m for m in sys.modules if m.startswith(('precisionlab.analysis.report', "
-            "'precisionlab.analysis.plots', 'precisionlab.analysis.render', 'matplotlib'))))")
+            "'precisionlab.analysis.stats', 'precisionlab.analysis.tables', 'precisionlab.analysis.warning', "
+            "'precisionlab.analysis.plots', 'precisionlab.analysis.render', 'matplotlib', 'scipy'))))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert loaded == []

@@ -19,7 +19,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
 from precisionlab.analysis.diagnostics import OPERAND_ORDER, by_step, site_means, worst_sites
-from precisionlab.analysis.report import Report, bits_per_element, display_label, format_family
+from precisionlab.analysis.labels import bits_per_element, display_label, format_family
+from precisionlab.analysis.report import Report
 from precisionlab.analysis.stats import CI, RANGE
 
 __all__ = ["figures", "png", "loss_curves", "final_loss_heatmap", "loss_vs_lr", "stability_vs_bits", "sharpness_curves",
@@ -58,7 +59,8 @@ def _loss_limits(report: Report, curves: pd.DataFrame) -> tuple[float, float]:
     """From just below the lowest loss to just above the highest initial loss: divergences are clipped."""
     loss = curves.loss.astype(float)  # an empty column comes back from SQLite as objects
     finite = loss[np.isfinite(loss)]
-    top = np.nanmax(report.runs.initial_loss.astype(float)) if report.runs.initial_loss.notna().any() else finite.max()
+    starts = pd.concat([report.runs.initial_loss.astype(float), report.runs.loss0.astype(float)])
+    top = np.nanmax(starts) if starts.notna().any() else finite.max()
     low = finite.min() if len(finite) else 0.0
     pad = 0.05 * (top - low if top > low else 1.0)
     return low - pad, top + 2 * pad
@@ -228,9 +230,9 @@ def loss_vs_lr(report: Report) -> Figure:
         if len(rows):
             _interval_bars(ax, rows.lr, rows.lr_loss, rows.lr_loss_low, rows.lr_loss_high, rows.lr_loss_interval,
                            marker="o", label=display_label(variant))
-    initial = report.runs.initial_loss.astype(float)
-    if initial.notna().any():
-        ax.axhline(initial.mean(), ls=":", color="grey", lw=1, label="ℓ₀ (initial loss)")
+    loss0 = report.runs.loss0.astype(float)
+    if loss0.notna().any():
+        ax.axhline(loss0.mean(), ls=":", color="grey", lw=1, label="ℓ₀ = ln V (uniform prediction)")
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("ℓ(η): final val loss, capped [95% interval; dotted: range]")

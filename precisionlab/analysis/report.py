@@ -6,15 +6,8 @@ this module only reads the store and does the arithmetic, so tests can check it
 on runs with known values.
 
 Definitions (the README's "Reading a report" repeats them):
-  variant       what a row compares: the formats of the GEMM inputs (one name when
-                x, w and grad share it, else x/w/grad; fp32 when nothing is cast;
-                a generic block spelling with ':' for '/', e.g. e2m1fn:b16x16:e4m3fn),
-                plus every other config value that varies between runs of one format
-                besides the learning rate and the seed, e.g. "e8m7 [rounding=toward_zero]".
-                Presets that share formats are told apart by their preset: its name where
-                the run is exactly that preset, PRESET+key=value for what an override
-                changed ("nvfp4+x=e8m7"; precisionlab.analysis.presets).
-  ℓ₀            a run's initial loss: its train loss at step 1.
+  variant, ℓ₀, ℓ  what a row compares, the reference loss ln V and the capped final loss:
+                precisionlab.analysis.labels.
   outcome       diverged (a NaN/Inf loss, or the run ended above ln V, or an early-stop rule
                 predicted that and stopped it: precisionlab.train.outcomes), did not converge
                 (completed, finite, but its final validation loss did not get NOT_CONVERGED
@@ -22,9 +15,8 @@ Definitions (the README's "Reading a report" repeats them):
                 never a divergence), converged (the other completed runs). A blow-up the run
                 came back from is a loss spike, not a divergence.
   branches      a run started from another run's checkpoint (init.parent) has metrics from its
-                branch step on, and carries its parent's ℓ₀ (so the same divergence bound), min val
-                loss and spike count up to that step: its outcome is that of the whole curve.
-  ℓ             a run's final validation loss, capped at ℓ₀; a diverged run counts as ℓ₀.
+                branch step on, and carries its parent's min val loss, spike count and divergence
+                rule's window up to that step: its outcome is that of the whole curve.
   ℓ(η)          the mean of ℓ over the seeds at learning rate η.
   LR sensitivity  Wortsman et al. 2023: mean over the LR grid of ℓ(η) − min_η ℓ(η).
   best LR       argmin_η ℓ(η); seed std is the std (ddof=1) of the final
@@ -63,7 +55,16 @@ import pandas as pd
 
 from precisionlab.analysis import warning
 from precisionlab.analysis.diagnostics import labelled
-from precisionlab.analysis.presets import preset_label
+from precisionlab.analysis.labels import (  # re-exported: the report's API names them
+    bits_per_element,
+    display_label,
+    format_family,
+    format_order,
+    label_runs,
+    role_formats,
+    short_format,
+    variant_sorted,
+)
 from precisionlab.analysis.stats import (
     exact_binomial_ci,
     fisher_greater,
@@ -79,17 +80,13 @@ from precisionlab.analysis.stats import (
     smallest_stratified_p,
     stratified_exact_p,
 )
-from precisionlab.numerics.blocks import BlockFormat, parse_format
-from precisionlab.numerics.formats import FloatFormat
-from precisionlab.store import DONE, NON_SEMANTIC_KEYS, ResultsStore, StoreError
+from precisionlab.store import DONE, ResultsStore, StoreError
 from precisionlab.store.corpus import check_one_corpus
 
 __all__ = ["Report", "ReportError", "ALPHA", "bits_per_element", "build", "by_lr", "by_variant", "compare", "compare_notes",
            "filter_runs", "mark_convergence", "seed_matrix", "NOT_CONVERGED",
            "fisher_greater", "format_family", "format_order", "label_runs", "role_formats", "sharpness_by_step", "short_format"]
 
-FORMAT_KEYS = {"format", "x", "w", "grad", "name"}  # precision.* keys the formats columns already show
-GRID_AXES = {"seed", "optim.lr", "lr"}              # what the tables are taken over, never part of a variant
 WHERE_COLUMNS = ("variant", "format", "lr", "seed", "status", "rounding", "model")
 ALPHA = 0.05  # a verdict other than "no difference detected" needs a Holm-adjusted p below this
 NOT_CONVERGED = 0.5  # a completed run must get this fraction of the way from ℓ₀ to the reference's best loss
@@ -140,126 +137,6 @@ class Report:
         return text + "".join(f" {line}" for line in detectability(table))
 
 
-# --------------------------------------------------------------------------- ordering and labels
-
-
-def role_formats(label: str) -> list[str]:
-    """The format names a variant label starts with: one, or x/w/grad."""
-    return label.split(" ", 1)[0].split("/")
-
-
-def _parsed(label: str) -> list[FloatFormat | BlockFormat] | None:
-    try:
-        return [parse_format(_unshort(name)) for name in role_formats(label)]
-    except ValueError:
-        return None
-
-
-def bits_per_element(label: str) -> float | None:
-    """Storage bits per element of a variant, a block format's share of its scales included
-    (mxfp4 4.25, nvfp4 4.5); the mean over x, w and grad when they differ; None if unparseable."""
-    fmts = _parsed(label)
-    if fmts is None:
-        return None
-    return float(np.mean([f.bits_per_element if isinstance(f, BlockFormat) else f.bits for f in fmts]))
-
-
-def format_order(label: str) -> tuple:
-    """Sort key: more bits per element first (fp32, bf16, e8m6, …, mxfp8, nvfp4, mxfp4), then more
-    exponent bits, more mantissa bits, then the label. `label` is a variant; unparseable ones last."""
-    fmts = _parsed(label)
-    if fmts is None:
-        return (1, 0.0, 0, 0, label)
-    first = fmts[0].element if isinstance(fmts[0], BlockFormat) else fmts[0]
-    return (0, -bits_per_element(label), -first.exp_bits, -first.man_bits, label)
-
-
-def format_family(label: str) -> str | None:
-    """What a stability-vs-bits line connects: element formats by exponent width ("E8"), block
-    formats by scale format and block ("e8m0-scaled b32"); None if unparseable."""
-    fmts = _parsed(label)
-    if fmts is None:
-        return None
-    f = fmts[0]
-    if not isinstance(f, BlockFormat):
-        return f"E{f.exp_bits}"
-    shape = f"{f.block}x{f.block_cols}" if f.block_cols > 1 else f"{f.block}"
-    return f"{f.scale}-scaled b{shape}" + (" + tensor scale" if f.tensor_scale else "")
-
-
-def short_format(name: str) -> str:
-    """A format name fit for a label: generic block spellings use ':' (labels split roles at '/')."""
-    return name.replace("/", ":")
-
-
-def display_label(variant: str) -> str:
-    """A variant's label in figures: a preset's name alone where its formats are long
-    ("nvfp4/e2m1fn:b16x16:e4m3fn:tensor/nvfp4 [nvfp4_no_rht]" -> "nvfp4_no_rht"), with what an
-    override changed ("... [nvfp4+x=e8m7]" -> "nvfp4+x=e8m7")."""
-    formats, _, extras = variant.partition(" [")
-    return extras[:-1] if extras and len(formats) > 16 else variant
-
-
-def _unshort(name: str) -> str:
-    return name.replace(":", "/")
-
-
-def _skipped(key: str) -> bool:
-    parts = key.split(".")
-    if key in GRID_AXES or any(p in NON_SEMANTIC_KEYS for p in parts):
-        return True
-    return any(key.startswith(p) for p in NON_SEMANTIC_KEYS if "." in p) or (
-        parts[0] == "precision" and len(parts) > 1 and parts[1] in FORMAT_KEYS)
-
-
-def label_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """`runs` (store.runs()) plus `format`, `variant` and `capped_loss` (ℓ, see the module docstring)."""
-    runs = runs.copy()
-    roles = [runs[c].astype(object).where(runs[c].notna(), "fp32") for c in ("format_x", "format_w", "format_grad")]
-    roles = [r.map(lambda name: short_format(str(name))) for r in roles]
-    runs["format"] = [x if x == w == g else f"{x}/{w}/{g}" for x, w, g in zip(*roles)]
-    extras = [""] * len(runs)
-    if "config" in runs and len(runs):
-        flat = pd.json_normalize([c if isinstance(c, dict) else {} for c in runs.config]).astype(str)
-        by_format = flat.groupby(runs["format"].to_numpy())
-        varying = sorted(k for k in flat.columns if not _skipped(k) and (by_format[k].nunique() > 1).any())
-        recipe = [k for k in varying if k.startswith("precision.")]
-        by_name = bool(recipe) and "precision.name" in flat.columns and (by_format["precision.name"].nunique() > 1).any()
-        if by_name:  # presets that differ beyond their formats (nvfp4 vs nvfp4_no_rht): their name says how,
-            # for their precision keys and any other key a preset sets (msamp_o2's optim.exp_avg_format);
-            # PRESET+key=value where an override changed the preset (never its bare name then)
-            presets = pd.Series([str(preset_label(c)) if isinstance(c, dict) else "None" for c in runs.config])
-            by_preset = flat.groupby(presets.to_numpy())
-            varying = [k for k in varying if k not in recipe and (by_preset[k].nunique() > 1).any()]
-        short = {k: k.split(".")[-1] for k in varying}
-        if len(set(short.values())) < len(short):
-            short = {k: k for k in varying}
-        extras = []
-        for i in range(len(runs)):
-            parts = [presets.iat[i]] if by_name and presets.iat[i] not in _UNSET else []
-            parts += [f"{short[k]}={flat[k].iat[i]}" for k in varying if flat[k].iat[i] not in _UNSET]
-            if parts == [runs["format"].iat[i]]:  # the preset named after its format
-                parts = []
-            extras.append(" [" + ", ".join(parts) + "]" if parts else "")
-    runs["variant"] = runs["format"] + pd.Series(extras, index=runs.index)
-    loss0 = runs.initial_loss.astype(float)
-    final = runs.final_val_loss.astype(float)
-    capped = np.where(runs.status == "diverged", loss0, np.fmin(final, loss0))
-    runs["capped_loss"] = np.where(runs.status.isin(DONE), capped, np.nan)
-    return runs
-
-
-_UNSET = ("nan", "None")  # a key one run's config has and another's lacks, or null: no label part
-
-
-def _variant_sorted(df: pd.DataFrame, *also: str) -> pd.DataFrame:
-    if df.empty:
-        return df
-    key = df.variant.map(format_order)
-    order = sorted(range(len(df)), key=lambda i: (key.iat[i], *(df[c].iat[i] for c in also)))
-    return df.iloc[order].reset_index(drop=True)
-
-
 # --------------------------------------------------------------------------- tables
 
 
@@ -293,7 +170,7 @@ def by_lr(runs: pd.DataFrame) -> pd.DataFrame:
                "median_diverged_step", "final_loss_mean", "final_loss_std", "final_loss_low", "final_loss_high",
                "final_loss_interval", "final_loss_n", "lr_loss", "lr_loss_low", "lr_loss_high", "lr_loss_interval",
                "spikes"]
-    return _variant_sorted(pd.DataFrame(rows, columns=columns), "lr")
+    return variant_sorted(pd.DataFrame(rows, columns=columns), "lr")
 
 
 def seed_matrix(runs: pd.DataFrame, variant: str, lrs: Sequence[float] | None = None) -> pd.DataFrame:
@@ -338,7 +215,7 @@ def by_variant(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
             "initial_loss": mine.initial_loss.astype(float).mean(),
             "spikes": int(g.spikes.sum()),
         })
-    out = _variant_sorted(pd.DataFrame(rows, columns=[
+    out = variant_sorted(pd.DataFrame(rows, columns=[
         "variant", "runs", "finished", "diverged", "failed", "diverged_frac", "diverged_low", "diverged_high",
         "lr_sensitivity", "lr_sensitivity_low", "lr_sensitivity_high", "lr_sensitivity_interval", "best_lr",
         "best_lr_loss", "best_lr_loss_low", "best_lr_loss_high", "best_lr_loss_interval", "seed_std", "stable_lrs", "lrs",
@@ -430,7 +307,7 @@ def mark_convergence(runs: pd.DataFrame, table: pd.DataFrame, variants: pd.DataF
     """`runs` with an `outcome` column (module docstring), and `not_converged` counts added to the
     per-LR and per-variant tables; the bar is the reference's (first variant's) best-LR loss."""
     best = variants.best_lr_loss.iloc[0] if len(variants) else math.nan
-    bar = runs.initial_loss.astype(float) - NOT_CONVERGED * (runs.initial_loss.astype(float) - best)
+    bar = runs.loss0 - NOT_CONVERGED * (runs.loss0 - best)
     completed = runs.status == "completed"
     stuck = completed & (runs.final_val_loss.astype(float) > bar)  # a NaN bar (no reference loss): converged
     runs = runs.assign(outcome=np.where(stuck, "did not converge", np.where(completed, "converged", runs.status)))
@@ -477,7 +354,7 @@ def sharpness_by_step(sharpness: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=columns)
     grouped = sharpness.groupby(["metric", "params", "variant", "step"]).value.agg(["mean", "std", "count"])
     out = grouped.reset_index().rename(columns={"count": "n"})[columns]
-    return _variant_sorted(out, "metric", "params", "step")
+    return variant_sorted(out, "metric", "params", "step")
 
 
 def _params_label(params: Any) -> str:
@@ -615,7 +492,7 @@ def build(store: ResultsStore, sweep: str | None = None, where: Sequence[str] = 
     branches = runs[runs.parent_run_id.notna()] if "parent_run_id" in runs else runs.iloc[:0]
     if len(branches):
         notes.append(f"{len(branches)} run(s) branch from another run's checkpoint (init.parent): their curves start "
-                     "after the branch step; ℓ₀, spikes and min val loss include the parent's steps up to it")
+                     "after the branch step; spikes and min val loss include the parent's steps up to it")
     ids = list(runs.run_id)
     curves = store.metrics(run_ids=ids)
     sharp = store.sharpness(run_ids=ids)
@@ -661,7 +538,7 @@ def compare(a: Report, b: Report) -> pd.DataFrame:
             "lr_sensitivity_high", "lr_sensitivity_interval", "best_lr", "best_lr_loss", "best_lr_loss_low",
             "best_lr_loss_high", "best_lr_loss_interval", "seed_std"]
     table = a.by_variant[keep].merge(b.by_variant[keep], on="variant", how="outer", suffixes=("_a", "_b"))
-    table = _variant_sorted(table)
+    table = variant_sorted(table)
     rows = []
     for r in table.itertuples():
         both = not (pd.isna(r.finished_a) or pd.isna(r.finished_b))

@@ -329,7 +329,7 @@ def fisher_two_sided(diverged: int, runs: int, ref_diverged: int, ref_runs: int)
 
 
 def recipe_comparison(runs: pd.DataFrame, reference: str, level: float = LEVEL) -> pd.DataFrame:
-    """Per variant and LR, from labelled runs (`report.label_runs`): divergence (count, rate and its
+    """Per variant and LR, from labelled runs (`labels.label_runs`): divergence (count, rate and its
     exact interval, Fisher's one-sided p of more divergence than `reference`), the final validation
     loss of completed runs (mean, interval and its kind) and its paired difference from `reference`
     over the seeds where both completed (mean, interval, kind, sign-flip p)."""

@@ -2,7 +2,7 @@
 from, the number of runs, how many the store already has) and, for `--dry-run`, every run
 (its id, its status in the store, what it casts, its label in reports, its grid point).
 
-Labels are the report's (`precisionlab.analysis.report.label_runs` over the planned runs), so a
+Labels are the report's (`precisionlab.analysis.labels.label_runs` over the planned runs), so a
 preset that an override changes shows as `PRESET+key=value` here too.
 """
 
@@ -59,7 +59,7 @@ def header(grid: Grid, status: dict[str, str]) -> str:
 
 def run_list(grid: Grid, status: dict[str, str]) -> str:
     """Every run of the grid: id, status in the store, x/w/grad formats, label, grid point."""
-    from precisionlab.analysis.report import display_label, label_runs
+    from precisionlab.analysis.labels import display_label, label_runs
 
     first = {}
     for rid, cfg, point in zip(grid.run_ids, grid.configs, grid.points):

@@ -1,5 +1,9 @@
 """What a sweep shows while it runs and when it ends: `Progress` (polls the store, so it sees
-runs finish in any process or machine the launcher uses) and `summary`."""
+runs finish in any process or machine the launcher uses) and `summary`.
+
+The summary is counts and means per format and learning rate, labelled as the report labels
+runs (precisionlab.analysis.labels); it loads none of the report's statistics, plots or
+matplotlib, so a sweep starts light. The report (`precisionlab report`) adds the intervals and tests."""
 
 from __future__ import annotations
 
@@ -10,12 +14,11 @@ from typing import Any
 
 import pandas as pd
 
-from precisionlab.analysis.report import by_lr, label_runs
-from precisionlab.analysis.tables import display_by_lr, text_table
+from precisionlab.analysis.labels import label_runs, variant_sorted
 from precisionlab.store import DEFAULT_STORE_PATH, DONE, OUTCOMES, ResultsStore, parse_store_url
 from precisionlab.sweep.plan import Grid
 
-__all__ = ["Progress", "summary", "complete"]
+__all__ = ["Progress", "summary", "complete", "outcome_table"]
 
 
 def _eta(seconds: float | None) -> str:
@@ -102,6 +105,25 @@ class Progress:
             self._bar.close()
 
 
+def outcome_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Labelled runs (`label_runs`) as text per variant x LR: diverged / finished, the median step of
+    the divergences, the completed runs' final validation loss (mean ± std over seeds), spikes, and
+    failed runs where there are any."""
+    rows = []
+    for (variant, lr), g in runs.groupby(["variant", "lr"], dropna=False):
+        finished, diverged = g[g.status.isin(DONE)], g[g.status == "diverged"]
+        losses = g[g.status == "completed"].final_val_loss.dropna().astype(float)
+        loss = "–" if losses.empty else f"{losses.mean():.4f}" + (f" ± {losses.std(ddof=1):.4f}" if len(losses) > 1 else "")
+        rows.append({"variant": variant, "format": variant, "lr": f"{lr:.3g}", "diverged": f"{len(diverged)}/{len(finished)}",
+                     "median div. step": f"{diverged.diverged_step.astype(float).median():.0f}" if len(diverged) else "–",
+                     "final val loss": loss, "spikes": str(int(g.spikes.fillna(0).sum())),
+                     "failed": int((g.status == "failed").sum()), "_lr": lr})
+    table = variant_sorted(pd.DataFrame(rows), "_lr") if rows else pd.DataFrame(rows)
+    if len(table) and not table.failed.any():
+        table = table.drop(columns="failed")
+    return table.drop(columns=["variant", "_lr"], errors="ignore")
+
+
 def summary(store: ResultsStore, grid: Grid) -> tuple[str, dict[str, int]]:
     """The end-of-sweep lines (results per format x LR, counts by status, the report command) and the counts:
     by status, `unfinished` (runs of the grid still pending or running, or missing from the store) and,
@@ -122,7 +144,7 @@ def summary(store: ResultsStore, grid: Grid) -> tuple[str, dict[str, int]]:
             why.append(f"{counts['unfinished'] - counts['running']} never started: their jobs failed before "
                        "training and the store could not record why (see their run.log)")
         counts["unfinished_reason"] = f"sweep {grid.name}: {counts['unfinished']} runs not finished: {'; '.join(why)}"
-    table = text_table(display_by_lr(by_lr(label_runs(runs)))) if len(runs) else "(no runs)"
+    table = outcome_table(label_runs(runs)).to_string(index=False) if len(runs) else "(no runs)"
     command = f"precisionlab report --sweep {grid.name}"
     if grid.store != parse_store_url(DEFAULT_STORE_PATH).url:
         command += f" --store {store.location if store.backend == 'sqlite' else repr(store.location)}"
