@@ -36,7 +36,7 @@ from precisionlab.analysis.tables import (
 )
 from precisionlab.store.names import sweep_name_problem
 
-__all__ = ["write", "write_comparison", "default_out", "html_document", "comparison_html", "markdown_document", "sharpness_display",
+__all__ = ["write", "markdown_table", "write_comparison", "default_out", "html_document", "comparison_html", "markdown_document", "sharpness_display",
            "diagnostics_display", "DEFINITIONS"]
 
 DEFINITIONS = [
@@ -280,7 +280,8 @@ def _md_code(value: object) -> str:
     return f"{fence}{pad}{text}{pad}{fence}"
 
 
-def _md_table(df: pd.DataFrame) -> str:
+def markdown_table(df: pd.DataFrame) -> str:
+    """`df` as a Markdown table of escaped text (`_md`), the first column left-aligned."""
     lines = ["| " + " | ".join(_md(c) for c in df.columns) + " |",
              "|" + "|".join("---" if i == 0 else "---:" for i in range(len(df.columns))) + "|"]
     lines += ["| " + " | ".join(_md(v) for v in row) + " |" for row in df.astype(str).values.tolist()]
@@ -293,25 +294,25 @@ def markdown_document(report: Report, image_names: list[str]) -> str:
     parts += [f"- **{k}**: {_md_code(v)}" for k, v in _provenance(report).items()]
     parts += ["", f"**{_md(report.headline())}**", ""]
     parts += [f"> note: {_md(n)}" for n in report.notes] + ([""] if report.notes else [])
-    parts += ["## Stability per format", "", _md_table(display_by_variant(report.by_variant)), ""]
+    parts += ["## Stability per format", "", markdown_table(display_by_variant(report.by_variant)), ""]
     parts += [f"- {_md(r.variant)}: {_md(r.reason)}" for r in report.by_variant.itertuples() if r.reason]
-    parts += ["", "## Per format and learning rate", "", _md_table(display_by_lr(report.by_lr)), ""]
+    parts += ["", "## Per format and learning rate", "", markdown_table(display_by_lr(report.by_lr)), ""]
     parts += [f"![{name}]({name})\n\n*{CAPTIONS[name]}*\n" for name in image_names if name in CAPTIONS]
     sharp = sharpness_display(report)
     if sharp:
         parts += ["## Sharpness over training", ""]
         for title, table in sharp.items():
-            parts += [f"### {_md(title)}: mean ± std (runs) per step", "", _md_table(table), ""]
+            parts += [f"### {_md(title)}: mean ± std (runs) per step", "", markdown_table(table), ""]
         parts += [f"![{name}]({name})\n" for name in image_names if name.startswith("sharpness_")]
     diagnostics = diagnostics_display(report)
     if diagnostics is not None:
-        parts += ["## Numerical diagnostics", "", DIAGNOSTICS, "", _md_table(diagnostics), ""]
+        parts += ["## Numerical diagnostics", "", DIAGNOSTICS, "", markdown_table(diagnostics), ""]
         parts += [f"![{name}]({name})\n\n*{caption}*\n"
                   for name, caption in _diagnostics_captions(report, image_names).items()]
     if len(report.warning):
-        parts += ["## Early warning", "", WARNING_TEXT, "", _md_table(display_warning(report.warning, DEFAULT_LEAD)), ""]
+        parts += ["## Early warning", "", WARNING_TEXT, "", markdown_table(display_warning(report.warning, DEFAULT_LEAD)), ""]
         if len(report.warning_windows):
-            parts += [WINDOWS_TEXT, "", _md_table(display_warning_windows(report.warning_windows)), ""]
+            parts += [WINDOWS_TEXT, "", markdown_table(display_warning_windows(report.warning_windows)), ""]
         parts += [f"![{name}]({name})\n\n*{CAPTIONS[name]}*\n" for name in WARNING_FIGURES if name in image_names]
     parts += ["## Definitions", ""] + [f"- **{k}**: {v}" for k, v in DEFINITIONS]
     return "\n".join(parts) + "\n"
@@ -383,10 +384,10 @@ def write_comparison(a: Report, b: Report, table: pd.DataFrame, notes: list[str]
     figure = plots.stability_vs_bits(a, b)
     images = {} if figure is None else {"stability_vs_bits.png": plots.png(figure)}
     markdown = [f"# Sweeps {_md_code(a.sweep)} and {_md_code(b.sweep)}", "",
-                _md_table(display_compare(table, a.sweep, b.sweep)), ""]
+                markdown_table(display_compare(table, a.sweep, b.sweep)), ""]
     for report in (a, b):
         markdown += [f"## {_md(report.sweep)}", "", f"**{_md(report.headline())}**", "",
-                     _md_table(display_by_variant(report.by_variant)), ""]
+                     markdown_table(display_by_variant(report.by_variant)), ""]
     markdown += [f"![{name}]({name})" for name in images]
     files = {"compare.html": comparison_html(a, b, table, notes, images), "compare.md": "\n".join(markdown) + "\n",
              "compare.csv": table.rename(columns={"variant": "format"}).to_csv(index=False), **images}
