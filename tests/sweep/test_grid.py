@@ -152,6 +152,11 @@ PAPER = (120, {mask(f): 20 for f in ("e8m7", "e8m6", "e8m5", "e8m4", "e8m3", "e7
 EXPECTED = {
     "precisionlab sweep": DEFAULT,
     "precisionlab sweep --jobs 2": DEFAULT,
+    "precisionlab sweep --dry-run": DEFAULT,
+    "precisionlab sweep precision=bf16,mxfp8,nvfp4 seed=0,1": (6, {BF16: 2, MXFP8: 2, NVFP4: 2}),
+    "precisionlab sweep seed=7": (9, {mask(f): 3 for f in ("e8m7", "e8m5", "e8m3")}),
+    "precisionlab sweep precision=bf16,mxfp4,nvfp4 optim.lr=3e-3 seed=0,1": (6, {BF16: 2, MXFP4: 2, NVFP4: 2}),
+    "precisionlab sweep --dry-run precision=bf16,mxfp4,nvfp4 optim.lr=3e-3 seed=0,1": (6, {BF16: 2, MXFP4: 2, NVFP4: 2}),
     "precisionlab sweep sweep=paper --jobs 2": PAPER,
     "precisionlab sweep precision.format=e8m7,e8m5,e8m3 optim.lr=1e-3,3e-3,1e-2 seed=0,1":
         (18, {mask(f): 6 for f in ("e8m7", "e8m5", "e8m3")}),
