@@ -272,7 +272,7 @@ def paired_sensitivity(losses, reference, level: float = LEVEL, seed: int = 0) -
         d = _contrasts(x)[:, :, None] - _contrasts(r)[:, None, :]  # (seeds, a, b): c^X_a - c^R_b
         lows, highs = _t_bounds(d, 1 - alpha / (2 * k))
         low, high, kind = float(lows.min(axis=1).max()), float(highs.min(axis=1).max()), CI
-        if _no_spread(d):  # the same in every seed (e.g. bit-identical variants): no CI
+        if _no_spread(x - r):  # the same paired differences in every seed (e.g. bit-identical variants): no CI
             low, high, kind = observed, observed, RANGE
     signs, exact = _sign_patterns(n, seed)
     keep = (signs > 0)[:, :, None]  # (patterns, seeds, 1): True keeps the seed's rows, False swaps them

@@ -266,3 +266,13 @@ def test_master_weights_study_holm_adjusts_its_three_tests():
     assert f"[{low:+.4f}, {high:+.4f}]" in rne
     assert any("(Holm 0.094)" in line for line in lines)
     assert any("can reach is 0.094 — no difference can be detected at 5%" in line for line in lines)
+
+
+def test_the_delta_s_of_bit_identical_variants_is_all_seeds_equal_never_a_zero_width_ci():
+    """A twin (E7M7 runs bit-identical to E8M7's) has ΔS = 0 in every seed: its range, not '[0, 0]'."""
+    losses = np.array([[2.2, 2.6, 2.8], [2.1, 2.5, 2.9], [2.3, 2.7, 2.7], [2.2, 2.6, 3.0]])
+    twin = paired_sensitivity(losses, losses.copy())
+    assert (twin["diff"], twin["kind"]) == (0.0, RANGE)
+    assert interval_text(twin["diff"], twin["low"], twin["high"], twin["kind"], "+.3f") == "+0.000 (all seeds equal)"
+    noisy = paired_sensitivity(losses + np.array([[0.01], [0.0], [-0.02], [0.03]]), losses)
+    assert noisy["kind"] == CI  # differences that vary between seeds keep their CI
