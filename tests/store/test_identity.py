@@ -69,7 +69,7 @@ def _train(*overrides: str):
 
 def test_pinned_ids(tmp_path):
     assert IDENTITY_VERSION == 2
-    old_sweep = plan([*OLD_0_2, "train.checkpoint_every=50", "seed=0,1"], cwd=tmp_path).run_ids
+    old_sweep = plan(["sweep=default", *OLD_0_2, "train.checkpoint_every=50", "seed=0,1"], cwd=tmp_path).run_ids
     assert old_sweep == PINNED_DEFAULT_SWEEP_0_2
     assert {overrides: run_id(_train(*overrides, *OLD_0_2)) for overrides in PINNED_0_2} == PINNED_0_2
     assert plan([*BEFORE], cwd=tmp_path).run_ids == PINNED_DEFAULT_SWEEP

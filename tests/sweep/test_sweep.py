@@ -102,10 +102,10 @@ def test_a_run_that_raises_is_failed_and_the_sweep_goes_on(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     real_run = job_mod.run
 
-    def run(cfg, recorder=None, resume_from=None):
+    def run(cfg, recorder=None, resume_from=None, **kwargs):
         if cfg.optim.lr == 1e-2:
             raise RuntimeError("injected fault")
-        return real_run(cfg, recorder=recorder, resume_from=resume_from)
+        return real_run(cfg, recorder=recorder, resume_from=resume_from, **kwargs)
 
     monkeypatch.setattr(job_mod, "run", run)
     result = _invoke("precision.format=e8m7", "optim.lr=1e-2,1e-3", "seed=0", "train.threads=1", *SWEEP_MICRO)
