@@ -965,7 +965,7 @@ def test_full_file_system_mid_sweep_is_one_line_exit_1(tmp_path):
     assert (tmp_path / "rc.txt").read_text().strip() == "1", err
     assert len(errors) == 1 and f"no space left on the file system at {disk}" in errors[0], err
     assert "Traceback" not in err and "Logging error" not in err
-    assert all(line.startswith(("sweep full: ", "error: ")) for line in err.splitlines()), err
+    assert all(line.startswith(("sweep full: ", "error: ", "note: ")) for line in err.splitlines()), err
     assert (tmp_path / "report_rc.txt").read_text().strip() == "0", (tmp_path / "report_err.txt").read_text()
 
 
