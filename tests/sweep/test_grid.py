@@ -179,6 +179,7 @@ EXPECTED = {
     "precisionlab sweep sweep=fp4 --jobs 2": (42, {BF16: 6, MXFP8: 6, MXFP4: 12, NVFP4: 18}),
     "precisionlab sweep sweep=fp8_recipes --jobs 2": (192, {BF16: 24, FP8: 96, DEEPSEEK: 72}),
     "precisionlab sweep sweep=master_weights --jobs 2 train.threads=1": (18, {BF16: 18}),
+    "precisionlab sweep sweep=master_weights --jobs 1 train.threads=1": (18, {BF16: 18}),
     "precisionlab sweep precision.format=e8m3 model.qk_norm=false,true optim.lr=3e-2,3e-1 seed=0,1,2,3":
         (16, {mask("e8m3"): 16}),
 }
