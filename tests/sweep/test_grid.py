@@ -6,7 +6,6 @@ presets table), independently of the code that composes them."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shlex
 from collections import Counter
@@ -21,6 +20,7 @@ from precisionlab.analysis.report import display_label, label_runs
 from precisionlab.cli import app
 from precisionlab.store import ResultsStore
 from precisionlab.store.identity import canonical
+from precisionlab.sweep.launchers import missing_plugin
 from precisionlab.sweep.plan import plan
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -208,16 +208,11 @@ def readme_sweep_commands(text: str) -> list[str]:
     return list(dict.fromkeys(commands))
 
 
-LAUNCHER_PLUGINS = {"slurm": "hydra_plugins.hydra_submitit_launcher", "ray": "hydra_plugins.hydra_ray_launcher",
-                    "ray_cluster": "hydra_plugins.hydra_ray_launcher"}
-
-
 def _runnable(command: str) -> list[str]:
     """The command's arguments for a dry run here: a server store becomes the local default, and a
     cluster launcher whose plugin is not installed is left out (a launcher never changes the grid)."""
     args = [a for a in shlex.split(command)[2:] if not a.startswith("store.url=postgresql")]
-    launcher = next((a.split("=", 1)[1] for a in args if a.startswith("hydra/launcher=")), None)
-    if launcher in LAUNCHER_PLUGINS and importlib.util.find_spec(LAUNCHER_PLUGINS[launcher]) is None:
+    if missing_plugin(args):
         args = [a for a in args if not a.lstrip("+").startswith(("hydra/launcher=", "hydra.launcher."))]
     return args
 
