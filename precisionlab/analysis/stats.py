@@ -6,6 +6,8 @@ the precision), so a recipe is compared with the reference seed by seed:
   `mean_interval(x)`           mean of one sample and its 95% interval (or the seeds' range)
   `paired_difference(x, ref)`  mean of x - ref over the pairs, its interval (t on the differences)
                                and the two-sided p-value of the exact sign-flip permutation test
+  `paired_t_p(d)`              the paired t test's p on the intervals' scale (a loss verdict at 3 seeds)
+  `paired_margin(x, ref, δ)`   non-inferiority by a margin δ, decided by the difference's interval
   `sensitivity_interval(L)`    LR sensitivity of a (seeds x LRs) matrix of losses and its interval
   `paired_sensitivity(L, R)`   the difference ΔS of two variants' LR sensitivities over paired seeds,
                                its interval and the exact p-value of swapping the variants within seeds
@@ -70,7 +72,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-__all__ = ["mean_interval", "paired_difference", "sign_flip_p", "exact_binomial_ci", "holm", "recipe_comparison",
+__all__ = ["mean_interval", "paired_difference", "paired_t_p", "paired_margin", "sign_flip_p", "exact_binomial_ci", "holm", "recipe_comparison",
            "lr_sensitivity", "sensitivity_interval", "paired_sensitivity", "fisher_greater", "fisher_two_sided",
            "stratified_exact_p", "smallest_stratified_p", "smallest_holm_p", "seeds_needed", "interval_text",
            "LEVEL", "MIN_CI_SEEDS", "CI", "RANGE", "NONE"]
@@ -155,6 +157,44 @@ def paired_difference(x, reference, level: float = LEVEL) -> dict:
     d = np.asarray(x, dtype=float) - np.asarray(reference, dtype=float)
     mean, low, high, kind = mean_interval(d, level)
     return {"n": int(d.size), "diff": mean, "low": low, "high": high, "kind": kind, "p": sign_flip_p(d)}
+
+
+def paired_t_p(differences, level: float = LEVEL) -> float:
+    """Two-sided p-value of the paired t test of mean(differences) = 0, on the scale of the report's
+    intervals: p < 1 - level exactly when the t interval of `mean_interval` excludes 0 (the t tail
+    probability divided by SKEW_MARGIN, capped at 1). NaN below MIN_CI_SEEDS pairs; 1 when every
+    difference is 0, 0 when they are equal and not 0 (no spread: the difference is exact)."""
+    d = np.asarray(differences, dtype=float)
+    d = d[~np.isnan(d)]
+    if d.size < MIN_CI_SEEDS:
+        return math.nan
+    if _no_spread(d):
+        return 1.0 if abs(float(d.mean())) <= 1e-12 else 0.0
+    t = float(d.mean() / (d.std(ddof=1) / math.sqrt(d.size)))
+    return min(1.0, float(2 * stats.t.sf(abs(t), d.size - 1)) / SKEW_MARGIN)
+
+
+def paired_margin(x, reference, margin: float, level: float = LEVEL) -> dict:
+    """Non-inferiority of x against `reference` by `margin` (x - reference in the loss's units;
+    larger is worse), paired by seed: `paired_difference`'s fields and a decision read off the
+    difference's interval, the one the report prints:
+
+      "within"    the interval lies below +margin: not worse than the reference by margin or more
+      "beyond"    the interval lies above +margin: worse by more than the margin
+      "undecided" neither, or no confidence interval (fewer than MIN_CI_SEEDS pairs)
+
+    and `worse` (the interval lies above 0: significantly worse at all). The interval is the t
+    interval with the skewness margin (module docstring), so "within" is a one-sided test at
+    SKEW_MARGIN x (1 - level) / 2 (1%) on normal seed-to-seed noise (TOST's upper half)."""
+    out = paired_difference(x, reference, level)
+    ci = out["kind"] == CI
+    exact = out["kind"] == RANGE and out["low"] == out["high"]  # every pair gives the same difference
+    bounded = ci or exact
+    out["margin"] = float(margin)
+    out["decision"] = ("within" if bounded and out["high"] < margin else
+                       "beyond" if bounded and out["low"] > margin else "undecided")
+    out["worse"] = bool(bounded and out["low"] > 0)
+    return out
 
 
 def exact_binomial_ci(k: int, n: int, level: float = LEVEL) -> tuple[float, float]:

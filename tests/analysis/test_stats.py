@@ -276,3 +276,40 @@ def test_the_delta_s_of_bit_identical_variants_is_all_seeds_equal_never_a_zero_w
     assert interval_text(twin["diff"], twin["low"], twin["high"], twin["kind"], "+.3f") == "+0.000 (all seeds equal)"
     noisy = paired_sensitivity(losses + np.array([[0.01], [0.0], [-0.02], [0.03]]), losses)
     assert noisy["kind"] == CI  # differences that vary between seeds keep their CI
+
+
+def test_paired_t_p_is_scipys_t_test_on_the_intervals_scale():
+    from scipy import stats as sp
+
+    from precisionlab.analysis.stats import SKEW_MARGIN, mean_interval, paired_t_p
+
+    rng = np.random.default_rng(7)
+    for n in (3, 4, 6):
+        for _ in range(50):
+            d = rng.normal(0.01, 0.02, n)
+            p = paired_t_p(d)
+            assert p == pytest.approx(min(1.0, sp.ttest_1samp(d, 0).pvalue / SKEW_MARGIN), rel=1e-9)
+            _, low, high, _ = mean_interval(d)
+            assert (p < 0.05) == (low > 0 or high < 0)  # the test and the printed interval agree
+    assert math.isnan(paired_t_p([0.1, 0.2]))  # two pairs: no test
+
+
+def test_paired_margin_reads_the_decision_off_the_interval():
+    from scipy import stats as sp
+
+    from precisionlab.analysis.stats import SKEW_MARGIN, paired_margin
+
+    rng = np.random.default_rng(3)
+    seen = set()
+    for _ in range(300):
+        ref = rng.normal(2.2, 0.02, 4)
+        x = ref + rng.normal(rng.choice([0.0, 0.02, 0.1]), 0.01, 4)
+        d = x - ref
+        half = sp.t.ppf(1 - SKEW_MARGIN * 0.025, 3) * d.std(ddof=1) / 2  # written out: 98% t quantile, n = 4
+        out = paired_margin(x, ref, 0.05)
+        expected = ("within" if d.mean() + half < 0.05 else "beyond" if d.mean() - half > 0.05 else "undecided")
+        assert out["decision"] == expected
+        assert out["worse"] == (d.mean() - half > 0)
+        seen.add(expected)
+    assert seen == {"within", "beyond", "undecided"}
+    assert paired_margin([2.3, 2.4], [2.2, 2.2], 0.05)["decision"] == "undecided"  # 2 seeds: no CI
