@@ -250,7 +250,7 @@ def frontier(
     widths: Optional[str] = typer.Option(None, "--widths", help="Comma-separated widths on the axis to search instead, e.g. 7,5,3,2,1,0."),
     lr: str = typer.Option("3e-3", "--lr", help="The learning rate of every run (one)."),
     margin: float = typer.Option(0.02, "--margin", help="δ in nats/byte: a width is within when its loss is shown below the reference's + δ."),
-    budget: int = typer.Option(..., "--budget", help="At most this many runs trained (runs already in the store are free)."),
+    budget: int = typer.Option(..., "--budget", help="At most this many runs used, trained now or reused from the store."),
     seeds: int = typer.Option(3, "--seeds", help="Seeds a width starts with (>= 3)."),
     max_seeds: int = typer.Option(8, "--max-seeds", help="Seeds an undecided width may get (doubling from --seeds)."),
     name: Optional[str] = typer.Option(None, "--name", help="The sweep's name in the store (default frontier-AXIS)."),
@@ -263,7 +263,7 @@ def frontier(
 
     Each round trains a width and the reference over paired seeds (more seeds where the decision is
     undecided) into the results store as the sweep frontier-AXIS; runs the store already finished
-    (by any sweep with the same settings) are reused and cost nothing of the budget. Assumes fewer
+    (by any sweep with the same settings) are reused, not trained again. Assumes fewer
     bits never train better, and says so where its runs show otherwise.
     """
     from precisionlab.config import ConfigError, one_line

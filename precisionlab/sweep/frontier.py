@@ -27,8 +27,11 @@ The search stops when the frontier is decided (its next narrower width fails, or
 end), when the next narrower width is undecided at `max_seeds`, or when the next round needs more new
 runs than the budget has left (the result then says what is known). It never runs a (width, seed)
 it has a result for: `known` holds results found elsewhere (the results store), and `run` is asked
-for each round's whole request (the glue links the runs it reuses to its sweep), of which only the
-pairs not yet known count against the budget.
+for each round's whole request (the glue links the runs it reuses to its sweep).
+
+The budget bounds the runs the search uses, trained or found: the design's size, so a search gives
+the same answer, and stops at the same point, whether its runs were trained now or reused (a second
+search over the same store trains nothing and says the same).
 
 `run(request) -> results`: request = {width: [seeds]}; results = {width: {seed: final validation loss}},
 math.inf for a run that diverged, a missing entry for a run that failed (the search stops there).
@@ -153,8 +156,8 @@ class Result:
     below: int | None           # the candidate next narrower than the frontier; None: the frontier is the axis end
     verdicts: dict[int, Verdict]  # the widths the bisection decided on (their last look)
     rounds: list[Round]
-    trained: int                # runs trained by this search
-    used: int                   # distinct runs its decisions drew on (trained + reused)
+    trained: int                # runs trained by this search (not known before it)
+    used: int                   # distinct runs its decisions drew on (trained + reused); at most the budget
     budget: int
     start_seeds: int
     max_seeds: int
@@ -239,10 +242,10 @@ def search(axis: Axis, run: Callable[[dict[int, list[int]]], Mapping[int, Mappin
             request = {ref: list(range(n)), width: list(range(n))}
             pairs = {(w, s) for w, seeds in request.items() for s in seeds}
             new = {(w, s) for w, s in pairs if s not in data.get(w, {})}
-            if trained + len(new) > budget:
+            if len(used | pairs) > budget:
                 status = "budget"
-                say(f"stop: {axis.format(width)} at {n} seeds needs {len(new)} new runs; "
-                    f"{budget - trained} of the budget of {budget} are left")
+                say(f"stop: {axis.format(width)} at {n} seeds would bring the runs used to {len(used | pairs)}; "
+                    f"the budget is {budget}")
                 break
             for w, results in run(request).items():
                 data.setdefault(w, {}).update(results)

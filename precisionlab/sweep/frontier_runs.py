@@ -5,8 +5,7 @@ the same overrides `precisionlab sweep` takes, linked to the frontier's sweep in
 launched through the same Hydra multirun (the CLI passes `launch`): a run is identified by its config
 alone (the sweep's name is not part of a run id), so a run that any sweep already completed or saw
 diverge, in this store, is reused and never trained again. Before the search starts, every (width,
-seed) the search could ask for is looked up in the store (`known`): such runs cost nothing of the
-budget.
+seed) the search could ask for is looked up in the store (`known`): the search trains none of them.
 """
 
 from __future__ import annotations
