@@ -10,7 +10,6 @@ its widths' effects either clear of δ (`clear`) or, for the first failing width
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -76,7 +75,7 @@ def draw(rng: np.random.Generator, edge: bool = False) -> tuple[Response, int | 
 
 def test_names_the_true_frontier_when_effects_are_clear_of_the_margin():
     rng = np.random.default_rng(20261207)
-    draws, right, decided, used = 300, 0, 0, []
+    draws, right, decided, used = 1000, 0, 0, []
     for _ in range(draws):
         response, truth = draw(rng)
         result = search(AXIS, response, MARGIN, budget=64)
@@ -95,7 +94,7 @@ def test_a_width_exactly_at_the_margin_is_rarely_called_within():
     """The first failing width's true difference is δ itself: calling it within (a frontier narrower than
     the truth) is the search's false-within error, which the 1%-per-look test bounds (<= 3% in three looks)."""
     rng = np.random.default_rng(7)
-    draws, too_narrow, right = 300, 0, 0
+    draws, too_narrow, right = 1000, 0, 0
     for _ in range(draws):
         response, truth = draw(rng, edge=True)
         result = search(AXIS, response, MARGIN, budget=200)
@@ -216,13 +215,20 @@ def test_axes():
     (["--axis", "mantissa", "--budget", "8", "model.n_layer=1,2"], "one value per key"),
     (["--axis", "mantissa", "--budget", "8", "train.stepz=3"], "train.stepz is not a config key"),
 ])
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, says):
-    proc = subprocess.run([CLI, "frontier", *args], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ") and says in proc.stderr
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, monkeypatch, args, says):
+    from typer.testing import CliRunner
+
+    from precisionlab.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["frontier", *args])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], result.stderr
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_frontier_runs_have_the_ids_of_the_same_sweep_runs(tmp_path):
     """The runs `precisionlab sweep` plans for the same formats, LR, seeds and overrides are the ones the
     frontier looks up and launches (its sweep's name is not part of a run id): reused, never rerun."""
