@@ -242,6 +242,110 @@ def sweep(
         raise typer.Exit(code=1)
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def frontier(
+    ctx: typer.Context,
+    axis: str = typer.Option(..., "--axis", help="mantissa (E fixed, M from the reference's down to 0) or exponent (M fixed, E from the reference's down to 4)."),
+    reference: str = typer.Option("e8m7", "--reference", help="The reference format, eXmY (default e8m7)."),
+    widths: Optional[str] = typer.Option(None, "--widths", help="Comma-separated widths on the axis to search instead, e.g. 7,5,3,2,1,0."),
+    lr: str = typer.Option("3e-3", "--lr", help="The learning rate of every run (one)."),
+    margin: float = typer.Option(0.02, "--margin", help="δ in nats/byte: a width is within when its loss is shown below the reference's + δ."),
+    budget: int = typer.Option(..., "--budget", help="At most this many runs used, trained now or reused from the store."),
+    seeds: int = typer.Option(3, "--seeds", help="Seeds a width starts with (>= 3)."),
+    max_seeds: int = typer.Option(8, "--max-seeds", help="Seeds an undecided width may get (doubling from --seeds)."),
+    name: Optional[str] = typer.Option(None, "--name", help="The sweep's name in the store (default frontier-AXIS)."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Run N runs at once on this machine (joblib launcher)."),
+) -> None:
+    """Find the fewest bits that train as well as a reference format, by bisection on one axis; other
+    arguments are Hydra overrides for every run, as for sweep, e.g.:
+
+    precisionlab frontier --axis mantissa --lr 3e-3 --budget 24 train.steps=300
+
+    Each round trains a width and the reference over paired seeds (more seeds where the decision is
+    undecided) into the results store as the sweep frontier-AXIS; runs the store already finished
+    (by any sweep with the same settings) are reused, not trained again. Assumes fewer
+    bits never train better, and says so where its runs show otherwise.
+    """
+    from precisionlab.config import ConfigError, one_line
+    from precisionlab.store import StoreError
+    from precisionlab.store.url import hide_passwords
+    from precisionlab.sweep.app import sweep_main
+    from precisionlab.sweep.frontier import FrontierError, make_axis, search
+    from precisionlab.sweep.frontier_runs import FrontierRuns, check_overrides
+    from precisionlab.sweep.launchers import missing_plugin
+    from precisionlab.sweep.plan import SweepError
+    from precisionlab.train.data import DataError
+
+    overrides = hide_passwords(list(ctx.args))
+    flags = [arg for arg in overrides if arg.startswith("-")]
+    if flags:
+        fail(f"precisionlab frontier takes its options and Hydra overrides; got {' '.join(flags)}")
+    try:
+        width_list = None if widths is None else [int(w) for w in widths.split(",")]
+    except ValueError:
+        fail(f"--widths must be comma-separated integers (bits on the axis), e.g. 7,5,3,2; got {widths}")
+    lr_value = _number(lr)
+    for option, value, ok, accepted in (
+        ("--lr", lr, lr_value is not None and math.isfinite(lr_value) and lr_value > 0, "a number > 0, e.g. 3e-3"),
+        ("--margin", margin, math.isfinite(margin) and margin > 0, "a number of nats/byte > 0, e.g. 0.02"),
+        ("--budget", budget, budget >= 1, "a positive number of runs"),
+        ("--seeds", seeds, seeds >= 3, "an integer >= 3 (fewer seeds give no confidence interval)"),
+        ("--max-seeds", max_seeds, max_seeds >= seeds, f"an integer >= --seeds ({seeds})"),
+        ("--jobs", jobs, jobs is None or jobs >= 1, "a positive number of runs at once"),
+    ):
+        if not ok:
+            fail(f"{option} must be {accepted}; got {value}")
+    name = name or f"frontier-{axis}"
+    try:
+        line = make_axis(reference, axis, width_list)
+        check_overrides(overrides)
+    except FrontierError as err:
+        fail(str(err))
+    if jobs is not None:
+        overrides += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]
+    if missing := missing_plugin(overrides):
+        fail(missing)
+    try:
+        runs = FrontierRuns(line, lr, overrides, name, max_seeds)
+    except (SweepError, ConfigError, DataError, StoreError) as err:
+        fail(str(err))
+    except Exception as err:  # Hydra's override and composition errors, OmegaConf's type errors
+        fail(one_line(err))
+    command = " ".join(["precisionlab frontier", *hide_passwords(sys.argv[2:])])
+    span = f"{line.letter} {line.widths[0]}..{line.widths[-1]}" if widths is None else f"{line.letter} {widths}"
+    try:
+        runs.open(command, {"frontier": {"axis": axis, "reference": reference, "widths": list(line.widths), "lr": lr,
+                                         "margin": margin, "budget": budget, "seeds": seeds, "max_seeds": max_seeds},
+                            "overrides": overrides})
+        known = runs.known()
+        have = sum(len(v) for v in known.values())
+        typer.echo(f"frontier search on the {axis} axis of {reference} ({span}) at LR {lr}, δ = {margin:g} nats/byte, "
+                   f"budget {budget} runs, {seeds} to {max_seeds} seeds; sweep {name} in {runs.store.location}, "
+                   f"which already has {have} of its runs")
+        typer.echo("assumes a monotone response (fewer bits never train better): bisection on the bit count")
+        result = search(line, lambda request: runs(request, lambda grid: _run_hydra(sweep_main, ["-m", *grid.launch_overrides])),
+                        margin, budget, seeds, max_seeds, known=known, say=typer.echo)
+    except StoreError as err:
+        fail(str(err))
+    finally:
+        runs.close()
+    typer.echo(result.sentence(f"at LR {lr}"))
+    typer.echo(result.runs_line())
+    if result.status != "decided":
+        typer.echo(f"known: {result.known()}")
+    if result.reference_diverged:
+        typer.echo(f"note: the reference diverged on {result.reference_diverged} seeds; those seeds are left out of every pair")
+    for wider, narrower in result.violations:
+        typer.echo(f"warning: not monotone: {line.format(wider)} fails but the narrower {line.format(narrower)} is "
+                   f"within; the bisection's frontier assumes fewer bits never train better", err=True)
+    from precisionlab.store import DEFAULT_STORE_PATH, parse_store_url
+
+    store_arg = "" if runs.store_url == parse_store_url(DEFAULT_STORE_PATH).url else f" --store {runs.store.location}"
+    typer.echo(f"see the report: precisionlab report --sweep {name}{store_arg}")
+    if result.status in ("failed", "reference"):
+        raise typer.Exit(code=1)
+
+
 @app.command()
 def sharpness(
     sweep_name: Optional[str] = typer.Option(None, "--sweep", help="Sweep whose checkpoints to measure (default: the latest in the store)."),
