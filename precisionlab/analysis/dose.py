@@ -131,13 +131,14 @@ def points(runs: pd.DataFrame, reference: str, margin: float, sensitivity: pd.Da
     paired by seed with its interval, the decision against `margin` and `worse` (module docstring),
     and the width's LR sensitivity from `sensitivity` (report.by_variant; only where it ran >= 2 LRs)."""
     axis_list = axes(runs.variant.unique()) if axis_list is None else axis_list
-    lrs = sorted(runs[runs.status.isin(DONE)].lr.dropna().unique())
+    finished = runs[runs.status.isin(DONE)]
+    at_lr = {lr: g for lr, g in finished.groupby("lr")}  # one pass: sweeps can hold many LRs
     sens = sensitivity.set_index("variant") if sensitivity is not None and len(sensitivity) else None
     rows = []
     for name, kind, widths in axis_list:
         for variant, x in widths.items():
-            for lr in lrs:
-                row = _point(runs, variant, reference, lr, margin)
+            for lr, g in at_lr.items():
+                row = _point(g, variant, reference, margin)
                 if row is None:
                     continue
                 s = sens.loc[variant] if sens is not None and variant in sens.index else None
@@ -149,8 +150,8 @@ def points(runs: pd.DataFrame, reference: str, margin: float, sensitivity: pd.Da
     return pd.DataFrame(rows, columns=_POINT_COLUMNS)
 
 
-def _point(runs: pd.DataFrame, variant: str, reference: str, lr: float, margin: float) -> dict | None:
-    at_lr = runs[(runs.lr == lr) & runs.status.isin(DONE)]
+def _point(at_lr: pd.DataFrame, variant: str, reference: str, margin: float) -> dict | None:
+    """One width at one LR from that LR's finished runs (_POINT_COLUMNS after x and lr)."""
     mine, ref = at_lr[at_lr.variant == variant], at_lr[at_lr.variant == reference]
     if mine.empty:
         return None
@@ -252,7 +253,8 @@ def _stop_clause(pts: pd.DataFrame, variant: str, decision: str) -> str:
         return f"undecided at {name}: the interval [{row.delta_low:+.3f}, {row.delta_high:+.3f}] crosses the margin"
     spread = f" ({interval_text(row.delta, row.delta_low, row.delta_high, row.delta_interval, '+.3f')})" \
         if row.pairs else ""
-    return (f"undecided at {name}: {row.pairs} paired seed{'s' * (row.pairs != 1)} give no confidence interval "
+    pairs = int(row.pairs)
+    return (f"undecided at {name}: {pairs} paired seed{'s give' if pairs != 1 else ' gives'} no confidence interval "
             f"(3 needed){spread}")
 
 
