@@ -277,23 +277,25 @@ def _axis_sentence(axis: str, pts: pd.DataFrame, table: pd.DataFrame, reference:
         clauses.append(f"no narrower width matches {reference} at LR {lr:.3g} (margin {margin:g})")
     else:
         clauses.append(f"no width matches {reference} at LR {lr:.3g} (margin {margin:g})")
+    worse = here[here.variant == f.first_worse].iloc[0] if f.first_worse else None
+    worse_at_stop = worse is not None and f.first_worse == f.stop and worse.decision == "beyond"
     if f.stop:
-        clauses.append(_stop_clause(here, f.stop, f.stop_decision))
-    if f.first_worse and f.first_worse != f.stop:
-        worse = here[here.variant == f.first_worse].iloc[0]
+        clauses.append(_stop_clause(here, f.stop, f.stop_decision)
+                       + (", the first significant difference" if worse_at_stop else ""))
+    undecided = [v for v in f.undecided.split(", ") if v and v != f.stop]
+    if undecided:
+        clauses.append("undecided also at " + ", ".join(_name(here, v) for v in undecided))
+    if worse is not None and not worse_at_stop:
         tail = interval_text(worse.delta, worse.delta_low, worse.delta_high, worse.delta_interval, "+.3f")
         if worse.decision == "within":
             clauses.append(f"{_name(here, worse.variant)} is already worse, by less than the margin ({tail})")
         else:
-            clauses.append(f"the first significant difference is at {_name(here, worse.variant)} ({tail})")
+            clauses.append(f"{_name(here, worse.variant)} costs {tail}, the first significant difference")
     others = [v for v in f.diverged.split(", ") if v and v != f.stop]
     if others:
         counts = here.set_index("variant")
         clauses.append(", ".join(_name(here, v) for v in others) + (" diverge (" if len(others) > 1 else " diverges (")
                        + ", ".join(f"{counts.loc[v].diverged}/{counts.loc[v].finished}" for v in others) + ")")
-    undecided = [v for v in f.undecided.split(", ") if v and v != f.stop]
-    if undecided:
-        clauses.append("undecided also at " + ", ".join(_name(here, v) for v in undecided))
     if f.not_counted:
         clauses.append(f"{f.not_counted} within the margin past a width that is not: not counted (monotone frontier)")
     overall = table[(table.axis == axis) & table.lr.isna()]
@@ -315,7 +317,10 @@ def sentence(pts: pd.DataFrame, table: pd.DataFrame, reference: str | None, best
     empty when there is no axis."""
     if pts.empty or reference is None or pd.isna(best_lr):
         return ""
-    parts = [_axis_sentence(axis, pts, table, reference, best_lr, margin) for axis in pts.axis.unique()]
+    on_element_axes = set(pts[pts.kind != "bits"].variant)
+    said = [axis for axis, g in pts.groupby("axis", sort=False)  # a bits axis of element formats only repeats them
+            if g.kind.iloc[0] != "bits" or not set(g.variant) <= on_element_axes]
+    parts = [_axis_sentence(axis, pts, table, reference, best_lr, margin) for axis in said]
     return " ".join(p for p in parts if p)
 
 

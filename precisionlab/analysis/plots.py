@@ -214,6 +214,7 @@ def dose_response(report: Report) -> Figure | None:
         top, bottom = axes[0, j], axes[1, j]
         mine = pts[pts.axis == name]
         span = float(mine.x.max() - mine.x.min()) or 1.0
+        style = {"ls": "none"} if mine.kind.iloc[0] == "bits" else {}  # recipes of equal bits: no line between them
         for i, (lr, g) in enumerate(mine.groupby("lr")):
             g, colour = g.sort_values("x"), colours[float(lr)]
             g = g.assign(shown=g.x + (i - (len(colours) - 1) / 2) * 0.012 * span)  # LRs side by side: bars stay apart
@@ -224,13 +225,16 @@ def dose_response(report: Report) -> Figure | None:
                 top.axhline(level, color=colour, lw=0.8, ls="--")
             done = g[g.loss_mean.notna()]
             _interval_bars(top, done.shown, done.loss_mean, done.loss_low, done.loss_high, done.loss_interval,
-                           marker="o", color=colour, label=f"lr {lr:.3g}")
+                           marker="o", color=colour, label=f"lr {lr:.3g}", **style)
+            lost = g[g.loss_mean.isna() & (g.diverged > 0)]  # no completed run: an x at the top of the panel
+            top.plot(lost.shown, [0.97] * len(lost), marker="x", color=colour, mew=1.6, markersize=8, lw=0,
+                     transform=top.get_xaxis_transform())
             front = table[(table.axis == name) & (table.lr == lr)]
             if len(front) and not math.isnan(front.frontier_x.iloc[0]):
                 at = done[done.x == front.frontier_x.iloc[0]]
                 top.plot(at.shown, at.loss_mean, marker="*", markersize=14, mfc="none", mec=colour, mew=1.4, lw=0)
             _interval_bars(bottom, g.shown, g.diverged / g.finished * 100, g.diverged_low * 100, g.diverged_high * 100,
-                           [CI] * len(g), marker="o", color=colour)
+                           [CI] * len(g), marker="o", color=colour, **style)
         overall = table[(table.axis == name) & table.lr.isna()]
         if len(overall) and not math.isnan(overall.frontier_x.iloc[0]):
             for ax in (top, bottom):
@@ -253,6 +257,7 @@ def dose_response(report: Report) -> Figure | None:
     handles = [Line2D([], [], color=c, marker="o", lw=1.5, label=f"lr {lr:.3g}") for lr, c in colours.items()]
     handles += [Rectangle((0, 0), 1, 1, color="grey", alpha=0.25, lw=0, label=f"reference to + δ ({dose.margin:g})"),
                 Line2D([], [], color="black", marker="*", mfc="none", markersize=11, lw=0, label="frontier at this LR"),
+                Line2D([], [], color="black", marker="x", mew=1.6, lw=0, label="every run diverged"),
                 Line2D([], [], color="grey", ls=":", lw=1.2, label="frontier at every LR")]
     fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 6), frameon=False, fontsize=8,
                bbox_to_anchor=(0.5, 1.0))

@@ -133,7 +133,7 @@ CAPTIONS = {
                          "mantissa, bits per element across recipes): top, the completed runs' final validation loss "
                          "against bits, one line per learning rate, with 95% intervals over seeds (dotted: the range of "
                          "2 seeds); the dashed line is the reference's loss and the shaded band reaches δ above it; ☆ "
-                         "marks each LR's frontier, the grey dotted line the frontier at every LR. Bottom: diverged "
+                         "marks each LR's frontier, the grey dotted line the frontier at every LR, × a width whose every run diverged. Bottom: diverged "
                          "runs (%) with exact 95% intervals. Decisions use the seed-paired differences, not these bars.",
     "stability_vs_bits.png": "Diverged fraction and LR sensitivity against bits per element (a block format's "
                              "scales included: mxfp4 4.25, nvfp4 4.5), one line per exponent width or block "
