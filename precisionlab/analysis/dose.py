@@ -35,11 +35,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
 import pandas as pd
 
-from precisionlab.analysis.labels import _parsed, bits_per_element, format_order, role_formats
-from precisionlab.analysis.stats import CI, RANGE, exact_binomial_ci, interval_text, mean_interval, paired_margin
+from precisionlab.analysis.labels import _parsed, bits_per_element, display_label, format_order, role_formats
+from precisionlab.analysis.stats import CI, exact_binomial_ci, interval_text, mean_interval, paired_margin
 from precisionlab.numerics.formats import FloatFormat
 from precisionlab.store import DONE
 
@@ -117,7 +116,7 @@ def axes(variants) -> list[tuple[str, str, dict[str, float]]]:
 # --------------------------------------------------------------------------- points
 
 
-_POINT_COLUMNS = ["axis", "kind", "variant", "x", "lr", "runs", "finished", "diverged", "diverged_low",
+_POINT_COLUMNS = ["axis", "kind", "variant", "x", "lr", "finished", "diverged", "diverged_low",
                   "diverged_high", "ref_diverged", "ref_finished", "loss_mean", "loss_low", "loss_high",
                   "loss_interval", "pairs", "delta", "delta_low", "delta_high", "delta_interval", "decision", "worse",
                   "unmatched_diverged", "lr_sensitivity", "lr_sensitivity_low", "lr_sensitivity_high",
@@ -126,7 +125,7 @@ _POINT_COLUMNS = ["axis", "kind", "variant", "x", "lr", "runs", "finished", "div
 
 def points(runs: pd.DataFrame, reference: str, margin: float, sensitivity: pd.DataFrame | None = None,
            axis_list=None) -> pd.DataFrame:
-    """One row per axis x width x LR (_POINT_COLUMNS): runs, divergences and their exact interval (the
+    """One row per axis x width x LR (_POINT_COLUMNS): finished runs, divergences and their exact interval (the
     reference's beside them), the completed runs' final loss (mean, interval), Δ against `reference`
     paired by seed with its interval, the decision against `margin` and `worse` (module docstring),
     and the width's LR sensitivity from `sensitivity` (report.by_variant; only where it ran >= 2 LRs)."""
@@ -164,7 +163,7 @@ def _point(at_lr: pd.DataFrame, variant: str, reference: str, margin: float) -> 
     low, high = exact_binomial_ci(len(diverged), len(mine))
     mean, loss_low, loss_high, loss_kind = mean_interval(done.to_numpy())
     decision = ("reference" if variant == reference else "diverged" if unmatched else test["decision"])
-    return {"runs": len(mine), "finished": len(mine), "diverged": len(diverged), "diverged_low": low,
+    return {"finished": len(mine), "diverged": len(diverged), "diverged_low": low,
             "diverged_high": high, "ref_diverged": int((ref.status == "diverged").sum()), "ref_finished": len(ref),
             "loss_mean": mean, "loss_low": loss_low, "loss_high": loss_high, "loss_interval": loss_kind,
             "pairs": test["n"], "delta": test["diff"], "delta_low": test["low"], "delta_high": test["high"],
@@ -232,9 +231,9 @@ def _overall(axis: str, kind: str, per_lr: list[dict]) -> dict:
 
 
 def _name(pts: pd.DataFrame, variant: str) -> str:
-    """A width as the sentence names it: its label, with its bits on the bits-per-element axis."""
+    """A width as the sentence names it: its label as figures show it, with its bits on the bits-per-element axis."""
     row = pts[pts.variant == variant].iloc[0]
-    return f"{variant} ({row.x:g} bits)" if row.kind == "bits" else variant
+    return f"{display_label(variant)} ({row.x:g} bits)" if row.kind == "bits" else display_label(variant)
 
 
 def _delta(row) -> str:
@@ -266,17 +265,17 @@ def _axis_sentence(axis: str, pts: pd.DataFrame, table: pd.DataFrame, reference:
         return ""
     f = row.iloc[0]
     head = f"{axis[0].upper()}{axis[1:]}: "
-    clauses = []
+    clauses, shown = [], display_label(reference)
     last = here.sort_values("x").iloc[0].variant  # the narrowest width run
     if f.frontier and f.frontier != reference:
         front = here[here.variant == f.frontier.split(" / ")[-1]].iloc[0]
-        clauses.append(f"training matches {reference} down to {_name(here, front.variant)}"
+        clauses.append(f"training matches {shown} down to {_name(here, front.variant)}"
                        + (", the narrowest width run," if front.variant == last else "")
                        + f" at LR {lr:.3g} ({_delta(front)}, margin {margin:g})")
     elif f.frontier:
-        clauses.append(f"no narrower width matches {reference} at LR {lr:.3g} (margin {margin:g})")
+        clauses.append(f"no narrower width matches {shown} at LR {lr:.3g} (margin {margin:g})")
     else:
-        clauses.append(f"no width matches {reference} at LR {lr:.3g} (margin {margin:g})")
+        clauses.append(f"no width matches {shown} at LR {lr:.3g} (margin {margin:g})")
     worse = here[here.variant == f.first_worse].iloc[0] if f.first_worse else None
     worse_at_stop = worse is not None and f.first_worse == f.stop and worse.decision == "beyond"
     if f.stop:
@@ -297,7 +296,8 @@ def _axis_sentence(axis: str, pts: pd.DataFrame, table: pd.DataFrame, reference:
         clauses.append(", ".join(_name(here, v) for v in others) + (" diverge (" if len(others) > 1 else " diverges (")
                        + ", ".join(f"{counts.loc[v].diverged}/{counts.loc[v].finished}" for v in others) + ")")
     if f.not_counted:
-        clauses.append(f"{f.not_counted} within the margin past a width that is not: not counted (monotone frontier)")
+        clauses.append(", ".join(_name(here, v) for v in f.not_counted.split(", "))
+                       + " within the margin past a width that is not: not counted (monotone frontier)")
     overall = table[(table.axis == axis) & table.lr.isna()]
     if pts[pts.axis == axis].lr.nunique() >= 2 and len(overall):
         o, lrs = overall.iloc[0], pts[pts.axis == axis].lr.nunique()

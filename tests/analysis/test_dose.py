@@ -175,6 +175,15 @@ def test_frontier_per_lr_and_at_every_lr():
     assert "at every LR: no narrower width (set by LR 0.1)" in dose.sentence(pts, table, "e8m7", 1e-3, DELTA)
 
 
+def test_recipes_on_the_bits_axis_are_named_with_their_bits():
+    runs = _runs({"nvfp4": [0.000, 0.002, 0.001, 0.001], "mxfp4": [0.09, 0.11, 0.10, 0.10]})
+    pts, table = _frontier(runs)
+    assert set(pts.axis) == {"bits per element"}
+    text = dose.sentence(pts, table, "e8m7", LR, DELTA)
+    assert text.startswith("Bits per element: training matches e8m7 down to nvfp4 (4.5 bits) at LR 0.003 (Δ +0.001 [")
+    assert "; mxfp4 (4.25 bits) costs +0.100 [" in text and text.endswith(", the first significant difference.")
+
+
 def test_no_axis_no_sentence():
     runs = _runs({}).assign(variant="fp32")
     by_variant = pd.DataFrame({"variant": ["fp32"], "best_lr": [LR], "lrs": [1]})
