@@ -430,6 +430,7 @@ def report(
     store_path: str = typer.Option("results/precisionlab.db", "--store", help=_STORE_HELP),
     where: Optional[list[str]] = typer.Option(None, "--where", "-w", help="Keep only these runs: key=v1,v2 on format, lr, seed, status, rounding, model, or comparisons like \"lr <= 1e-2 and format != 'e8m3'\" (repeatable: all must hold)."),
     compare: Optional[tuple[str, str]] = typer.Option(None, "--compare", metavar="SWEEP_A SWEEP_B", help="Put two sweeps side by side (compare.html in reports/A-vs-B/) instead."),
+    margin: str = typer.Option("0.02", "--margin", metavar="DELTA", help="The frontier's margin δ in nats per byte: a width is within when its final loss is not worse than the reference's by δ or more (95% interval, paired by seed)."),
 ) -> None:
     """Stability tables, plots and an HTML/Markdown report of a sweep.
 
@@ -440,8 +441,11 @@ def report(
     precisionlab report --where format=e8m7,e8m3 --where "lr <= 1e-2"
 
     precisionlab report --compare paper paper-rne            (two sweeps side by side)
+
+    precisionlab report --margin 0.05                        (the frontier's margin δ, nats per byte)
     """
     from precisionlab.analysis import render
+    from precisionlab.analysis.dose import check_margin
     from precisionlab.analysis.report import build, compare_notes
     from precisionlab.analysis.report import compare as compare_reports
     from precisionlab.analysis.tables import (
@@ -453,6 +457,10 @@ def report(
     )
     from precisionlab.analysis.warning import DEFAULT_LEAD
 
+    try:
+        delta = check_margin(margin)
+    except ValueError as err:
+        fail(str(err))
     if compare and sweep_name:
         fail("--sweep and --compare exclude each other; --compare SWEEP_A SWEEP_B names both sweeps")
     if compare and compare[0] == compare[1]:
@@ -460,11 +468,11 @@ def report(
     with _existing_store(store_path, read_only=True) as store:
         try:
             if compare:
-                a, b = (build(store, name, where or []) for name in compare)
+                a, b = (build(store, name, where or [], delta) for name in compare)
                 table, notes = compare_reports(a, b), compare_notes(a, b)
                 written = render.write_comparison(a, b, table, notes, out or render.default_out(a.sweep, b.sweep))
             else:
-                result = build(store, sweep_name, where or [])
+                result = build(store, sweep_name, where or [], delta)
                 written = render.write(result, out or render.default_out(result.sweep))
         except Exception as err:  # ReportError, StoreError, or SQLite/pandas failing on a damaged file
             fail(_first_line(err))
@@ -489,6 +497,8 @@ def report(
         if len(result.warning):
             typer.echo(f"early warning\n{text_table(display_warning(result.warning, DEFAULT_LEAD))}\n")
         typer.echo(result.headline())
+        if result.dose is not None and result.dose.sentence:
+            typer.echo(result.dose.sentence)
         for note in result.notes:
             typer.echo(f"note: {note}")
     typer.echo(f"report: {written[0]} (beside it: {', '.join(p.name for p in written[1:])})")

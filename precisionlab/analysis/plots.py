@@ -23,7 +23,8 @@ from precisionlab.analysis.labels import bits_per_element, display_label, format
 from precisionlab.analysis.report import Report
 from precisionlab.analysis.stats import CI, RANGE
 
-__all__ = ["figures", "png", "loss_curves", "final_loss_heatmap", "loss_vs_lr", "stability_vs_bits", "sharpness_curves",
+__all__ = ["figures", "png", "loss_curves", "final_loss_heatmap", "loss_vs_lr", "stability_vs_bits", "dose_response",
+           "sharpness_curves",
            "early_warning", "early_warning_roc", "diagnostics_sites", "diagnostics_trends"]
 
 DPI = 110
@@ -194,6 +195,73 @@ def stability_vs_bits(*reports: Report) -> Figure | None:
     axes[0].set_ylim(-4, 104)
     axes[0].legend(fontsize=8)
     fig.suptitle("stability against bits per element", fontsize=10)
+    return fig
+
+
+def dose_response(report: Report) -> Figure | None:
+    """Per axis (analysis.dose) a column: the final validation loss (top) and the diverged share
+    (bottom) against the axis' bits, one line per LR with interval bars; the reference's loss and
+    the band up to it + δ per LR; ☆ each LR's frontier, the grey line the frontier at every LR."""
+    dose = report.dose
+    if dose is None or dose.points.empty:
+        return None
+    pts, table = dose.points, dose.frontiers
+    names = list(dict.fromkeys(pts.axis))
+    colours = _lr_colours(pts.lr)
+    fig = Figure(figsize=(FACET_W * 1.25 * len(names), 2 * FACET_H + 0.9), layout="constrained")
+    axes = fig.subplots(2, len(names), squeeze=False, sharex="col", height_ratios=[2, 1])
+    for j, name in enumerate(names):
+        top, bottom = axes[0, j], axes[1, j]
+        mine = pts[pts.axis == name]
+        span = float(mine.x.max() - mine.x.min()) or 1.0
+        style = {"ls": "none"} if mine.kind.iloc[0] == "bits" else {}  # recipes of equal bits: no line between them
+        for i, (lr, g) in enumerate(mine.groupby("lr")):
+            g, colour = g.sort_values("x"), colours[float(lr)]
+            g = g.assign(shown=g.x + (i - (len(colours) - 1) / 2) * 0.012 * span)  # LRs side by side: bars stay apart
+            ref = g[g.decision == "reference"]
+            if len(ref) and not math.isnan(ref.loss_mean.iloc[0]):
+                level = float(ref.loss_mean.iloc[0])
+                top.axhspan(level, level + dose.margin, color=colour, alpha=0.12, lw=0)
+                top.axhline(level, color=colour, lw=0.8, ls="--")
+            done = g[g.loss_mean.notna()]
+            _interval_bars(top, done.shown, done.loss_mean, done.loss_low, done.loss_high, done.loss_interval,
+                           marker="o", color=colour, label=f"lr {lr:.3g}", **style)
+            lost = g[g.loss_mean.isna() & (g.diverged > 0)]  # no completed run: an x at the top of the panel
+            top.plot(lost.shown, [0.97] * len(lost), marker="x", color=colour, mew=1.6, markersize=8, lw=0,
+                     transform=top.get_xaxis_transform())
+            front = table[(table.axis == name) & (table.lr == lr)]
+            if len(front) and not math.isnan(front.frontier_x.iloc[0]):
+                at = done[done.x == front.frontier_x.iloc[0]]
+                top.plot(at.shown, at.loss_mean, marker="*", markersize=14, mfc="none", mec=colour, mew=1.4, lw=0)
+            _interval_bars(bottom, g.shown, g.diverged / g.finished * 100, g.diverged_low * 100, g.diverged_high * 100,
+                           [CI] * len(g), marker="o", color=colour, **style)
+        overall = table[(table.axis == name) & table.lr.isna()]
+        if len(overall) and not math.isnan(overall.frontier_x.iloc[0]):
+            for ax in (top, bottom):
+                ax.axvline(overall.frontier_x.iloc[0], color="grey", lw=1.2, ls=":")
+        widths = mine.drop_duplicates("variant").sort_values("x")
+        if mine.kind.iloc[0] == "bits":  # ticks name the formats: several can share a bit count
+            ticks = widths.groupby("x").variant.agg(lambda vs: "\n".join(display_label(v) for v in vs))
+            bottom.set_xticks(list(ticks.index), [f"{x:g}\n{names}" for x, names in ticks.items()], fontsize=7)
+            bottom.set_xlabel("bits per element (scales included)")
+        else:
+            ticks = widths.groupby("x").variant.first()
+            bottom.set_xticks(list(ticks.index), [display_label(v) for v in ticks], rotation=45, fontsize=7)
+            bottom.set_xlabel(f"{mine.kind.iloc[0]} bits")
+        top.set_title(name, fontsize=10)
+        top.set_ylabel("final val loss [95% interval]")
+        bottom.set_ylabel("diverged runs (%)")
+        bottom.set_ylim(-4, 104)
+        for ax in (top, bottom):
+            ax.grid(alpha=0.3)
+    handles = [Line2D([], [], color=c, marker="o", lw=1.5, label=f"lr {lr:.3g}") for lr, c in colours.items()]
+    handles += [Rectangle((0, 0), 1, 1, color="grey", alpha=0.25, lw=0, label=f"reference to + δ ({dose.margin:g})"),
+                Line2D([], [], color="black", marker="*", mfc="none", markersize=11, lw=0, label="frontier at this LR"),
+                Line2D([], [], color="black", marker="x", mew=1.6, lw=0, label="every run diverged"),
+                Line2D([], [], color="grey", ls=":", lw=1.2, label="frontier at every LR")]
+    fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 6), frameon=False, fontsize=8,
+               bbox_to_anchor=(0.5, 1.0))
+    fig.get_layout_engine().set(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
     return fig
 
 
@@ -393,6 +461,9 @@ def figures(report: Report) -> dict[str, Figure]:
         bits = stability_vs_bits(report)
         if bits is not None:
             out["stability_vs_bits.png"] = bits
+        dose = dose_response(report)
+        if dose is not None:
+            out["dose_response.png"] = dose
     if len(report.warning_aligned):
         out["early_warning.png"] = early_warning(report)
     if len(report.warning_roc):

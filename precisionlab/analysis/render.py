@@ -25,6 +25,7 @@ import pandas as pd
 
 from precisionlab.analysis import plots
 from precisionlab.analysis.diagnostics import display_summary, site_means, summary
+from precisionlab.analysis.dose import DEFINITIONS as DOSE_DEFINITIONS, display_frontiers
 from precisionlab.analysis.report import Report, ReportError
 from precisionlab.analysis.warning import DEFAULT_LEAD
 from precisionlab.analysis.tables import (
@@ -79,6 +80,8 @@ DEFINITIONS = [
                      "interval says how large a difference they leave open)"),
 ]
 
+DEFINITIONS += DOSE_DEFINITIONS  # the dose-response section's terms
+
 WARNING_TEXT = (f"Does a per-step signal cross a threshold before a run diverges, and not in runs that complete? "
                 f"Per learning rate and step, the threshold is the highest value the completed runs of the other "
                 f"seeds had reached by that step (time-matched; a run's own seed left out, bit-identical runs "
@@ -126,6 +129,12 @@ CAPTIONS = {
                              "alarm rate), over every threshold, judged on what the signal showed at least k "
                              "steps before the divergence (one line per k, AUC in the legend); the diagonal is "
                              "a signal that carries no warning.",
+    "dose_response.png": "Dose-response per axis (mantissa bits at a fixed exponent, exponent bits at a fixed "
+                         "mantissa, bits per element across recipes): top, the completed runs' final validation loss "
+                         "against bits, one line per learning rate, with 95% intervals over seeds (dotted: the range of "
+                         "2 seeds); the dashed line is the reference's loss and the shaded band reaches δ above it; ☆ "
+                         "marks each LR's frontier, the grey dotted line the frontier at every LR, × a width whose every run diverged. Bottom: diverged "
+                         "runs (%) with exact 95% intervals. Decisions use the seed-paired differences, not these bars.",
     "stability_vs_bits.png": "Diverged fraction and LR sensitivity against bits per element (a block format's "
                              "scales included: mxfp4 4.25, nvfp4 4.5), one line per exponent width or block "
                              "scaling, with 95% intervals (exact for the fraction, simultaneous t bounds for the "
@@ -208,6 +217,7 @@ def html_document(report: Report, images: dict[str, bytes]) -> str:
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         f"<title>precisionlab report: {esc(report.sweep)}</title><style>{CSS}</style></head><body>",
         f"<h1>Sweep <code>{esc(report.sweep)}</code></h1>", f'<div class="meta">{meta}</div>',
+        *_dose_sentence(report, lambda text: f'<p class="headline">{esc(text)}</p>'),
         f'<p class="headline">{esc(report.headline())}</p>',
     ]
     if report.notes:
@@ -219,6 +229,10 @@ def html_document(report: Report, images: dict[str, bytes]) -> str:
         parts.append("<ul>" + "".join(f"<li><b>{esc(r.variant)}</b>: {esc(r.reason)}</li>"
                                       for r in reasons.itertuples()) + "</ul>")
     parts += ["<h2>Per format and learning rate</h2>", _html_table(display_by_lr(report.by_lr))]
+    if report.dose is not None and len(report.dose.frontiers):
+        parts += ["<h2>Dose-response and frontier</h2>", _html_table(display_frontiers(report.dose))]
+        if "dose_response.png" in images:
+            parts.append(_html_figure("dose_response.png", images["dose_response.png"], CAPTIONS["dose_response.png"]))
     for name in ("final_loss_heatmap.png", "loss_vs_lr.png", "loss_curves.png", "stability_vs_bits.png"):
         if name in images:
             parts.append(_html_figure(name, images[name], CAPTIONS[name]))
@@ -248,6 +262,11 @@ def html_document(report: Report, images: dict[str, bytes]) -> str:
                  f"<code>precisionlab.store.ResultsStore({esc(repr(report.store_path))}).runs(sweep={esc(repr(report.sweep))})</code></p>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _dose_sentence(report: Report, shape) -> list[str]:
+    """The frontier sentence (analysis.dose) shaped for a document, or nothing when there is no bit axis."""
+    return [shape(report.dose.sentence)] if report.dose is not None and report.dose.sentence else []
 
 
 def _html_figure(name: str, data: bytes, caption: str) -> str:
@@ -292,12 +311,17 @@ def markdown_document(report: Report, image_names: list[str]) -> str:
     """report.md: the same tables, with the PNGs linked beside it."""
     parts = [f"# Sweep {_md_code(report.sweep)}", ""]
     parts += [f"- **{k}**: {_md_code(v)}" for k, v in _provenance(report).items()]
-    parts += ["", f"**{_md(report.headline())}**", ""]
+    parts += [""] + _dose_sentence(report, lambda text: f"**{_md(text)}**\n")
+    parts += [f"**{_md(report.headline())}**", ""]
     parts += [f"> note: {_md(n)}" for n in report.notes] + ([""] if report.notes else [])
     parts += ["## Stability per format", "", markdown_table(display_by_variant(report.by_variant)), ""]
     parts += [f"- {_md(r.variant)}: {_md(r.reason)}" for r in report.by_variant.itertuples() if r.reason]
     parts += ["", "## Per format and learning rate", "", markdown_table(display_by_lr(report.by_lr)), ""]
-    parts += [f"![{name}]({name})\n\n*{CAPTIONS[name]}*\n" for name in image_names if name in CAPTIONS]
+    parts += [f"![{name}]({name})\n\n*{CAPTIONS[name]}*\n" for name in image_names if name in CAPTIONS
+              and name != "dose_response.png"]
+    if report.dose is not None and len(report.dose.frontiers):
+        parts += ["## Dose-response and frontier", "", markdown_table(display_frontiers(report.dose)), ""]
+        parts += [f"![{name}]({name})\n\n*{CAPTIONS[name]}*\n" for name in image_names if name == "dose_response.png"]
     sharp = sharpness_display(report)
     if sharp:
         parts += ["## Sharpness over training", ""]
@@ -339,6 +363,9 @@ def write(report: Report, out: str | os.PathLike) -> list[Path]:
         "runs.csv": report.runs.drop(columns=["config", "meta"], errors="ignore").to_csv(index=False),
         **images,
     }
+    if report.dose is not None and len(report.dose.points):
+        files["dose_response.csv"] = report.dose.points.rename(columns={"variant": "format"}).to_csv(index=False)
+        files["frontier.csv"] = report.dose.frontiers.to_csv(index=False)
     if len(report.warning):
         files["early_warning.csv"] = report.warning.to_csv(index=False)
     if len(report.warning_windows):
@@ -456,7 +483,7 @@ def _write_files(files: dict[str, bytes | str], out: str | os.PathLike) -> list[
 
 # What a report folder may hold: every file `write` and `write_comparison` produce.
 _REPORT_FILE = re.compile(r"(report|compare)\.(html|md)|(by_format|by_format_lr|runs|sharpness|early_warning|early_warning_windows|"
-                          r"compare|diagnostics)\.csv|(loss_curves|final_loss_heatmap|loss_vs_lr|stability_vs_bits|"
+                          r"compare|diagnostics|dose_response|frontier)\.csv|(loss_curves|dose_response|final_loss_heatmap|loss_vs_lr|stability_vs_bits|"
                           r"early_warning|early_warning_roc|sharpness_[\w.-]+|"
                           r"diagnostics_[\w.-]+)\.png")
 

@@ -53,7 +53,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from precisionlab.analysis import warning
+from precisionlab.analysis import dose, warning
 from precisionlab.analysis.diagnostics import labelled
 from precisionlab.analysis.labels import (  # re-exported: the report's API names them
     bits_per_element,
@@ -115,6 +115,7 @@ class Report:
     # per branch (its run_id): the parent's train loss up to the branch step (step, loss), drawn faintly
     parent_curves: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["run_id", "step", "loss"]))
     diagnostics: pd.DataFrame = field(default_factory=pd.DataFrame)  # diagnostics rows + variant/lr/seed (may be empty)
+    dose: dose.Dose | None = None  # dose-response, frontiers and the frontier sentence (analysis.dose)
 
     @property
     def reference(self) -> str | None:
@@ -461,8 +462,14 @@ def _one_corpus(tables: list[pd.DataFrame], where: str) -> None:
         raise ReportError(str(err)) from None
 
 
-def build(store: ResultsStore, sweep: str | None = None, where: Sequence[str] = ()) -> Report:
-    """The report of `sweep` (default: the latest) in `store`, over the runs `where` keeps."""
+def build(store: ResultsStore, sweep: str | None = None, where: Sequence[str] = (),
+          margin: float = dose.DEFAULT_MARGIN) -> Report:
+    """The report of `sweep` (default: the latest) in `store`, over the runs `where` keeps; `margin`
+    is δ of the dose-response frontier (analysis.dose), in nats per byte."""
+    try:
+        margin = dose.check_margin(margin)
+    except ValueError as err:
+        raise ReportError(str(err)) from None
     try:
         name = store.sweep_name(sweep)
     except StoreError as err:
@@ -511,7 +518,7 @@ def build(store: ResultsStore, sweep: str | None = None, where: Sequence[str] = 
                   "warning_roc": warning.roc(runs, signal_table, curves=curves)}
     return Report(sweep=name, store_path=store.location, info=info, runs=runs, by_lr=table, by_variant=variants,
                   curves=curves, sharpness=sharp, sharpness_steps=sharpness_by_step(sharp), notes=notes, **warned,
-                  diagnostics=diagnostics,
+                  diagnostics=diagnostics, dose=dose.study(runs, variants, margin),
                   parent_curves=_parent_curves(store, branches))
 
 

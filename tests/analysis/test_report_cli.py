@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from helpers import SWEEP_MICRO
+from precisionlab.analysis.dose import display_frontiers
 from precisionlab.analysis.report import build
 from precisionlab.analysis.tables import display_by_lr, display_by_variant, display_warning_windows
 from precisionlab.cli import app
@@ -30,7 +31,7 @@ GRID = ["precision.format=e8m7,e8m3", "optim.lr=1e-3,30", "seed=0,1", "optim.gra
 # its figures, which draw diverged runs against their thresholds, are not (test_warning draws them).
 FILES = {"report.html", "report.md", "by_format.csv", "by_format_lr.csv", "runs.csv", "sharpness.csv", "early_warning.csv",
          "loss_curves.png", "final_loss_heatmap.png", "loss_vs_lr.png", "stability_vs_bits.png", "sharpness_logit.png",
-         "early_warning_windows.csv"}
+         "early_warning_windows.csv", "dose_response.png", "dose_response.csv", "frontier.csv"}
 
 
 def _cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
@@ -110,16 +111,16 @@ def test_html_is_self_contained_and_holds_every_plot_and_table(reported):
     store = ResultsStore(cwd / STORE)
     report = build(store, "micro")
     store.close()  # an open sqlite3 connection lingers until garbage collection: close it, the file checks rely on it
-    expected = [display_by_variant(report.by_variant), display_by_lr(report.by_lr)]
-    # per format, per format x LR, logit sharpness per step, early warning, its AUC by lead
-    assert len(doc.tables) == 5
-    assert doc.tables[4][1:] == display_warning_windows(report.warning_windows).astype(str).values.tolist()
+    expected = [display_by_variant(report.by_variant), display_by_lr(report.by_lr), display_frontiers(report.dose)]
+    # per format, per format x LR, the frontier, logit sharpness per step, early warning, its AUC by lead
+    assert len(doc.tables) == 6
+    assert doc.tables[5][1:] == display_warning_windows(report.warning_windows).astype(str).values.tolist()
     for table, frame in zip(doc.tables, expected):
         assert table[0] == list(frame.columns)
         assert table[1:] == frame.astype(str).values.tolist()
-    sharpness_header = doc.tables[2][0]
+    sharpness_header = doc.tables[3][0]
     assert sharpness_header[0] == "format" and sharpness_header[1:] == ["step 4", "step 8"]
-    assert [row[0] for row in doc.tables[2][1:]] == ["e8m7", "e8m3"]
+    assert [row[0] for row in doc.tables[3][1:]] == ["e8m7", "e8m3"]
 
 
 @pytest.mark.slow
