@@ -27,16 +27,43 @@ Definitions (the README's "Reading a report" repeats them):
                 range for 2 seeds (labelled a range: no level is claimed), Clopper–Pearson
                 for divergence rates; each interval column has a `*_interval` column
                 naming its kind.
-  verdict       against the reference (the variant with the most bits, listed first),
-                by two tests per variant: divergence (exact conditional test stratified
-                by LR, two-sided) and LR sensitivity paired over seeds (the same seed gives
-                the same initial weights and batches in every variant; exact permutation
-                test swapping the two variants within seeds, with the interval of the
-                difference ΔS). p-values are Holm-adjusted over all the report's tests;
-                "less stable" / "more stable" when an adjusted p is below ALPHA in that
-                direction, else "no difference detected", with the difference and its
-                interval either way. The headline says when a test cannot reach an
-                adjusted p below ALPHA at all with the paired seeds (or runs) it has.
+  verdict       against the reference (the variant with the most bits, listed first), by these
+                tests per variant, all Holm-adjusted together (one family: every test of every
+                variant):
+                  loss       the final validation loss at each LR both ran, paired by seed over
+                             the seeds whose runs completed in both; paired t test on the
+                             differences (stats.paired_t_p, the scale of the printed interval:
+                             p < 0.05 exactly when its 95% interval excludes 0), not run below 3
+                             pairs. The sign-flip permutation test cannot go below 2 / 2^n, 0.25 at
+                             3 seeds: no loss difference could ever be detected with it.
+                  best loss  the same on the best validation loss (min over evaluations, the
+                             runs table's min_val_loss): a late spike or a bad last evaluation
+                             does not hide what the run reached.
+                  LR sensitivity  paired over seeds (the same seed gives the same initial weights
+                             and batches in every variant; exact permutation test swapping the two
+                             variants within seeds, with the interval of the difference ΔS); only
+                             when the reference ran more than one LR: a one-LR grid has none.
+                  divergence exact conditional test stratified by LR, two-sided.
+                Diverged runs enter the loss tests not at all: they are the divergence test's. A
+                diverged run counted at the bar ℓ₀ (capped_loss) would make the paired t test
+                unsound: under no effect, with runs diverging at random (the edge of stability,
+                where a format's numerics decide little), a variant whose 3 seeds all diverged
+                against a reference whose 3 did not gives differences ℓ₀ − ℓ of nearly equal size,
+                which the t test reads as a precise, huge effect while the exact divergence test
+                rightly gives 0.1 (simulated: 6% of null sweeps got a false verdict that way, 1.3%
+                without diverged runs in the loss tests; tests/analysis/test_verdict_family.py).
+                LR sensitivity keeps ℓ₀ for diverged runs: its permutation test is exact whatever
+                the losses' distribution.
+                "less stable" / "more stable" when a Holm-adjusted p is below ALPHA in that
+                direction (higher loss, larger ΔS or more divergence is worse), "mixed" when both,
+                and the verdict names the tests that decided it (decided_by), with the difference,
+                its interval and the adjusted p; else "no difference detected", with each test's
+                numbers (for the loss, the LR whose test came closest). "too few seeds to test"
+                when no test of the variant could reach an adjusted p below ALPHA with the runs it
+                has (e.g. two seeds: no loss test, and no divergence count reaches it): a variant
+                whose runs all diverged with too few seeds reads so, never "no difference
+                detected". The headline says what each test can detect with these seeds
+                (`detectability`).
 Only finished runs (completed or diverged) enter the statistics; failed and
 unfinished runs are counted apart and named in the report's notes.
 """
