@@ -399,9 +399,8 @@ def detectability(table: pd.DataFrame, alpha: float = ALPHA) -> list[str]:
     if "p_sensitivity_smallest" not in table or len(table) < 2:
         return []
     m = len(table)
-    loss_tests = int(table.final_loss_tests.fillna(0).sum() + table.min_loss_tests.fillna(0).sum())
-    smallest = np.concatenate([table.p_diverged_smallest.to_numpy(float), table.p_sensitivity_smallest.to_numpy(float),
-                               np.zeros(loss_tests)])
+    smallest = _smallest_p(table)
+    loss_tests = len(smallest) - 2 * m
     reach = [smallest_holm_p(smallest, j) if not math.isnan(smallest[j]) else math.nan for j in range(2 * m)]
     tests = int((~np.isnan(smallest)).sum())
     lines = []
@@ -492,21 +491,27 @@ def _verdicts(table: pd.DataFrame, losses: pd.DataFrame) -> tuple[list[str], lis
             why.append("no seed finished every LR in both: LR sensitivity not compared")
         if not any(t[0] in ("loss", "best loss") for t in tests):
             pairs = int(row.loss_pairs)
-            why.append("loss not tested: " + (f"{pairs} seed{'s' * (pairs != 1)} completed in both at one LR "
+            why.append("loss not tested: " + (f"at most {pairs} seed{'s' * (pairs != 1)} completed in both at an LR "
                                                "(the paired t test needs 3)" if pairs else "no seed completed in both"))
         named = ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
         reasons.append((f"by {named}: " if names else "") + "; ".join(why))
     return verdicts, reasons, deciders
 
 
+def _smallest_p(table: pd.DataFrame) -> np.ndarray:
+    """The smallest raw p each test of the family can reach with these runs, in the family's order:
+    the divergence tests, the ΔS tests (a row each, NaN where not run), then one 0 per loss test
+    (a t test has no floor)."""
+    loss_tests = int(table.final_loss_tests.fillna(0).sum() + table.min_loss_tests.fillna(0).sum())
+    return np.concatenate([table.p_diverged_smallest.to_numpy(float), table.p_sensitivity_smallest.to_numpy(float),
+                           np.zeros(loss_tests)])
+
+
 def _reachable(table: pd.DataFrame, alpha: float = ALPHA) -> list[bool]:
     """Per variant: can any of its tests reach a Holm-adjusted p below alpha with these runs (every
-    test of the family at its smallest reachable p; a loss t test has no floor: 0)?"""
-    m = len(table)
+    test of the family at its smallest reachable p: stats.smallest_holm_p)?"""
+    m, reach = len(table), holm(_smallest_p(table))
     loss_tests = table.final_loss_tests.fillna(0) + table.min_loss_tests.fillna(0)
-    smallest = np.concatenate([table.p_diverged_smallest.to_numpy(float), table.p_sensitivity_smallest.to_numpy(float),
-                               np.zeros(int(loss_tests.sum()))])
-    reach = holm(smallest)
     return [bool(loss_tests.iat[i] > 0 or reach[i] < alpha or reach[m + i] < alpha) for i in range(m)]
 
 

@@ -134,7 +134,7 @@ def test_per_format_table_and_verdicts(store):
     assert table.loc["e7m7", "paired_seeds"] == 1  # seed 1 failed at 1e-2: only seed 0 finished both LRs
     assert "diverged 1/4 vs 0/4" in table.loc["e8m7", "reason"] and "ΔS = +0.450 (range -0.100 to +1.000)" in table.loc["e8m7", "reason"]
     assert report.headline().startswith("Against fp32 (reference; 2 paired seeds, Holm-adjusted α = 0.05): Too few seeds to test: e8m7")
-    assert "loss not tested: 2 seeds completed in both at one LR (the paired t test needs 3)" in table.loc["e8m7", "reason"]
+    assert "loss not tested: at most 2 seeds completed in both at an LR (the paired t test needs 3)" in table.loc["e8m7", "reason"]
     assert "With 2 paired seeds the loss is not tested: the paired t test needs 3" in report.headline()
     assert "With 2 paired seeds and 6 tests, the smallest Holm-adjusted p the LR-sensitivity test can reach is 1" in report.headline()
     assert any("1 run(s) failed" in note for note in report.notes)

@@ -95,22 +95,26 @@ def test_no_effect_gives_a_family_wise_error_rate_of_at_most_five_percent(grid, 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("noise", sorted(NOISE))
-def test_a_large_loss_effect_is_found_at_three_seeds(noise):
-    """E8M0's +0.6 nats of the default grid (about 21 standard deviations of the paired
-    differences, σ√2): Holm's strictest step over the one-LR grid's 21 tests needs 18.7 at 3 seeds
-    (stats.t_detectable), so most sweeps find it, by the loss tests; a +0.1 effect (3.5 sd) is
-    found at most rarely (printed: the power at this seed count)."""
+def test_a_large_loss_effect_is_found(noise):
+    """E8M0's +0.6 nats of the default grid, about 21 standard deviations of the paired differences
+    (σ√2 on normal noise). Holm's strictest step over the one-LR grid's 21 tests needs 18.7 of the
+    sample's own standard deviations at 3 seeds and 3.9 at 5 (stats.t_detectable): at 3 seeds the
+    t test's 2 degrees of freedom leave the verdict finding it only part of the time (measured over
+    50 sweeps: 78% normal, 96% lognormal, 34% lagging), at 5 seeds always (100% in each). A +0.1
+    effect (3.5 sd) is found in 2-8% of sweeps at 3 seeds, 12-94% at 5 (printed). Found means
+    "less stable", decided by a loss test."""
     rng = np.random.default_rng(1)
-    found = {0.6: 0, 0.1: 0}
-    for effect in found:
-        for _ in range(REPS // 4):
-            row = _verdicts(_runs(rng, "one LR", noise, effect={"e8m0": effect})).loc["e8m0"]
-            if row.verdict == "less stable":
-                assert "loss" in row.decided_by.split(", ")
-                found[effect] += 1
-    power = {effect: count / (REPS // 4) for effect, count in found.items()}
-    print(f"{noise} noise, 3 seeds: power {power}")
-    assert power[0.6] >= 0.5 and power[0.1] <= power[0.6]
+    power = {}
+    for seeds in (3, 5):
+        for effect in (0.6, 0.1):
+            found = 0
+            for _ in range(REPS // 6):
+                row = _verdicts(_runs(rng, "one LR", noise, seeds=seeds, effect={"e8m0": effect})).loc["e8m0"]
+                found += row.verdict == "less stable" and "loss" in row.decided_by.split(", ")
+            power[seeds, effect] = found / (REPS // 6)
+    print(f"{noise} noise: power (seeds, effect) {power}")
+    assert power[3, 0.6] >= 0.25 and power[5, 0.6] >= 0.9
+    assert power[3, 0.1] <= power[3, 0.6] and power[5, 0.1] <= power[5, 0.6]
 
 
 def test_an_all_diverged_format_is_never_no_difference_detected():
