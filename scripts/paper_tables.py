@@ -76,8 +76,8 @@ def claims(report) -> pd.DataFrame:
         verdict = (f"not testable here: no run of the grid diverged ({len(runs)} runs; every one ended below "
                    "ln V, the blow-ups at the highest LR came back)")
     else:
-        worse = [v for v in mantissa if (r := _row(table, v)) is not None and r.verdict == "less stable"
-                 and "diverged" in str(r.reason) and r.diverged_frac > _row(table, REFERENCE).diverged_frac]
+        worse = [v for v in mantissa if (r := _row(table, v)) is not None and r.p_diverged_holm < ALPHA
+                 and r.diverged_frac > _row(table, REFERENCE).diverged_frac]
         p = ", ".join(f"{v.upper()} p = {_row(table, v).p_diverged_holm:.2g}" for v in mantissa)
         verdict = (f"reproduces ({', '.join(w.upper() for w in worse)})" if worse else
                    "not testable here: " + unreachable if "divergence test" in unreachable else
@@ -89,7 +89,7 @@ def claims(report) -> pd.DataFrame:
         r = _row(table, v)
         parts.append(f"{v.upper()} {_iv(r.sensitivity_diff, r.sensitivity_diff_low, r.sensitivity_diff_high, r.sensitivity_diff_interval)}"
                      f" (p = {r.p_sensitivity_holm:.2g})")
-        any_up |= r.verdict == "less stable" and r.sensitivity_diff > 0
+        any_up |= r.p_sensitivity_holm < ALPHA and r.sensitivity_diff > 0
     ref = _row(table, REFERENCE)
     measured = (f"{REFERENCE.upper()} LR sensitivity {_iv(ref.lr_sensitivity, ref.lr_sensitivity_low, ref.lr_sensitivity_high, ref.lr_sensitivity_interval, '.3f')}; "
                 f"ΔS vs {REFERENCE.upper()}: " + "; ".join(parts)) if ref is not None else "no reference runs"

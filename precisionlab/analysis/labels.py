@@ -10,6 +10,9 @@
                 override changed ("nvfp4+x=e8m7"; precisionlab.analysis.presets).
   ℓ₀ (loss0)    ln V, the uniform-prediction loss (precisionlab.train.outcomes.reference_loss).
   ℓ (capped_loss)  a finished run's final validation loss capped at ℓ₀; a diverged run counts as ℓ₀.
+  ℓ_best (capped_min_loss)  a finished run's best validation loss (min over its evaluations, the
+                runs table's min_val_loss) capped at ℓ₀: a diverged run's best before it diverged,
+                ℓ₀ when it had no finite evaluation.
   order         more bits per element first (a block format's scales included), then more exponent
                 bits, then more mantissa bits: the bit-reduction trend reads top to bottom.
 
@@ -105,7 +108,8 @@ def _skipped(key: str) -> bool:
 
 
 def label_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """`runs` (store.runs()) plus `format`, `variant`, `loss0` (ℓ₀) and `capped_loss` (ℓ): see the module docstring."""
+    """`runs` (store.runs()) plus `format`, `variant`, `loss0` (ℓ₀), `capped_loss` (ℓ) and `capped_min_loss`
+    (ℓ_best): see the module docstring."""
     runs = runs.copy()
     roles = [runs[c].astype(object).where(runs[c].notna(), "fp32") for c in ("format_x", "format_w", "format_grad")]
     roles = [r.map(lambda name: short_format(str(name))) for r in roles]
@@ -138,6 +142,9 @@ def label_runs(runs: pd.DataFrame) -> pd.DataFrame:
     final = runs.final_val_loss.astype(float)
     capped = np.where(runs.status == "diverged", runs.loss0, np.fmin(final, runs.loss0))
     runs["capped_loss"] = np.where(runs.status.isin(DONE), capped, np.nan)
+    best = runs.min_val_loss.astype(float) if "min_val_loss" in runs else pd.Series(np.nan, index=runs.index)
+    best = np.fmin(best, np.where(runs.status == "completed", final, np.nan))  # fmin: a NaN side is ignored
+    runs["capped_min_loss"] = np.where(runs.status.isin(DONE), np.fmin(best, runs.loss0), np.nan)
     return runs
 
 

@@ -70,14 +70,24 @@ DEFINITIONS = [
                   "there are any); diverged runs stopped, these ran to the end without learning enough"),
     ("ΔS vs ref.", "LR sensitivity minus the reference's (first row) over the seeds both finished at every LR "
                    "(the same seed: the same initial weights and batches), with its paired interval"),
-    ("p (ΔS), p (div.)", "Holm-adjusted p-values (over all the report's tests) of the exact permutation test of "
-                         "ΔS = 0 (swapping the two formats within seeds) and of the two-sided exact test of equal "
-                         "divergence odds stratified by LR (exact conditional Cochran–Mantel–Haenszel); with n "
-                         "paired seeds and m tests the ΔS test cannot go below m x 2/2^n, and the headline says "
-                         "when that is above 0.05"),
-    ("vs reference", "less / more stable when an adjusted p is below 0.05 in that direction, else no "
-                     "difference detected: the data do not show one (which is not evidence of equality; the "
-                     "interval says how large a difference they leave open)"),
+    ("Δ loss vs ref., Δ best loss vs ref.", "the final (best: min over evaluations) validation loss minus the "
+                                             "reference's at the same LR, paired by seed over the seeds whose "
+                                             "runs completed in both (diverged runs are the divergence test's), "
+                                             "with its interval; with several LRs the LR whose test came closest "
+                                             "to a difference (@ lr; every LR: the per-LR table)"),
+    ("p (loss), p (best loss), p (ΔS), p (div.)",
+     "Holm-adjusted p-values, over all the report's tests at once, of the paired t test of Δ loss = 0 (on the "
+     "printed interval's scale: unadjusted, it is below 0.05 exactly when the interval excludes 0, so an interval "
+     "that excludes 0 with an adjusted p above 0.05 is no finding; from 3 paired seeds), the exact "
+     "permutation test of ΔS = 0 (swapping the two formats within seeds; only with more than one LR) and the "
+     "two-sided exact test of equal divergence odds stratified by LR (exact conditional Cochran–Mantel–Haenszel); "
+     "with n paired seeds and m tests the ΔS test cannot go below m x 2/2^n, and the headline says when a test "
+     "cannot reach 0.05 and how large a loss difference the t test needs"),
+    ("vs reference", "less / more stable when an adjusted p is below 0.05 in that direction (higher loss, larger "
+                     "ΔS or more divergence is worse), mixed when both, in brackets the tests that decided it; "
+                     "else no difference detected: the data do not show one (which is not evidence of equality; "
+                     "the interval says how large a difference they leave open); too few seeds to test: no test "
+                     "could reach 0.05 with these runs"),
 ]
 
 DEFINITIONS += DOSE_DEFINITIONS  # the dose-response section's terms

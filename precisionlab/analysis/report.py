@@ -27,16 +27,43 @@ Definitions (the README's "Reading a report" repeats them):
                 range for 2 seeds (labelled a range: no level is claimed), Clopper–Pearson
                 for divergence rates; each interval column has a `*_interval` column
                 naming its kind.
-  verdict       against the reference (the variant with the most bits, listed first),
-                by two tests per variant: divergence (exact conditional test stratified
-                by LR, two-sided) and LR sensitivity paired over seeds (the same seed gives
-                the same initial weights and batches in every variant; exact permutation
-                test swapping the two variants within seeds, with the interval of the
-                difference ΔS). p-values are Holm-adjusted over all the report's tests;
-                "less stable" / "more stable" when an adjusted p is below ALPHA in that
-                direction, else "no difference detected", with the difference and its
-                interval either way. The headline says when a test cannot reach an
-                adjusted p below ALPHA at all with the paired seeds (or runs) it has.
+  verdict       against the reference (the variant with the most bits, listed first), by these
+                tests per variant, all Holm-adjusted together (one family: every test of every
+                variant):
+                  loss       the final validation loss at each LR both ran, paired by seed over
+                             the seeds whose runs completed in both; paired t test on the
+                             differences (stats.paired_t_p, the scale of the printed interval:
+                             p < 0.05 exactly when its 95% interval excludes 0), not run below 3
+                             pairs. The sign-flip permutation test cannot go below 2 / 2^n, 0.25 at
+                             3 seeds: no loss difference could ever be detected with it.
+                  best loss  the same on the best validation loss (min over evaluations, the
+                             runs table's min_val_loss): a late spike or a bad last evaluation
+                             does not hide what the run reached.
+                  LR sensitivity  paired over seeds (the same seed gives the same initial weights
+                             and batches in every variant; exact permutation test swapping the two
+                             variants within seeds, with the interval of the difference ΔS); only
+                             when the reference ran more than one LR: a one-LR grid has none.
+                  divergence exact conditional test stratified by LR, two-sided.
+                Diverged runs enter the loss tests not at all: they are the divergence test's. A
+                diverged run counted at the bar ℓ₀ (capped_loss) would make the paired t test
+                unsound: under no effect, with runs diverging at random (the edge of stability,
+                where a format's numerics decide little), a variant whose 3 seeds all diverged
+                against a reference whose 3 did not gives differences ℓ₀ − ℓ of nearly equal size,
+                which the t test reads as a precise, huge effect while the exact divergence test
+                rightly gives 0.1 (simulated: 6% of null sweeps got a false verdict that way, 1.3%
+                without diverged runs in the loss tests; tests/analysis/test_verdict_family.py).
+                LR sensitivity keeps ℓ₀ for diverged runs: its permutation test is exact whatever
+                the losses' distribution.
+                "less stable" / "more stable" when a Holm-adjusted p is below ALPHA in that
+                direction (higher loss, larger ΔS or more divergence is worse), "mixed" when both,
+                and the verdict names the tests that decided it (decided_by), with the difference,
+                its interval and the adjusted p; else "no difference detected", with each test's
+                numbers (for the loss, the LR whose test came closest). "too few seeds to test"
+                when no test of the variant could reach an adjusted p below ALPHA with the runs it
+                has (e.g. two seeds: no loss test, and no divergence count reaches it): a variant
+                whose runs all diverged with too few seeds reads so, never "no difference
+                detected". The headline says what each test can detect with these seeds
+                (`detectability`).
 Only finished runs (completed or diverged) enter the statistics; failed and
 unfinished runs are counted apart and named in the report's notes.
 """
@@ -73,17 +100,20 @@ from precisionlab.analysis.stats import (
     mean_interval,
     paired_difference,
     paired_sensitivity,
+    paired_t_p,
     seeds_needed,
     sensitivity_interval,
     smallest_holm_p,
     smallest_permutation_p,
     smallest_stratified_p,
     stratified_exact_p,
+    t_detectable,
 )
 from precisionlab.store import DONE, ResultsStore, StoreError
 from precisionlab.store.corpus import check_one_corpus
 
 __all__ = ["Report", "ReportError", "ALPHA", "bits_per_element", "build", "by_lr", "by_variant", "compare", "compare_notes",
+           "loss_tests", "reference_tests", "with_loss_tests",
            "filter_runs", "mark_convergence", "seed_matrix", "NOT_CONVERGED",
            "fisher_greater", "format_family", "format_order", "label_runs", "role_formats", "sharpness_by_step", "short_format"]
 
@@ -122,15 +152,16 @@ class Report:
         return None if self.by_variant.empty else str(self.by_variant.variant.iloc[0])
 
     def headline(self) -> str:
-        """One sentence: which variants the tests find less or more stable than the reference."""
+        """One sentence: which variants the tests find less or more stable than the reference, by which
+        tests, and what the tests can detect with these seeds (`detectability`)."""
         table = self.by_variant
         if not table.finished.sum():
             return "no finished runs yet"
         if len(table) < 2:
             return f"one variant ({self.reference}): nothing to compare" if len(table) else "no finished runs"
-        seeds = int(table.paired_seeds.max()) if table.paired_seeds.notna().any() else 0
+        seeds = int(np.nanmax([table.paired_seeds.max(), table.loss_pairs.max(), 0]))
         text = f"Against {self.reference} (reference; {seeds} paired seed{'s' * (seeds != 1)}, Holm-adjusted α = {ALPHA:g}):"
-        for verdict in ("less stable", "more stable", "mixed", "no difference detected"):
+        for verdict in ("less stable", "more stable", "mixed", "no difference detected", "too few seeds to test"):
             rows = table[table.verdict == verdict]
             if len(rows):
                 text += f" {verdict.capitalize()}: " + "; ".join(f"{display_label(r.variant)} ({r.reason})"
@@ -185,11 +216,17 @@ def seed_matrix(runs: pd.DataFrame, variant: str, lrs: Sequence[float] | None = 
 
 
 def by_variant(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """`by_variant_estimates` with the tests against the reference, verdict and reason
+    (`reference_tests`; the module docstring)."""
+    return reference_tests(by_variant_estimates(table, runs), runs)[0]
+
+
+def by_variant_estimates(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     """One row per variant from `by_lr(runs)`: runs, diverged/finished over the grid (and the
     rate's exact interval), LR sensitivity and its interval (both over the seeds that finished every
     LR, so the estimate lies in its interval; over all finished runs when no seed did), best LR, loss at the
-    best LR (interval) and seed std, LRs without a divergence, initial loss, the tests against the
-    first (reference) variant and the verdict (see the module docstring)."""
+    best LR (interval) and seed std, LRs without a divergence, initial loss; the estimates only
+    (`by_variant` adds the tests against the reference)."""
     rows = []
     for variant, g in table.groupby("variant", sort=False):
         grid = g[g.finished > 0]
@@ -221,16 +258,90 @@ def by_variant(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
         "lr_sensitivity", "lr_sensitivity_low", "lr_sensitivity_high", "lr_sensitivity_interval", "best_lr",
         "best_lr_loss", "best_lr_loss_low", "best_lr_loss_high", "best_lr_loss_interval", "seed_std", "stable_lrs", "lrs",
         "initial_loss", "spikes"]))
+    return out
+
+
+def with_loss_tests(table: pd.DataFrame, losses: pd.DataFrame) -> pd.DataFrame:
+    """`by_lr`'s table with each variant's loss tests at that LR (`reference_tests`' second table):
+    per measure (final_loss, min_loss) the difference from the reference, its interval and kind,
+    and the Holm-adjusted p; NaN for the reference and where nothing was tested."""
+    out = table.copy()
+    for measure in MEASURES:
+        mine = losses[losses.measure == measure].set_index(["variant", "lr"])
+        keys = list(zip(out.variant, out.lr))
+        for column, source in (("diff", "diff"), ("diff_low", "low"), ("diff_high", "high"),
+                               ("diff_interval", "kind"), ("holm", "p_holm")):
+            name = f"p_{measure}_holm" if column == "holm" else f"{measure}_{column}"
+            values = mine[source].reindex(keys).to_numpy() if len(mine) else [math.nan] * len(out)
+            out[name] = ["" if column == "diff_interval" and not isinstance(v, str) else v for v in values]
+    return out
+
+
+def reference_tests(out: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The family of tests against the reference (row 0 of `out`, by_variant's descriptive columns):
+    (`out` with the tests' columns, Holm-adjusted p-values, verdict, reason and decided_by;
+    `loss_tests(runs, reference)` with its Holm-adjusted p_holm). One Holm family holds every test
+    of every variant: divergence, LR sensitivity and the loss tests at every LR."""
     tests = pd.DataFrame([_against_reference(out, runs, i) for i in range(len(out))], columns=_TEST_COLUMNS,
                          index=out.index)
     out = pd.concat([out, tests], axis=1)
-    if len(out):  # one family: every test of every variant
-        adjusted = holm(np.concatenate([out.p_diverged.to_numpy(float), out.p_sensitivity.to_numpy(float)]))
-        out["p_diverged_holm"], out["p_sensitivity_holm"] = adjusted[:len(out)], adjusted[len(out):]
-    else:
-        out["p_diverged_holm"], out["p_sensitivity_holm"] = [], []
-    out["verdict"], out["reason"] = _verdicts(out)
-    return out
+    losses = loss_tests(runs, str(out.variant.iloc[0])) if len(out) else loss_tests(runs, "")
+    m = len(out)
+    adjusted = holm(np.concatenate([out.p_diverged.to_numpy(float), out.p_sensitivity.to_numpy(float),
+                                    losses.p.to_numpy(float)]))
+    out["p_diverged_holm"], out["p_sensitivity_holm"] = adjusted[:m], adjusted[m:2 * m]
+    losses["p_holm"] = adjusted[2 * m:]
+    summary = [_loss_summary(losses[losses.variant == v]) for v in out.variant]
+    out = pd.concat([out, pd.DataFrame(summary, columns=_LOSS_SUMMARY, index=out.index)], axis=1)
+    out["verdict"], out["reason"], out["decided_by"] = _verdicts(out, losses)
+    return out, losses
+
+
+MEASURES = {"final_loss": ("loss", "capped_loss"), "min_loss": ("best loss", "capped_min_loss")}
+_LOSS_TEST_COLUMNS = ["variant", "lr", "measure", "pairs", "diff", "low", "high", "kind", "p", "p_smallest"]
+
+
+def loss_tests(runs: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """Each variant's final loss ℓ ("final_loss") and best loss ℓ_best ("min_loss") against the
+    reference's at every LR both completed runs at, paired by seed over the seeds whose runs
+    completed in both (diverged runs are the divergence test's: module docstring): pairs, the
+    mean difference and its interval (stats.paired_difference), the paired t test's p
+    (stats.paired_t_p: NaN below 3 pairs) and the smallest p it could reach (0: no floor)."""
+    done = runs[runs.status == "completed"]
+    ref = done[done.variant == reference]
+    rows = []
+    for (variant, lr), g in done[done.variant != reference].groupby(["variant", "lr"], sort=False):
+        theirs_at_lr = ref[ref.lr == lr]
+        if theirs_at_lr.empty:
+            continue
+        for measure, (_, column) in MEASURES.items():
+            mine, theirs = (x.groupby("seed")[column].mean() for x in (g, theirs_at_lr))
+            seeds = mine.index.intersection(theirs.index)
+            pair = paired_difference(mine[seeds].to_numpy(), theirs[seeds].to_numpy())
+            p = paired_t_p(mine[seeds].to_numpy() - theirs[seeds].to_numpy())
+            rows.append([variant, lr, measure, pair["n"], pair["diff"], pair["low"], pair["high"], pair["kind"], p,
+                         math.nan if math.isnan(p) else 0.0])
+    return variant_sorted(pd.DataFrame(rows, columns=_LOSS_TEST_COLUMNS), "lr", "measure").reset_index(drop=True)
+
+
+_LOSS_SUMMARY = [column for m in MEASURES for column in (
+    f"{m}_lr", f"{m}_diff", f"{m}_diff_low", f"{m}_diff_high", f"{m}_diff_interval", f"p_{m}", f"p_{m}_holm",
+    f"{m}_tests")] + ["loss_pairs"]
+
+
+def _loss_summary(tests: pd.DataFrame) -> list:
+    """One variant's loss tests in _LOSS_SUMMARY's columns: per measure, the LR whose test has the
+    smallest Holm-adjusted p (the decisive or the closest one) and how many LRs were tested; and
+    the most seeds any of its loss tests paired."""
+    values = []
+    for measure in MEASURES:
+        mine = tests[(tests.measure == measure) & tests.p.notna()]
+        if mine.empty:
+            values += [math.nan] * 4 + [""] + [math.nan] * 2 + [0]
+            continue
+        r = mine.assign(size=-mine["diff"].abs()).sort_values(["p_holm", "p", "size"], kind="stable").iloc[0]
+        values += [r.lr, r["diff"], r.low, r.high, r.kind, r.p, r.p_holm, len(mine)]
+    return values + [int(tests.pairs.max()) if len(tests) else 0]
 
 
 _TEST_COLUMNS = ["p_more_diverged", "p_diverged", "paired_seeds", "sensitivity_diff", "sensitivity_diff_low",
@@ -242,15 +353,16 @@ _TEST_COLUMNS = ["p_more_diverged", "p_diverged", "paired_seeds", "sensitivity_d
 def _against_reference(table: pd.DataFrame, runs: pd.DataFrame, i: int) -> list[float]:
     """Row i of `table` against row 0, the reference: divergence over the grid (exact test stratified
     by LR, one- and two-sided), LR sensitivity paired over the seeds both finished at every LR of the
-    reference's grid, the best-LR loss ℓ paired over seeds (each at its own best LR), and the smallest
-    p each of the two tests could give with these runs (for the headline's detectability check)."""
+    reference's grid (none on a one-LR grid: NaN), the best-LR loss ℓ paired over seeds (each at its
+    own best LR; descriptive, not in the family), and the smallest p each of the two tests could give
+    with these runs (for the headline's detectability check)."""
     if i == 0:
         return [math.nan] * 6 + [""] + [math.nan] * 4 + [""] + [math.nan] * 3
     row, ref = table.iloc[i], table.iloc[0]
     strata = divergence_strata(runs, row.variant, ref.variant)
     lrs = sorted(runs[runs.variant == ref.variant].lr.unique())
     mine, theirs = seed_matrix(runs, row.variant, lrs), seed_matrix(runs, ref.variant, lrs)
-    seeds = mine.index.intersection(theirs.index)
+    seeds = mine.index.intersection(theirs.index) if len(lrs) > 1 else mine.index[:0]  # one LR: no sensitivity
     sens = paired_sensitivity(mine.loc[seeds].to_numpy(), theirs.loc[seeds].to_numpy())
     best = {"diff": math.nan, "low": math.nan, "high": math.nan, "kind": "", "p": math.nan}
     if not (math.isnan(row.best_lr) or math.isnan(ref.best_lr)):
@@ -261,7 +373,8 @@ def _against_reference(table: pd.DataFrame, runs: pd.DataFrame, i: int) -> list[
             best = paired_difference(at_best[0][paired].to_numpy(), at_best[1][paired].to_numpy())
     return [stratified_exact_p(strata, "greater"), stratified_exact_p(strata), sens["n"], sens["diff"], sens["low"],
             sens["high"], sens["kind"], sens["p"], best["diff"], best["low"], best["high"], best["kind"], best["p"],
-            smallest_stratified_p(strata) if strata else math.nan, smallest_permutation_p(sens["n"])]
+            smallest_stratified_p(strata) if strata else math.nan,
+            smallest_permutation_p(sens["n"]) if sens["n"] else math.nan]
 
 
 def divergence_strata(runs: pd.DataFrame, variant: str, reference: str) -> list[tuple[int, int, int, int]]:
@@ -277,14 +390,18 @@ def divergence_strata(runs: pd.DataFrame, variant: str, reference: str) -> list[
 
 
 def detectability(table: pd.DataFrame, alpha: float = ALPHA) -> list[str]:
-    """Warnings for tests of `by_variant`'s family (every divergence and ΔS test, Holm-adjusted
-    together) that cannot reach an adjusted p below `alpha` with the paired seeds or runs they
-    have: the smallest Holm-adjusted p each can reach (stats.smallest_holm_p), and for ΔS the
-    paired seeds it would need (the family's size unchanged)."""
+    """What each test of `by_variant`'s family (every divergence, ΔS and loss test, Holm-adjusted
+    together) can reach with the paired seeds or runs it has. The exact tests have a floor: a
+    warning when the smallest Holm-adjusted p a divergence or ΔS test can reach is not below
+    `alpha` (stats.smallest_holm_p), and for ΔS the paired seeds it would need. The loss tests
+    (paired t) have none: the line says how large a difference, in standard deviations of its
+    per-seed differences, Holm's strictest step needs (stats.t_detectable), or that they were not
+    run (fewer than 3 paired seeds)."""
     if "p_sensitivity_smallest" not in table or len(table) < 2:
         return []
     m = len(table)
-    smallest = np.concatenate([table.p_diverged_smallest.to_numpy(float), table.p_sensitivity_smallest.to_numpy(float)])
+    smallest = _smallest_p(table)
+    loss_tests = len(smallest) - 2 * m
     reach = [smallest_holm_p(smallest, j) if not math.isnan(smallest[j]) else math.nan for j in range(2 * m)]
     tests = int((~np.isnan(smallest)).sum())
     lines = []
@@ -301,6 +418,15 @@ def detectability(table: pd.DataFrame, alpha: float = ALPHA) -> list[str]:
         lines.append(f"With these runs per LR and {tests} tests, the smallest Holm-adjusted p the divergence test can "
                      f"reach is {min(reach[j] for j in div):.2g} (≥ α = {alpha:g}): it cannot detect a difference; "
                      "run more seeds.")
+    pairs = int(table.loss_pairs.iloc[1:].max()) if table.loss_pairs.iloc[1:].notna().any() else 0
+    if loss_tests:
+        fewest = int(table.loss_pairs.iloc[1:][table.final_loss_tests.iloc[1:] > 0].min())
+        lines.append(f"The loss tests (paired t, no floor on p) detect a difference once it exceeds "
+                     f"{t_detectable(fewest, tests, alpha):.3g} standard deviations of its per-seed differences at "
+                     f"{fewest} paired seeds and {tests} tests (Holm's strictest step; later steps need less).")
+    elif pairs:
+        lines.append(f"With {pairs} paired seed{'s' * (pairs != 1)} the loss is not tested: the paired t test "
+                     "needs 3; run more seeds.")
     return lines
 
 
@@ -319,33 +445,75 @@ def mark_convergence(runs: pd.DataFrame, table: pd.DataFrame, variants: pd.DataF
     return runs, table, variants
 
 
-def _verdicts(table: pd.DataFrame) -> tuple[list[str], list[str]]:
-    """Each variant's verdict against row 0 and the numbers behind it (module docstring)."""
+def _verdicts(table: pd.DataFrame, losses: pd.DataFrame) -> tuple[list[str], list[str], list[str]]:
+    """Each variant's verdict against row 0, the numbers behind it, and the tests that decided it
+    (module docstring): "less stable" / "more stable" / "mixed" when Holm-adjusted tests find the
+    variant worse / better / both; "no difference detected" when none does though one could have;
+    "too few seeds to test" when no test of the variant could reach an adjusted p below ALPHA."""
     if table.empty:
-        return [], []
+        return [], [], []
     ref = table.iloc[0]
-    verdicts, reasons = ["reference"], [""]
-    for row in table.iloc[1:].itertuples():
+    reach = _reachable(table)
+    verdicts, reasons, deciders = ["reference"], [""], [""]
+    for i, row in enumerate(table.iloc[1:].itertuples(), 1):
         if row.finished == 0 or ref.finished == 0:
-            verdicts.append("no data"), reasons.append("")
+            verdicts.append("no data"), reasons.append(""), deciders.append("")
             continue
-        worse, better, why = False, False, []
-        if row.paired_seeds:
+        tests = []  # (name, adjusted p, sign of the difference: + worse, text, raw p, size)
+        for measure, (name, _) in MEASURES.items():
+            mine = losses[(losses.variant == row.variant) & (losses.measure == measure) & losses.p.notna()]
+            for t in mine.itertuples():
+                delta = interval_text(t.diff, t.low, t.high, t.kind, "+.3f")
+                tests.append((name, t.p_holm, np.sign(t.diff), f"{name} at lr {t.lr:g}: Δ {delta}, Holm p = {t.p_holm:.2g}",
+                              t.p, -abs(t.diff)))
+        if not math.isnan(row.p_sensitivity_holm):
             delta = interval_text(row.sensitivity_diff, row.sensitivity_diff_low, row.sensitivity_diff_high,
                                   row.sensitivity_diff_interval, "+.3f")
-            why.append(f"ΔS = {delta}, p = {row.p_sensitivity_holm:.2g}")
-            if row.p_sensitivity_holm < ALPHA:
-                worse, better = worse or row.sensitivity_diff > 0, better or row.sensitivity_diff < 0
-        else:
-            why.append("no seed finished every LR in both: LR sensitivity not compared")
-        why.append(f"diverged {row.diverged}/{row.finished} vs {ref.diverged}/{ref.finished}, "
-                   f"exact p = {row.p_diverged_holm:.2g}")
-        if row.p_diverged_holm < ALPHA:
-            worse, better = worse or row.diverged_frac > ref.diverged_frac, better or row.diverged_frac < ref.diverged_frac
+            tests.append(("LR sensitivity", row.p_sensitivity_holm, np.sign(row.sensitivity_diff),
+                          f"ΔS = {delta}, Holm p = {row.p_sensitivity_holm:.2g}", row.p_sensitivity, 0))
+        if not math.isnan(row.p_diverged_holm):
+            tests.append(("divergence", row.p_diverged_holm, np.sign(row.diverged_frac - ref.diverged_frac),
+                          f"diverged {row.diverged}/{row.finished} vs {ref.diverged}/{ref.finished}, "
+                          f"Holm p = {row.p_diverged_holm:.2g}", row.p_diverged, 0))
+        decided = [t for t in tests if t[1] < ALPHA and t[2] != 0]
+        worse, better = any(t[2] > 0 for t in decided), any(t[2] < 0 for t in decided)
         verdicts.append("mixed" if worse and better else "less stable" if worse else "more stable" if better
-                        else "no difference detected")
-        reasons.append("; ".join(why))
-    return verdicts, reasons
+                        else "no difference detected" if reach[i] else "too few seeds to test")
+        names = list(dict.fromkeys(t[0] for t in decided))
+        deciders.append(", ".join(names))
+        why = [t[3] for t in decided]
+        for name in dict.fromkeys(t[0] for t in tests):  # each test that decided nothing: its closest case
+            undecided = [t for t in tests if t[0] == name and t not in decided]
+            if undecided and not (name in names and name in ("loss", "best loss")):
+                closest = min(undecided, key=lambda t: (t[1], t[4], t[5]))  # as _loss_summary picks
+                lrs = len(undecided)
+                why.append(closest[3] + (f" (the closest of {lrs} LRs)" if lrs > 1 else ""))
+        if row.paired_seeds == 0 and table.lrs.max() > 1 and math.isnan(row.p_sensitivity_holm):
+            why.append("no seed finished every LR in both: LR sensitivity not compared")
+        if not any(t[0] in ("loss", "best loss") for t in tests):
+            pairs = int(row.loss_pairs)
+            why.append("loss not tested: " + (f"at most {pairs} seed{'s' * (pairs != 1)} completed in both at an LR "
+                                               "(the paired t test needs 3)" if pairs else "no seed completed in both"))
+        named = ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
+        reasons.append((f"by {named}: " if names else "") + "; ".join(why))
+    return verdicts, reasons, deciders
+
+
+def _smallest_p(table: pd.DataFrame) -> np.ndarray:
+    """The smallest raw p each test of the family can reach with these runs, in the family's order:
+    the divergence tests, the ΔS tests (a row each, NaN where not run), then one 0 per loss test
+    (a t test has no floor)."""
+    loss_tests = int(table.final_loss_tests.fillna(0).sum() + table.min_loss_tests.fillna(0).sum())
+    return np.concatenate([table.p_diverged_smallest.to_numpy(float), table.p_sensitivity_smallest.to_numpy(float),
+                           np.zeros(loss_tests)])
+
+
+def _reachable(table: pd.DataFrame, alpha: float = ALPHA) -> list[bool]:
+    """Per variant: can any of its tests reach a Holm-adjusted p below alpha with these runs (every
+    test of the family at its smallest reachable p: stats.smallest_holm_p)?"""
+    m, reach = len(table), holm(_smallest_p(table))
+    loss_tests = table.final_loss_tests.fillna(0) + table.min_loss_tests.fillna(0)
+    return [bool(loss_tests.iat[i] > 0 or reach[i] < alpha or reach[m + i] < alpha) for i in range(m)]
 
 
 def sharpness_by_step(sharpness: pd.DataFrame) -> pd.DataFrame:
@@ -491,7 +659,8 @@ def build(store: ResultsStore, sweep: str | None = None, where: Sequence[str] = 
         notes.append(f"{count} run(s) {status}, not in the statistics ("
                      + how.get(status, "rerun the sweep command to finish them") + ")")
     table = by_lr(runs)
-    variants = by_variant(table, runs)
+    variants, losses = reference_tests(by_variant_estimates(table, runs), runs)
+    table = with_loss_tests(table, losses)
     runs, table, variants = mark_convergence(runs, table, variants)
     grids = {v: tuple(sorted(g.lr)) for v, g in table[table.finished > 0].groupby("variant")}
     if len(set(grids.values())) > 1:

@@ -6,7 +6,8 @@ the precision), so a recipe is compared with the reference seed by seed:
   `mean_interval(x)`           mean of one sample and its 95% interval (or the seeds' range)
   `paired_difference(x, ref)`  mean of x - ref over the pairs, its interval (t on the differences)
                                and the two-sided p-value of the exact sign-flip permutation test
-  `paired_t_p(d)`              the paired t test's p on the intervals' scale (a loss verdict at 3 seeds)
+  `paired_t_p(d)`              the paired t test's p on the intervals' scale (the loss verdicts)
+  `t_detectable(n, m, α)`      how many standard deviations of the differences that test needs
   `paired_margin(x, ref, δ)`   non-inferiority by a margin δ, decided by the difference's interval
   `sensitivity_interval(L)`    LR sensitivity of a (seeds x LRs) matrix of losses and its interval
   `paired_sensitivity(L, R)`   the difference ΔS of two variants' LR sensitivities over paired seeds,
@@ -33,10 +34,13 @@ which shows no spread to build a CI on) or NONE (one value). Why these methods:
   * With 2 seeds that interval is t_{0.99, 1} = 31.8 times the half spread: it covers (97.5%)
     but says nothing. Below MIN_CI_SEEDS seeds the report prints the seeds' range instead,
     labelled as a range (it covers the mean about half the time and claims no level).
-  * Paired differences: the t interval on the per-seed differences. The permutation p-value
-    (sign flips) stays the test behind verdicts: it assumes only that a difference is as likely
-    positive as negative under no effect. Inverting it gives no finite 95% interval below 6
-    pairs (its smallest p is 2 / 2^n), so it is not the interval.
+  * Paired differences: the t interval on the per-seed differences, and the paired t test read
+    on that interval's scale (`paired_t_p`) behind the report's loss verdicts: the sign-flip
+    permutation p (`sign_flip_p`) assumes less (a difference as likely positive as negative under
+    no effect) but cannot go below 2 / 2^n, 0.25 at 3 seeds, so no loss difference however large
+    could be detected with the seeds the grids run. Inverting it gives no finite 95% interval
+    below 6 pairs either. The LR-sensitivity test stays a permutation test (its statistic is
+    not a mean, so no t distribution describes it).
   * LR sensitivity S = mean_η ℓ̄(η) − min_η ℓ̄(η) is not smooth (a minimum of noisy means): a
     bootstrap of it is biased and under-covers, and per-seed sensitivities estimate a different,
     larger quantity. But S = max_a c_a over the K linear contrasts c_a = mean_η ℓ̄(η) − ℓ̄(a), each
@@ -72,7 +76,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-__all__ = ["mean_interval", "paired_difference", "paired_t_p", "paired_margin", "sign_flip_p", "exact_binomial_ci", "holm", "recipe_comparison",
+__all__ = ["mean_interval", "paired_difference", "paired_t_p", "t_detectable", "paired_margin", "sign_flip_p", "exact_binomial_ci", "holm", "recipe_comparison",
            "lr_sensitivity", "sensitivity_interval", "paired_sensitivity", "fisher_greater", "fisher_two_sided",
            "stratified_exact_p", "smallest_stratified_p", "smallest_holm_p", "seeds_needed", "interval_text",
            "LEVEL", "MIN_CI_SEEDS", "CI", "RANGE", "NONE"]
@@ -172,6 +176,16 @@ def paired_t_p(differences, level: float = LEVEL) -> float:
         return 1.0 if abs(float(d.mean())) <= 1e-12 else 0.0
     t = float(d.mean() / (d.std(ddof=1) / math.sqrt(d.size)))
     return min(1.0, float(2 * stats.t.sf(abs(t), d.size - 1)) / SKEW_MARGIN)
+
+
+def t_detectable(pairs: int, tests: int, alpha: float) -> float:
+    """The smallest |mean difference| / std(differences) at which `paired_t_p` over `pairs` pairs is
+    below alpha / tests, the first step of Holm's procedure over `tests` tests (NaN below
+    MIN_CI_SEEDS pairs). Unlike a permutation test's, the t test's p has no floor: any difference
+    is detected once it is this many of its own seed-to-seed standard deviations."""
+    if pairs < MIN_CI_SEEDS or tests < 1:
+        return math.nan
+    return float(stats.t.ppf(1 - SKEW_MARGIN * alpha / (2 * tests), pairs - 1) / math.sqrt(pairs))
 
 
 def paired_margin(x, reference, margin: float, level: float = LEVEL) -> dict:

@@ -58,18 +58,42 @@ def display_by_lr(table: pd.DataFrame) -> pd.DataFrame:
                                                                   table.final_loss_interval)],
         "spikes": table.spikes.astype(str),
         **({"failed": table.failed.astype(str)} if table.failed.any() else {}),
+        **({"Δ loss vs ref.": [_interval(x, lo, hi, k, "+.3f") for x, lo, hi, k in zip(
+                table.final_loss_diff, table.final_loss_diff_low, table.final_loss_diff_high,
+                table.final_loss_diff_interval)],
+            "p (loss)": [_num(p, ".2g") for p in table.p_final_loss_holm],
+            "Δ best loss": [_interval(x, lo, hi, k, "+.3f") for x, lo, hi, k in zip(
+                table.min_loss_diff, table.min_loss_diff_low, table.min_loss_diff_high, table.min_loss_diff_interval)],
+            "p (best loss)": [_num(p, ".2g") for p in table.p_min_loss_holm]} if "p_final_loss_holm" in table else {}),
     })
+
+
+def _loss_test(table: pd.DataFrame, measure: str) -> list[str]:
+    """Each variant's loss test of `measure` with the smallest Holm p: 'Δ [low, high]', with
+    '@ lr' when the grid has several LRs (the other LRs: display_by_lr)."""
+    several = table.lrs.max() > 1 if len(table) else False
+    return [_interval(x, lo, hi, k, "+.3f") + (f" @ {lr:.3g}" if several and not math.isnan(lr) else "")
+            for x, lo, hi, k, lr in zip(table[f"{measure}_diff"], table[f"{measure}_diff_low"],
+                                        table[f"{measure}_diff_high"], table[f"{measure}_diff_interval"],
+                                        table[f"{measure}_lr"])]
 
 
 def display_by_variant(table: pd.DataFrame) -> pd.DataFrame:
     """by_variant() as the strings every output shows: estimates with their 95% intervals, the
-    paired difference from the reference and the Holm-adjusted p-values behind the verdict."""
+    paired differences from the reference and the Holm-adjusted p-values behind the verdict, which
+    names the tests that decided it. A one-LR grid has no LR-sensitivity columns."""
+    several = bool(len(table)) and table.lrs.max() > 1
+    sensitivity = {"LR sensitivity": [_interval(x, lo, hi, k) for x, lo, hi, k in zip(
+        table.lr_sensitivity, table.lr_sensitivity_low, table.lr_sensitivity_high, table.lr_sensitivity_interval)]}
+    tests = {"ΔS vs ref.": [_interval(x, lo, hi, k, "+.3f") for x, lo, hi, k in zip(
+                 table.sensitivity_diff, table.sensitivity_diff_low, table.sensitivity_diff_high,
+                 table.sensitivity_diff_interval)],
+             "p (ΔS)": [_num(p, ".2g") for p in table.p_sensitivity_holm]} if several else {}
     return pd.DataFrame({
         "format": table.variant,
         "diverged": [_rate(d, f, lo, hi) for d, f, lo, hi in zip(table.diverged, table.finished, table.diverged_low,
                                                                   table.diverged_high)],
-        "LR sensitivity": [_interval(x, lo, hi, k) for x, lo, hi, k in zip(
-            table.lr_sensitivity, table.lr_sensitivity_low, table.lr_sensitivity_high, table.lr_sensitivity_interval)],
+        **(sensitivity if several else {}),
         "best lr": [_num(x, ".3g") for x in table.best_lr],
         "loss at best lr": [_interval(x, lo, hi, k, ".4f") for x, lo, hi, k in zip(
             table.best_lr_loss, table.best_lr_loss_low, table.best_lr_loss_high, table.best_lr_loss_interval)],
@@ -77,11 +101,13 @@ def display_by_variant(table: pd.DataFrame) -> pd.DataFrame:
         **({"not conv.": [f"{k}/{f}" for k, f in zip(table.not_converged, table.finished)]}
            if "not_converged" in table and table.not_converged.any() else {}),
         "spikes": table.spikes.astype(str),
-        "ΔS vs ref.": [_interval(x, lo, hi, k, "+.3f") for x, lo, hi, k in zip(
-            table.sensitivity_diff, table.sensitivity_diff_low, table.sensitivity_diff_high, table.sensitivity_diff_interval)],
-        "p (ΔS)": [_num(p, ".2g") for p in table.p_sensitivity_holm],
+        "Δ loss vs ref.": _loss_test(table, "final_loss"),
+        "p (loss)": [_num(p, ".2g") for p in table.p_final_loss_holm],
+        "Δ best loss vs ref.": _loss_test(table, "min_loss"),
+        "p (best loss)": [_num(p, ".2g") for p in table.p_min_loss_holm],
+        **tests,
         "p (div.)": [_num(p, ".2g") for p in table.p_diverged_holm],
-        "vs reference": table.verdict,
+        "vs reference": [f"{v} ({d})" if d else v for v, d in zip(table.verdict, table.decided_by)],
     })
 
 

@@ -17,8 +17,9 @@ LR sensitivity and its interval come from the seeds that finished every LR: for 
 ([3.3, 3.35] -> mean(0, .05) = 0.025; all runs would give mean(0, .15) = 0.075 with seed 1's 3.1).
 Two seeds give no confidence interval but their range: e8m7's seeds alone have sensitivities 1.2
 ([3.1, 5.5]) and 0.1 ([3.3, 3.5]), fp32's 0.2 and 0.2; ΔS per seed: 1.0 and -0.1.
-Every verdict is "no difference detected": with two seeds no permutation p can be below 0.5, and
-with 6 tests Holm can bring it no lower than 1.
+Every verdict is "too few seeds to test": with two seeds no permutation p can be below 0.5 (with
+6 tests Holm can bring it no lower than 1), no divergence count can reach 0.05, and the loss is
+not tested (the paired t test needs 3 seeds).
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ def test_per_format_table_and_verdicts(store):
     assert (table.loc["e7m7", "finished"], table.loc["e7m7", "failed"]) == (3, 1)
     assert (table.loc["e8m3", "stable_lrs"], table.loc["e8m3", "lrs"]) == (1, 2)
     assert table.loc["e8m7", "initial_loss"] == pytest.approx(L0)
-    assert list(table.verdict) == ["reference"] + ["no difference detected"] * 3
+    assert list(table.verdict) == ["reference"] + ["too few seeds to test"] * 3
     assert (table.loc["e8m7", "lr_sensitivity_low"], table.loc["e8m7", "lr_sensitivity_high"]) == pytest.approx((0.1, 1.2))
     assert (table.loc["fp32", "lr_sensitivity_low"], table.loc["fp32", "lr_sensitivity_high"]) == pytest.approx((0.2, 0.2))
     assert set(table.lr_sensitivity_interval) == {"range", ""}  # 2 seeds: ranges; e7m7's one seed: none
@@ -132,7 +133,9 @@ def test_per_format_table_and_verdicts(store):
     assert table.loc["e8m7", "sensitivity_diff"] == pytest.approx(0.45) and table.loc["e8m7", "p_sensitivity"] == 1.0
     assert table.loc["e7m7", "paired_seeds"] == 1  # seed 1 failed at 1e-2: only seed 0 finished both LRs
     assert "diverged 1/4 vs 0/4" in table.loc["e8m7", "reason"] and "ΔS = +0.450 (range -0.100 to +1.000)" in table.loc["e8m7", "reason"]
-    assert report.headline().startswith("Against fp32 (reference; 2 paired seeds, Holm-adjusted α = 0.05): No difference detected: e8m7")
+    assert report.headline().startswith("Against fp32 (reference; 2 paired seeds, Holm-adjusted α = 0.05): Too few seeds to test: e8m7")
+    assert "loss not tested: at most 2 seeds completed in both at an LR (the paired t test needs 3)" in table.loc["e8m7", "reason"]
+    assert "With 2 paired seeds the loss is not tested: the paired t test needs 3" in report.headline()
     assert "With 2 paired seeds and 6 tests, the smallest Holm-adjusted p the LR-sensitivity test can reach is 1" in report.headline()
     assert any("1 run(s) failed" in note for note in report.notes)
 
@@ -305,7 +308,7 @@ def test_verdict_reasons_carry_the_holm_adjusted_p_values(store):
     assert table.loc["e8m3", "p_more_diverged"] == pytest.approx(1 / 6)
     assert table.loc["e8m3", "p_diverged"] == pytest.approx(2 / 6)  # two-sided: 2/2 vs 0/2 or 0/2 vs 2/2
     assert table.loc["e8m3", "p_diverged_holm"] >= table.loc["e8m3", "p_diverged"]
-    assert f"exact p = {table.loc['e8m7', 'p_diverged_holm']:.2g}" in table.loc["e8m7", "reason"]
+    assert f"diverged 1/4 vs 0/4, Holm p = {table.loc['e8m7', 'p_diverged_holm']:.2g}" in table.loc["e8m7", "reason"]
 
 
 def _planted_store(tmp_path, seeds: int = 8) -> ResultsStore:
@@ -334,7 +337,13 @@ def test_a_planted_difference_is_less_stable_and_a_null_one_is_not(tmp_path):
     assert table.loc["e8m3", "p_diverged"] == pytest.approx(fisher_two_sided(8, 8, 0, 8))  # the 1e-2 stratum
     assert table.loc["e8m7", "verdict"] == "no difference detected"
     assert table.loc["e8m7", "sensitivity_diff_low"] <= 0 <= table.loc["e8m7", "sensitivity_diff_high"]
-    assert "Less stable: e8m3 (ΔS = +1.085 [" in report.headline() and ". No difference detected: e8m7" in report.headline()
+    # decided by the divergence test (8/8 against 0/8 at 1e-2, p = 2 / C(16, 8) before Holm); ΔS's
+    # exact p of 2/256 is Holm-adjusted over the family's 10 tests (2 divergence, 2 ΔS, 6 loss tests
+    # of the twins' curves, none of them small) to 9 x 2/256 = 0.07: not decisive
+    assert table.loc["e8m3", "decided_by"] == "divergence"
+    assert table.loc["e8m3", "p_sensitivity_holm"] == pytest.approx(9 * 2 / 2**8)
+    assert "Less stable: e8m3 (by divergence: diverged 8/16 vs 0/16, Holm p = " in report.headline()
+    assert ". No difference detected: e8m7" in report.headline()
 
 
 def test_compare_two_sweeps(store):
@@ -380,10 +389,11 @@ def test_recipe_presets_are_labelled_by_name(tmp_path):
 
 def test_headline_warns_when_holm_leaves_the_sensitivity_test_unable_to_reach_alpha(tmp_path):
     # 6 paired seeds: the permutation test alone can reach 2/64 = 0.031 < 0.05, but the family holds
-    # 2 ΔS tests (e8m7, e8m3 against fp32) and 2 divergence tests that can reach far lower p: at best
-    # a ΔS test is adjusted by 2, 0.0625 >= 0.05; with 7 seeds 2 x 2/128 = 0.031 would do
+    # 2 ΔS tests (e8m7, e8m3 against fp32), 2 divergence tests and 6 loss tests (paired t, no floor)
+    # that can reach far lower p: at best a ΔS test is adjusted by 2, 0.0625 >= 0.05; with 7 seeds
+    # 2 x 2/128 = 0.031 would do
     report = build(_planted_store(tmp_path, seeds=6), "planted")
-    assert "With 6 paired seeds and 4 tests, the smallest Holm-adjusted p the LR-sensitivity test can reach is 0.062" \
+    assert "With 6 paired seeds and 10 tests, the smallest Holm-adjusted p the LR-sensitivity test can reach is 0.062" \
         in report.headline()
     assert "7 paired seeds would be needed" in report.headline()
 

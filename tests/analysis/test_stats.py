@@ -313,3 +313,21 @@ def test_paired_margin_reads_the_decision_off_the_interval():
         seen.add(expected)
     assert seen == {"within", "beyond", "undecided"}
     assert paired_margin([2.3, 2.4], [2.2, 2.2], 0.05)["decision"] == "undecided"  # 2 seeds: no CI
+
+
+@pytest.mark.parametrize("pairs, tests", [(3, 1), (3, 21), (4, 60), (8, 10)])
+def test_t_detectable_is_where_scipys_t_test_crosses_holms_first_step(pairs, tests):
+    """Differences whose mean is just above (below) t_detectable standard deviations give a scipy
+    one-sample t p, divided by SKEW_MARGIN as the report's scale does, below (above) α / tests."""
+    from scipy import stats as scipy_stats
+
+    from precisionlab.analysis.stats import SKEW_MARGIN, t_detectable
+
+    ratio = t_detectable(pairs, tests, 0.05)
+    shape = np.random.default_rng(pairs).normal(size=pairs)
+    shape = (shape - shape.mean()) / shape.std(ddof=1)  # mean 0, sd 1
+    for factor, below in ((1.001, True), (0.999, False)):
+        d = shape + factor * ratio
+        p = scipy_stats.ttest_1samp(d, 0.0).pvalue / SKEW_MARGIN
+        assert bool(p < 0.05 / tests) == below
+    assert math.isnan(t_detectable(2, 5, 0.05))
