@@ -19,7 +19,7 @@ import math
 import sys
 
 from precisionlab.analysis.report import display_label, format_order, label_runs
-from precisionlab.analysis.stats import fisher_greater, interval_text, holm, recipe_comparison, smallest_holm_p, smallest_permutation_p
+from precisionlab.analysis.stats import fisher_greater, interval_text, holm, recipe_comparison, smallest_permutation_p
 from precisionlab.store import DEFAULT_STORE_PATH, ResultsStore, StoreError
 
 
@@ -74,7 +74,8 @@ def main() -> None:
         smallest = [smallest_permutation_p(int(n)) if n else math.nan for n in pairs]
         smallest += [fisher_greater(r.runs, r.runs, 0, int(ref_runs.get(r.lr, 0)))  # all diverged vs none
                      for r in table[table.p_more_diverged.notna()].itertuples()]
-        best = min(smallest_holm_p(smallest, j) for j in range(len(pairs)) if not math.isnan(smallest[j]))
+        reach = holm(smallest)  # this script's family is plain Holm (line above the table)
+        best = min(reach[j] for j in range(len(pairs)) if not math.isnan(smallest[j]))
         print(f"\nsmallest Holm-adjusted p a loss difference can reach here ({int(pairs.max())} pairs, "
               f"{int(table.p_diff.notna().sum() + table.p_more_diverged.notna().sum())} tests): {best:.2g}"
               + (" — no loss difference can be detected at 5%" if best >= 0.05 else ""))

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reproduce the bit-reduction study of Lee et al. 2024 ("To FP8 and Back Again") at CPU scale:
 #   1. precisionlab sweep sweep=paper   E8M7, E8M6, E8M5, E8M4, E8M3 (mantissa masking, round toward
-#                                       zero) and E7M7 (exponent clipped) x 5 LRs x 4 seeds = 120 runs,
+#                                       zero) and E7M7 (exponent clipped), and the bracket beyond them
+#                                       (E8M2, E8M1, E8M0; E6M7, E5M7, E4M7) x 3 LRs x 3 seeds = 108 runs,
 #                                       logit sharpness every 10 steps
 #   2. precisionlab sharpness           the paper's last-token-logit sharpness on every checkpoint
 #   3. precisionlab report              tables, plots, report.html in reports/paper/

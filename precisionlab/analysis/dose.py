@@ -280,7 +280,7 @@ def _axis_sentence(axis: str, pts: pd.DataFrame, table: pd.DataFrame, reference:
     worse_at_stop = worse is not None and f.first_worse == f.stop and worse.decision == "beyond"
     if f.stop:
         clauses.append(_stop_clause(here, f.stop, f.stop_decision)
-                       + (", the first significant difference" if worse_at_stop else ""))
+                       + (", the first width worse at 95% (before Holm)" if worse_at_stop else ""))
     undecided = [v for v in f.undecided.split(", ") if v and v != f.stop]
     if undecided:
         clauses.append("undecided also at " + ", ".join(_name(here, v) for v in undecided))
@@ -289,7 +289,7 @@ def _axis_sentence(axis: str, pts: pd.DataFrame, table: pd.DataFrame, reference:
         if worse.decision == "within":
             clauses.append(f"{_name(here, worse.variant)} is already worse, by less than the margin ({tail})")
         else:
-            clauses.append(f"{_name(here, worse.variant)} costs {tail}, the first significant difference")
+            clauses.append(f"{_name(here, worse.variant)} costs {tail}, the first width worse at 95% (before Holm)")
     others = [v for v in f.diverged.split(", ") if v and v != f.stop]
     if others:
         counts = here.set_index("variant")
@@ -313,7 +313,7 @@ def _axis_sentence(axis: str, pts: pd.DataFrame, table: pd.DataFrame, reference:
 
 def sentence(pts: pd.DataFrame, table: pd.DataFrame, reference: str | None, best_lr: float, margin: float) -> str:
     """The report's first line: per axis, the frontier at the reference's best LR with Δ, what stops it,
-    the first significant difference, diverged and undecided widths, and the frontier at every LR;
+    the first width worse at 95% (not Holm-adjusted), diverged and undecided widths, and the frontier at every LR;
     empty when there is no axis."""
     if pts.empty or reference is None or pd.isna(best_lr):
         return ""

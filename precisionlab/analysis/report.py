@@ -95,7 +95,7 @@ from precisionlab.analysis.labels import (  # re-exported: the report's API name
 from precisionlab.analysis.stats import (
     exact_binomial_ci,
     fisher_greater,
-    holm,
+    holm_reachable,
     interval_text,
     mean_interval,
     paired_difference,
@@ -107,6 +107,7 @@ from precisionlab.analysis.stats import (
     smallest_permutation_p,
     smallest_stratified_p,
     stratified_exact_p,
+    stratified_floor_p,
     t_detectable,
 )
 from precisionlab.store import DONE, ResultsStore, StoreError
@@ -281,14 +282,20 @@ def reference_tests(out: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.DataFrame
     """The family of tests against the reference (row 0 of `out`, by_variant's descriptive columns):
     (`out` with the tests' columns, Holm-adjusted p-values, verdict, reason and decided_by;
     `loss_tests(runs, reference)` with its Holm-adjusted p_holm). One Holm family holds every test
-    of every variant: divergence, LR sensitivity and the loss tests at every LR."""
+    of every variant: divergence, LR sensitivity and the loss tests at every LR, less the tests
+    that cannot reach α with these runs (`stats.holm_reachable`: a divergence test where no run
+    diverged, a 3-vs-3 divergence count, a ΔS permutation test over 3 seeds), which keep their raw p."""
     tests = pd.DataFrame([_against_reference(out, runs, i) for i in range(len(out))], columns=_TEST_COLUMNS,
                          index=out.index)
     out = pd.concat([out, tests], axis=1)
     losses = loss_tests(runs, str(out.variant.iloc[0])) if len(out) else loss_tests(runs, "")
     m = len(out)
-    adjusted = holm(np.concatenate([out.p_diverged.to_numpy(float), out.p_sensitivity.to_numpy(float),
-                                    losses.p.to_numpy(float)]))
+    reference = str(out.variant.iloc[0]) if m else ""
+    diverged_floor = [stratified_floor_p(divergence_strata(runs, v, reference)) if i else math.nan
+                      for i, v in enumerate(out.variant)]  # given how many runs diverged at each LR
+    adjusted = holm_reachable(
+        np.concatenate([out.p_diverged.to_numpy(float), out.p_sensitivity.to_numpy(float), losses.p.to_numpy(float)]),
+        np.concatenate([diverged_floor, out.p_sensitivity_smallest.to_numpy(float), losses.p_smallest.to_numpy(float)]))
     out["p_diverged_holm"], out["p_sensitivity_holm"] = adjusted[:m], adjusted[m:2 * m]
     losses["p_holm"] = adjusted[2 * m:]
     summary = [_loss_summary(losses[losses.variant == v]) for v in out.variant]
@@ -403,21 +410,21 @@ def detectability(table: pd.DataFrame, alpha: float = ALPHA) -> list[str]:
     smallest = _smallest_p(table)
     loss_tests = len(smallest) - 2 * m
     reach = [smallest_holm_p(smallest, j) if not math.isnan(smallest[j]) else math.nan for j in range(2 * m)]
-    tests = int((~np.isnan(smallest)).sum())
+    tests = int((smallest < alpha).sum())  # the family: tests that can reach alpha (stats.holm_reachable)
     lines = []
     sens = [j for j in range(m, 2 * m) if not math.isnan(reach[j])]
     if sens and min(reach[j] for j in sens) >= alpha:
         j = min(sens, key=lambda j: reach[j])
         pairs = int(table.paired_seeds.iloc[j - m])
         needed = seeds_needed(smallest, j, alpha)
-        lines.append(f"With {pairs} paired seed{'s' * (pairs != 1)} and {tests} tests, the smallest Holm-adjusted p "
-                     f"the LR-sensitivity test can reach is {reach[j]:.2g} (≥ α = {alpha:g}): it cannot detect a "
+        lines.append(f"With {pairs} paired seed{'s' * (pairs != 1)}, the smallest adjusted p the LR-sensitivity test "
+                     f"can reach is {reach[j]:.2g} (≥ α = {alpha:g}; {_family(tests)}): it cannot detect a "
                      "difference; " + (f"{needed} paired seeds would be needed." if needed else "far more seeds are needed."))
     div = [j for j in range(m) if not math.isnan(reach[j])]
     if div and min(reach[j] for j in div) >= alpha:
-        lines.append(f"With these runs per LR and {tests} tests, the smallest Holm-adjusted p the divergence test can "
-                     f"reach is {min(reach[j] for j in div):.2g} (≥ α = {alpha:g}): it cannot detect a difference; "
-                     "run more seeds.")
+        lines.append(f"With these runs per LR, the smallest adjusted p the divergence test can reach is "
+                     f"{min(reach[j] for j in div):.2g} (≥ α = {alpha:g}; {_family(tests)}): it cannot detect a "
+                     "difference; run more seeds.")
     pairs = int(table.loss_pairs.iloc[1:].max()) if table.loss_pairs.iloc[1:].notna().any() else 0
     if loss_tests:
         fewest = int(table.loss_pairs.iloc[1:][table.final_loss_tests.iloc[1:] > 0].min())
@@ -499,6 +506,11 @@ def _verdicts(table: pd.DataFrame, losses: pd.DataFrame) -> tuple[list[str], lis
     return verdicts, reasons, deciders
 
 
+def _family(tests: int) -> str:
+    """How many tests Holm adjusts over: those that can reach α (stats.holm_reachable)."""
+    return f"Holm over the {tests} test{'s' * (tests != 1)} that can reach α" if tests else "no test here can reach α"
+
+
 def _smallest_p(table: pd.DataFrame) -> np.ndarray:
     """The smallest raw p each test of the family can reach with these runs, in the family's order:
     the divergence tests, the ΔS tests (a row each, NaN where not run), then one 0 per loss test
@@ -511,7 +523,8 @@ def _smallest_p(table: pd.DataFrame) -> np.ndarray:
 def _reachable(table: pd.DataFrame, alpha: float = ALPHA) -> list[bool]:
     """Per variant: can any of its tests reach a Holm-adjusted p below alpha with these runs (every
     test of the family at its smallest reachable p: stats.smallest_holm_p)?"""
-    m, reach = len(table), holm(_smallest_p(table))
+    m, smallest = len(table), _smallest_p(table)
+    reach = holm_reachable(smallest, smallest)
     loss_tests = table.final_loss_tests.fillna(0) + table.min_loss_tests.fillna(0)
     return [bool(loss_tests.iat[i] > 0 or reach[i] < alpha or reach[m + i] < alpha) for i in range(m)]
 

@@ -14,8 +14,9 @@ the precision), so a recipe is compared with the reference seed by seed:
                                its interval and the exact p-value of swapping the variants within seeds
   `exact_binomial_ci(k, n)`    Clopper-Pearson interval of a proportion (divergence rates)
   `stratified_exact_p(strata)` exact conditional test of equal divergence odds, stratified by LR
-  `holm(p_values)`, `smallest_holm_p(...)`, `seeds_needed(...)`  multiplicity, and what a family of
-                               tests can reach at all with a given number of paired seeds
+  `holm(p_values)`, `holm_reachable(p, floors)`, `smallest_holm_p(...)`, `seeds_needed(...)`
+                               multiplicity (tests that cannot reach α left out: Tarone 1990), and
+                               what a family of tests can reach at all with a given number of seeds
   `recipe_comparison(runs, reference)`  the tests per recipe and learning rate, from a store's runs
 
 Every interval is returned with its kind: CI (a 95% confidence interval), RANGE (the seeds'
@@ -78,7 +79,7 @@ from scipy import stats
 
 __all__ = ["mean_interval", "paired_difference", "paired_t_p", "t_detectable", "paired_margin", "sign_flip_p", "exact_binomial_ci", "holm", "recipe_comparison",
            "lr_sensitivity", "sensitivity_interval", "paired_sensitivity", "fisher_greater", "fisher_two_sided",
-           "stratified_exact_p", "smallest_stratified_p", "smallest_holm_p", "seeds_needed", "interval_text",
+           "stratified_exact_p", "smallest_stratified_p", "stratified_floor_p", "holm_reachable", "smallest_holm_p", "seeds_needed", "interval_text",
            "LEVEL", "MIN_CI_SEEDS", "CI", "RANGE", "NONE"]
 
 LEVEL = 0.95
@@ -236,16 +237,31 @@ def holm(p_values) -> np.ndarray:
     return out
 
 
+def holm_reachable(p_values, floors, alpha: float = 1 - LEVEL) -> np.ndarray:
+    """Holm over the tests that can reject at all: a test whose smallest reachable p (`floors`, its
+    floor given the runs it has) is not below `alpha` cannot reject whatever the adjustment, so it
+    is left out of the family (Tarone 1990; the floors of exact tests depend only on the margins,
+    not on the outcome, so this keeps the family-wise error rate) and keeps its raw p. NaNs are
+    not tests and stay NaN. With every floor below alpha this is `holm(p_values)`."""
+    p, floor = np.asarray(p_values, dtype=float), np.asarray(floors, dtype=float)
+    counted = ~np.isnan(p) & (floor < alpha)
+    out = p.copy()
+    out[counted] = holm(p[counted])
+    return out
+
+
 def smallest_permutation_p(pairs: int) -> float:
     """The smallest two-sided p an exact sign-flip or swap test over `pairs` seeds can give: 2 / 2^n."""
     return math.nan if pairs <= 0 else min(1.0, 2.0 / 2**pairs) if pairs <= _EXACT_PAIRS else 1 / (_N_RANDOM + 1)
 
 
-def smallest_holm_p(smallest_raw, index: int) -> float:
-    """The smallest Holm-adjusted p test `index` can reach in its family, given each test's smallest
-    reachable raw p: Holm's adjusted p is non-decreasing in every raw p, so it is the adjusted p
-    when every test reaches its own smallest."""
-    return float(holm(smallest_raw)[index])
+def smallest_holm_p(smallest_raw, index: int, alpha: float = 1 - LEVEL) -> float:
+    """The smallest adjusted p test `index` can reach in its family (`holm_reachable`: tests that
+    cannot reach `alpha` are left out), given each test's smallest reachable raw p: Holm's adjusted
+    p is non-decreasing in every raw p, so it is the adjusted p when every test reaches its own
+    smallest."""
+    p = np.asarray(smallest_raw, dtype=float)
+    return float(holm_reachable(p, p, alpha)[index])
 
 
 def seeds_needed(smallest_raw, index: int, alpha: float, most: int = 64) -> int | None:
@@ -254,7 +270,7 @@ def seeds_needed(smallest_raw, index: int, alpha: float, most: int = 64) -> int 
     p = np.array(smallest_raw, dtype=float)
     for pairs in range(1, most + 1):
         p[index] = smallest_permutation_p(pairs)
-        if smallest_holm_p(p, index) < alpha:
+        if smallest_holm_p(p, index, alpha) < alpha:
             return pairs
     return None
 
@@ -369,6 +385,20 @@ def smallest_stratified_p(strata) -> float:
     runs = [(n, nr) for _, n, _, nr in strata]
     return min(stratified_exact_p([(n, n, 0, nr) for n, nr in runs]),
                stratified_exact_p([(0, n, nr, nr) for n, nr in runs]))
+
+
+def stratified_floor_p(strata) -> float:
+    """The smallest two-sided p `stratified_exact_p` can give with these strata's margins (runs and
+    total divergences per LR fixed, as the conditional test fixes them): 1 when no LR has a
+    divergence to place, e.g. 0.1 for 3 of 3 vs 0 of 3 (Fisher: 2 / C(6, 3)). NaN as the test."""
+    dist = np.array([1.0])
+    for diverged, runs, ref_diverged, ref_runs in strata:
+        if runs and ref_runs:
+            dist = np.convolve(dist, _hypergeometric(runs, ref_runs, diverged + ref_diverged))
+    if dist.size == 1 and not any(runs and ref_runs for _, runs, _, ref_runs in strata):
+        return math.nan
+    support = dist[dist > 0]
+    return float(min(1.0, min(support[support <= q * (1 + 1e-7)].sum() for q in support)))
 
 
 def fisher_greater(diverged: int, runs: int, ref_diverged: int, ref_runs: int) -> float:

@@ -181,7 +181,7 @@ def test_recipes_on_the_bits_axis_are_named_with_their_bits():
     assert set(pts.axis) == {"bits per element"}
     text = dose.sentence(pts, table, "e8m7", LR, DELTA)
     assert text.startswith("Bits per element: training matches e8m7 down to nvfp4 (4.5 bits) at LR 0.003 (Δ +0.001 [")
-    assert "; mxfp4 (4.25 bits) costs +0.100 [" in text and text.endswith(", the first significant difference.")
+    assert "; mxfp4 (4.25 bits) costs +0.100 [" in text and text.endswith(", the first width worse at 95% (before Holm).")
 
 
 def test_no_axis_no_sentence():

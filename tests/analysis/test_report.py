@@ -136,7 +136,9 @@ def test_per_format_table_and_verdicts(store):
     assert report.headline().startswith("Against fp32 (reference; 2 paired seeds, Holm-adjusted α = 0.05): Too few seeds to test: e8m7")
     assert "loss not tested: at most 2 seeds completed in both at an LR (the paired t test needs 3)" in table.loc["e8m7", "reason"]
     assert "With 2 paired seeds the loss is not tested: the paired t test needs 3" in report.headline()
-    assert "With 2 paired seeds and 6 tests, the smallest Holm-adjusted p the LR-sensitivity test can reach is 1" in report.headline()
+    # no test here can reach 0.05 (2 seeds: a ΔS test's floor is 1/2; the divergence counts' floors are above 0.05)
+    assert ("With 2 paired seeds, the smallest adjusted p the LR-sensitivity test can reach is 0.5 (≥ α = 0.05; "
+            "no test here can reach α)") in report.headline()
     assert any("1 run(s) failed" in note for note in report.notes)
 
 
@@ -338,10 +340,12 @@ def test_a_planted_difference_is_less_stable_and_a_null_one_is_not(tmp_path):
     assert table.loc["e8m7", "verdict"] == "no difference detected"
     assert table.loc["e8m7", "sensitivity_diff_low"] <= 0 <= table.loc["e8m7", "sensitivity_diff_high"]
     # decided by the divergence test (8/8 against 0/8 at 1e-2, p = 2 / C(16, 8) before Holm); ΔS's
-    # exact p of 2/256 is Holm-adjusted over the family's 10 tests (2 divergence, 2 ΔS, 6 loss tests
-    # of the twins' curves, none of them small) to 9 x 2/256 = 0.07: not decisive
+    # exact p of 2/256 is Holm-adjusted over the family's 9 tests that can reach α (e8m3's divergence
+    # test, 2 ΔS, 6 loss tests of the twins' curves, none of them small; e8m7's divergence test is
+    # left out: no run of it or the reference diverged, its p is 1 whatever happens) to 8 x 2/256 =
+    # 0.0625: not decisive
     assert table.loc["e8m3", "decided_by"] == "divergence"
-    assert table.loc["e8m3", "p_sensitivity_holm"] == pytest.approx(9 * 2 / 2**8)
+    assert table.loc["e8m3", "p_sensitivity_holm"] == pytest.approx(8 * 2 / 2**8)
     assert "Less stable: e8m3 (by divergence: diverged 8/16 vs 0/16, Holm p = " in report.headline()
     assert ". No difference detected: e8m7" in report.headline()
 
@@ -393,8 +397,8 @@ def test_headline_warns_when_holm_leaves_the_sensitivity_test_unable_to_reach_al
     # that can reach far lower p: at best a ΔS test is adjusted by 2, 0.0625 >= 0.05; with 7 seeds
     # 2 x 2/128 = 0.031 would do
     report = build(_planted_store(tmp_path, seeds=6), "planted")
-    assert "With 6 paired seeds and 10 tests, the smallest Holm-adjusted p the LR-sensitivity test can reach is 0.062" \
-        in report.headline()
+    assert ("With 6 paired seeds, the smallest adjusted p the LR-sensitivity test can reach is 0.062 (≥ α = 0.05; "
+            "Holm over the 10 tests that can reach α)") in report.headline()
     assert "7 paired seeds would be needed" in report.headline()
 
 

@@ -331,3 +331,35 @@ def test_t_detectable_is_where_scipys_t_test_crosses_holms_first_step(pairs, tes
         p = scipy_stats.ttest_1samp(d, 0.0).pvalue / SKEW_MARGIN
         assert bool(p < 0.05 / tests) == below
     assert math.isnan(t_detectable(2, 5, 0.05))
+
+
+def test_stratified_floor_is_the_smallest_p_the_margins_allow():
+    from itertools import product
+
+    from precisionlab.analysis.stats import stratified_floor_p
+
+    # one stratum: the smallest two-sided Fisher p over every table with these margins (scipy)
+    for runs, ref_runs, failures in ((3, 3, 3), (6, 6, 6), (4, 5, 2), (3, 3, 0), (5, 5, 1)):
+        tables = [(k, runs, failures - k, ref_runs) for k in range(max(0, failures - ref_runs), min(runs, failures) + 1)]
+        expected = min(fisher_exact([[k, n - k], [kr, nr - kr]]).pvalue for k, n, kr, nr in tables)
+        got = stratified_floor_p([(min(runs, failures), runs, failures - min(runs, failures), ref_runs)])
+        assert got == pytest.approx(expected, rel=1e-9)
+    assert stratified_floor_p([(3, 3, 0, 3)]) == pytest.approx(0.1)  # 3 of 3 against 0 of 3: never below 0.05
+    assert stratified_floor_p([(0, 6, 0, 6), (0, 6, 0, 6)]) == 1.0  # nothing diverged: nothing to test
+    # two strata: the minimum of stratified_exact_p over every split of each stratum's divergences
+    strata = [(2, 4, 1, 4), (1, 3, 1, 3)]
+    splits = [[(k, n, f - k, nr) for k in range(max(0, f - nr), min(n, f) + 1)]
+              for (d, n, dr, nr), f in ((s, s[0] + s[2]) for s in strata)]
+    assert stratified_floor_p(strata) == pytest.approx(min(stratified_exact_p(list(c)) for c in product(*splits)))
+
+
+def test_holm_reachable_leaves_out_the_tests_that_cannot_reject():
+    from precisionlab.analysis.stats import holm_reachable
+
+    p = [0.01, 0.2, 0.02, float("nan"), 0.3]
+    floors = [0.0, 0.1, 0.0, 0.0, 0.0]  # the second test cannot reach 0.05 whatever happens
+    out = holm_reachable(p, floors)
+    # Holm written out over the three counted tests (0.01, 0.02, 0.3): 3 x 0.01, 2 x 0.02, 1 x 0.3
+    assert out[0] == pytest.approx(0.03) and out[2] == pytest.approx(0.04) and out[4] == pytest.approx(0.3)
+    assert out[1] == 0.2 and math.isnan(out[3])  # left out: its raw p; not a test: NaN
+    np.testing.assert_allclose(holm_reachable(p, [0.0] * 5), holm(p))  # every floor below α: plain Holm
