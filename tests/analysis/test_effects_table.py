@@ -95,7 +95,7 @@ def test_zloss_preventing_every_divergence_reproduces_with_fishers_p(tmp_path):
 def test_three_seeds_cannot_reach_alpha_on_a_divergence_count(tmp_path):
     (here, verdict), = _rows(_zloss_store(tmp_path, 3), "wortsman_zloss").values()
     p = stats.fisher_exact([[3, 0], [0, 3]], alternative="greater")[1]  # 1/20: not below 0.05
-    assert verdict.startswith("not detected") and f"p = {p:.2g}" in verdict
+    assert verdict.startswith("not detected: with z-loss 0/3 diverged against 3/3") and f"p = {p:.2g}" in verdict
 
 
 def test_fp4_orderings(tmp_path):
