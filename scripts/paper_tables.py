@@ -227,12 +227,28 @@ def qk_rows(report) -> list[tuple[str, str, str]]:
     off, on = _variant(runs, model__qk_norm=False), _variant(runs, model__qk_norm=True)
     if off is None or on is None:
         return [(claim, "the sweep lacks runs with and without model.qk_norm", "not testable here")]
-    return [(claim, *_sensitivity(runs, on, off, "qk_norm", "none"))]
+    text, verdict = _sensitivity(runs, on, off, "qk_norm", "none")
+    return [(claim, text + _attention_logits(report, {"none": off, "qk_norm": on}), verdict)]
+
+
+def _attention_logits(report, variants: dict[str, str]) -> str:
+    """The largest attention logit q·kᵀ/√D at each run's last diagnostic step (largest over layers),
+    mean over seeds per LR: what Wortsman et al. see grow without QK-LayerNorm (descriptive)."""
+    diag = report.diagnostics
+    if diag.empty or not (diag.name == "attn_logit_max").any():
+        return ""
+    rows = diag[diag.name == "attn_logit_max"]
+    last = rows[rows.step == rows.groupby("run_id").step.transform("max")]
+    per_run = last.groupby(["variant", "lr", "run_id"]).value.max().groupby(["variant", "lr"]).mean()
+    parts = [f"{name} " + ", ".join(f"{per_run[v, lr]:.0f}" for lr in sorted(per_run[v].index))
+             for name, v in variants.items() if v in per_run.index.get_level_values(0)]
+    lrs = ", ".join(f"{lr:g}" for lr in sorted(last.lr.unique()))
+    return f"; largest attention logit at the last step (mean over seeds) at LR {lrs}: " + "; ".join(parts)
 
 
 def _sensitivity(runs: pd.DataFrame, variant: str, reference: str, name: str, ref_name: str) -> tuple[str, str]:
     """ΔS = S(variant) − S(reference), paired by seed over the reference's LR grid: the text and the verdict."""
-    lrs = sorted(runs[runs.variant == reference].lr.unique())
+    lrs = sorted(runs[(runs.variant == reference) & runs.status.isin(DONE)].lr.unique())
     mine, theirs = seed_matrix(runs, variant, lrs), seed_matrix(runs, reference, lrs)
     seeds = mine.index.intersection(theirs.index)
     d = paired_sensitivity(mine.loc[seeds].to_numpy(), theirs.loc[seeds].to_numpy())
