@@ -16,10 +16,12 @@ The "effects" table: published small-scale effects (master weights, Wortsman et 
 and z-loss, the FP4 orderings), one row each with its statistic, paired by seed, and a verdict, one of
   reproduces            the test finds the claimed direction (paired t on the final loss, Holm-adjusted
                         over the study's tests; the 95% interval of ΔS below 0 for LR sensitivity; the
-                        exact divergence test stratified by LR for a divergence claim);
+                        exact divergence test stratified by LR, one-sided, for a divergence claim; the
+                        interval below +MARGIN for a "not worse" claim);
   contradicted          the test finds the opposite direction;
   not detected          the interval covers 0 and rules out an effect in the claimed direction larger
-                        than MARGIN (0.02 nats/byte): at this scale the effect, if any, is small;
+                        than MARGIN (0.02 nats/byte): at this scale the effect, if any, is small; for a
+                        divergence claim, the runs diverge and the exact test's p is not below α;
   not resolvable at this scale  the interval covers 0 and also effects beyond MARGIN, or what the claim
                         is about does not happen here (no run diverges), or too few seeds for an interval.
 A study whose sweep the stores lack is listed with the command that runs it; with several --store, each
