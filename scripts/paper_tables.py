@@ -230,6 +230,9 @@ def qk_rows(report) -> list[tuple[str, str, str]]:
     if off is None or on is None:
         return [(claim, "the sweep lacks runs with and without model.qk_norm", "not testable here")]
     text, verdict = _sensitivity(runs, on, off, "qk_norm", "none")
+    per_lr = [(lr, _loss_diff(runs[runs.lr == lr], on, off)) for lr in sorted(runs[runs.status.isin(DONE)].lr.unique())]
+    text += ("; final loss qk_norm − none at each LR (descriptive, not the claim's test): " +
+             "; ".join(f"{lr:g} {_iv(d['diff'], d['low'], d['high'], d['kind'])}" for lr, d in per_lr))
     return [(claim, text + _attention_logits(report, {"none": off, "qk_norm": on}), verdict)]
 
 

@@ -7,9 +7,11 @@
 #   4. sweep=master_weights    the master-weights study (18 runs; nothing to do where the store has it)
 #   5. precisionlab report for each, and scripts/paper_tables.py's effects table (README block
 #      `effects`) from the store.
-# Measured: about 25 CPU minutes in all with JOBS=1 (one core); under load on 2 cores shared with
-# other sweeps, the three presets took 55 minutes of wall time with 4 single-threaded processes
-# (2026-12-07). Every step resumes: rerun after a crash or Ctrl-C and it finishes what is missing.
+# Measured 2026-12-07 on 2 cores shared with other sweeps (load 6-9): the three presets' 44 runs took
+# 96 minutes of run time summed (wortsman_qk 31, fp4_signs 52, wortsman_zloss 13), 35 minutes of
+# wall time run as four single-threaded sweeps at once; an fp32 run of the tiny model alone on a
+# core takes 15-30 s, so expect well under an hour on an idle 2-core machine with JOBS=1. Every
+# step resumes: rerun after a crash or Ctrl-C and it finishes what is missing.
 # Environment: JOBS (runs at once, default 1), STORE (results store, default results/precisionlab.db),
 # OUT (report folders' parent, default reports).
 set -euo pipefail
