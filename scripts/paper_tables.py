@@ -1,6 +1,6 @@
 """The README's study tables, regenerated from the results store instead of written by hand.
 
-    python scripts/paper_tables.py [--store results/precisionlab.db] [--write README.md]
+    python scripts/paper_tables.py [--store results/precisionlab.db [--store OTHER ...]] [--write README.md]
 
 For each study (a sweep of that name in the store) it prints the per-format table of `precisionlab
 report` in Markdown, and for the bit-reduction study (`paper`) the "what reproduces" table: each
@@ -12,10 +12,23 @@ here and a verdict, one of
   not testable here     the data cannot test it, with the reason (no run diverged; the variant is
                         bit-identical to the reference; too few paired seeds for the family's Holm
                         adjustment to reach α).
-A study whose sweep the store lacks is listed with the command that runs it. With --write, each
-block of the README between `<!-- tables:NAME -->` and `<!-- /tables:NAME -->` is replaced by the
-table NAME (`paper-claims`, `paper`, `fp4`, `fp8_recipes`, `master_weights`), so the README says
-what the store holds.
+The "effects" table: published small-scale effects (master weights, Wortsman et al. 2023's QK-LayerNorm
+and z-loss, the FP4 orderings), one row each with its statistic, paired by seed, and a verdict, one of
+  reproduces            the test finds the claimed direction (paired t on the final loss, Holm-adjusted
+                        over the study's tests; the 95% interval of ΔS below 0 for LR sensitivity; the
+                        exact divergence test stratified by LR, one-sided, for a divergence claim; the
+                        interval below +MARGIN for a "not worse" claim);
+  contradicted          the test finds the opposite direction;
+  not detected          the interval covers 0 and rules out an effect in the claimed direction larger
+                        than MARGIN (0.02 nats/byte): at this scale the effect, if any, is small; for a
+                        divergence claim, the runs diverge and the exact test's p is not below α;
+  not resolvable at this scale  the interval covers 0 and also effects beyond MARGIN, or what the claim
+                        is about does not happen here (no run diverges), or too few seeds for an interval.
+A study whose sweep the stores lack is listed with the command that runs it; with several --store, each
+study is read from the first store that holds its sweep. With --write, each block of the README between
+`<!-- tables:NAME -->` and `<!-- /tables:NAME -->` is replaced by the table NAME (`paper-claims`,
+`paper`, `fp4`, `fp8_recipes`, `master_weights`, `effects`, `wortsman_qk`, `wortsman_zloss`,
+`fp4_signs`), so the README says what the stores hold.
 """
 
 from __future__ import annotations
@@ -29,18 +42,23 @@ import pandas as pd
 
 from precisionlab.analysis.labels import display_label
 from precisionlab.analysis.render import markdown_table
-from precisionlab.analysis.report import ALPHA, ReportError, build, detectability
-from precisionlab.analysis.stats import CI, interval_text
+from precisionlab.analysis.report import ALPHA, ReportError, build, detectability, divergence_strata, seed_matrix
+from precisionlab.analysis.stats import (CI, holm, interval_text, paired_difference, paired_margin, paired_sensitivity,
+                                         paired_t_p, stratified_exact_p)
 from precisionlab.analysis.tables import display_by_variant
-from precisionlab.store import DEFAULT_STORE_PATH, ResultsStore, StoreError
+from precisionlab.store import DEFAULT_STORE_PATH, DONE, ResultsStore, StoreError
 
 STUDIES = {  # sweep name -> the command that runs it
     "paper": "scripts/reproduce_paper.sh",
     "fp4": "precisionlab sweep sweep=fp4 --jobs 2",
     "fp8_recipes": "precisionlab sweep sweep=fp8_recipes --jobs 2",
     "master_weights": "precisionlab sweep sweep=master_weights --jobs 1 train.threads=1",
-}
+    "wortsman_qk": "precisionlab sweep sweep=wortsman_qk --jobs 1 train.threads=1",
+    "fp4_signs": "precisionlab sweep sweep=fp4_signs --jobs 1 train.threads=1",
+    "wortsman_zloss": "precisionlab sweep sweep=wortsman_zloss --jobs 1 train.threads=1",
+}  # scripts/reproduce_effects.sh runs the last four
 REFERENCE = "e8m7"  # the paper's BF16 inputs
+MARGIN = 0.02  # nats/byte: the smallest effect the effects table calls an effect (module docstring)
 
 
 def _iv(x: float, low: float, high: float, kind: str, spec: str = "+.3f") -> str:
@@ -141,21 +159,197 @@ def claims(report) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["the paper's claim", "here", "verdict"])
 
 
+def _variant(runs: pd.DataFrame, **where) -> str | None:
+    """The variant label of the runs whose config has each value at its dotted key (optim__z_loss=0
+    for optim.z_loss): None unless exactly one variant matches."""
+    def value(config, dotted):
+        for part in dotted.split("__"):
+            config = config.get(part) if isinstance(config, dict) else None
+        return config
+    match = [all(value(c, k) == v for k, v in where.items()) for c in runs.config]
+    found = runs[match].variant.unique()
+    return str(found[0]) if len(found) == 1 else None
+
+
+def _loss_diff(runs: pd.DataFrame, variant: str, reference: str) -> dict:
+    """Final loss ℓ (capped at ln V; a diverged run counts as ln V) of `variant` minus `reference`,
+    paired by LR and seed: paired_difference's fields and the paired t p (`p_t`)."""
+    done = runs[runs.status.isin(DONE)]
+    a, b = (done[done.variant == v].set_index(["lr", "seed"]).capped_loss.astype(float) for v in (variant, reference))
+    both = a.index.intersection(b.index)
+    out = paired_difference(a[both].to_numpy(), b[both].to_numpy())
+    out["p_t"] = paired_t_p((a[both] - b[both]).to_numpy())
+    return out
+
+
+def _fails(runs: pd.DataFrame, variant: str) -> str:
+    mine = runs[(runs.variant == variant) & runs.status.isin(DONE)]
+    failed = int(mine.outcome.isin(["diverged", "did not converge"]).sum())
+    return f"{failed}/{len(mine)} runs diverged or did not converge"
+
+
+def _decide(d: dict, p: float, sign: int) -> str:
+    """The verdict (module docstring) of a difference d whose claim has the sign `sign` (-1: the
+    variant's loss is claimed lower), tested at p (Holm-adjusted; NaN: decided by the interval)."""
+    iv = _iv(d["diff"], d["low"], d["high"], d["kind"])
+    if d["kind"] != CI:
+        return f"not resolvable at this scale: {d['n']} paired seeds give no confidence interval"
+    significant = p < ALPHA if p == p else (d["low"] > 0 or d["high"] < 0)
+    if significant:
+        return "reproduces" if sign * d["diff"] > 0 else f"contradicted: {iv} lies on the other side of 0"
+    reach = d["high"] if sign > 0 else -d["low"]  # the largest effect in the claimed direction left open
+    if reach <= MARGIN:
+        return f"not detected: {iv} covers 0 and excludes an effect beyond {MARGIN:g} nats/byte"
+    return f"not resolvable at this scale: {iv} covers 0 and effects up to {reach:.3f} nats/byte"
+
+
+def _diff_text(d: dict, p: float | None = None) -> str:
+    text = f"Δ {_iv(d['diff'], d['low'], d['high'], d['kind'])}"
+    return text + (f" (paired t over {d['n']} seeds, Holm p = {p:.2g})" if p is not None and p == p else "")
+
+
+def master_weights_rows(report) -> list[tuple[str, str, str]]:
+    runs = report.runs
+    fp32, rne, sr = (_variant(runs, optim__master_format=f, optim__master_rounding=r) for f, r in
+                     (("fp32", "nearest_even"), ("bf16", "nearest_even"), ("bf16", "stochastic")))
+    if None in (fp32, rne, sr):
+        return [("bf16 weights without an fp32 master copy stall under round-to-nearest, recover under stochastic rounding",
+                 "the sweep lacks one of fp32 master / bf16 RNE / bf16 SR", "not testable here")]
+    tests = [_loss_diff(runs, rne, fp32), _loss_diff(runs, sr, rne), _loss_diff(runs, sr, fp32)]
+    p = holm([t["p_t"] for t in tests])
+    stall, recover = _decide(tests[0], p[0], +1), _decide(tests[1], p[1], -1)
+    both = "reproduces" if stall == recover == "reproduces" else f"stall: {stall}; recovery: {recover}"
+    return [("bf16 weights without an fp32 master copy stall under round-to-nearest, recover under stochastic rounding",
+             f"final loss, bf16 RNE − fp32 master: {_diff_text(tests[0], p[0])}; bf16 SR − bf16 RNE: "
+             f"{_diff_text(tests[1], p[1])}; bf16 SR − fp32 master: {_diff_text(tests[2], p[2])}", both)]
+
+
+def qk_rows(report) -> list[tuple[str, str, str]]:
+    runs, claim = report.runs, "QK-LayerNorm lowers LR sensitivity at high LR (Wortsman et al. 2023)"
+    off, on = _variant(runs, model__qk_norm=False), _variant(runs, model__qk_norm=True)
+    if off is None or on is None:
+        return [(claim, "the sweep lacks runs with and without model.qk_norm", "not testable here")]
+    text, verdict = _sensitivity(runs, on, off, "qk_norm", "none")
+    per_lr = [(lr, _loss_diff(runs[runs.lr == lr], on, off)) for lr in sorted(runs[runs.status.isin(DONE)].lr.unique())]
+    text += ("; final loss qk_norm − none at each LR (descriptive, not the claim's test): " +
+             "; ".join(f"{lr:g} {_iv(d['diff'], d['low'], d['high'], d['kind'])}" for lr, d in per_lr))
+    return [(claim, text + _attention_logits(report, {"none": off, "qk_norm": on}), verdict)]
+
+
+def _attention_logits(report, variants: dict[str, str]) -> str:
+    """The largest attention logit q·kᵀ/√D at each run's last diagnostic step (largest over layers),
+    mean over seeds per LR: what Wortsman et al. see grow without QK-LayerNorm (descriptive)."""
+    diag = report.diagnostics
+    if diag.empty or not (diag.name == "attn_logit_max").any():
+        return ""
+    rows = diag[diag.name == "attn_logit_max"]
+    last = rows[rows.step == rows.groupby("run_id").step.transform("max")]
+    per_run = last.groupby(["variant", "lr", "run_id"]).value.max().groupby(["variant", "lr"]).mean()
+    parts = [f"{name} " + ", ".join(f"{per_run[v, lr]:.0f}" for lr in sorted(per_run[v].index))
+             for name, v in variants.items() if v in per_run.index.get_level_values(0)]
+    lrs = ", ".join(f"{lr:g}" for lr in sorted(last.lr.unique()))
+    return f"; largest attention logit at the last step (mean over seeds) at LR {lrs}: " + "; ".join(parts)
+
+
+def _sensitivity(runs: pd.DataFrame, variant: str, reference: str, name: str, ref_name: str) -> tuple[str, str]:
+    """ΔS = S(variant) − S(reference), paired by seed over the reference's LR grid: the text and the verdict."""
+    lrs = sorted(runs[(runs.variant == reference) & runs.status.isin(DONE)].lr.unique())
+    mine, theirs = seed_matrix(runs, variant, lrs), seed_matrix(runs, reference, lrs)
+    seeds = mine.index.intersection(theirs.index)
+    d = paired_sensitivity(mine.loc[seeds].to_numpy(), theirs.loc[seeds].to_numpy())
+    s = {v: float(m.loc[seeds].mean().pipe(lambda c: (c - c.min()).mean())) for v, m in ((name, mine), (ref_name, theirs))}
+    text = (f"LR sensitivity over LR {', '.join(f'{lr:g}' for lr in lrs)}: {ref_name} {s[ref_name]:.3f}, {name} "
+            f"{s[name]:.3f}; ΔS {_iv(d['diff'], d['low'], d['high'], d['kind'])} over {d['n']} paired seeds")
+    return text, _decide(d, float("nan"), -1)
+
+
+def zloss_rows(report) -> list[tuple[str, str, str]]:
+    runs, claim = report.runs, "without weight decay, output logits diverge at high LR; z-loss prevents it (Wortsman et al. 2023)"
+    off = _variant(runs, optim__z_loss=0.0)
+    on = [v for v in runs.variant.unique() if v != off]
+    if off is None or len(on) != 1:
+        return [(claim, "the sweep lacks runs with and without optim.z_loss", "not testable here")]
+    strata = divergence_strata(runs, off, on[0])
+    k, n = sum(s[0] for s in strata), sum(s[1] for s in strata)
+    kz, nz = sum(s[2] for s in strata), sum(s[3] for s in strata)
+    lrs = ", ".join(f"{lr:g}" for lr in sorted(runs.lr.unique()))
+    d = _loss_diff(runs, on[0], off)
+    text = (f"at LR {lrs}: diverged without z-loss {k}/{n}, with z-loss {kz}/{nz}; final loss (diverged: ln V), "
+            f"z-loss − none: {_diff_text(d)} over {d['n']} paired runs")
+    if k == 0:
+        return [(claim, text, f"not resolvable at this scale: no run without z-loss diverged (0/{n})")]
+    p = stratified_exact_p(strata, "greater")  # the runs without z-loss diverge more
+    text += f"; exact test stratified by LR, one-sided p = {p:.2g}"
+    return [(claim, text, "reproduces" if p < ALPHA and kz < k else
+             f"not detected: with z-loss {kz}/{nz} diverged against {k}/{n} without (exact p = {p:.2g} ≥ α = {ALPHA:g})")]
+
+
+def fp4_rows(report) -> list[tuple[str, str, str]]:
+    runs, rows = report.runs, []
+    name = {p: _variant(runs, precision__name=p) for p in ("bf16", "e2m1", "mxfp4", "mxfp4_sr", "nvfp4", "nvfp4_no_sr")}
+    pairs = [("E2M1 without scaling fails", "e2m1", "bf16", +1),
+             ("stochastic rounding of the gradients beats round-to-nearest: MXFP4", "mxfp4_sr", "mxfp4", -1),
+             ("stochastic rounding of the gradients beats round-to-nearest: NVFP4", "nvfp4", "nvfp4_no_sr", -1)]
+    pairs = [p for p in pairs if name[p[1]] and name[p[2]]]
+    tests = [_loss_diff(runs, name[a], name[b]) for _, a, b, _ in pairs]
+    adjusted = holm([t["p_t"] for t in tests]) if tests else []
+    for (claim, a, b, sign), d, p in zip(pairs, tests, adjusted):
+        verdict = _decide(d, p, sign)
+        text = f"final loss, {a} − {b}: {_diff_text(d, p)}"
+        if a == "e2m1":  # "fails": every run diverged or stalled, beyond being worse
+            text += f"; e2m1 {_fails(runs, name[a])}, bf16 {_fails(runs, name[b])}"
+            fails = runs[(runs.variant == name[a]) & runs.status.isin(DONE)].outcome.isin(["diverged", "did not converge"])
+            if verdict == "reproduces" and not fails.all():
+                verdict = "trains, worse than bf16 (not every run fails)"
+        rows.append((claim, text, verdict))
+    if name["nvfp4"] and name["mxfp4"]:
+        done = runs[runs.status.isin(DONE)]
+        a, b = (done[done.variant == name[v]].set_index(["lr", "seed"]).capped_loss.astype(float) for v in ("nvfp4", "mxfp4"))
+        both = a.index.intersection(b.index)
+        m = paired_margin(a[both].to_numpy(), b[both].to_numpy(), MARGIN)
+        verdict = {"within": "reproduces", "beyond": f"contradicted: worse by more than {MARGIN:g}"}.get(
+            m["decision"], f"not resolvable at this scale: the interval reaches past +{MARGIN:g}")
+        rows.append((f"NVFP4 is not worse than MXFP4 (margin {MARGIN:g} nats/byte)",
+                     f"final loss, nvfp4 − mxfp4: {_diff_text(m)} over {m['n']} paired seeds", verdict))
+    return rows
+
+
+EFFECTS = {"master_weights": master_weights_rows, "wortsman_qk": qk_rows, "fp4_signs": fp4_rows,
+           "wortsman_zloss": zloss_rows}  # study -> its rows of the effects table
+
+
+def effects(reports: dict) -> pd.DataFrame:
+    """The effects table from the reports of the studies at hand (study -> Report); a missing study
+    is one row naming the command that runs it."""
+    rows = []
+    for study, make in EFFECTS.items():
+        if study in reports:
+            rows += [(claim, f"{study}: {here}", verdict) for claim, here, verdict in make(reports[study])]
+        else:
+            rows.append((f"sweep {study}", f"not in the store: {STUDIES[study]} runs it", "not run"))
+    return pd.DataFrame(rows, columns=["effect", "here (paired by seed)", "verdict"])
+
+
 def per_format(report) -> pd.DataFrame:
     shown = display_by_variant(report.by_variant)
     shown["format"] = [display_label(v) for v in report.by_variant.variant]
     return shown
 
 
-def blocks(store: ResultsStore) -> dict[str, str]:
-    """Every table this script makes, by block name, as Markdown."""
-    names = set(store.sweeps().name)
-    out = {}
+def blocks(stores) -> dict[str, str]:
+    """Every table this script makes, by block name, as Markdown; each study read from the first of
+    `stores` (one ResultsStore or several) that holds its sweep."""
+    stores = [stores] if isinstance(stores, ResultsStore) else list(stores)
+    holder = {}
+    for store in stores:
+        for name in store.sweeps().name:
+            holder.setdefault(name, store)
+    out, reports = {}, {}
     for study, command in STUDIES.items():
-        if study not in names:
+        if study not in holder:
             out[study] = f"*Sweep `{study}` is not in this store: `{command}` runs it, then this script.*"
             continue
-        report = build(store, study)
+        report = reports[study] = build(holder[study], study)
         runs = report.runs
         head = (f"`precisionlab report --sweep {study}`: {len(runs)} runs "
                 f"({', '.join(f'{n} {s}' for s, n in runs.status.value_counts().items())}); "
@@ -163,6 +357,7 @@ def blocks(store: ResultsStore) -> dict[str, str]:
         out[study] = head + "\n\n" + markdown_table(per_format(report))
         if study == "paper":
             out["paper-claims"] = markdown_table(claims(report))
+    out["effects"] = markdown_table(effects(reports))
     return out
 
 
@@ -180,21 +375,21 @@ def write(readme: Path, tables: dict[str, str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--store", default=DEFAULT_STORE_PATH, help="results store (path or URL)")
+    parser.add_argument("--store", action="append", help="results store (path or URL); repeat it to read the "
+                        f"studies from several stores, the first holding a sweep wins (default {DEFAULT_STORE_PATH})")
     parser.add_argument("--write", type=Path, help="README to update in place (its <!-- tables:NAME --> blocks)")
     args = parser.parse_args(argv)
+    stores = []
     try:
-        store = ResultsStore(args.store, read_only=True, create=False)
-    except (StoreError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    try:
-        tables = blocks(store)
-    except ReportError as err:
+        for path in args.store or [DEFAULT_STORE_PATH]:
+            stores.append(ResultsStore(path, read_only=True, create=False))
+        tables = blocks(stores)
+    except (StoreError, ValueError, ReportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     finally:
-        store.close()
+        for store in stores:
+            store.close()
     for name, body in tables.items():
         print(f"## {name}\n\n{body}\n")
     if args.write:

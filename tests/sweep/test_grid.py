@@ -184,6 +184,10 @@ EXPECTED = {
     "precisionlab sweep sweep=fp8_recipes --jobs 2": (192, {BF16: 24, FP8: 96, DEEPSEEK: 72}),
     "precisionlab sweep sweep=master_weights --jobs 2 train.threads=1": (18, {BF16: 18}),
     "precisionlab sweep sweep=master_weights --jobs 1 train.threads=1": (18, {BF16: 18}),
+    "precisionlab sweep sweep=wortsman_qk --jobs 1 train.threads=1": (18, {mask("fp32"): 18}),
+    "precisionlab sweep sweep=wortsman_zloss --jobs 1 train.threads=1": (8, {mask("fp32"): 8}),
+    "precisionlab sweep sweep=fp4_signs --jobs 1 train.threads=1":
+        (18, {BF16: 3, mask("e2m1fn"): 3, MXFP4: 6, NVFP4: 6}),
     "precisionlab sweep precision.format=e8m3 model.qk_norm=false,true optim.lr=3e-2,3e-1 seed=0,1,2,3":
         (16, {mask("e8m3"): 16}),
 }
