@@ -40,7 +40,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from precisionlab.analysis.labels import display_label
+from precisionlab.analysis.labels import display_label, identical_to
 from precisionlab.analysis.render import markdown_table
 from precisionlab.analysis.report import ALPHA, ReportError, build, detectability, divergence_strata, seed_matrix
 from precisionlab.analysis.stats import (CI, holm, interval_text, paired_difference, paired_margin, paired_sensitivity,
@@ -68,16 +68,6 @@ def _iv(x: float, low: float, high: float, kind: str, spec: str = "+.3f") -> str
 def _row(table: pd.DataFrame, variant: str) -> pd.Series | None:
     rows = table[table.variant == variant]
     return rows.iloc[0] if len(rows) else None
-
-
-def _identical_to_reference(report, variant: str) -> bool:
-    """Every run of `variant` has the final and initial loss of the reference's run at its LR and seed."""
-    runs = report.runs.set_index(["variant", "lr", "seed"])[["final_val_loss", "initial_loss"]].astype(float)
-    if variant not in runs.index.get_level_values(0) or REFERENCE not in runs.index.get_level_values(0):
-        return False
-    mine, ref = runs.loc[variant], runs.loc[REFERENCE]
-    both = mine.index.intersection(ref.index)
-    return len(both) == len(mine) and bool((mine.loc[both].fillna(-1) == ref.loc[both].fillna(-1)).all().all())
 
 
 def claims(report) -> pd.DataFrame:
@@ -122,7 +112,7 @@ def claims(report) -> pd.DataFrame:
     rows.append(("fewer mantissa bits raise LR sensitivity", measured, verdict))
 
     if "e7m7" in set(table.variant):
-        if _identical_to_reference(report, "e7m7"):
+        if identical_to(report.runs, "e7m7", REFERENCE):
             rows.append(("E7M7 (clipped exponent) fails", "bit-identical to E8M7 in every run (same losses at every LR and seed)",
                          "not testable here: the tiny model's GEMM inputs never leave E7's range (2^-62 … 2^64), "
                          "so clipping the exponent changes no bit"))

@@ -31,7 +31,7 @@ from precisionlab.numerics.formats import FloatFormat
 from precisionlab.store import DONE, NON_SEMANTIC_KEYS
 from precisionlab.train.outcomes import reference_loss
 
-__all__ = ["label_runs", "reference_losses", "display_label", "role_formats", "bits_per_element", "format_order",
+__all__ = ["label_runs", "reference_losses", "identical_to", "display_label", "role_formats", "bits_per_element", "format_order",
            "format_family", "short_format", "variant_sorted", "FORMAT_KEYS", "GRID_AXES"]
 
 FORMAT_KEYS = {"format", "x", "w", "grad", "name"}  # precision.* keys the formats columns already show
@@ -156,6 +156,20 @@ def reference_losses(runs: pd.DataFrame) -> pd.Series:
              for c in (runs.config if "config" in runs else [None] * len(runs))]
     level = pd.Series([reference_loss(int(v)) if v else np.nan for v in vocab], index=runs.index, dtype=float)
     return level.fillna(runs.initial_loss.astype(float))
+
+
+def identical_to(runs: pd.DataFrame, variant: str, reference: str) -> bool:
+    """Every run of `variant` ended as the reference's run at its LR and seed: the same status and the
+    same initial, final train, final and best validation loss to the last bit (a cast that changes no
+    bit here, e.g. E7M7 on a model whose values never leave E7's range). False when the reference
+    lacks one of its (LR, seed) cells."""
+    keys = ["status", "initial_loss", "final_train_loss", "final_val_loss", "min_val_loss"]
+    keys = [k for k in keys if k in runs]
+    mine = runs[runs.variant == variant].set_index(["lr", "seed"])[keys]
+    ref = runs[runs.variant == reference].set_index(["lr", "seed"])[keys]
+    if mine.empty or not mine.index.isin(ref.index).all() or mine.index.has_duplicates or ref.index.has_duplicates:
+        return False
+    return bool(mine.astype(str).eq(ref.loc[mine.index].astype(str)).all().all())
 
 
 _UNSET = ("nan", "None")  # a key one run's config has and another's lacks, or null: no label part

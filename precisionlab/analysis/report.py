@@ -87,6 +87,7 @@ from precisionlab.analysis.labels import (  # re-exported: the report's API name
     display_label,
     format_family,
     format_order,
+    identical_to,
     label_runs,
     role_formats,
     short_format,
@@ -675,6 +676,11 @@ def build(store: ResultsStore, sweep: str | None = None, where: Sequence[str] = 
     variants, losses = reference_tests(by_variant_estimates(table, runs), runs)
     table = with_loss_tests(table, losses)
     runs, table, variants = mark_convergence(runs, table, variants)
+    reference = str(variants.variant.iloc[0]) if len(variants) else ""
+    twins = [v for v in variants.variant.iloc[1:] if identical_to(runs, v, reference)]
+    if twins:  # its tests compare the reference with itself: say why it shows no difference
+        notes.append(f"{', '.join(twins)} ended bit-identical to {reference} in every run (the same losses at every LR "
+                     "and seed): the cast changes no bit at this scale")
     grids = {v: tuple(sorted(g.lr)) for v, g in table[table.finished > 0].groupby("variant")}
     if len(set(grids.values())) > 1:
         notes.append("variants were run over different LR grids: their LR sensitivities are not comparable")

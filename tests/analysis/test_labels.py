@@ -32,3 +32,22 @@ def test_runs_whose_config_lacks_the_vocabulary_fall_back_to_their_initial_loss(
     runs = label_runs(_runs(("completed", 5.25, 6.0, None), ("failed", 5.0, None, None)))
     assert runs.loss0.tolist() == [5.25, 5.0]
     assert runs.capped_loss.iat[0] == 5.25 and math.isnan(runs.capped_loss.iat[1])  # unfinished: no ℓ
+
+
+def test_identical_to_needs_every_run_to_match_the_reference_bit_for_bit():
+    from precisionlab.analysis.labels import identical_to
+
+    rows = []
+    for variant, shift in (("e8m7", 0.0), ("e7m7", 0.0), ("e8m3", 1e-12)):
+        for lr in (1e-3, 1e-2):
+            for seed in (0, 1):
+                loss = 2.0 + lr + 0.01 * seed
+                rows.append({"variant": variant, "lr": lr, "seed": seed, "status": "completed", "initial_loss": 5.5,
+                             "final_train_loss": loss + shift, "final_val_loss": loss + shift, "min_val_loss": loss + shift})
+    runs = pd.DataFrame(rows)
+    assert identical_to(runs, "e7m7", "e8m7")
+    assert not identical_to(runs, "e8m3", "e8m7")  # one ulp apart is not identical
+    assert not identical_to(runs[~((runs.variant == "e8m7") & (runs.seed == 1))], "e7m7", "e8m7")  # a reference cell missing
+    diverged = runs.copy()
+    diverged.loc[(diverged.variant == "e7m7") & (diverged.seed == 0), "status"] = "diverged"
+    assert not identical_to(diverged, "e7m7", "e8m7")
