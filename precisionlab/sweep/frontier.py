@@ -210,9 +210,13 @@ class Result:
             for w in sorted(judged, reverse=True)) or "nothing yet"
 
     def runs_line(self) -> str:
+        formats = len(self.axis.widths) + 1
+        most = max((v.n for v in self.verdicts.values()), default=self.start_seeds)
         return (f"runs used: {self.used} ({self.trained} trained now, {self.used - self.trained} reused), budget "
-                f"{self.budget}; an exhaustive grid of the {len(self.axis.widths) + 1} formats at {self.start_seeds} "
-                f"seeds is {self.exhaustive} runs")
+                f"{self.budget}; an exhaustive grid of the {formats} formats at {self.start_seeds} "
+                f"seeds is {self.exhaustive} runs"
+                + (f", at {most} seeds (the most this search gave a width) {formats * most}" if most > self.start_seeds
+                   else ""))
 
 
 def _label(axis: Axis, index: int) -> str:
