@@ -24,6 +24,7 @@ too) and that diverged runs at random do not fool it.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pandas as pd
@@ -33,7 +34,9 @@ from precisionlab.analysis.report import by_lr, by_variant
 
 L0 = 5.545  # ln 256
 SIGMA, SEED_SD, DIVERGE = 0.02, 0.05, 0.3
-REPS = 300
+# sweeps per cell: 100 in CI (the bound below widens with fewer); the rates quoted in the README are
+# from PRECISIONLAB_VERDICT_REPS=300 python -m pytest -s tests/analysis/test_verdict_family.py
+REPS = int(os.environ.get("PRECISIONLAB_VERDICT_REPS", "100"))
 CURVE = np.array([2.20, 2.15, 2.18, 2.30, 2.60])  # final loss over the five LRs
 LRS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 NOISE = {
@@ -108,10 +111,10 @@ def test_a_large_loss_effect_is_found(noise):
     for seeds in (3, 5):
         for effect in (0.6, 0.1):
             found = 0
-            for _ in range(REPS // 6):
+            for _ in range(max(REPS // 6, 20)):
                 row = _verdicts(_runs(rng, "one LR", noise, seeds=seeds, effect={"e8m0": effect})).loc["e8m0"]
                 found += row.verdict == "less stable" and "loss" in row.decided_by.split(", ")
-            power[seeds, effect] = found / (REPS // 6)
+            power[seeds, effect] = found / max(REPS // 6, 20)
     print(f"{noise} noise: power (seeds, effect) {power}")
     assert power[3, 0.6] >= 0.25 and power[5, 0.6] >= 0.9
     assert power[3, 0.1] <= power[3, 0.6] and power[5, 0.1] <= power[5, 0.6]

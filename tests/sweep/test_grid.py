@@ -35,7 +35,7 @@ DEEPSEEK = ("e4m3fn/b128/fp32", "e4m3fn/b128x128/fp32", "e4m3fn/b128/fp32")
 
 
 # the grids of configs/sweep/default.yaml and paper.yaml, written out
-DEFAULT_FORMATS = ("e8m7", "e8m3", "e8m1", "e8m0", "e5m7", "e4m7")
+DEFAULT_FORMATS = ("e8m7", "e8m3", "e8m0", "e5m7", "e4m7")
 PAPER_FORMATS = ("e8m7", "e8m6", "e8m5", "e8m4", "e8m3", "e8m2", "e8m1", "e8m0", "e7m7", "e6m7", "e5m7", "e4m7")
 
 def mask(fmt: str) -> tuple[str, str, str]:
@@ -64,7 +64,7 @@ def test_the_grid_is_what_was_typed(tmp_path):
 
 def test_a_named_grid_keeps_its_axes_and_a_typed_preset_keeps_its_formats(tmp_path):
     seeds = plan(["sweep=default", "seed=0,1,2,3"], cwd=tmp_path)  # the default grid, four seeds
-    assert len(seeds.runs) == 24 and _casts(seeds) == Counter({mask(f): 4 for f in DEFAULT_FORMATS})
+    assert len(seeds.runs) == 20 and _casts(seeds) == Counter({mask(f): 4 for f in DEFAULT_FORMATS})
     assert {c.seed for c in seeds.configs} == {0, 1, 2, 3}
     paper = plan(["sweep=paper", "precision=bf16,mxfp8", "optim.lr=1e-2", "seed=0"], cwd=tmp_path)
     assert _casts(paper) == Counter({BF16: 1, MXFP8: 1})
@@ -151,14 +151,14 @@ def test_a_changed_preset_is_never_labelled_by_its_bare_name(tmp_path):
 
 # Every `precisionlab sweep` command in the README: its run count and the (x, w, grad) it casts,
 # written out from the grids (configs/sweep/*.yaml) and presets above.
-DEFAULT = (36, {mask(f): 6 for f in DEFAULT_FORMATS})
+DEFAULT = (30, {mask(f): 6 for f in DEFAULT_FORMATS})
 PAPER = (108, {mask(f): 9 for f in PAPER_FORMATS})
 EXPECTED = {
     "precisionlab sweep": DEFAULT,
     "precisionlab sweep --jobs 2": DEFAULT,
     "precisionlab sweep --dry-run": DEFAULT,
     "precisionlab sweep precision=bf16,mxfp8,nvfp4 seed=0,1": (6, {BF16: 2, MXFP8: 2, NVFP4: 2}),
-    "precisionlab sweep seed=7": (6, {mask(f): 1 for f in DEFAULT_FORMATS}),
+    "precisionlab sweep seed=7": (5, {mask(f): 1 for f in DEFAULT_FORMATS}),
     "precisionlab sweep precision=bf16,mxfp4,nvfp4 optim.lr=3e-3 seed=0,1": (6, {BF16: 2, MXFP4: 2, NVFP4: 2}),
     "precisionlab sweep --dry-run precision=bf16,mxfp4,nvfp4 optim.lr=3e-3 seed=0,1": (6, {BF16: 2, MXFP4: 2, NVFP4: 2}),
     "precisionlab sweep sweep=paper --jobs 2": PAPER,
@@ -168,7 +168,7 @@ EXPECTED = {
         (12, {FP8: 6, ("e5m2",) * 3: 6}),
     "precisionlab sweep sweep.name=bits store.path=results/bits.db train.steps=500": DEFAULT,
     "precisionlab sweep seed=0,1,2,3": (4, {mask("e8m7"): 4}),
-    "precisionlab sweep sweep=default seed=0,1,2,3": (24, {mask(f): 4 for f in DEFAULT_FORMATS}),
+    "precisionlab sweep sweep=default seed=0,1,2,3": (20, {mask(f): 4 for f in DEFAULT_FORMATS}),
     "precisionlab sweep sweep=paper hydra/launcher=slurm hydra.launcher.partition=gpu hydra.launcher.timeout_min=600 "
     "store.url=postgresql://precisionlab@db-host:5433/precisionlab": PAPER,
     "precisionlab sweep hydra/launcher=ray +hydra.launcher.ray.init.num_cpus=2 +hydra.launcher.ray.remote.num_cpus=1":
