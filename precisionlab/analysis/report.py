@@ -104,7 +104,6 @@ from precisionlab.analysis.stats import (
     paired_t_p,
     seeds_needed,
     sensitivity_interval,
-    smallest_holm_p,
     smallest_permutation_p,
     smallest_stratified_p,
     stratified_exact_p,
@@ -298,6 +297,7 @@ def reference_tests(out: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.DataFrame
         np.concatenate([out.p_diverged.to_numpy(float), out.p_sensitivity.to_numpy(float), losses.p.to_numpy(float)]),
         np.concatenate([diverged_floor, out.p_sensitivity_smallest.to_numpy(float), losses.p_smallest.to_numpy(float)]))
     out["p_diverged_holm"], out["p_sensitivity_holm"] = adjusted[:m], adjusted[m:2 * m]
+    out["p_diverged_floor"] = diverged_floor
     losses["p_holm"] = adjusted[2 * m:]
     summary = [_loss_summary(losses[losses.variant == v]) for v in out.variant]
     out = pd.concat([out, pd.DataFrame(summary, columns=_LOSS_SUMMARY, index=out.index)], axis=1)
@@ -401,17 +401,17 @@ def detectability(table: pd.DataFrame, alpha: float = ALPHA) -> list[str]:
     """What each test of `by_variant`'s family (every divergence, ΔS and loss test, Holm-adjusted
     together) can reach with the paired seeds or runs it has. The exact tests have a floor: a
     warning when the smallest Holm-adjusted p a divergence or ΔS test can reach is not below
-    `alpha` (stats.smallest_holm_p), and for ΔS the paired seeds it would need. The loss tests
+    `alpha` (over the family that can reach α: stats.holm_reachable), and for ΔS the paired seeds it would need. The loss tests
     (paired t) have none: the line says how large a difference, in standard deviations of its
     per-seed differences, Holm's strictest step needs (stats.t_detectable), or that they were not
     run (fewer than 3 paired seeds)."""
     if "p_sensitivity_smallest" not in table or len(table) < 2:
         return []
     m = len(table)
-    smallest = _smallest_p(table)
+    smallest, floors = _smallest_p(table), _family_floors(table)
     loss_tests = len(smallest) - 2 * m
-    reach = [smallest_holm_p(smallest, j) if not math.isnan(smallest[j]) else math.nan for j in range(2 * m)]
-    tests = int((smallest < alpha).sum())  # the family: tests that can reach alpha (stats.holm_reachable)
+    reach = holm_reachable(np.fmax(smallest, floors), floors, alpha)
+    tests = int((floors < alpha).sum())  # the family: tests that can reach alpha (stats.holm_reachable)
     lines = []
     sens = [j for j in range(m, 2 * m) if not math.isnan(reach[j])]
     if sens and min(reach[j] for j in sens) >= alpha:
@@ -521,11 +521,22 @@ def _smallest_p(table: pd.DataFrame) -> np.ndarray:
                            np.zeros(loss_tests)])
 
 
+def _family_floors(table: pd.DataFrame) -> np.ndarray:
+    """`_smallest_p` given what happened: a divergence test's floor is also bounded by how many runs
+    diverged at each LR (stats.stratified_floor_p: 1 when none did). The family is the tests whose
+    floor is below α (stats.holm_reachable), as `reference_tests` adjusts them."""
+    floors = _smallest_p(table)
+    if "p_diverged_floor" in table:
+        m = len(table)
+        floors[:m] = np.fmax(floors[:m], table.p_diverged_floor.to_numpy(float))
+    return floors
+
+
 def _reachable(table: pd.DataFrame, alpha: float = ALPHA) -> list[bool]:
     """Per variant: can any of its tests reach a Holm-adjusted p below alpha with these runs (every
-    test of the family at its smallest reachable p: stats.smallest_holm_p)?"""
-    m, smallest = len(table), _smallest_p(table)
-    reach = holm_reachable(smallest, smallest)
+    test of the family at its smallest reachable p: stats.holm_reachable)?"""
+    m, smallest, floors = len(table), _smallest_p(table), _family_floors(table)
+    reach = holm_reachable(np.fmax(smallest, floors), floors, alpha)
     loss_tests = table.final_loss_tests.fillna(0) + table.min_loss_tests.fillna(0)
     return [bool(loss_tests.iat[i] > 0 or reach[i] < alpha or reach[m + i] < alpha) for i in range(m)]
 
