@@ -256,15 +256,13 @@ def frontier(
     name: Optional[str] = typer.Option(None, "--name", help="The sweep's name in the store (default frontier-AXIS)."),
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Run N runs at once on this machine (joblib launcher)."),
 ) -> None:
-    """Find the fewest bits that train as well as a reference format, by bisection on one axis; other
-    arguments are Hydra overrides for every run, as for sweep, e.g.:
+    """Find the fewest bits that train as well as a reference format, by bisection on one axis.
 
-    precisionlab frontier --axis mantissa --lr 3e-3 --budget 24 train.steps=300
+    precisionlab frontier --axis mantissa --budget 40 --jobs 2
 
-    Each round trains a width and the reference over paired seeds (more seeds where the decision is
-    undecided) into the results store as the sweep frontier-AXIS; runs the store already finished
-    (by any sweep with the same settings) are reused, not trained again. Assumes fewer
-    bits never train better, and says so where its runs show otherwise.
+    precisionlab frontier --axis exponent --lr 3e-3 --budget 24 train.steps=300
+
+    Other arguments are Hydra overrides for every run, as for sweep. Each round trains a width and the reference over paired seeds (more seeds where the decision is undecided) into the results store as the sweep frontier-AXIS; runs the store already finished (by any sweep with the same settings) are reused, not trained again. Assumes fewer bits never train better, and says so where its runs show otherwise.
     """
     from precisionlab.config import ConfigError, one_line
     from precisionlab.store import StoreError
