@@ -67,15 +67,28 @@ def _train(*overrides: str):
     return validate(compose_train(*overrides, micro=False))
 
 
+# The default grid's axes until precisionlab 0.2 (configs/sweep/default.yaml now brackets the effect:
+# other formats, one LR, six seeds); typed, they give those grids' runs again.
+OLD_GRID = ("precision.format=e8m7,e8m5,e8m3", "optim.lr=3e-3,3e-2,3e-1")
+
+
 def test_pinned_ids(tmp_path):
     assert IDENTITY_VERSION == 2
-    old_sweep = plan(["sweep=default", *OLD_0_2, "train.checkpoint_every=50", "seed=0,1"], cwd=tmp_path).run_ids
+    old_sweep = plan(["sweep=default", *OLD_GRID, *OLD_0_2, "train.checkpoint_every=50", "seed=0,1"],
+                     cwd=tmp_path).run_ids
     assert old_sweep == PINNED_DEFAULT_SWEEP_0_2
     assert {overrides: run_id(_train(*overrides, *OLD_0_2)) for overrides in PINNED_0_2} == PINNED_0_2
-    assert plan([*BEFORE], cwd=tmp_path).run_ids == PINNED_DEFAULT_SWEEP
+    assert plan([*OLD_GRID, *BEFORE, "seed=0,1,2"], cwd=tmp_path).run_ids == PINNED_DEFAULT_SWEEP
     assert {overrides: run_id(_train(*overrides, *BEFORE)) for overrides in PINNED} == PINNED
-    assert plan([], cwd=tmp_path).run_ids == PINNED_DEFAULT_SWEEP_NOW
+    assert plan([*OLD_GRID, "seed=0,1,2"], cwd=tmp_path).run_ids == PINNED_DEFAULT_SWEEP_NOW
     assert {overrides: run_id(_train(*overrides)) for overrides in PINNED_NOW} == PINNED_NOW
+    # the new default grid reuses the old one's runs where they coincide (E8M7 and E8M3 at 3e-3, seeds 0-2)
+    new = plan([], cwd=tmp_path)
+    old = dict(zip([(c.precision.x, c.optim.lr, c.seed) for c in plan([*OLD_GRID, "seed=0,1,2"], cwd=tmp_path).configs],
+                   PINNED_DEFAULT_SWEEP_NOW))
+    shared = {(c.precision.x, c.optim.lr, c.seed): rid for c, rid in zip(new.configs, new.run_ids)
+              if (c.precision.x, c.optim.lr, c.seed) in old}
+    assert len(shared) == 6 and all(old[key] == rid for key, rid in shared.items())
 
 
 def _leaves(node, path=""):
