@@ -288,9 +288,9 @@ def reference_tests(out: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.DataFrame
     tests = pd.DataFrame([_against_reference(out, runs, i) for i in range(len(out))], columns=_TEST_COLUMNS,
                          index=out.index)
     out = pd.concat([out, tests], axis=1)
-    losses = loss_tests(runs, str(out.variant.iloc[0])) if len(out) else loss_tests(runs, "")
     m = len(out)
     reference = str(out.variant.iloc[0]) if m else ""
+    losses = loss_tests(runs, reference)
     diverged_floor = [stratified_floor_p(divergence_strata(runs, v, reference)) if i else math.nan
                       for i, v in enumerate(out.variant)]  # given how many runs diverged at each LR
     adjusted = holm_reachable(
@@ -410,7 +410,7 @@ def detectability(table: pd.DataFrame, alpha: float = ALPHA) -> list[str]:
     m = len(table)
     smallest, floors = _smallest_p(table), _family_floors(table)
     loss_tests = len(smallest) - 2 * m
-    reach = holm_reachable(np.fmax(smallest, floors), floors, alpha)
+    reach = _reach(table, alpha)
     tests = int((floors < alpha).sum())  # the family: tests that can reach alpha (stats.holm_reachable)
     lines = []
     sens = [j for j in range(m, 2 * m) if not math.isnan(reach[j])]
@@ -532,11 +532,17 @@ def _family_floors(table: pd.DataFrame) -> np.ndarray:
     return floors
 
 
+def _reach(table: pd.DataFrame, alpha: float) -> np.ndarray:
+    """The smallest adjusted p each test of the family can reach with these runs (`_smallest_p`'s
+    order): every test at its floor, Holm over those that can reach alpha (stats.holm_reachable;
+    Holm is monotone in every p, so no outcome adjusts lower)."""
+    smallest, floors = _smallest_p(table), _family_floors(table)
+    return holm_reachable(np.fmax(smallest, floors), floors, alpha)
+
+
 def _reachable(table: pd.DataFrame, alpha: float = ALPHA) -> list[bool]:
-    """Per variant: can any of its tests reach a Holm-adjusted p below alpha with these runs (every
-    test of the family at its smallest reachable p: stats.holm_reachable)?"""
-    m, smallest, floors = len(table), _smallest_p(table), _family_floors(table)
-    reach = holm_reachable(np.fmax(smallest, floors), floors, alpha)
+    """Per variant: can any of its tests reach a Holm-adjusted p below alpha with these runs (`_reach`)?"""
+    m, reach = len(table), _reach(table, alpha)
     loss_tests = table.final_loss_tests.fillna(0) + table.min_loss_tests.fillna(0)
     return [bool(loss_tests.iat[i] > 0 or reach[i] < alpha or reach[m + i] < alpha) for i in range(m)]
 
