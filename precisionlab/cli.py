@@ -1,7 +1,7 @@
 """The `precisionlab` command line (Typer): one app, one module.
 
 Commands that launch runs hand their Hydra overrides to the module-level
-`@hydra.main` functions in `precisionlab.sweep.app`; commands that launch nothing
+`@hydra.main` functions in `precisionlab.run.app`; commands that launch nothing
 use the Compose API or no Hydra at all.
 """
 
@@ -103,7 +103,7 @@ def _check_train_overrides(overrides: list[str]):
     except (ConfigError, DataError) as err:
         fail(str(err))
     from precisionlab.store import run_id
-    from precisionlab.sweep.job import busy_error, check_parents, open_store
+    from precisionlab.run.job import busy_error, check_parents, open_store
 
     store = None
     try:  # creates it if absent (a branch's must hold its parent); an unusable store.path fails here, before any run directory
@@ -132,7 +132,7 @@ def train(ctx: typer.Context) -> None:
     into the Hydra run directory (outputs/DATE/TIME).
     """
     from precisionlab.store.url import hide_passwords
-    from precisionlab.sweep.app import train_main, validated_by_cli
+    from precisionlab.run.app import train_main, validated_by_cli
 
     overrides = hide_passwords(list(ctx.args))  # a store.url's password: to PGPASSWORD, never into run files
     flags = [arg for arg in overrides if arg.startswith("-")]
@@ -166,7 +166,7 @@ def sweep(
     failed and interrupted ones rerun (from their last checkpoint). Launchers: hydra/launcher=joblib
     (= --jobs N), slurm, ray (see README).
     """
-    from precisionlab.sweep.app import sweep_main
+    from precisionlab.run.app import sweep_main
     from precisionlab.sweep.plan import SweepError, plan
     from precisionlab.store.url import hide_passwords
     from precisionlab.sweep.preview import header, run_list, statuses
@@ -189,7 +189,7 @@ def sweep(
     from precisionlab.config import ConfigError, one_line
     from precisionlab.store import ResultsStore, StoreError
     from precisionlab.store.corpus import check_sweep_data
-    from precisionlab.sweep.job import check_parents
+    from precisionlab.run.job import check_parents
     from precisionlab.sweep.launchers import missing_plugin
 
     if missing := missing_plugin(overrides):
@@ -267,7 +267,7 @@ def frontier(
     from precisionlab.config import ConfigError, one_line
     from precisionlab.store import StoreError
     from precisionlab.store.url import hide_passwords
-    from precisionlab.sweep.app import sweep_main
+    from precisionlab.run.app import sweep_main
     from precisionlab.sweep.frontier import FrontierError, make_axis, search
     from precisionlab.sweep.frontier_runs import FrontierRuns, check_overrides
     from precisionlab.sweep.launchers import missing_plugin

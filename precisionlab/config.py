@@ -21,12 +21,12 @@ and exits with code 2.
 Validated once. `validate` returns the resolved config read-only and marked validated
 (`is_validated`); being read-only, the mark cannot go stale. `ensure_valid(cfg)` returns
 a marked config as it is and validates anything else: `train.loop.run` and
-`sweep.job.train_recorded` use it, so a config built in Python is validated once on the
+`run.job.train_recorded` use it, so a config built in Python is validated once on the
 way in and never again. The CLI validates before Hydra starts (bad input must fail before
 a run directory or store row exists): `precisionlab train` its one composed config, which
-it hands to Hydra's task function (`sweep.app.train_main`, in its process); `precisionlab
+it hands to Hydra's task function (`run.app.train_main`, in its process); `precisionlab
 sweep` every grid point, in `sweep.plan.plan`. Hydra composes those grid points again for
-`sweep.job.run_job`, maybe in other processes (joblib, Slurm) where no mark made in the
+`run.job.run_job`, maybe in other processes (joblib, Slurm) where no mark made in the
 CLI's process survives, so run_job takes plan()'s word for them: `assume_valid` resolves
 and marks without checking.
 """
@@ -508,7 +508,7 @@ def memory_shortfall(model: dict, batch_size: int, seq_len: int, device: str) ->
 
 
 def _check_init(cfg: DictConfig) -> None:
-    """init.parent's spelling and step (whether the store holds it: sweep.job.check_parents, in the CLI)."""
+    """init.parent's spelling and step (whether the store holds it: run.job.check_parents, in the CLI)."""
     try:
         parent = parse_parent(cfg.init.parent)
     except ValueError as err:

@@ -304,7 +304,7 @@ def test_job_failing_before_its_claim_is_recorded_failed(tmp_path, monkeypatch):
     from hydra import compose, initialize_config_module
     from hydra.core.hydra_config import HydraConfig
 
-    from precisionlab.sweep import job
+    from precisionlab.run import job
 
     store = _store_with_pending_runs(tmp_path / "s.db")
     with initialize_config_module(config_module="precisionlab.configs", version_base="1.3"):
@@ -484,7 +484,7 @@ def test_launcher_worker_exits_when_its_parent_dies(tmp_path):
     """A worker process whose sweep is killed ends itself (before: it trained on, reparented)."""
     script = textwrap.dedent("""
         import multiprocessing, os, sys, time
-        from precisionlab.sweep.launchers import exit_with_parent
+        from precisionlab.run.worker import exit_with_parent
 
         def worker():
             exit_with_parent(interval=0.05)
@@ -581,7 +581,7 @@ def _flip_a_weight_bit(path: Path) -> None:
 
 def _stored_run(store: ResultsStore, checkpoint_dir: Path, *overrides: str):
     """A 10-step micro run recorded into `store`, checkpoint at step 4 -> (its config, its result)."""
-    from precisionlab.sweep.job import recorded_run
+    from precisionlab.run.job import recorded_run
     from precisionlab.train.rundir import RunDirRecorder
 
     cfg = validate(compose_train(*overrides, "train.checkpoint_steps=[4]", f"train.checkpoint_dir={checkpoint_dir}"))
@@ -657,7 +657,7 @@ def test_a_rerun_never_resumes_from_another_runs_checkpoint(tmp_path):
     trains it from the start, to A's own curve, instead of continuing B's weights under A's name."""
     from precisionlab.store import run_id
 
-    from precisionlab.sweep.job import recorded_run
+    from precisionlab.run.job import recorded_run
     from precisionlab.train.rundir import RunDirRecorder
 
     class StopsAtStep6(RunDirRecorder):  # a run that dies after its step-4 checkpoint (recorded `failed`)
@@ -681,7 +681,7 @@ def test_a_rerun_never_resumes_from_another_runs_checkpoint(tmp_path):
 @pytest.mark.slow
 def test_sharpness_never_measures_another_runs_or_a_damaged_checkpoint(tmp_path, monkeypatch):
     """Checkpoints holding another run's state, or a flipped bit, are reported (exit 1) and measured under no run."""
-    from precisionlab.sweep.job import recorded_run
+    from precisionlab.run.job import recorded_run
     from precisionlab.store import run_id
     from precisionlab.train.rundir import RunDirRecorder
 

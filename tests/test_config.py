@@ -176,7 +176,7 @@ def checks(monkeypatch):
 
 
 def test_train_recorded_and_run_validate_once(checks, tmp_path, monkeypatch):
-    from precisionlab.sweep.job import train_recorded
+    from precisionlab.run.job import train_recorded
     from precisionlab.train.loop import run
 
     monkeypatch.chdir(tmp_path)

@@ -8,12 +8,12 @@ import os
 import pytest
 from typer.testing import CliRunner
 
-import precisionlab.sweep.job as job_mod
+import precisionlab.run.job as job_mod
 import precisionlab.train.loop as train_mod
 from helpers import SWEEP_MICRO
 from precisionlab.cli import app
 from precisionlab.store import ResultsStore
-from precisionlab.sweep.launchers import threads_per_job
+from precisionlab.run.worker import threads_per_job
 from precisionlab.sweep.plan import plan
 from precisionlab.train.recorder import Tee
 
