@@ -26,7 +26,7 @@ __all__ = ["StoreRecorder"]
 
 
 class StoreRecorder:
-    """`precisionlab.recorder.Recorder` writing one claimed run into a ResultsStore.
+    """`precisionlab.train.recorder.Recorder` writing one claimed run into a ResultsStore.
 
     Metric and diagnostics rows are buffered and written every `flush_every` metric rows or
     `flush_seconds`, before each checkpoint row and with the outcome. A `Lease`
