@@ -1,4 +1,4 @@
-"""The report's figures, drawn from a `precisionlab.report.Report` with matplotlib.
+"""The report's figures, drawn from a `precisionlab.analysis.report.Report` with matplotlib.
 
 Figures are built with `matplotlib.figure.Figure` (no pyplot): no global state,
 no display needed, safe in any process. `figures(report)` returns them by file
