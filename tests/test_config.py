@@ -233,3 +233,11 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, command, ove
     assert proc.stderr.splitlines() == [proc.stderr.strip()] and proc.stderr.startswith(f"error: {message}"), proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert list(tmp_path.iterdir()) == []  # no outputs/, multirun/, results/
+
+
+@pytest.mark.parametrize("key", ["precision.w", "precision.grad", "precision.operands.dgrad_w.format",
+                                 "precision.operands.wgrad_x.format", "precision.weight_grad"])
+def test_two_d_blocks_stay_accepted_on_two_d_operands(key):
+    """The refusal of 2-D blocks (tests/test_cli.py's PRECISION_CASES) is for the operands cast from a
+    tensor of rank > 2 only."""
+    validate(compose_train(f"{key}=e2m1fn/b16x16/e4m3fn/tensor"))

@@ -1,9 +1,8 @@
-"""Sweep planning, thread shares and fault handling, in-process (the CLI end to end is in test_sweep_cli.py)."""
+"""Sweep planning and fault handling, in-process (the CLI end to end is in test_sweep_cli.py)."""
 
 from __future__ import annotations
 
 import itertools
-import os
 
 import pytest
 from typer.testing import CliRunner
@@ -13,7 +12,6 @@ import precisionlab.train.loop as train_mod
 from helpers import SWEEP_MICRO
 from precisionlab.cli import app
 from precisionlab.store import ResultsStore
-from precisionlab.run.worker import threads_per_job
 from precisionlab.sweep.plan import plan
 from precisionlab.train.recorder import Tee
 
@@ -77,21 +75,6 @@ def test_name_ignores_order_and_non_semantic_overrides(tmp_path):
                        cwd=tmp_path)
     assert same.name == "default" and same.force and set(same.run_ids) == set(plan([], cwd=tmp_path).run_ids)
     assert plan(["sweep.name=mine", "seed=3"], cwd=tmp_path).name == "mine"
-
-
-@pytest.mark.parametrize("launcher, cores, threads", [
-    ({"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": 2}, 2, 1),
-    ({"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": 2}, 8, 4),
-    ({"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": -1}, 8, 1),
-    ({"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": -2}, 8, 1),
-    ({"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": 16}, 8, 1),
-    ({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}, 8, 8),
-    ({"_target_": "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher", "ray": {"remote": {"num_cpus": 3}}}, 8, 3),
-    ({"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher", "cpus_per_task": 4}, 8, 4),
-])
-def test_threads_per_job_share_the_cores(monkeypatch, launcher, cores, threads):
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
-    assert threads_per_job(launcher) == threads
 
 
 def _invoke(*args):
