@@ -2,7 +2,7 @@
 the console script's path and the check of a one-line user error.
 
 Oracle formats live in `helpers.oracles`; `helpers/interpreted_kernel_check.py` is a script run
-under TRITON_INTERPRET=1 by `tests/numerics/test_cast_triton.py`.
+under TRITON_INTERPRET=1 by `tests/kernels/test_cast_triton.py`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""One run as a sweep job (precisionlab.run.job): a failure before the claim is recorded, a branch's
-parent checkpoint is checked before anything runs, and a rerun resumes only from its own checkpoint.
+"""One run as a sweep job (precisionlab.run.job): a run that raises, in the job or inside training, is
+recorded `failed` and the sweep goes on; a failure before the claim is recorded too; a branch's parent
+checkpoint is checked before anything runs; a rerun resumes only from its own checkpoint.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from types import SimpleNamespace
 import pytest
 from typer.testing import CliRunner
 
-from helpers import MICRO
+import precisionlab.run.job as job_mod
+import precisionlab.train.loop as train_mod
+from helpers import MICRO, SWEEP_MICRO
 from helpers.checkpoints import flip_a_weight_bit, stored_run
 from helpers.store import store_with_pending_runs
 from precisionlab.cli import app
@@ -129,3 +132,52 @@ def test_a_rerun_never_resumes_from_another_runs_checkpoint(tmp_path):
     assert rerun.status == "completed"
     assert (rerun.final_val_loss, rerun.final_train_loss) == (whole.final_val_loss, whole.final_train_loss)
     assert store.metrics(a_id, split="train").step.tolist() == list(range(1, 11))
+
+
+def _invoke(*args):
+    return CliRunner().invoke(app, ["sweep", *args])
+
+
+@pytest.mark.slow
+def test_a_run_that_raises_is_failed_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    real_run = job_mod.run
+
+    def run(cfg, recorder=None, resume_from=None, **kwargs):
+        if cfg.optim.lr == 1e-2:
+            raise RuntimeError("injected fault")
+        return real_run(cfg, recorder=recorder, resume_from=resume_from, **kwargs)
+
+    monkeypatch.setattr(job_mod, "run", run)
+    result = _invoke("precision.format=e8m7", "optim.lr=1e-2,1e-3", "seed=0", "train.threads=1", *SWEEP_MICRO)
+    assert result.exit_code == 1, result.output  # a failed run makes the sweep's exit code 1
+    runs = ResultsStore(tmp_path / "results" / "precisionlab.db").runs()
+    assert sorted(zip(runs.lr, runs.status)) == [(1e-3, "completed"), (1e-2, "failed")]
+    failed = runs[runs.status == "failed"].iloc[0]
+    assert failed.error == "RuntimeError: injected fault" and failed.finished is not None
+    assert "1 completed, 0 diverged, 1 failed" in result.stdout
+
+
+@pytest.mark.slow
+def test_a_run_that_fails_inside_training_is_failed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    real_build = train_mod.build_model
+
+    def build(cfg):
+        model = real_build(cfg)
+        if cfg.precision.x == "e8m3":
+            def explode(module, args, output):
+                raise FloatingPointError("boom in the forward pass")
+            model.lm_head.register_forward_hook(explode)
+        return model
+
+    monkeypatch.setattr(train_mod, "build_model", build)
+    result = _invoke("precision.format=e8m3,e8m7", "optim.lr=1e-3", "seed=0", "train.threads=1",
+                     "store.path=mine.db", *SWEEP_MICRO)
+    assert result.exit_code == 1
+    store = ResultsStore(tmp_path / "mine.db")
+    runs = store.runs()
+    assert dict(zip(runs.format_x, runs.status)) == {"e8m3": "failed", "e8m7": "completed"}
+    assert "boom in the forward pass" in runs.set_index("format_x").error["e8m3"]
+    (name,) = store.sweeps().name  # the summary names the report command, with the non-default store
+    assert result.stdout.strip().endswith(f"precisionlab report --sweep {name} --store {tmp_path / 'mine.db'}")
