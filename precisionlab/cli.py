@@ -25,8 +25,17 @@ app = typer.Typer(
 )
 
 
+def _show_version(show: bool) -> None:
+    if show:
+        from precisionlab import __version__
+
+        typer.echo(f"precisionlab {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
     """Precision-stability sweeps: train small LMs across seeds, learning rates and simulated number formats."""
 
 

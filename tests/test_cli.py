@@ -70,3 +70,17 @@ def test_help_still_exits_0():
     for args in ([], ["--help"], ["report", "--help"]):
         proc = run(*args)
         assert proc.returncode == 0 and "Usage: precisionlab" in proc.stdout, args
+
+
+def test_version_is_pyprojects_everywhere():
+    """One version: pyproject.toml's, as `precisionlab --version`, `precisionlab.__version__` and the
+    provenance every run records all report it."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    declared = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["version"]
+    proc = run("--version")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"precisionlab {declared}"
+    code = ("import precisionlab, precisionlab.runtime as r; "
+            "print(precisionlab.__version__, r.provenance()['precisionlab'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [declared, declared]
