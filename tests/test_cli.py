@@ -84,3 +84,15 @@ def test_version_is_pyprojects_everywhere():
             "print(precisionlab.__version__, r.provenance()['precisionlab'])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == [declared, declared]
+
+
+@pytest.mark.parametrize("command, groups", [("train", ["model", "precision", "data", "optim"]), ("sweep", ["sweep"])])
+def test_help_lists_every_preset(command, groups):
+    """The help texts list each config group's presets from the configs folder, so they cannot fall behind it."""
+    proc = run(command, "--help")
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.replace("│", " ").split())
+    configs = Path(__file__).parents[1] / "configs"
+    for group in groups:
+        names = sorted(p.stem for p in (configs / group).glob("*.yaml"))
+        assert len(names) >= 3 and all(name in text for name in names), (group, names)
