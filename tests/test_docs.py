@@ -151,3 +151,12 @@ def test_user_facing_text_names_no_issue_numbers():
     found = {str(p.relative_to(ROOT)): m for p, t in texts.items()
              for m in re.findall(r"(?i)\bissues? \d+|(?<![\w&])#\d+\b", t)}
     assert found == {}
+
+
+def test_the_study_tables_page_holds_the_blocks_paper_tables_writes():
+    spec = importlib.util.spec_from_file_location("paper_tables", ROOT / "scripts" / "paper_tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = module.PAGE.read_text()
+    for name in ("paper-claims", "paper", "effects"):
+        assert text.count(f"<!-- tables:{name} -->") == 1 and text.count(f"<!-- /tables:{name} -->") == 1, name
