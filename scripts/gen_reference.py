@@ -147,8 +147,8 @@ def groups() -> list[tuple[str, str, list[Key]]]:
         annotation = hints[f.name]
         if f.name == "data":
             for source, schema in DATA_SOURCES.items():
-                sections.append((f"data (`data.source={source}`)", field_help(SweepConfig, f),
-                                 list(walk(schema, "data."))))
+                intro = f"The keys of `data` when `data.source={source}` (each source has keys of its own)"
+                sections.append((f"data (`data.source={source}`)", intro, list(walk(schema, "data."))))
         elif dataclasses.is_dataclass(annotation):
             sections.append((f.name, field_help(SweepConfig, f), list(walk(annotation, f.name + "."))))
         else:
