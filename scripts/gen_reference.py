@@ -234,7 +234,10 @@ def _help_markdown(text: str) -> str:
 
 
 def cli_reference() -> str:
-    out = []
+    commands = [(n, c) for n, c in cli_commands() if n != "precisionlab" and not _is_group(c)]
+    out = ["| command | what it does |", "|---|---|"]
+    out += [f"| [`{n}`](#{n.replace(' ', '-')}) | {_cell(c.get_short_help_str(limit=200))} |" for n, c in commands]
+    out.append("")
     for name, command in cli_commands():
         ctx = _context(command, name)
         title = name if name != "precisionlab" else "precisionlab (the app)"
