@@ -160,3 +160,12 @@ def test_the_study_tables_page_holds_the_blocks_paper_tables_writes():
     text = module.PAGE.read_text()
     for name in ("paper-claims", "paper", "effects"):
         assert text.count(f"<!-- tables:{name} -->") == 1 and text.count(f"<!-- /tables:{name} -->") == 1, name
+
+
+def test_the_config_page_names_every_preset():
+    """The presets table is written by hand: a preset added under configs/ without a line there fails."""
+    page = (DOCS / "reference" / "config.md").read_text()
+    presets = [p for p in (ROOT / "configs").glob("*/*.yaml")]
+    assert len(presets) > 20
+    missing = [f"{p.parent.name}={p.stem}" for p in presets if f"`{p.stem}`" not in page]
+    assert missing == [], f"presets absent from docs/reference/config.md: {missing}"
