@@ -25,8 +25,17 @@ app = typer.Typer(
 )
 
 
+def _show_version(show: bool) -> None:
+    if show:
+        from precisionlab import __version__
+
+        typer.echo(f"precisionlab {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
     """Precision-stability sweeps: train small LMs across seeds, learning rates and simulated number formats."""
 
 
@@ -121,16 +130,26 @@ def _check_train_overrides(overrides: list[str]):
     return cfg
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def train(ctx: typer.Context) -> None:
-    """Train one model. Arguments are Hydra overrides, e.g.:
+def _presets(group: str) -> str:
+    """A config group's presets, read from the installed configs folder, so help texts list them all."""
+    from importlib.resources import files
+
+    return ", ".join(sorted(p.name[:-5] for p in files("precisionlab.configs").joinpath(group).iterdir()
+                            if p.name.endswith(".yaml")))
+
+
+_TRAIN_HELP = f"""Train one model. Arguments are Hydra overrides, e.g.:
 
     precisionlab train model=tiny precision=mask precision.format=e8m3 optim.lr=3e-3 seed=1 train.steps=300
 
-    Config groups: model (tiny, small, gpt2_124m, llama_120m), precision (fp32, bf16, mask, fp8),
-    data (default, text, tokens), optim (adamw). Writes metrics.csv, run.json and checkpoints/
-    into the Hydra run directory (outputs/DATE/TIME).
+    Config groups: model ({_presets("model")}); precision ({_presets("precision")}); data ({_presets("data")}); optim ({_presets("optim")}).
+
+    Writes metrics.csv, run.json and checkpoints/ into the Hydra run directory (outputs/DATE/TIME) and the run into the results store.
     """
+
+
+@app.command(help=_TRAIN_HELP, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train(ctx: typer.Context) -> None:
     from precisionlab.store.url import hide_passwords
     from precisionlab.run.app import train_main, validated_by_cli
 
@@ -146,26 +165,27 @@ def train(ctx: typer.Context) -> None:
         _run_hydra(train_main, overrides)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+_SWEEP_HELP = f"""Train a grid of runs (Hydra multirun) into the results store; rerun to resume. Arguments are Hydra overrides, e.g.:
+
+    precisionlab sweep                      (sweep=default, the built-in study; --dry-run lists its runs)
+
+    precisionlab sweep sweep=paper --jobs 2 (the paper's formats and the widths where training breaks)
+
+    precisionlab sweep precision.format=e8m7,e8m5,e8m3 optim.lr=1e-3,3e-3,1e-2 seed=0,1
+
+    The grid is what was typed: axes on the command line (key=a,b) are the whole grid; with sweep=NAME they replace NAME's axes of the same keys. Completed and diverged runs are skipped, failed and interrupted ones rerun (from their last checkpoint). Launchers: hydra/launcher=joblib (= --jobs N), slurm, ray (see the docs).
+
+    Grids (sweep=NAME): {_presets("sweep")}.
+    """
+
+
+@app.command(help=_SWEEP_HELP, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def sweep(
     ctx: typer.Context,
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Run N runs at once on this machine (joblib launcher), each with cores/N torch threads."),
     force: bool = typer.Option(False, "--force", help="Rerun completed and diverged runs too."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the grid and every run (id, status in the store, formats, label) and exit; writes nothing."),
 ) -> None:
-    """Train a grid of runs (Hydra multirun) into the results store; rerun to resume. Arguments are Hydra overrides, e.g.:
-
-    precisionlab sweep                      (sweep=default: 3 formats x 3 LRs x 3 seeds, tiny model)
-
-    precisionlab sweep sweep=paper --jobs 2 (the paper's E8M7..E8M3, E7M7 bit-reduction study)
-
-    precisionlab sweep precision.format=e8m7,e8m5,e8m3 optim.lr=1e-3,3e-3,1e-2 seed=0,1
-
-    The grid is what was typed: axes on the command line (key=a,b) are the whole grid; with
-    sweep=NAME they replace NAME's axes of the same keys. Completed and diverged runs are skipped,
-    failed and interrupted ones rerun (from their last checkpoint). Launchers: hydra/launcher=joblib
-    (= --jobs N), slurm, ray (see README).
-    """
     from precisionlab.run.app import sweep_main
     from precisionlab.sweep.plan import SweepError, plan
     from precisionlab.store.url import hide_passwords

@@ -1,6 +1,6 @@
-"""The README's study tables, regenerated from the results store instead of written by hand.
+"""The documentation's study tables (docs/reproducing.md), regenerated from the results store instead of written by hand.
 
-    python scripts/paper_tables.py [--store results/precisionlab.db [--store OTHER ...]] [--write README.md]
+    python scripts/paper_tables.py [--store results/precisionlab.db [--store OTHER ...]] [--write [docs/reproducing.md]]
 
 For each study (a sweep of that name in the store) it prints the per-format table of `precisionlab
 report` in Markdown, and for the bit-reduction study (`paper`) the "what reproduces" table: each
@@ -25,10 +25,10 @@ and z-loss, the FP4 orderings), one row each with its statistic, paired by seed,
   not resolvable at this scale  the interval covers 0 and also effects beyond MARGIN, or what the claim
                         is about does not happen here (no run diverges), or too few seeds for an interval.
 A study whose sweep the stores lack is listed with the command that runs it; with several --store, each
-study is read from the first store that holds its sweep. With --write, each block of the README between
+study is read from the first store that holds its sweep. With --write, each block of the page (default docs/reproducing.md) between
 `<!-- tables:NAME -->` and `<!-- /tables:NAME -->` is replaced by the table NAME (`paper-claims`,
 `paper`, `fp4`, `fp8_recipes`, `master_weights`, `effects`, `wortsman_qk`, `wortsman_zloss`,
-`fp4_signs`), so the README says what the stores hold; a study none of the stores holds keeps its block.
+`fp4_signs`), so the page says what the stores hold; a study none of the stores holds keeps its block.
 """
 
 from __future__ import annotations
@@ -372,8 +372,12 @@ def blocks(stores) -> dict[str, str]:
     return out
 
 
+# The page whose <!-- tables:NAME --> blocks --write replaces by default.
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "reproducing.md"
+
+
 def write(readme: Path, tables: dict[str, str]) -> list[str]:
-    """Replace README's marked blocks with `tables`; returns the names replaced."""
+    """Replace the page's marked blocks with `tables`; returns the names replaced."""
     text, done = readme.read_text(), []
     for name, body in tables.items():
         pattern = re.compile(rf"(<!-- tables:{re.escape(name)} -->\n).*?(<!-- /tables:{re.escape(name)} -->)", re.S)
@@ -388,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--store", action="append", help="results store (path or URL); repeat it to read the "
                         f"studies from several stores, the first holding a sweep wins (default {DEFAULT_STORE_PATH})")
-    parser.add_argument("--write", type=Path, help="README to update in place (its <!-- tables:NAME --> blocks)")
+    parser.add_argument("--write", type=Path, nargs="?", const=PAGE, metavar="PAGE",
+                        help=f"page to update in place (its <!-- tables:NAME --> blocks; default {PAGE})")
     args = parser.parse_args(argv)
     stores = []
     try:
@@ -403,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
             store.close()
     for name, body in tables.items():
         print(f"## {name}\n\n{body}\n")
-    if args.write:  # a study the stores lack keeps its README block (the tables of an earlier run)
+    if args.write:  # a study the stores lack keeps its block on the page (the tables of an earlier run)
         found = {name: body for name, body in tables.items() if not body.startswith("*Sweep `")}
         print(f"updated in {args.write}: {', '.join(write(args.write, found)) or 'no marked block'}"
               + (f"; kept (not in the stores): {', '.join(sorted(set(tables) - set(found)))}" if set(tables) - set(found)

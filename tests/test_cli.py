@@ -9,6 +9,7 @@ handling is tests/test_console.py. Config-key cases of train/sweep live in tests
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,32 @@ def test_help_still_exits_0():
     for args in ([], ["--help"], ["report", "--help"]):
         proc = run(*args)
         assert proc.returncode == 0 and "Usage: precisionlab" in proc.stdout, args
+
+
+def test_version_is_pyprojects_everywhere():
+    """One version: pyproject.toml's, as `precisionlab --version`, `precisionlab.__version__` and the
+    provenance every run records all report it."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    declared = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["version"]
+    proc = run("--version")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"precisionlab {declared}"
+    code = ("import precisionlab, precisionlab.runtime as r; "
+            "print(precisionlab.__version__, r.provenance()['precisionlab'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [declared, declared]
+
+
+@pytest.mark.parametrize("command, groups", [("train", ["model", "precision", "data", "optim"]), ("sweep", ["sweep"])])
+def test_help_lists_every_preset(command, groups):
+    """The help texts list each config group's presets from the configs folder, so they cannot fall behind it."""
+    proc = run(command, "--help")
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.replace("│", " ").split())
+    configs = Path(__file__).parents[1] / "configs"
+    for group in groups:
+        names = sorted(p.stem for p in (configs / group).glob("*.yaml"))
+        assert len(names) >= 3 and all(name in text for name in names), (group, names)
 
 
 @pytest.fixture(scope="module")
