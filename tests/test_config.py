@@ -7,8 +7,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
@@ -16,13 +14,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ReadonlyConfigError
 from typer.testing import CliRunner
 
-from helpers import MICRO, SWEEP_MICRO, MemoryRecorder, compose_train
+from helpers import CLI, MICRO, SWEEP_MICRO, MemoryRecorder, compose_train
 from precisionlab import config
 from precisionlab.cli import app
 from precisionlab.config import ConfigError, one_line, validate
 from precisionlab.train.data import DataError
-
-CLI = str(Path(sys.executable).with_name("precisionlab"))
 
 
 @pytest.fixture(scope="module")

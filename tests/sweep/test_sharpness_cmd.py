@@ -14,7 +14,6 @@ import math
 import shutil
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
-from helpers import MemoryRecorder, compose_train
+from helpers import CLI, MemoryRecorder, compose_train
 from helpers.checkpoints import flip_a_weight_bit
 from precisionlab.analysis.sharpness import hessian_trace
 from precisionlab.cli import app
@@ -36,7 +35,6 @@ from precisionlab.train.measure import fp32_twin
 from precisionlab.train.model import LM
 from precisionlab.train.rundir import RunDirRecorder
 
-CLI = str(Path(sys.executable).with_name("precisionlab"))
 SWEEP = "micro"
 CHECKPOINT_STEPS = [3, 6]
 ALL_METRICS = ["logit", "hessian", "trace", "keskar"]

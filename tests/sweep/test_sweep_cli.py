@@ -15,11 +15,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from helpers import MICRO, SWEEP_MICRO
+from helpers import CLI, MICRO, SWEEP_MICRO
 from precisionlab.cli import app
 from precisionlab.store import ResultsStore, StoreError
 
-CLI = str(Path(sys.executable).with_name("precisionlab"))
 STORE = Path("results") / "precisionlab.db"
 # 2 formats x 2 LRs; lr=30 without clipping diverges within a few steps.
 HALF_THE_CORES = max(1, len(os.sched_getaffinity(0)) // 2)
