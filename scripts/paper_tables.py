@@ -42,7 +42,9 @@ import pandas as pd
 
 from precisionlab.analysis.labels import display_label, identical_to
 from precisionlab.analysis.render import markdown_table
-from precisionlab.analysis.report import ALPHA, ReportError, build, detectability, divergence_strata, seed_matrix
+from precisionlab.analysis.estimates import seed_matrix
+from precisionlab.analysis.report import ReportError, build
+from precisionlab.analysis.verdicts import ALPHA, detectability, divergence_strata
 from precisionlab.analysis.stats import (CI, holm, interval_text, paired_difference, paired_margin, paired_sensitivity,
                                          paired_t_p, stratified_exact_p)
 from precisionlab.analysis.tables import display_by_variant
