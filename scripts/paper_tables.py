@@ -42,14 +42,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from precisionlab.analysis.dose import decide
+from precisionlab.analysis.estimates import seed_matrix
 from precisionlab.analysis.labels import display_label, identical_to
 from precisionlab.analysis.render import markdown_table
-from precisionlab.analysis.estimates import seed_matrix
 from precisionlab.analysis.report import ReportError, build
-from precisionlab.analysis.verdicts import ALPHA, detectability, divergence_strata, paired_loss_test
-from precisionlab.analysis.stats import (CI, holm, holm_reachable, interval_text, paired_margin, paired_sensitivity,
+from precisionlab.analysis.stats import (CI, holm, holm_reachable, interval_text, paired_sensitivity,
                                          stratified_exact_p)
 from precisionlab.analysis.tables import display_by_variant
+from precisionlab.analysis.verdicts import ALPHA, detectability, divergence_strata, paired_loss_test
 from precisionlab.store import DEFAULT_STORE_PATH, DONE, ResultsStore, StoreError
 
 STUDIES = {  # sweep name -> the command that runs it
@@ -324,12 +325,13 @@ def fp4_rows(report) -> list[tuple[str, str, str]]:
             if verdict == "reproduces" and not fails.all():
                 verdict = "trains, worse than bf16 (not every run fails)"
         rows.append((claim, text, verdict))
-    if name["nvfp4"] and name["mxfp4"]:
-        done = runs[runs.status.isin(DONE)]
-        a, b = (done[done.variant == name[v]].set_index(["lr", "seed"]).capped_loss.astype(float) for v in ("nvfp4", "mxfp4"))
-        both = a.index.intersection(b.index)
-        m = paired_margin(a[both].to_numpy(), b[both].to_numpy(), MARGIN)
-        verdict = {"within": "reproduces", "beyond": f"contradicted: worse by more than {MARGIN:g}"}.get(
+    if name["nvfp4"] and name["mxfp4"]:  # the frontier's rule (dose.decide), paired by LR and seed
+        sides = [runs[runs.variant == name[v]] for v in ("nvfp4", "mxfp4")]
+        done = [g[g.status == "completed"].groupby(["lr", "seed"]).capped_loss.mean().to_dict() for g in sides]
+        diverged = [set(zip(g[g.status == "diverged"].lr, g[g.status == "diverged"].seed)) for g in sides]
+        m = decide(done[0], diverged[0], done[1], diverged[1], MARGIN)
+        verdict = {"within": "reproduces", "beyond": f"contradicted: worse by more than {MARGIN:g}",
+                   "diverged": f"contradicted: nvfp4 diverged in {m['unmatched']} run(s) whose mxfp4 twin did not"}.get(
             m["decision"], f"not resolvable at this scale: the interval reaches past +{MARGIN:g}")
         rows.append((f"NVFP4 is not worse than MXFP4 (margin {MARGIN:g} nats/byte)",
                      f"final loss, nvfp4 − mxfp4: {_diff_text(m)} over {m['n']} paired seeds", verdict))

@@ -162,3 +162,16 @@ def test_master_weights_and_several_stores(tmp_path):
                            str(tmp_path / "qk.db")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "## effects" in proc.stdout and "Sweep `wortsman_qk` is not in this store" not in proc.stdout
+
+
+def test_nvfp4_that_diverges_where_mxfp4_does_not_is_worse_by_the_frontiers_rule(tmp_path):
+    """NVFP4 equals MXFP4 on three seeds and diverges on the fourth: the margin claim reads it as the
+    frontier does (a divergence the other got through is never within), not as a loss of ln V."""
+    store = ResultsStore(tmp_path / "fp4.db")
+    for seed in range(4):
+        _record(store, "fp4_signs", 3e-3, seed, 2.40 + 0.03 * seed, precision="mxfp4")
+        _record(store, "fp4_signs", 3e-3, seed, 9.0 if seed == 3 else 2.40 + 0.03 * seed, diverged=seed == 3,
+                precision="nvfp4")
+    here, verdict = _rows(store, "fp4_signs")["NVFP4 is not worse than MXFP4 (margin 0.02 nats/byte)"]
+    assert verdict == "contradicted: nvfp4 diverged in 1 run(s) whose mxfp4 twin did not"
+    assert "over 3 paired seeds" in here  # the seeds both completed
