@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
-from precisionlab.analysis.drawing import DPI, FACET_H, FACET_W, draw_loss, loss_limits, lr_colours, lr_legend, png
+from precisionlab.analysis.drawing import FACET_H, FACET_W, draw_loss, loss_limits, lr_colours, lr_legend, png
 from precisionlab.analysis.labels import bits_per_element, display_label, format_family
 from precisionlab.analysis.report import Report
 from precisionlab.analysis.signal_plots import (
@@ -30,8 +30,7 @@ from precisionlab.analysis.signal_plots import (
 )
 from precisionlab.analysis.stats import CI, RANGE
 
-__all__ = ["figures", "png", "loss_curves", "final_loss_heatmap", "loss_vs_lr", "stability_vs_bits", "dose_response",
-           "DPI", "FACET_W", "FACET_H"]
+__all__ = ["figures", "png", "loss_curves", "final_loss_heatmap", "loss_vs_lr", "stability_vs_bits", "dose_response"]
 
 COLUMNS = 4                  # facets per row in the loss-curve grid
 
