@@ -464,8 +464,9 @@ def report(
     """
     from precisionlab.analysis import render
     from precisionlab.analysis.dose import check_margin
-    from precisionlab.analysis.report import build, compare_notes
-    from precisionlab.analysis.report import compare as compare_reports
+    from precisionlab.analysis.compare import compare as compare_reports
+    from precisionlab.analysis.compare import compare_notes
+    from precisionlab.analysis.report import build
     from precisionlab.analysis.tables import (
         display_by_lr,
         display_by_variant,

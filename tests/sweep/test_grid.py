@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from helpers import SWEEP_MICRO
-from precisionlab.analysis.report import display_label, label_runs
+from precisionlab.analysis.labels import display_label, label_runs
 from precisionlab.cli import app
 from precisionlab.store import ResultsStore
 from precisionlab.store.identity import canonical
