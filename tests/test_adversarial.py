@@ -35,6 +35,7 @@ from precisionlab.cli import app
 from precisionlab.config import validate
 from precisionlab.numerics.formats import FloatFormat
 from precisionlab.quant.linear import convert_model
+from precisionlab.quant.recipe import PrecisionConfig
 from precisionlab.store import ResultsStore, StoreError, run_id
 from precisionlab.store.names import sweep_name_problem
 
@@ -250,7 +251,7 @@ def test_formats_table_shows_dash_for_values_a_format_lacks():
 def test_exclude_matching_no_layer_warns(caplog):
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
     with caplog.at_level(logging.WARNING, logger="precisionlab.quant.linear"):
-        convert_model(model, {"format": "e4m3", "exclude": ["lm_haed", "1"]})
+        convert_model(model, PrecisionConfig.from_cfg({"format": "e4m3", "exclude": ["lm_haed", "1"]}))
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1 and "'lm_haed' matches no linear layer" in warnings[0]
     assert type(model[1]) is nn.Linear and type(model[0]) is not nn.Linear  # "1" did exclude layer 1

@@ -49,7 +49,7 @@ import torch
 from torch import Tensor, nn
 
 from precisionlab.quant.operands import OperandCast, observing_casts
-from precisionlab.train.measure import fp32_twin
+from precisionlab.train.sharpness import fp32_twin
 from precisionlab.train.model import LM, CausalSelfAttention
 
 __all__ = ["FAMILIES", "Diagnostics", "Probe", "CastSites", "cast_stats", "fidelity"]

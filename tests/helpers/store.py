@@ -8,7 +8,7 @@ from precisionlab.store.schema import DDL, V3_STATEMENTS
 
 def make_config(lr=1e-3, fmt="e8m3", seed=0, **extra):
     return {
-        "model": {"name": "tiny", "n_layer": 2, "n_embd": 64},
+        "model": {"arch": "llama", "n_layer": 2, "n_embd": 64},
         "precision": {"format": fmt, "rounding": "toward_zero"},
         "optim": {"lr": lr, "weight_decay": 0.1},
         "train": {"steps": 20, "device": "cpu", "threads": 1},
