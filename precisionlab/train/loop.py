@@ -56,7 +56,7 @@ from precisionlab.train.checkpoint import (
     save_checkpoint,
 )
 from precisionlab.train.data import DataError, get_batch, load_dataset
-from precisionlab.train.diagnostics import Diagnostics
+from precisionlab.train.diagnostics import StepDiagnostics
 from precisionlab.train.errors import ConfigError
 from precisionlab.train.model import LM
 from precisionlab.train.optim import MasterFormat, MomentFormats, build_optimizer, store_master, store_moments
@@ -197,7 +197,7 @@ def _train(cfg, device, batch_gen, train_tokens, val_tokens, data_meta, recorder
     checkpoint_steps = set(t.checkpoint_steps)
     sharpness_every = cfg.sharpness.every
     parent = parse_parent(cfg.init.parent)
-    diagnostics, trained = Diagnostics.from_cfg(cfg, recorder), objective(o.z_loss)
+    diagnostics, trained = StepDiagnostics.from_cfg(cfg, recorder), objective(o.z_loss)
     recorder.start({
         "config": OmegaConf.to_container(cfg), "data": data_meta, "device": str(device),
         "n_params": model.num_params(),
