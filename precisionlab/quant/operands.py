@@ -102,11 +102,12 @@ def observing_casts(observer):
 @dataclass(frozen=True)
 class DelayedScaling:
     """Delayed scaling's settings (Transformer Engine's `DelayedScaling`): the scale of a cast comes
-    from the amaxes of the operand's previous casts, not from the tensor being cast."""
+    from the amaxes of the operand's previous casts, not from the tensor being cast. No defaults:
+    the `precision.delayed` schema's (precisionlab.quant.recipe) are the only ones."""
 
-    history_len: int = 1024  # amaxes kept per operand (TE's default amax_history_len)
-    algo: str = "max"  # max over the history, or its most_recent entry (TE's amax_compute_algo)
-    margin: int = 0  # the scale is divided by 2^margin (headroom)
+    history_len: int  # amaxes kept per operand (TE's amax_history_len)
+    algo: str  # max over the history, or its most_recent entry (TE's amax_compute_algo)
+    margin: int  # the scale is divided by 2^margin (headroom)
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,8 @@ class OperandCast:
     FP8 recipes' s = max_finite / amax). `scaling="delayed"` takes amax from the operand's
     history of previous amaxes instead (`delayed`; the caller passes the layer's history), so the
     scale lags the data: a tensor whose amax jumps past the history's saturates (or overflows).
-    Block formats carry their own scales and ignore both.
+    Block formats carry their own scales and ignore both (the recipe refuses delayed scaling on
+    them). The defaults are a cast with no options: what `fmt` alone means.
     """
 
     fmt: FloatFormat | BlockFormat | None
@@ -128,7 +130,11 @@ class OperandCast:
     subnormals: bool = True
     scaling: str = "none"
     pow2_scale: bool = True
-    delayed: DelayedScaling = DelayedScaling()
+    delayed: DelayedScaling | None = None  # scaling="delayed"'s settings
+
+    def __post_init__(self) -> None:
+        if self.scaling == "delayed" and self.delayed is None:
+            raise ValueError("OperandCast(scaling='delayed') needs its delayed=DelayedScaling(history_len, algo, margin)")
 
     @property
     def stochastic(self) -> bool:

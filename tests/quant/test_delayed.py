@@ -60,7 +60,8 @@ def test_scale_follows_the_amax_history(algo, pow2, margin):
 def test_a_spike_saturates_or_overflows_because_the_history_lags():
     fmt = PrecisionConfig.from_cfg({"format": "e4m3fn"}).x.fmt
     for saturate in (True, False):
-        cast = OperandCast(fmt, saturate=saturate, scaling="delayed", pow2_scale=False, delayed=DelayedScaling(history_len=3))
+        cast = OperandCast(fmt, saturate=saturate, scaling="delayed", pow2_scale=False,
+                           delayed=DelayedScaling(history_len=3, algo="max", margin=0))
         amaxes, scale = torch.zeros(3), torch.ones(1)
         outs = [cast(_tensor(a, i), history=(amaxes, scale)) for i, a in enumerate(AMAXES[:4])]
         spike = outs[3]  # scaled by 448 / 4 from the history, its amax 1000 lands at 112,000 > 448

@@ -88,7 +88,7 @@ def test_delayed_scaling_saturates_when_the_amax_outgrows_its_history():
     """Transformer Engine's delayed scaling: the scale 2^floor(log2(448 / amax_history)) comes from an
     amax of 100 in the history, so 200 * 4 = 800 clips; 2^-14 * 4 = 2^-12 is below half of e4m3fn's
     smallest subnormal and flushes."""
-    cast = OperandCast(parse_format("e4m3fn"), scaling="delayed", delayed=DelayedScaling(history_len=4))
+    cast = OperandCast(parse_format("e4m3fn"), scaling="delayed", delayed=DelayedScaling(history_len=4, algo="max", margin=0))
     x = [200.0, 50.0, 2.0**-14, 0.0]
     scale = 2.0 ** math.floor(math.log2(E4M3_MAX / 100))
     assert scale == 4 and 2.0**-14 * scale < E4M3_TINY / 2
