@@ -64,11 +64,8 @@ __all__ = ["Precision", "Operand", "Operands", "Hadamard", "Delayed", "Accumulat
            "PrecisionConfig", "KeptLayers"]
 
 
-def _choice(default: str, choices: tuple[str, ...]) -> Any:
-    return field(default=default, metadata={"choices": choices})  # precisionlab.config.validate checks it
-
-
-# ---- the schema: the `precision` group's keys and defaults (the fp32 preset's values)
+# ---- the schema: the `precision` group's keys and defaults (the fp32 preset's values); a field's
+# "choices" are what precisionlab.config.validate accepts (as ModelConfig's arch)
 
 
 @dataclass
@@ -97,7 +94,7 @@ class Operands:
 class Hadamard:
     size: int = 0                       # 0: off; 16, 32 or 128: block size of the random Hadamard transform
     gemms: List[str] = field(default_factory=lambda: ["wgrad"])  # which GEMMs rotate both operands: fwd, dgrad, wgrad
-    signs: str = _choice("fixed", SIGNS)  # fixed per layer, or per_call (fresh each call, as Quartet)
+    signs: str = field(default="fixed", metadata={"choices": SIGNS})  # fixed per layer, or per_call (fresh each call, as Quartet)
 
 
 @dataclass
@@ -105,7 +102,7 @@ class Delayed:
     """Delayed scaling (precision.scaling=delayed), as Transformer Engine's DelayedScaling recipe."""
 
     history_len: int = 1024             # amaxes kept per operand (TE's amax_history_len); >= 1
-    algo: str = _choice("max", AMAX_ALGOS)  # scale from the history's max or its most_recent amax
+    algo: str = field(default="max", metadata={"choices": AMAX_ALGOS})  # scale from the history's max or its most_recent amax
     margin: int = 0                     # scale divided by 2^margin (headroom)
 
 
@@ -116,7 +113,7 @@ class Accumulate:
     format: Optional[str] = None        # the accumulator's format, e.g. e8m13 (DeepSeek-V3's ~14 bits), bf16, fp16; null: fp32 GEMMs
     k: int = 1                          # products added between two roundings of the accumulator
     promote: int = 0                    # add it to an fp32 total every N elements of K (DeepSeek: 128); 0: never
-    rounding: str = _choice("nearest_even", ACCUMULATE_ROUNDINGS)
+    rounding: str = field(default="nearest_even", metadata={"choices": ACCUMULATE_ROUNDINGS})
     gemms: List[str] = field(default_factory=lambda: ["fwd", "dgrad", "wgrad"])  # which GEMMs accumulate so
 
 
@@ -148,10 +145,10 @@ class Precision:
     x: str = "${.format}"               # forward activation input of each GEMM
     w: str = "${.format}"               # forward weight input
     grad: str = "${.format}"            # output gradient, for both backward GEMMs
-    rounding: str = _choice("nearest_even", ROUNDING_MODES)
+    rounding: str = field(default="nearest_even", metadata={"choices": ROUNDING_MODES})
     saturate: bool = True               # overflow clamps to +-max_finite
     subnormals: bool = True             # false: flush to zero
-    scaling: str = _choice("none", SCALINGS)  # none | tensor (current amax) | delayed (amax history); element formats: block formats
+    scaling: str = field(default="none", metadata={"choices": SCALINGS})  # none | tensor (current amax) | delayed (amax history); element formats: block formats
                                         # ignore tensor (their blocks carry the scales) and refuse delayed
     pow2_scale: bool = True             # tensor/delayed scaling with power-of-two scales
     delayed: Delayed = field(default_factory=Delayed)   # delayed scaling's history
