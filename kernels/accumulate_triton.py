@@ -110,7 +110,7 @@ def accumulate_kernel(
 
 
 def accumulate_triton(a: torch.Tensor, b: torch.Tensor, acc) -> torch.Tensor:
-    """a (M, K) @ b (K, N), fp32, with the `Accumulate` spec `acc`; a new fp32 (M, N) tensor."""
+    """a (M, K) @ b (K, N), fp32, with the `Accumulator` spec `acc`; a new fp32 (M, N) tensor."""
     a, b = a.float(), b.float()
     M, K = a.shape
     N = b.shape[1]
@@ -127,7 +127,7 @@ def accumulate_triton(a: torch.Tensor, b: torch.Tensor, acc) -> torch.Tensor:
 
 
 def kernel_constexprs(acc) -> dict:
-    """The kernel's compile-time arguments for an `Accumulate`."""
+    """The kernel's compile-time arguments for an `Accumulator`."""
     return dict(MAN_BITS=acc.fmt.man_bits, EMIN=acc.fmt.emin, MAX_FINITE=acc.fmt.max_finite,
                 ROUNDING=ROUNDING_MODES.index(acc.rounding), K_CHUNK=acc.k, PROMOTE=acc.promote,
                 BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)

@@ -389,11 +389,11 @@ def sharpness(
     from precisionlab.runtime import DeviceError, resolve_device
     from precisionlab.store import StoreError
     from precisionlab.sweep.sharpness import check_batch_size, measure_checkpoints
-    from precisionlab.train import measure
+    from precisionlab.train.sharpness import Settings, check_metrics
 
     metrics = [m.strip() for item in (metric or ["logit"]) for m in item.split(",")]
     try:
-        measure.check_metrics(metrics)
+        check_metrics(metrics)
     except ValueError as err:
         fail(str(err))
     eps_given = [e.strip() for item in eps or [] for e in item.split(",")]
@@ -412,8 +412,8 @@ def sharpness(
         device = str(resolve_device(device))
     except DeviceError as err:
         fail(f"--{err}")
-    settings = measure.Settings(eps=tuple(eps or (1e-3,)), iters=iters, tol=tol, samples=samples,
-                                ascent_steps=ascent_steps, fp32=fp32)
+    settings = Settings(eps=tuple(eps or (1e-3,)), iters=iters, tol=tol, samples=samples,
+                        ascent_steps=ascent_steps, fp32=fp32)
     with _existing_store(store_path) as store:
         try:
             name = store.sweep_name(sweep_name)

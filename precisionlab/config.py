@@ -1,7 +1,8 @@
 """The one typed schema of every config group, and the checks types cannot express.
 
 Schema. Every group is a dataclass registered in Hydra's ConfigStore (a structured
-config); the YAML files under `configs/` are presets on top of them: each preset's
+config; `model`'s and `precision`'s live with the code that consumes them, ModelConfig in
+precisionlab.train.model and Precision in precisionlab.quant.recipe); the YAML files under `configs/` are presets on top of them: each preset's
 defaults list starts with its group's schema (`model/tiny.yaml`: `- /schema/model@_here_`), and
 `train.yaml` starts with the root schema (`- schema@_global_: train`, which `sweep.yaml`
 overrides with `sweep`: the same plus the `sweep` key). A field's default is the value
@@ -20,9 +21,10 @@ and exits with code 2.
 
 Validated once. `validate` returns the resolved config read-only and marked validated
 (`is_validated`); being read-only, the mark cannot go stale. `ensure_valid(cfg)` returns
-a marked config as it is and validates anything else: `train.loop.run` and
-`run.job.train_recorded` use it, so a config built in Python is validated once on the
-way in and never again. The CLI validates before Hydra starts (bad input must fail before
+a marked config as it is and validates anything else: `run.job.train_recorded` uses it, so a
+config built in Python is validated once on the way in and never again. The training stage
+(`train.loop.run`) imports nothing from here: it takes a validated config, and raises the same
+`ConfigError` (precisionlab.train.errors) for what only it can find out. The CLI validates before Hydra starts (bad input must fail before
 a run directory or store row exists): `precisionlab train` its one composed config, which
 it hands to Hydra's task function (`run.app.train_main`, in its process); `precisionlab
 sweep` every grid point, in `sweep.plan.plan`. Hydra composes those grid points again for
@@ -43,15 +45,14 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from precisionlab.numerics.accumulate import ACCUMULATE_ROUNDINGS
-from precisionlab.numerics.cast import ROUNDING_MODES
-from precisionlab.quant.linear import SCALINGS, PrecisionConfig, check_hadamard_dims
-from precisionlab.quant.operands import AMAX_ALGOS, SIGNS
+from precisionlab.quant.linear import check_hadamard_dims
+from precisionlab.quant.recipe import Precision, PrecisionConfig
 from precisionlab.runtime import DeviceError, resolve_device
 from precisionlab.train.branch import parse_parent
 from precisionlab.train.data import SPLITS, data_path
 from precisionlab.train.diagnostics import FAMILIES as DIAGNOSTIC_FAMILIES
-from precisionlab.train.measure import METRICS as SHARPNESS_METRICS
+from precisionlab.train.errors import ConfigError
+from precisionlab.train.sharpness import METRICS as SHARPNESS_METRICS
 from precisionlab.train.model import ModelConfig
 from precisionlab.train.optim import MASTER_ROUNDINGS, MasterFormat, MomentFormats
 
@@ -63,10 +64,6 @@ JOURNAL_MODES = ("wal", "delete")
 DIVERGENCE_RULES = ("none", "median", "factor")  # precisionlab.train.outcomes
 
 
-class ConfigError(ValueError):
-    """A config value the user must fix; the message names the key and what is accepted."""
-
-
 def choice(default: str, choices: tuple[str, ...]) -> Any:
     """A str field that takes one of `choices` (OmegaConf has no Literal; `validate` checks it)."""
     return field(default=default, metadata={"choices": choices})
@@ -74,99 +71,8 @@ def choice(default: str, choices: tuple[str, ...]) -> Any:
 
 # ---- the schema: one dataclass per group; defaults are the default presets' values
 
-# model: the model's own ModelConfig (precisionlab.train.model), so the keys are declared once.
-
-
-@dataclass
-class Operand:
-    """Overrides of one GEMM operand's cast (precisionlab.quant.operands); null: its role's value."""
-
-    format: Optional[str] = None        # element or block format name
-    rounding: Optional[str] = None      # nearest_even | nearest_away | toward_zero | stochastic
-    saturate: Optional[bool] = None
-    subnormals: Optional[bool] = None
-    scaling: Optional[str] = None       # none | tensor | delayed (element formats)
-    pow2_scale: Optional[bool] = None
-
-
-@dataclass
-class Operands:
-    fwd_x: Operand = field(default_factory=Operand)     # forward y = x W^T: x, blocks along in
-    fwd_w: Operand = field(default_factory=Operand)     # forward: W, blocks along in
-    dgrad_g: Operand = field(default_factory=Operand)   # input gradient dx = g W: g, blocks along out
-    dgrad_w: Operand = field(default_factory=Operand)   # input gradient: W, blocks along out
-    wgrad_g: Operand = field(default_factory=Operand)   # weight gradient dW = g^T x: g, blocks along tokens
-    wgrad_x: Operand = field(default_factory=Operand)   # weight gradient: x, blocks along tokens
-
-
-@dataclass
-class Hadamard:
-    size: int = 0                       # 0: off; 16, 32 or 128: block size of the random Hadamard transform
-    gemms: List[str] = field(default_factory=lambda: ["wgrad"])  # which GEMMs rotate both operands: fwd, dgrad, wgrad
-    signs: str = choice("fixed", SIGNS)  # fixed per layer, or per_call (fresh each call, as Quartet)
-
-
-@dataclass
-class Delayed:
-    """Delayed scaling (precision.scaling=delayed), as Transformer Engine's DelayedScaling recipe."""
-
-    history_len: int = 1024             # amaxes kept per operand (TE's amax_history_len); >= 1
-    algo: str = choice("max", AMAX_ALGOS)  # scale from the history's max or its most_recent amax
-    margin: int = 0                     # scale divided by 2^margin (headroom)
-
-
-@dataclass
-class Accumulate:
-    """Limited-precision accumulation of the GEMMs' partial sums (precisionlab.numerics.accumulate)."""
-
-    format: Optional[str] = None        # the accumulator's format, e.g. e8m13 (DeepSeek-V3's ~14 bits), bf16, fp16; null: fp32 GEMMs
-    k: int = 1                          # products added between two roundings of the accumulator
-    promote: int = 0                    # add it to an fp32 total every N elements of K (DeepSeek: 128); 0: never
-    rounding: str = choice("nearest_even", ACCUMULATE_ROUNDINGS)
-    gemms: List[str] = field(default_factory=lambda: ["fwd", "dgrad", "wgrad"])  # which GEMMs accumulate so
-
-
-@dataclass
-class Keep:
-    format: str = "bf16"                # what kept layers use (fp32: they stay nn.Linear)
-    first: int = 0                      # keep the first k transformer blocks
-    last: int = 0                       # keep the last k transformer blocks (NVFP4 recipe)
-    match: List[str] = field(default_factory=list)  # and the Linear layers matching these fnmatch patterns
-
-
-@dataclass
-class Attention:
-    """Casts of the attention matmuls q.k^T and p.v and of their four backward GEMMs
-    (precisionlab.quant.attention); a tensor's null options are the precision group's (format: attention.format)."""
-
-    format: str = "fp32"                # every tensor below unless overridden; fp32: nothing cast (fused SDPA)
-    q: Operand = field(default_factory=Operand)     # queries: blocks along D (scores), along queries (dk)
-    k: Operand = field(default_factory=Operand)     # keys: blocks along D (scores), along keys (dq)
-    p: Operand = field(default_factory=Operand)     # softmax probabilities: blocks along keys (y), along queries (dv)
-    v: Operand = field(default_factory=Operand)     # values: blocks along keys (y), along D (dp)
-    grad: Operand = field(default_factory=Operand)  # gradients dS of the scores and dy of the output, along each GEMM's reduction axis
-
-
-@dataclass
-class Precision:
-    name: str = "fp32"                  # the preset's name, a label
-    format: str = "fp32"                # sets all three roles unless they are overridden
-    x: str = "${.format}"               # forward activation input of each GEMM
-    w: str = "${.format}"               # forward weight input
-    grad: str = "${.format}"            # output gradient, for both backward GEMMs
-    rounding: str = choice("nearest_even", ROUNDING_MODES)
-    saturate: bool = True               # overflow clamps to +-max_finite
-    subnormals: bool = True             # false: flush to zero
-    scaling: str = choice("none", SCALINGS)  # none | tensor (current amax) | delayed (amax history)
-    pow2_scale: bool = True             # tensor/delayed scaling with power-of-two scales
-    delayed: Delayed = field(default_factory=Delayed)   # delayed scaling's history
-    exclude: List[str] = field(default_factory=list)  # Linear layers kept in fp32 (fnmatch on module names)
-    operands: Operands = field(default_factory=Operands)  # per-operand overrides of the roles
-    hadamard: Hadamard = field(default_factory=Hadamard)
-    keep: Keep = field(default_factory=Keep)            # layers kept in keep.format
-    accumulate: Accumulate = field(default_factory=Accumulate)  # the GEMMs' accumulator
-    weight_grad: str = "fp32"           # dW after its GEMM cast to this format, per-tensor scaled unless scaling=none (MS-AMP O1)
-    attention: Attention = field(default_factory=Attention)  # the attention matmuls' casts (delayed scaling: current there)
+# model: the model's own ModelConfig (precisionlab.train.model); precision: the recipe's own Precision
+# (precisionlab.quant.recipe), which builds the casts from it: so their keys and defaults are declared once.
 
 
 @dataclass

@@ -15,7 +15,7 @@ import time
 import torch
 from torch import nn
 
-from precisionlab.analysis.sharpness import hessian_top_eigenvalue, hessian_trace, keskar_sharpness, model_logit_sharpness
+from precisionlab.train.sharpness import hessian_top_eigenvalue, hessian_trace, keskar_sharpness, model_logit_sharpness
 
 
 class StandInLM(nn.Module):

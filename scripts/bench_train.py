@@ -25,7 +25,7 @@ from precisionlab.config import validate
 from precisionlab.runtime import resolve_device
 from precisionlab.train.checkpoint import build_model
 from precisionlab.train.data import get_batch, load_dataset
-from precisionlab.train.diagnostics import Diagnostics
+from precisionlab.train.diagnostics import StepDiagnostics
 from precisionlab.train.optim import MasterFormat, MomentFormats, build_optimizer, round_master, round_moments
 
 VARIANTS = {
@@ -65,7 +65,7 @@ def make_step(cfg, device, tokens):
     master = MasterFormat.from_cfg(cfg.optim)
     round_master(model, master, cfg.seed, 0)
     gen = torch.Generator().manual_seed(cfg.seed)
-    diagnostics = Diagnostics.from_cfg(cfg, recorder=_Rows())
+    diagnostics = StepDiagnostics.from_cfg(cfg, recorder=_Rows())
     count = 0
 
     def step():

@@ -34,7 +34,7 @@ import torch
 from triton.testing import do_bench
 
 from precisionlab import quantize
-from precisionlab.numerics.accumulate import Accumulate, accumulate_matmul, parse_accumulator
+from precisionlab.numerics.accumulate import Accumulator, accumulate_matmul, parse_accumulator
 
 ML = {"e4m3fn": ml_dtypes.float8_e4m3fn, "e5m2": ml_dtypes.float8_e5m2, "e4m3fnuz": ml_dtypes.float8_e4m3fnuz,
       "e5m2fnuz": ml_dtypes.float8_e5m2fnuz, "e3m4": ml_dtypes.float8_e3m4, "e4m3": ml_dtypes.float8_e4m3,
@@ -131,7 +131,7 @@ def check_accumulate_bits() -> int:
     for fmt in ("e8m13", "bf16", "fp16"):
         for k, promote in [(1, 0), (32, 0), (32, 128), (1000, 0)]:
             for rounding in ("nearest_even", "toward_zero"):
-                acc = Accumulate(parse_accumulator(fmt), k, promote, rounding)
+                acc = Accumulator(parse_accumulator(fmt), k, promote, rounding)
                 gpu = accumulate_matmul(a.cuda(), b.cuda(), acc, backend="triton").cpu()
                 if not same(gpu, accumulate_matmul(a, b, acc, backend="torch")):
                     print(f"MISMATCH accumulate kernel vs torch path: {acc} {rounding}")
@@ -140,7 +140,7 @@ def check_accumulate_bits() -> int:
     a, b = torch.randn(1024, 1024, device="cuda"), torch.randn(1024, 512, device="cuda")
     t_mm = do_bench(lambda: a @ b)
     for k in (1, 32, 128):
-        acc = Accumulate(parse_accumulator("e8m13"), k)
+        acc = Accumulator(parse_accumulator("e8m13"), k)
         t = do_bench(lambda: accumulate_matmul(a, b, acc))
         print(f"accumulate e8m13 k={k:<4} 1024x1024x512: {t:8.3f} ms = {t / t_mm:8.1f}x torch fp32 matmul ({t_mm:.3f} ms)")
     return cases

@@ -135,6 +135,15 @@ def test_sweep_keys_are_typed_in_the_sweep_config_only():
     (["data.source=web"], ConfigError, "data.source must be one of stdlib, text, tokens; got 'web'"),
     (["device=tpu"], ConfigError, "device must be auto, cpu, cuda or cuda:N; got 'tpu'"),
     (["train.seq_len=32", "model.block_size=16"], ConfigError, "train.seq_len must be <= model.block_size (16); got 32"),
+    # combinations that were silently reinterpreted: delayed scaling on block formats and on the attention casts
+    (["precision=fp8_delayed", "precision.format=mxfp8"], ConfigError,
+     "precision.scaling=delayed needs an element format, but operand fwd_x casts to block format 'mxfp8'"),
+    (["precision=fp8_delayed", "precision.operands.wgrad_g.format=mxfp4"], ConfigError,
+     "precision.scaling=delayed needs an element format, but operand wgrad_g casts to block format 'mxfp4'"),
+    (["precision=mxfp8", "precision.operands.fwd_w.scaling=delayed"], ConfigError,
+     "precision.operands.fwd_w.scaling=delayed needs an element format, but operand fwd_w casts to block format 'e4m3fn/b32/e8m0/rceil'"),
+    (["precision=fp8_delayed", "precision.attention.format=e4m3fn"], ConfigError,
+     "precision.scaling=delayed does not reach the attention casts (they keep no amax history), but attention casts q"),
 ])
 def test_what_types_cannot_say_is_checked_by_validate(overrides, error, message):
     cfg = compose_train(*overrides)  # composes: these are well-typed
@@ -180,9 +189,7 @@ def test_train_recorded_and_run_validate_once(checks, tmp_path, monkeypatch):
     assert result.status == "completed" and len(checks) == 1
     cfg = validate(compose_train("train.steps=2"))
     run(cfg, recorder=MemoryRecorder())
-    assert len(checks) == 2  # validate's, not run's
-    run(compose_train("train.steps=2"), recorder=MemoryRecorder())
-    assert len(checks) == 3  # a config from Python: run validates it
+    assert len(checks) == 2  # validate's, not run's: run takes a validated config (the training stage imports no config)
 
 
 @pytest.mark.slow
@@ -198,6 +205,18 @@ def test_train_and_sweep_commands_validate_each_run_once(checks, tmp_path, monke
 
 
 # ---- bad input through the console script: one line, exit 2, nothing written
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (["precision=fp8_delayed", "precision.format=mxfp8"], "precision.scaling=delayed needs an element format"),
+    (["precision=fp8_delayed", "precision.attention.format=e4m3fn"], "precision.scaling=delayed does not reach the attention casts"),
+])
+def test_a_refused_precision_combination_is_one_line_exit_2(overrides, fragment, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["train", *MICRO, *overrides])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {fragment}"), result.output
+    assert list(tmp_path.iterdir()) == []
 
 TRAIN_CASES = [
     (["+foo=1"], "foo is not a config key; the top level takes model, precision,"),

@@ -1,3 +1,3 @@
-"""What the numbers say: sharpness metrics (sharpness.py), the report's arithmetic (report.py), its text
+"""What the numbers say: the report's arithmetic (report.py), its text
 tables (tables.py), figures (plots.py) and documents (render.py).
 """

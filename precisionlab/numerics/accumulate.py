@@ -1,4 +1,4 @@
-"""GEMMs whose partial sums are kept in a reduced format: `Accumulate`, `accumulate_matmul`.
+"""GEMMs whose partial sums are kept in a reduced format: `Accumulator`, `accumulate_matmul`.
 
 The spec (what `precision.accumulate` emulates). C = A . B with A (M, K), B (K, N). Along K the
 products are taken in consecutive chunks of `k` (the last chunk may be shorter). An accumulator
@@ -38,13 +38,13 @@ from precisionlab.numerics.blocks import parse_format
 from precisionlab.numerics.cast import ROUNDING_MODES, quantize
 from precisionlab.numerics.formats import FloatFormat
 
-__all__ = ["Accumulate", "accumulate_matmul", "ACCUMULATE_ROUNDINGS", "parse_accumulator"]
+__all__ = ["Accumulator", "accumulate_matmul", "ACCUMULATE_ROUNDINGS", "parse_accumulator"]
 
 ACCUMULATE_ROUNDINGS = tuple(mode for mode in ROUNDING_MODES if mode != "stochastic")
 
 
 @dataclass(frozen=True)
-class Accumulate:
+class Accumulator:
     """A GEMM accumulator: its format, rounding cadence and fp32 promotion interval."""
 
     fmt: FloatFormat  # the accumulator's format (no wider than fp32, with Inf)
@@ -82,7 +82,7 @@ def parse_accumulator(name: str) -> FloatFormat:
     return fmt
 
 
-def accumulate_matmul(a: torch.Tensor, b: torch.Tensor, acc: Accumulate, backend: str = "auto") -> torch.Tensor:
+def accumulate_matmul(a: torch.Tensor, b: torch.Tensor, acc: Accumulator, backend: str = "auto") -> torch.Tensor:
     """a (M, K) @ b (K, N) with the partial sums per the module's spec; fp32 (M, N).
 
     backend: "torch" (a blocked loop: one float64 addmm and one `quantize` per chunk), "triton"

@@ -1,6 +1,6 @@
 """Simulated low-precision attention matmuls: an explicit attention path swapped in for SDPA.
 
-When `precision.attention` casts something (`AttentionCasts`, in `precisionlab.quant.operands`),
+`Attend` is the models' attention core (fused SDPA, uncast). When `precision.attention` casts something (`AttentionCasts`, in `precisionlab.quant.operands`),
 `convert_attention` swaps every block's `Attend` (fused SDPA, uncast) for a `QuantAttend`, which
 writes causal attention out (B batch, H heads, T tokens, D head size):
 
@@ -34,10 +34,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from precisionlab.quant.operands import AttentionCasts, CountsCalls, LayerCasts, _mix_seed
-from precisionlab.train.model import Attend
+from precisionlab.quant.operands import AttentionCasts, CountsCalls, LayerCasts, mix_seed
 
-__all__ = ["QuantAttend", "convert_attention"]
+__all__ = ["Attend", "QuantAttend", "convert_attention"]
 
 _FIRST_SLOT = 16  # seed slots 16-27: the two GEMMs' six operands
 _NO_SEEDS = (0,) * 12
@@ -75,6 +74,19 @@ class _QuantMatmulFn(torch.autograd.Function):
         return grad_a, grad_b, None, None, None
 
 
+class Attend(nn.Module):
+    """Causal softmax attention of q, k, v (B, H, T, D) -> (B, H, T, D), fused (SDPA, uncast): the model's
+    attention core (precisionlab.train.model), a module of its own so that `convert_attention` can swap it
+    for a cast path, as `convert_model` swaps nn.Linear."""
+
+    def __init__(self, dropout: float):
+        super().__init__()
+        self.dropout = dropout  # on the attention probabilities, in training mode
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+
+
 class QuantAttend(CountsCalls, Attend):
     """`Attend` on the explicit path, its matmuls cast (see the module docstring)."""
 
@@ -89,7 +101,7 @@ class QuantAttend(CountsCalls, Attend):
         scores, output = self.casts.scores, self.casts.output
         seeds = _NO_SEEDS
         if scores.needs_seeds or output.needs_seeds:
-            seeds = tuple(_mix_seed(self.seed, self.index, self.calls, _FIRST_SLOT + slot) for slot in range(12))
+            seeds = tuple(mix_seed(self.seed, self.index, self.calls, _FIRST_SLOT + slot) for slot in range(12))
         self.calls += 1
         s = _QuantMatmulFn.apply(q, k, scores, seeds[:6], (self.name, "scores")) / math.sqrt(D)  # (B, H, T, T)
         causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()  # query i sees keys <= i

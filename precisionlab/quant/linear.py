@@ -33,7 +33,7 @@ import fnmatch
 import functools
 import logging
 import re
-from typing import Any
+from collections.abc import Mapping
 
 import torch
 import torch.nn as nn
@@ -41,23 +41,12 @@ import torch.nn.functional as F
 
 from precisionlab.numerics.hadamard import hadamard_matrix, hadamard_transform, random_signs
 from precisionlab.quant.attention import convert_attention
-from precisionlab.quant.operands import (
-    GEMMS,
-    OPERANDS,
-    ROLES,
-    SCALINGS,
-    CountsCalls,
-    LayerCasts,
-    OperandCast,
-    PrecisionConfig,
-    RoleCast,
-    _mix_seed,
-)
+from precisionlab.quant.operands import GEMMS, OPERANDS, CountsCalls, LayerCasts, mix_seed
+from precisionlab.quant.recipe import PrecisionConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RoleCast", "DELAYED_STATE", "OperandCast", "LayerCasts", "PrecisionConfig", "QuantLinear", "convert_model",
-           "ROLES", "SCALINGS"]
+__all__ = ["DELAYED_STATE", "QuantLinear", "convert_model", "check_hadamard_dims"]
 
 DELAYED_STATE = ("amax_history", "delayed_scale")  # a QuantLinear's delayed-scaling buffers, when it has them
 _NO_SEEDS = (0,) * 9
@@ -165,10 +154,10 @@ class QuantLinear(CountsCalls, nn.Linear):
         seeds = _NO_SEEDS
         casts = self.casts
         if casts.needs_seeds:
-            per_call = (_mix_seed(self.seed, self.index, self.calls, slot) for slot in range(9))
+            per_call = (mix_seed(self.seed, self.index, self.calls, slot) for slot in range(9))
             seeds = tuple(per_call)
         if casts.hadamard and not casts.per_call_signs:  # fixed signs: one draw per layer and GEMM
-            seeds = seeds[:6] + tuple(_mix_seed(self.seed, self.index, 6 + g) for g in range(len(GEMMS)))
+            seeds = seeds[:6] + tuple(mix_seed(self.seed, self.index, 6 + g) for g in range(len(GEMMS)))
         self.calls += 1
         history = tuple(self._buffers[name] for name in DELAYED_STATE) if DELAYED_STATE[0] in self._buffers else None
         return _QuantLinearFn.apply(x, self.weight, self.bias, casts, seeds, history, self.name)
@@ -177,15 +166,17 @@ class QuantLinear(CountsCalls, nn.Linear):
         return f"{super().extra_repr()}, {self.casts.describe()}"
 
 
-def convert_model(model: nn.Module, precision: Any, seed: int = 0) -> nn.Module:
+def convert_model(model: nn.Module, precision: PrecisionConfig | Mapping, seed: int = 0) -> nn.Module:
     """Swap every `nn.Linear` not matching `precision.exclude` for a `QuantLinear`, and when
     `precision.attention` casts, every attention core (`Attend`) for a `QuantAttend`, in place.
 
-    `precision` is a `PrecisionConfig` or a `precision` config node. `seed` (the run seed)
-    keys stochastic rounding and Hadamard signs. Layers that `precision.keep` matches get the
-    keep format. Returns `model`; a precision without casts leaves it untouched.
+    `precision` is the recipe (`PrecisionConfig.from_cfg` of the run's `precision` node), or a
+    precision node or dict of its keys (`{"format": "e4m3", "exclude": ["lm_head"]}`), built here. `seed`
+    (the run seed) keys stochastic rounding and Hadamard signs. Layers that `precision.keep` matches
+    get the keep format. Returns `model`; a precision without casts leaves it untouched.
     """
-    precision = PrecisionConfig.from_cfg(precision)
+    if not isinstance(precision, PrecisionConfig):
+        precision = PrecisionConfig.from_cfg(precision)
     if precision.is_fp32:
         return model
     linears = [(name, module) for name, module in model.named_modules() if type(module) is nn.Linear]
@@ -216,10 +207,9 @@ def _block_of(name: str) -> int | None:
     return None if match is None else int(match[1])
 
 
-def check_hadamard_dims(model: nn.Module, precision: Any, tokens: int) -> None:
+def check_hadamard_dims(model: nn.Module, precision: PrecisionConfig, tokens: int) -> None:
     """ValueError naming `precision.hadamard.size` when a GEMM it rotates has a reduction axis
     (in features, out features, or `tokens` = batch x sequence) that is not a multiple of it."""
-    precision = PrecisionConfig.from_cfg(precision)
     linears = [(name, module) for name, module in model.named_modules() if type(module) is nn.Linear]
     for name, module, casts in _planned(linears, precision):
         if casts is None or not casts.hadamard:

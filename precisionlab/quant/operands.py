@@ -1,5 +1,5 @@
-"""What each GEMM operand of a linear layer is cast to: `OperandCast`, `LayerCasts`, `PrecisionConfig`;
-and those of the attention matmuls: `AttentionCasts`.
+"""What each GEMM operand of a linear layer is cast to: `OperandCast`, `LayerCasts`; and those of
+the attention matmuls: `AttentionCasts` (precisionlab.quant.recipe builds them from the `precision` config).
 
 A linear layer runs three GEMMs, each with two operands cast along that GEMM's reduction axis
 (README, "Casts in training: six operands"):
@@ -31,22 +31,19 @@ per-tensor overrides, and the precision group's shared options.
 
 from __future__ import annotations
 
-import fnmatch
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 
-from precisionlab.numerics.accumulate import Accumulate, accumulate_matmul, parse_accumulator
-from precisionlab.numerics.blocks import BlockFormat, parse_format
-from precisionlab.numerics.cast import ROUNDING_MODES, amax_scale, block_scaled, quantize, quantize_scaled, tensor_scale
+from precisionlab.numerics.accumulate import Accumulator, accumulate_matmul
+from precisionlab.numerics.blocks import BlockFormat
+from precisionlab.numerics.cast import amax_scale, block_scaled, quantize, quantize_scaled, tensor_scale
 from precisionlab.numerics.formats import FloatFormat
-from precisionlab.numerics.hadamard import HADAMARD_SIZES
 
-__all__ = ["OperandCast", "RoleCast", "LayerCasts", "AttentionCasts", "PrecisionConfig", "ROLES", "OPERANDS", "GEMMS",
-           "OPERAND_ROLE", "SEED_SLOT", "ATTENTION_TENSORS", "SCALINGS", "AMAX_ALGOS", "SIGNS", "OPTIONS", "Delayed",
-           "Accumulate", "CountsCalls", "observing_casts"]
+__all__ = ["OperandCast", "LayerCasts", "AttentionCasts", "DelayedScaling", "ROLES", "OPERANDS", "GEMMS",
+           "OPERAND_ROLE", "SEED_SLOT", "ATTENTION_TENSORS", "SCALINGS", "AMAX_ALGOS", "SIGNS", "OPTIONS",
+           "CountsCalls", "observing_casts", "mix_seed"]
 
 ROLES = ("x", "w", "grad")
 GEMMS = ("fwd", "dgrad", "wgrad")
@@ -60,11 +57,10 @@ SCALINGS = ("none", "tensor", "delayed")
 AMAX_ALGOS = ("max", "most_recent")
 SIGNS = ("fixed", "per_call")
 OPTIONS = ("format", "rounding", "saturate", "subnormals", "scaling", "pow2_scale")
-_FP32 = FloatFormat.parse("fp32")
 _MASK63 = (1 << 63) - 1
 
 
-def _mix_seed(*parts: int) -> int:
+def mix_seed(*parts: int) -> int:
     """SplitMix64-style hash of integers into a 63-bit Philox key."""
     h = 0x9E3779B97F4A7C15
     for p in parts:
@@ -104,13 +100,14 @@ def observing_casts(observer):
 
 
 @dataclass(frozen=True)
-class Delayed:
+class DelayedScaling:
     """Delayed scaling's settings (Transformer Engine's `DelayedScaling`): the scale of a cast comes
-    from the amaxes of the operand's previous casts, not from the tensor being cast."""
+    from the amaxes of the operand's previous casts, not from the tensor being cast. No defaults:
+    the `precision.delayed` schema's (precisionlab.quant.recipe) are the only ones."""
 
-    history_len: int = 1024  # amaxes kept per operand (TE's default amax_history_len)
-    algo: str = "max"  # max over the history, or its most_recent entry (TE's amax_compute_algo)
-    margin: int = 0  # the scale is divided by 2^margin (headroom)
+    history_len: int  # amaxes kept per operand (TE's amax_history_len)
+    algo: str  # max over the history, or its most_recent entry (TE's amax_compute_algo)
+    margin: int  # the scale is divided by 2^margin (headroom)
 
 
 @dataclass(frozen=True)
@@ -123,7 +120,8 @@ class OperandCast:
     FP8 recipes' s = max_finite / amax). `scaling="delayed"` takes amax from the operand's
     history of previous amaxes instead (`delayed`; the caller passes the layer's history), so the
     scale lags the data: a tensor whose amax jumps past the history's saturates (or overflows).
-    Block formats carry their own scales and ignore both.
+    Block formats carry their own scales and ignore both (the recipe refuses delayed scaling on
+    them). The defaults are a cast with no options: what `fmt` alone means.
     """
 
     fmt: FloatFormat | BlockFormat | None
@@ -132,7 +130,11 @@ class OperandCast:
     subnormals: bool = True
     scaling: str = "none"
     pow2_scale: bool = True
-    delayed: Delayed = Delayed()
+    delayed: DelayedScaling | None = None  # scaling="delayed"'s settings
+
+    def __post_init__(self) -> None:
+        if self.scaling == "delayed" and self.delayed is None:
+            raise ValueError("OperandCast(scaling='delayed') needs its delayed=DelayedScaling(history_len, algo, margin)")
 
     @property
     def stochastic(self) -> bool:
@@ -203,9 +205,6 @@ class OperandCast:
         return "fp32" if self.fmt is None else str(self.fmt)
 
 
-RoleCast = OperandCast  # the three-role linear's name
-
-
 @dataclass(frozen=True)
 class LayerCasts:
     """The six operand casts of one linear layer and its Hadamard transform."""
@@ -219,7 +218,7 @@ class LayerCasts:
     hadamard: int = 0  # block size n of the transform; 0: none
     hadamard_gemms: tuple[str, ...] = ()  # of GEMMS
     per_call_signs: bool = False  # fresh signs each call (Quartet) instead of fixed ones per layer
-    accumulate: Accumulate | None = None  # the GEMMs' accumulator; None: fp32 GEMMs
+    accumulate: Accumulator | None = None  # the GEMMs' accumulator; None: fp32 GEMMs
     accumulate_gemms: tuple[str, ...] = ()  # of GEMMS: which GEMMs use it
     weight_grad: OperandCast | None = None  # the cast of dW after its GEMM (MS-AMP's FP8 weight gradients)
 
@@ -324,219 +323,3 @@ class AttentionCasts:
         if len(set(names.values())) == 1:
             return next(iter(names.values()))
         return ", ".join(f"{t}={name}" for t, name in names.items())
-
-
-@dataclass(frozen=True)
-class Keep:
-    """Layers kept in another format: module-name globs and the first / last transformer blocks."""
-
-    cast: OperandCast = OperandCast(None)  # what kept layers use (fmt None: they stay nn.Linear)
-    first: int = 0  # the first k blocks
-    last: int = 0  # the last k blocks
-    match: tuple[str, ...] = ()  # fnmatch patterns on module names
-
-    def keeps(self, name: str, block: int | None, n_blocks: int) -> bool:
-        if any(fnmatch.fnmatchcase(name, pattern) for pattern in self.match):
-            return True
-        return block is not None and (block < self.first or block >= n_blocks - self.last)
-
-
-@dataclass(frozen=True)
-class PrecisionConfig:
-    """Every layer's casts: the role defaults, the resolved six operands, and the layers that
-    keep another precision (`exclude`: fp32, `keep`: keep.format)."""
-
-    x: OperandCast  # role defaults, as configured (before per-operand overrides)
-    w: OperandCast
-    grad: OperandCast
-    casts: LayerCasts = None  # the six operands after overrides; None: from the roles
-    exclude: tuple[str, ...] = ()  # fnmatch patterns on module names, e.g. "lm_head"
-    keep: Keep = field(default_factory=Keep)
-    attention: AttentionCasts = AttentionCasts()  # every block's attention matmuls; all fp32: SDPA, uncast
-
-    def __post_init__(self) -> None:
-        if self.casts is None:
-            roles = {"x": self.x, "w": self.w, "grad": self.grad}
-            object.__setattr__(self, "casts", LayerCasts(*(roles[OPERAND_ROLE[op]] for op in OPERANDS)))
-
-    @property
-    def is_fp32(self) -> bool:
-        return self.casts.is_fp32 and self.attention.is_fp32 and (
-            self.keep.cast.fmt is None or not (self.keep.first or self.keep.last or self.keep.match))
-
-    def excludes(self, name: str) -> bool:
-        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.exclude)
-
-    def layer_casts(self, name: str, block: int | None = None, n_blocks: int = 0) -> LayerCasts | None:
-        """The casts of the linear layer `name` (in transformer block `block` of `n_blocks`, or
-        None outside the blocks); None: the layer stays an fp32 nn.Linear."""
-        if self.excludes(name):
-            return None
-        casts = LayerCasts.uniform(self.keep.cast) if self.keep.keeps(name, block, n_blocks) else self.casts
-        return None if casts.is_fp32 else casts
-
-    @classmethod
-    def from_cfg(cls, cfg: Any) -> PrecisionConfig:
-        """Build from a `precision` config node (DictConfig or dict, keys may be missing); a bad
-        value is a ValueError naming its key. Types and the shared options' allowed values are
-        the config schema's (precisionlab.config)."""
-        if isinstance(cfg, PrecisionConfig):
-            return cfg
-        cfg = _plain(cfg)
-        if cfg.get("format") is not None:
-            _parse("format", cfg["format"])  # report the key the user typed, not an interpolated role
-        shared = dict(  # the options every operand, attention's too, takes unless it overrides them
-            rounding=cfg.get("rounding", "nearest_even"),
-            saturate=bool(cfg.get("saturate", True)),
-            subnormals=bool(cfg.get("subnormals", True)),
-            scaling=cfg.get("scaling", "none"),
-            pow2_scale=bool(cfg.get("pow2_scale", True)),
-            delayed=_delayed(cfg.get("delayed") or {}),
-        )
-        roles = {r: OperandCast(_parse(r, cfg.get(r, cfg.get("format", "fp32"))), **shared) for r in ROLES}
-        overrides = cfg.get("operands") or {}
-        unknown = sorted(set(overrides) - set(OPERANDS))
-        if unknown:
-            raise ValueError(f"precision.operands.{unknown[0]} is not an operand; accepted: {', '.join(OPERANDS)}")
-        operands = [_override(f"operands.{op}", roles[OPERAND_ROLE[op]], overrides.get(op) or {}) for op in OPERANDS]
-        fwd_x_key = ("operands.fwd_x.format" if (overrides.get("fwd_x") or {}).get("format") is not None
-                     else "x" if cfg.get("x", cfg.get("format")) != cfg.get("format") else "format")
-        _one_d(fwd_x_key, operands[OPERANDS.index("fwd_x")].fmt, "fwd_x casts the activations x (batch, seq, in)")
-        size, gemms, signs = _hadamard(cfg.get("hadamard") or {})
-        accumulate, accumulate_gemms = _accumulate(cfg.get("accumulate") or {})
-        weight_grad = _parse("weight_grad", cfg.get("weight_grad", "fp32"))
-        if weight_grad is not None:  # current scaling (a delayed one would need a history of its own)
-            scaled = "none" if shared["scaling"] == "none" else "tensor"
-            weight_grad = OperandCast(weight_grad, scaling=scaled, pow2_scale=shared["pow2_scale"])
-        casts = LayerCasts(*operands, hadamard=size, hadamard_gemms=gemms, per_call_signs=signs == "per_call",
-                           accumulate=accumulate, accumulate_gemms=accumulate_gemms, weight_grad=weight_grad)
-        if size and casts.is_fp32:  # it would change nothing but the run id
-            raise ValueError(f"precision.hadamard.size={size} rotates GEMM operands before their casts, but every "
-                             "operand is fp32; set a format (precision.format, .x, .w, .grad) or hadamard.size=0")
-        return cls(**roles, casts=casts, exclude=_patterns(cfg.get("exclude")), keep=_keep(cfg.get("keep") or {}),
-                   attention=_attention(cfg.get("attention") or {}, shared))
-
-
-def _plain(cfg: Any) -> dict:
-    if isinstance(cfg, dict):
-        return dict(cfg)
-    from omegaconf import OmegaConf  # only when handed a DictConfig
-
-    return OmegaConf.to_container(cfg, resolve=True)
-
-
-def _parse(key: str, name: Any) -> FloatFormat | BlockFormat | None:
-    try:
-        fmt = parse_format(name)
-    except ValueError as err:
-        raise ValueError(f"precision.{key}: {err}") from None
-    return None if fmt == _FP32 else fmt
-
-
-def _one_d(key: str, fmt: FloatFormat | BlockFormat | None, why: str) -> None:
-    """2-D blocks (B x C) need a 2-D tensor: refuse them for an operand cast from a higher-rank one."""
-    if isinstance(fmt, BlockFormat) and fmt.block_cols > 1:
-        raise ValueError(f"precision.{key}: block format {str(fmt)!r} has 2-D blocks ({fmt.block}x{fmt.block_cols}), "
-                         f"but {why}; it takes an element format or 1-D blocks (2-D blocks suit precision.w, "
-                         f"precision.grad and the operands fwd_w, dgrad_g, dgrad_w, wgrad_g, wgrad_x)")
-
-
-def _patterns(value: Any) -> tuple[str, ...]:
-    if not value:
-        return ()
-    return (value,) if isinstance(value, str) else tuple(value)
-
-
-def _override(key: str, role: OperandCast, settings: dict) -> OperandCast:
-    """`role` with the options `settings` (config node `precision.<key>`, e.g. operands.fwd_x) sets."""
-    unknown = sorted(set(settings) - set(OPTIONS))
-    if unknown:
-        raise ValueError(f"precision.{key}.{unknown[0]} is not a config key; an operand takes {', '.join(OPTIONS)}")
-    given = {k: v for k, v in settings.items() if v is not None}
-    if "rounding" in given and given["rounding"] not in ROUNDING_MODES:
-        raise ValueError(f"precision.{key}.rounding must be one of {', '.join(ROUNDING_MODES)}; "
-                         f"got {given['rounding']!r}")
-    if "scaling" in given and given["scaling"] not in SCALINGS:
-        raise ValueError(f"precision.{key}.scaling must be one of {', '.join(SCALINGS)}; got {given['scaling']!r}")
-    changes = {("fmt" if k == "format" else k): v for k, v in given.items()}
-    if "fmt" in changes:
-        changes["fmt"] = _parse(f"{key}.format", changes["fmt"])
-    return OperandCast(**{f.name: changes.get(f.name, getattr(role, f.name)) for f in fields(OperandCast)})
-
-
-def _attention(cfg: dict, shared: dict) -> AttentionCasts:
-    """precision.attention: its format for every tensor, per-tensor overrides, the shared options.
-    Delayed scaling becomes current scaling there (an amax history would need state of its own)."""
-    unknown = sorted(set(cfg) - {"format", *ATTENTION_TENSORS})
-    if unknown:
-        raise ValueError(f"precision.attention.{unknown[0]} is not a config key; attention takes format, "
-                         f"{', '.join(ATTENTION_TENSORS)}")
-    scaling = "tensor" if shared["scaling"] == "delayed" else shared["scaling"]
-    base = OperandCast(_parse("attention.format", cfg.get("format", "fp32")), **{**shared, "scaling": scaling})
-    tensors = {t: _override(f"attention.{t}", base, cfg.get(t) or {}) for t in ATTENTION_TENSORS}
-    for t, cast in tensors.items():
-        given = "format" if (cfg.get(t) or {}).get("format") is None else f"{t}.format"
-        _one_d(f"attention.{given}", cast.fmt, f"attention's {t} is a 4-D tensor (batch, head, seq, ...)")
-        if cast.scaling == "delayed":
-            raise ValueError(f"precision.attention.{t}.scaling must be none or tensor (attention casts keep no amax "
-                             "history); got 'delayed'")
-    return AttentionCasts(**tensors)
-
-
-def _hadamard(cfg: dict) -> tuple[int, tuple[str, ...], str]:
-    size = cfg.get("size", 0)
-    if size not in (0, *HADAMARD_SIZES):
-        raise ValueError(f"precision.hadamard.size must be 0 (off) or one of {', '.join(map(str, HADAMARD_SIZES))}; "
-                         f"got {size!r}")
-    gemms = tuple(cfg.get("gemms", ("wgrad",)))
-    bad = [g for g in gemms if g not in GEMMS]
-    if bad or (size and not gemms):
-        raise ValueError(f"precision.hadamard.gemms must be a non-empty list of {', '.join(GEMMS)}; got {list(gemms)!r}")
-    signs = cfg.get("signs", "fixed")
-    if signs not in SIGNS:
-        raise ValueError(f"precision.hadamard.signs must be one of {', '.join(SIGNS)}; got {signs!r}")
-    return size, (tuple(g for g in GEMMS if g in gemms) if size else ()), signs
-
-
-def _delayed(cfg: dict) -> Delayed:
-    default = Delayed()
-    history_len = cfg.get("history_len", default.history_len)
-    algo, margin = cfg.get("algo", default.algo), cfg.get("margin", default.margin)
-    if isinstance(history_len, bool) or not isinstance(history_len, int) or history_len < 1:
-        raise ValueError(f"precision.delayed.history_len must be an integer >= 1 (amaxes kept); got {history_len!r}")
-    if algo not in AMAX_ALGOS:
-        raise ValueError(f"precision.delayed.algo must be one of {', '.join(AMAX_ALGOS)}; got {algo!r}")
-    if isinstance(margin, bool) or not isinstance(margin, int) or not 0 <= margin <= 64:
-        raise ValueError(f"precision.delayed.margin must be an integer in 0..64 (the scale is divided by 2^margin); "
-                         f"got {margin!r}")
-    return Delayed(history_len, algo, margin)
-
-
-def _accumulate(cfg: dict) -> tuple[Accumulate | None, tuple[str, ...]]:
-    name = cfg.get("format")
-    if name is None:
-        return None, ()
-    gemms = tuple(cfg.get("gemms", GEMMS))
-    if not gemms or any(g not in GEMMS for g in gemms):
-        raise ValueError(f"precision.accumulate.gemms must be a non-empty list of {', '.join(GEMMS)}; got {list(gemms)!r}")
-    try:
-        fmt = parse_accumulator(name)
-    except ValueError as err:
-        raise ValueError(f"precision.accumulate.format: {err}") from None
-    settings = {f.name: cfg[f.name] for f in fields(Accumulate) if f.name != "fmt" and f.name in cfg}
-    try:
-        accumulate = Accumulate(fmt, **settings)
-    except ValueError as err:  # its message starts with the setting's name
-        raise ValueError(f"precision.accumulate.{err}") from None
-    return accumulate, tuple(g for g in GEMMS if g in gemms)
-
-
-def _keep(cfg: dict) -> Keep:
-    for key in ("first", "last"):
-        value = cfg.get(key, 0)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"precision.keep.{key} must be an integer >= 0 (blocks); got {value!r}")
-    fmt = _parse("keep.format", cfg.get("format", "bf16"))
-    _one_d("keep.format", fmt, "kept layers cast their activations x (batch, seq, in) with it too")
-    return Keep(OperandCast(fmt), cfg.get("first", 0),
-                cfg.get("last", 0), _patterns(cfg.get("match")))

@@ -18,15 +18,17 @@ OUTCOMES = ("completed", "diverged", "failed")
 DONE = ("completed", "diverged")  # never recomputed unless forced
 
 # Where the runs table's columns come from in a run's config: the first
-# present dotted path wins; absent everywhere -> NULL. A format given as a
-# mapping contributes its "format" (or "name") entry.
+# present dotted path wins; absent everywhere -> NULL. `model` is the architecture
+# (gpt2, llama): a model preset (tiny, gpt2_124m, ...) leaves no name in the config,
+# its sizes are in the config column. A role's format falls back to precision.format
+# for a config built in Python without the roles.
 CONFIG_COLUMNS = {
-    "model": ("model.name", "model.preset", "model.arch", "model"),
-    "format_x": ("precision.x.format", "precision.x", "precision.formats.x", "precision.format", "precision.name"),
-    "format_w": ("precision.w.format", "precision.w", "precision.formats.w", "precision.format", "precision.name"),
-    "format_grad": ("precision.grad.format", "precision.grad", "precision.formats.grad", "precision.format", "precision.name"),
+    "model": ("model.arch",),
+    "format_x": ("precision.x", "precision.format"),
+    "format_w": ("precision.w", "precision.format"),
+    "format_grad": ("precision.grad", "precision.format"),
     "rounding": ("precision.rounding",),
-    "lr": ("optim.lr", "lr"),
+    "lr": ("optim.lr",),
     "seed": ("seed",),
 }
 

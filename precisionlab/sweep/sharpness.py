@@ -2,8 +2,9 @@
 
 Each checkpoint lacking a (metric, params) value is claimed in the store (so concurrent
 processes split the work, and a claim of a dead process is taken over), loaded, measured on the run's first
-fixed validation batch exactly as training measures it (`precisionlab.train.measure`),
-and every value is written to the store as soon as it is known.
+fixed validation batch exactly as training measures it (`precisionlab.train.sharpness`),
+and every value is written to the store as soon as it is known. The CLI (`precisionlab sharpness`)
+only parses its options and prints what this module returns.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from precisionlab.config import memory_shortfall
-from precisionlab.quant.operands import PrecisionConfig
+from precisionlab.quant.recipe import PrecisionConfig
 from precisionlab.train.checkpoint import load_checkpoint
 from precisionlab.train.data import load_dataset
 from precisionlab.train.loop import eval_batches
-from precisionlab.train.measure import Settings, is_fp32, measure, params_key, planned
+from precisionlab.train.sharpness import Settings, measure, params_key, planned
 
 __all__ = ["Outcome", "measure_checkpoints"]
 
@@ -67,10 +68,13 @@ def measure_checkpoints(store: Any, sweep: str, metrics: Sequence[str], settings
     bar = tqdm(checkpoints.itertuples(), total=len(checkpoints), unit="checkpoint", desc=f"sharpness {sweep}",
                file=sys.stderr, dynamic_ncols=True, disable=None if progress is None else not progress)
     configs = {r.run_id: r.config for r in store.runs(sweep=sweep).itertuples()}
+    run_is_fp32 = {}  # run id -> whether its recipe casts nothing, built once per run
     for row in bar:
         config = configs[row.run_id]
         size = batch_size or int(config["train"]["batch_size"])
-        pairs = planned(metrics, settings, size, run_is_fp32=is_fp32(config))
+        if row.run_id not in run_is_fp32:
+            run_is_fp32[row.run_id] = PrecisionConfig.from_cfg(config["precision"]).is_fp32
+        pairs = planned(metrics, settings, size, run_is_fp32=run_is_fp32[row.run_id])
         todo = [(m, p) for m, p in pairs if (row.run_id, int(row.step), m, params_key(p)) not in have]
         outcome.skipped += len(pairs) - len(todo)
         claimed = []  # claimed in the store first, so a concurrent process never measures the same value

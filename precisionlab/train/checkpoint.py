@@ -27,6 +27,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from precisionlab.quant.linear import convert_model
+from precisionlab.quant.recipe import PrecisionConfig
 from precisionlab.train.model import LM, ModelConfig
 
 __all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "CheckpointError", "CheckpointRef", "build_model", "checkpoint_path",
@@ -47,10 +48,13 @@ class CheckpointRef(NamedTuple):
     step: int
 
 
-def build_model(cfg: Any) -> LM:
-    """The model of `cfg.model` with `cfg.precision`'s quantized GEMMs (on CPU; seed torch first)."""
+def build_model(cfg: Any, precision: PrecisionConfig | None = None) -> LM:
+    """The model of `cfg.model` with the quantized GEMMs of `precision`, the recipe of `cfg.precision`
+    (built here when not given) (on CPU; seed torch first)."""
     model = LM(ModelConfig(**cfg.model))
-    return convert_model(model, cfg.precision, seed=int(cfg.seed))
+    if precision is None:
+        precision = PrecisionConfig.from_cfg(cfg.precision)
+    return convert_model(model, precision, seed=int(cfg.seed))
 
 
 class Checkpoint(NamedTuple):

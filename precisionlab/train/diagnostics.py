@@ -49,17 +49,17 @@ import torch
 from torch import Tensor, nn
 
 from precisionlab.quant.operands import OperandCast, observing_casts
-from precisionlab.train.measure import fp32_twin
+from precisionlab.train.sharpness import fp32_twin
 from precisionlab.train.model import LM, CausalSelfAttention
 
-__all__ = ["FAMILIES", "Diagnostics", "Probe", "CastSites", "cast_stats", "fidelity"]
+__all__ = ["FAMILIES", "StepDiagnostics", "Probe", "CastSites", "cast_stats", "fidelity"]
 
 FAMILIES = ("casts", "grad_fidelity", "proxies")
 Row = tuple[str, str, float]  # (site, name, value)
 Objective = Callable[[Tensor, Tensor], Tensor]  # (logits, loss) -> what the run differentiates
 
 
-class Diagnostics:
+class StepDiagnostics:
     """When to observe a step (`diagnostics.every`), what (`families`) and where rows go (`hook`,
     the recorder's `diagnostics(step, rows)`; without one, nothing is measured)."""
 
@@ -67,9 +67,10 @@ class Diagnostics:
         self.every, self.families, self.hook = every, tuple(families), hook
 
     @classmethod
-    def from_cfg(cls, cfg: Any, recorder: Any) -> Diagnostics:
-        d = cfg.get("diagnostics") or {}
-        return cls(int(d.get("every", 0)), tuple(d.get("families", FAMILIES)), getattr(recorder, "diagnostics", None))
+    def from_cfg(cls, cfg: Any, recorder: Any) -> StepDiagnostics:
+        """From a composed config's `diagnostics` group (its defaults are the schema's)."""
+        d = cfg.diagnostics
+        return cls(int(d.every), tuple(d.families), getattr(recorder, "diagnostics", None))
 
     def at(self, step: int, model: LM, batch: tuple[Tensor, Tensor], objective: Objective):
         """The context to run training step `step` in (forward, backward, optimizer step): a `Probe`

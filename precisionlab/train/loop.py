@@ -8,12 +8,13 @@ at `train.checkpoint_steps` / every `train.checkpoint_every` steps.
 
 Outcomes, the divergence rules (when a run stops early) and loss spikes: `precisionlab.train.outcomes`.
 User-config errors (`ConfigError`, `DataError`) are raised by `precisionlab.config.validate`
-and before the first step, so nothing is recorded for a run that cannot start.
+(which the callers run: `run` takes a validated config) and before the first step, so nothing is
+recorded for a run that cannot start.
 
 
 Sharpness: with `sharpness.every=N` the `sharpness.metrics` are measured every N
 steps (after that step's checkpoint) on the first fixed validation batch, exactly as
-`precisionlab sharpness` measures a checkpoint (precisionlab.train.measure), and reported
+`precisionlab sharpness` measures a checkpoint (precisionlab.train.sharpness), and reported
 through the recorder's optional `sharpness` hook. Measuring draws no random numbers,
 keeps the stochastic-rounding call counts, the weights and their gradients, so the
 curve is the same as without it.
@@ -43,7 +44,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from precisionlab.config import ConfigError, ensure_valid
+from precisionlab.quant.recipe import PrecisionConfig
 from precisionlab.runtime import provenance, resolve_device
 from precisionlab.train.branch import check_weights, load_state, parse_parent, shapes
 from precisionlab.train.checkpoint import (
@@ -55,13 +56,14 @@ from precisionlab.train.checkpoint import (
     save_checkpoint,
 )
 from precisionlab.train.data import DataError, get_batch, load_dataset
-from precisionlab.train.diagnostics import Diagnostics
-from precisionlab.train.measure import Settings as SharpnessSettings
-from precisionlab.train.measure import is_fp32, measure, planned
+from precisionlab.train.diagnostics import StepDiagnostics
+from precisionlab.train.errors import ConfigError
 from precisionlab.train.model import LM
 from precisionlab.train.optim import MasterFormat, MomentFormats, build_optimizer, round_master, round_moments
 from precisionlab.train.outcomes import RunResult, SpikeCounter, make_rule
 from precisionlab.train.recorder import Recorder
+from precisionlab.train.sharpness import Settings as SharpnessSettings
+from precisionlab.train.sharpness import measure, planned
 
 __all__ = ["run", "eval_batches", "lr_at"]
 
@@ -107,10 +109,11 @@ def run(cfg: Any, recorder: Recorder | None = None, resume_from: str | os.PathLi
     (`precisionlab train` and `sweep` look it up in the results store); a `CheckpointRef` says which
     run and step the file must hold (precisionlab.train.checkpoint). `run_id` (the results store's id of
     `cfg`; default: the recorder's `run_id`, as a store's recorder has) is written into every checkpoint,
-    which goes to train.checkpoint_dir/RUN_ID/. `cfg` is validated
-    unless `precisionlab.config.validate` made it (the CLI and the sweep validate before they call this).
+    which goes to train.checkpoint_dir/RUN_ID/. `cfg` is what `precisionlab.config.validate` returns
+    (the CLI, the Hydra task and the sweep's job validate before they call this); a config composed in
+    Python without it is only resolved here, never checked.
     """
-    cfg = ensure_valid(cfg)
+    cfg = _resolved(cfg)
     t = cfg.train
     device = resolve_device(cfg.device)
     torch.set_num_threads(t.threads or os.cpu_count() or 1)
@@ -146,6 +149,15 @@ def run(cfg: Any, recorder: Recorder | None = None, resume_from: str | os.PathLi
     return result
 
 
+def _resolved(cfg: Any) -> DictConfig:
+    """`cfg` with its interpolations resolved (a validated config is resolved and read-only: itself)."""
+    if OmegaConf.is_config(cfg) and OmegaConf.is_readonly(cfg):
+        return cfg
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg) if OmegaConf.is_config(cfg) else cfg)
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
 def _read_checkpoint(source: str | os.PathLike | CheckpointRef, cfg: DictConfig, device: torch.device) -> dict:
     """The checkpoint at `source`, verified (precisionlab.train.checkpoint), whose weights fit `cfg`'s model;
     ConfigError (one line) otherwise."""
@@ -163,7 +175,8 @@ def _read_checkpoint(source: str | os.PathLike | CheckpointRef, cfg: DictConfig,
 def _train(cfg, device, batch_gen, train_tokens, val_tokens, data_meta, recorder, state, resume_from,
            result: RunResult, run_id: str | None) -> None:
     t, o = cfg.train, cfg.optim
-    model = build_model(cfg).to(device)
+    precision = PrecisionConfig.from_cfg(cfg.precision)  # the recipe, built once: the model's casts, sharpness's precision
+    model = build_model(cfg, precision).to(device)
     optimizer, moment_formats = build_optimizer(model, o), MomentFormats.from_cfg(o)
     master = MasterFormat.from_cfg(o)
     round_master(model, master, cfg.seed, 0)  # the initial weights in the master format (a resume overwrites them)
@@ -182,9 +195,9 @@ def _train(cfg, device, batch_gen, train_tokens, val_tokens, data_meta, recorder
                   {"recent": [], "step": start_step, "first": result.initial_loss, "above_since": None})
     val_batches = eval_batches(val_tokens, cfg)
     checkpoint_steps = set(t.checkpoint_steps)
-    sharpness_every = (cfg.get("sharpness") or {}).get("every", 0)
+    sharpness_every = cfg.sharpness.every
     parent = parse_parent(cfg.init.parent)
-    diagnostics, trained = Diagnostics.from_cfg(cfg, recorder), objective(o.z_loss)
+    diagnostics, trained = StepDiagnostics.from_cfg(cfg, recorder), objective(o.z_loss)
     recorder.start({
         "config": OmegaConf.to_container(cfg), "data": data_meta, "device": str(device),
         "n_params": model.num_params(),
@@ -242,7 +255,7 @@ def _train(cfg, device, batch_gen, train_tokens, val_tokens, data_meta, recorder
             result.checkpoints.append((step, str(path.resolve())))
             recorder.checkpoint(step, str(path.resolve()))
         if sharpness_every and step % sharpness_every == 0:  # after the checkpoint: the same state it holds
-            _record_sharpness(model, val_batches[0], cfg, step, recorder)
+            _record_sharpness(model, val_batches[0], cfg, precision.is_fp32, step, recorder)
     onset = rule.end()  # ran to the end: diverged if it ended above the level (rule=none, median)
     if onset is not None:
         _diverged(result, spikes, onset)
@@ -253,7 +266,7 @@ def _diverged(result: RunResult, spikes: SpikeCounter, step: int) -> None:
     result.status, result.diverged_step, result.spikes = "diverged", step, spikes.before(step)
 
 
-def _record_sharpness(model: LM, batch: tuple, cfg: DictConfig, step: int, recorder: Recorder) -> None:
+def _record_sharpness(model: LM, batch: tuple, cfg: DictConfig, run_is_fp32: bool, step: int, recorder: Recorder) -> None:
     """`sharpness.metrics` on the first fixed validation batch, as `precisionlab sharpness` measures
     them (same params, same store key); the model, RNG and gradients are left as they were."""
     hook = getattr(recorder, "sharpness", None)  # optional in the Recorder protocol
@@ -261,7 +274,7 @@ def _record_sharpness(model: LM, batch: tuple, cfg: DictConfig, step: int, recor
         return
     s = cfg.sharpness
     settings = SharpnessSettings(eps=(float(s.eps),))
-    for metric, params in planned(list(s.metrics), settings, batch[0].shape[0], run_is_fp32=is_fp32(cfg)):
+    for metric, params in planned(list(s.metrics), settings, batch[0].shape[0], run_is_fp32=run_is_fp32):
         values = measure(model, batch, metric, params)
         for name in sorted(values, key=lambda name: name == metric):
             hook(step, name, values[name], params)

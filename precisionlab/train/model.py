@@ -6,8 +6,8 @@
 Every GEMM of the model is an `nn.Linear` (attention projections, MLP,
 LM head), so `precisionlab.quant.linear.convert_model` can swap them all for
 quantized linears. The attention matmuls themselves (q @ k^T, p @ v) run in
-fp32 through `scaled_dot_product_attention`, in an `Attend` module that
-convert_model swaps for an explicit cast path when `precision.attention`
+fp32 through `scaled_dot_product_attention`, in an `Attend` module
+(precisionlab.quant.attention) that convert_model swaps for an explicit cast path when `precision.attention`
 casts them (`precisionlab.quant.attention`).
 
 Shapes: B batch, T sequence length, C = n_embd, H = n_head, D = C // H, V vocab.
@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from precisionlab.quant.attention import Attend
 
 __all__ = ["ModelConfig", "LM", "Attend", "ARCHS"]
 
@@ -91,18 +93,6 @@ def _norm(cfg: ModelConfig, width: int | None = None) -> nn.Module:
     if cfg.arch == "llama":
         return nn.RMSNorm(width, eps=cfg.norm_eps)
     return nn.LayerNorm(width, eps=cfg.norm_eps, bias=cfg.has_bias)
-
-
-class Attend(nn.Module):
-    """Causal softmax attention of q, k, v (B, H, T, D) -> (B, H, T, D), fused (SDPA, uncast). A module
-    of its own so that precisionlab.quant can swap it for a cast path, as it swaps nn.Linear."""
-
-    def __init__(self, dropout: float):
-        super().__init__()
-        self.dropout = dropout  # on the attention probabilities, in training mode
-
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
 
 
 class CausalSelfAttention(nn.Module):

@@ -21,7 +21,7 @@ copy would hold after the step, since p_old is the stored format value) and `rou
 sum into the format: nearest even (an update below half an ulp of its weight is lost: training stalls)
 or stochastically (`optim.master_rounding=stochastic`: up with probability the discarded fraction,
 so the stored weight is unbiased). The stochastic draws are keyed by the run's seed, the step and the
-parameter's index (`quant.operands._mix_seed`), so a resumed run draws the same bits.
+parameter's index (`quant.operands.mix_seed`), so a resumed run draws the same bits.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import torch
 from precisionlab.numerics.blocks import BlockFormat, parse_format
 from precisionlab.numerics.cast import quantize, quantize_scaled
 from precisionlab.numerics.formats import FloatFormat
-from precisionlab.quant.operands import _mix_seed
+from precisionlab.quant.operands import mix_seed
 
 __all__ = ["MomentFormats", "MasterFormat", "MASTER_ROUNDINGS", "build_optimizer", "round_moments", "round_master"]
 
@@ -128,5 +128,5 @@ def round_master(model: torch.nn.Module, master: MasterFormat, seed: int, step: 
         return
     stochastic = master.rounding == "stochastic"
     for index, p in enumerate(model.parameters()):  # (any shape), fp32 holding format values
-        key = _mix_seed(seed, _MASTER_TAG, step, index) if stochastic else None
+        key = mix_seed(seed, _MASTER_TAG, step, index) if stochastic else None
         p.copy_(quantize(p, master.format, rounding=master.rounding, seed=key))

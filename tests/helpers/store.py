@@ -16,7 +16,7 @@ DEAD_PID = 2**22 + 12345  # above Linux's pid_max default: never a live process
 
 def make_config(lr=1e-3, fmt="e8m3", seed=0, **extra):
     return {
-        "model": {"name": "tiny", "n_layer": 2, "n_embd": 64},
+        "model": {"arch": "llama", "n_layer": 2, "n_embd": 64},
         "precision": {"format": fmt, "rounding": "toward_zero"},
         "optim": {"lr": lr, "weight_decay": 0.1},
         "train": {"steps": 20, "device": "cpu", "threads": 1},

@@ -13,7 +13,7 @@ from triton.compiler import ASTSource
 from triton.runtime.interpreter import InterpretedFunction
 
 import precisionlab.kernels.accumulate_triton as accumulate_triton
-from precisionlab.numerics.accumulate import Accumulate, accumulate_matmul, parse_accumulator
+from precisionlab.numerics.accumulate import Accumulator, accumulate_matmul, parse_accumulator
 from helpers.ptx import ptxas_report
 
 CASES = [("e8m13", 1, 0, "nearest_even"), ("e8m13", 5, 10, "toward_zero"), ("bf16", 3, 0, "nearest_away"),
@@ -34,7 +34,7 @@ def test_interpreted_kernel_is_bit_identical_to_the_torch_path(interpreted, fmt,
     # a spread of magnitudes so e5m4 and fp16 overflow to Inf and small sums go subnormal
     a = torch.randn(37, 41, generator=g).to(torch.float8_e4m3fn).float() * 2.0 ** torch.arange(-18, 19).view(37, 1)
     b = torch.randn(41, 45, generator=g).to(torch.float8_e4m3fn).float()
-    acc = Accumulate(parse_accumulator(fmt), k, promote, rounding)
+    acc = Accumulator(parse_accumulator(fmt), k, promote, rounding)
     ours = accumulate_matmul(a, b, acc, backend="triton")
     if fmt in ("fp16", "e5m4"):
         overflow = ours.abs() == acc.fmt.max_finite if rounding == "toward_zero" else ours.isinf()
@@ -48,7 +48,7 @@ def test_interpreted_kernel_is_bit_identical_to_the_torch_path(interpreted, fmt,
 def test_triton_backend_needs_cuda_or_the_interpreter(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ValueError, match="CUDA"):
-        accumulate_matmul(torch.ones(2, 3), torch.ones(3, 2), Accumulate(parse_accumulator("bf16")), backend="triton")
+        accumulate_matmul(torch.ones(2, 3), torch.ones(3, 2), Accumulator(parse_accumulator("bf16")), backend="triton")
 
 
 SIGNATURE = {"a_ptr": "*fp32", "b_ptr": "*fp32", "c_ptr": "*fp32",
@@ -60,7 +60,7 @@ SIGNATURE = {"a_ptr": "*fp32", "b_ptr": "*fp32", "c_ptr": "*fp32",
 def test_kernel_compiles_for_gpu_without_spills(arch, tmp_path):
     for fmt, k, promote, rounding in [("e8m13", 1, 0, "nearest_even"), ("e8m13", 32, 128, "toward_zero"),
                                       ("fp16", 4, 0, "nearest_away")]:
-        constexprs = accumulate_triton.kernel_constexprs(Accumulate(parse_accumulator(fmt), k, promote, rounding))
+        constexprs = accumulate_triton.kernel_constexprs(Accumulator(parse_accumulator(fmt), k, promote, rounding))
         source = ASTSource(fn=accumulate_triton.accumulate_kernel,
                            signature={**SIGNATURE, **{name: "constexpr" for name in constexprs}}, constexprs=constexprs)
         compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32))

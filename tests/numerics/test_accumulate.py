@@ -11,9 +11,9 @@ import pytest
 import torch
 from gfloat import RoundMode, round_float
 
-from precisionlab.numerics.accumulate import Accumulate, accumulate_matmul, parse_accumulator
+from precisionlab.numerics.accumulate import Accumulator, accumulate_matmul, parse_accumulator
 from precisionlab.quant.linear import QuantLinear
-from precisionlab.quant.operands import PrecisionConfig
+from precisionlab.quant.recipe import PrecisionConfig
 from helpers.oracles import ieee_like
 
 GFLOAT_MODE = {"nearest_even": RoundMode.TiesToEven, "nearest_away": RoundMode.TiesToAway,
@@ -59,7 +59,7 @@ def bits(t: torch.Tensor) -> np.ndarray:
 @pytest.mark.parametrize("rounding", ["nearest_even", "toward_zero", "nearest_away"])
 def test_matches_the_reference_bit_for_bit(fmt, k, promote, rounding):
     a, b = e4m3_values((3, 40), 1, 4.0), e4m3_values((40, 5), 2, 2.0)
-    acc = Accumulate(parse_accumulator(fmt), k=k, promote=promote, rounding=rounding)
+    acc = Accumulator(parse_accumulator(fmt), k=k, promote=promote, rounding=rounding)
     ours = accumulate_matmul(a, b, acc)
     ref = reference(a.numpy(), b.numpy(), fmt, k, promote, rounding)
     np.testing.assert_array_equal(bits(ours), ref.view(np.uint32))
@@ -72,14 +72,14 @@ def test_large_plus_many_small_depends_on_the_rounding_cadence():
     b = torch.ones(65, 1)
     expected = {1: 16384.0, 65: 16448.0}  # k=1: swamped; k=K: round(16448) = 16448
     for k in (1, 65):
-        acc = Accumulate(parse_accumulator("e8m13"), k=k)
+        acc = Accumulator(parse_accumulator("e8m13"), k=k)
         ours = accumulate_matmul(a, b, acc)
         ref = reference(a.numpy(), b.numpy(), "e8m13", k)
         np.testing.assert_array_equal(bits(ours), ref.view(np.uint32))
         assert ours.item() == expected[k]
     assert (a @ b).item() == 16448.0
     # promotion every 16 elements: partial sums restart at 0, small enough to keep every 1
-    promoted = accumulate_matmul(a, b, Accumulate(parse_accumulator("e8m13"), k=1, promote=16))
+    promoted = accumulate_matmul(a, b, Accumulator(parse_accumulator("e8m13"), k=1, promote=16))
     assert promoted.item() == reference(a.numpy(), b.numpy(), "e8m13", 1, 16).item()
     assert promoted.item() > 16384.0
 
@@ -88,9 +88,9 @@ def test_overflow_goes_to_inf_like_an_accumulator():
     a = torch.tensor([[60000.0, 60000.0, -60000.0]])
     b = torch.ones(3, 1)
     fp16 = parse_accumulator("fp16")
-    assert accumulate_matmul(a, b, Accumulate(fp16, k=1)).item() == math.inf  # 120000 > 65504, then Inf stays
-    assert accumulate_matmul(a, b, Accumulate(fp16, k=3)).item() == 60000.0  # one rounding of the exact sum
-    assert accumulate_matmul(a, b, Accumulate(fp16, k=1, rounding="toward_zero")).item() == 65504.0 - 60000.0
+    assert accumulate_matmul(a, b, Accumulator(fp16, k=1)).item() == math.inf  # 120000 > 65504, then Inf stays
+    assert accumulate_matmul(a, b, Accumulator(fp16, k=3)).item() == 60000.0  # one rounding of the exact sum
+    assert accumulate_matmul(a, b, Accumulator(fp16, k=1, rounding="toward_zero")).item() == 65504.0 - 60000.0
 
 
 def test_fp32_accumulator_with_one_rounding_is_the_plain_gemm():
@@ -99,7 +99,7 @@ def test_fp32_accumulator_with_one_rounding_is_the_plain_gemm():
     a = torch.randint(-8, 9, (17, 50), generator=g).float()
     b = torch.randint(-8, 9, (50, 9), generator=g).float()
     for k in (50, 1000):
-        ours = accumulate_matmul(a, b, Accumulate(parse_accumulator("fp32"), k=k))
+        ours = accumulate_matmul(a, b, Accumulator(parse_accumulator("fp32"), k=k))
         np.testing.assert_array_equal(bits(ours), bits(a @ b))
 
 

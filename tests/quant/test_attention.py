@@ -20,10 +20,11 @@ from helpers import MICRO
 from precisionlab import quantize
 from precisionlab.config import ConfigError, validate
 from precisionlab.quant.attention import QuantAttend
-from precisionlab.quant.linear import _mix_seed, convert_model
-from precisionlab.quant.operands import AttentionCasts, PrecisionConfig
+from precisionlab.quant.linear import convert_model
+from precisionlab.quant.operands import AttentionCasts, mix_seed
+from precisionlab.quant.recipe import PrecisionConfig
 from precisionlab.store import run_id
-from precisionlab.train.measure import fp32_twin, is_fp32, measure
+from precisionlab.train.sharpness import fp32_twin, measure
 from precisionlab.train.model import LM, Attend, ModelConfig
 
 CLI = str(Path(sys.executable).with_name("precisionlab"))
@@ -110,14 +111,14 @@ def test_block_casts_run_along_each_gemms_reduction_axis():
 
 
 def test_stochastic_rounding_seeds_mix_run_seed_block_call_and_slot():
-    """Seed of a cast: _mix_seed(run seed, block, call, 16 + 6 * GEMM + slot), slots as a linear
+    """Seed of a cast: mix_seed(run seed, block, call, 16 + 6 * GEMM + slot), slots as a linear
     layer's (x 0, W 1, g 2); an element cast serves both GEMMs of its tensor."""
     q, k, v, dy = _tensors(3)
     layer = _attend({"format": "e4m3fn", "grad": {"format": "e5m2"}}, index=1, seed=7, rounding="stochastic")
     fmts = {"q": "e4m3fn", "k": "e4m3fn", "p": "e4m3fn", "v": "e4m3fn", "grad": "e5m2"}
     slots = {("q", None): 16, ("k", None): 17, ("grad", "ds"): 18, ("p", None): 22, ("v", None): 23, ("grad", "dy"): 24}
     for call in range(2):
-        seeds = {key: _mix_seed(7, 1, call, slot) for key, slot in slots.items()}
+        seeds = {key: mix_seed(7, 1, call, slot) for key, slot in slots.items()}
         got = _run(layer, q, k, v, dy)
         assert all(torch.equal(g, w) for g, w in zip(got, _reference(q, k, v, dy, fmts, seeds=seeds)))
     assert layer.calls == 2
@@ -156,7 +157,7 @@ def test_uncast_attention_is_sdpa_and_leaves_the_model_as_it_was(arch, precision
     torch.manual_seed(0)
     model = LM(ModelConfig(arch=arch, n_layer=2, n_embd=32, n_head=2, block_size=16))
     keys = set(model.state_dict())
-    model = convert_model(model, precision)
+    model = convert_model(model, PrecisionConfig.from_cfg(precision))
     twin = copy.deepcopy(model)
     for block in twin.blocks:
         block.attn.attend = _SDPA()
@@ -177,7 +178,7 @@ def test_convert_model_swaps_every_block_and_resumes_its_draws():
     torch.manual_seed(0)
     base = LM(ModelConfig(n_layer=2, n_embd=32, n_head=2, block_size=16))
     precision = {"attention": {"format": "e4m3fn"}, "rounding": "stochastic"}
-    make = lambda: convert_model(copy.deepcopy(base), precision, seed=5)  # noqa: E731
+    make = lambda: convert_model(copy.deepcopy(base), PrecisionConfig.from_cfg(precision), seed=5)  # noqa: E731
     first = make()
     assert [block.attn.attend.index for block in first.blocks] == [0, 1]
     idx = torch.randint(0, 256, (2, 16))
@@ -203,8 +204,8 @@ def test_convert_model_swaps_every_block_and_resumes_its_draws():
 def test_sharpness_sees_attention_casts_and_leaves_their_draws():
     """A run that casts only attention is no fp32 run; its fp32 twin attends with SDPA; measuring
     puts the call counts (the training's stochastic-rounding seeds) back."""
-    precision = {"attention": {"format": "e4m3fn"}, "rounding": "stochastic"}
-    assert not is_fp32({"precision": precision})
+    precision = PrecisionConfig.from_cfg({"attention": {"format": "e4m3fn"}, "rounding": "stochastic"})
+    assert not precision.is_fp32
     torch.manual_seed(0)
     model = convert_model(LM(ModelConfig(n_layer=2, n_embd=32, n_head=2, block_size=16)), precision, seed=1)
     assert all(type(block.attn.attend) is Attend for block in fp32_twin(model).blocks)
@@ -219,8 +220,12 @@ def test_config_follows_the_precision_group_and_keeps_ids(train_cfg):
     attention = PrecisionConfig.from_cfg(cfg.precision).attention
     assert (str(attention.q), str(attention.p), str(attention.grad)) == ("e4m3fn", "e4m3fn", "e5m2")
     assert attention.v.scaling == "tensor"  # the precision group's scaling
-    delayed = PrecisionConfig.from_cfg({"scaling": "delayed", "attention": {"format": "e4m3fn"}}).attention
-    assert delayed.k.scaling == "tensor"  # current scaling where the linears' is delayed
+    with pytest.raises(ValueError, match=r"^precision\.scaling=delayed does not reach the attention casts .*, but "
+                       r"attention casts q to e4m3fn; set precision\.attention\.q\.scaling to none or tensor"):
+        PrecisionConfig.from_cfg({"scaling": "delayed", "attention": {"format": "e4m3fn"}})
+    current = {t: {"scaling": "tensor"} for t in ("q", "k", "p", "v", "grad")}  # what it silently was before
+    delayed = PrecisionConfig.from_cfg({"scaling": "delayed", "attention": {"format": "e4m3fn", **current}}).attention
+    assert delayed.k.scaling == "tensor"
     assert not PrecisionConfig.from_cfg({"attention": {"grad": {"format": "e5m2"}}}).is_fp32
     plain = validate(train_cfg("precision=fp8"))
     assert run_id(validate(train_cfg("precision=fp8", "precision.attention.format=fp32"))) == run_id(plain)

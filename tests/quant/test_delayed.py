@@ -11,7 +11,8 @@ import torch
 
 from precisionlab import quantize
 from precisionlab.quant.linear import QuantLinear
-from precisionlab.quant.operands import Delayed, OperandCast, PrecisionConfig
+from precisionlab.quant.operands import DelayedScaling, OperandCast
+from precisionlab.quant.recipe import PrecisionConfig
 
 AMAXES = [2.0, 4.0, 1.0, 1000.0, 1.0]  # a spike at step 3
 
@@ -42,7 +43,7 @@ def _te_scale(history: list[float], previous: float, algo: str, margin: int, pow
 @pytest.mark.parametrize("margin", [0, 1])
 def test_scale_follows_the_amax_history(algo, pow2, margin):
     cast = OperandCast(PrecisionConfig.from_cfg({"format": "e4m3fn"}).x.fmt, scaling="delayed", pow2_scale=pow2,
-                       delayed=Delayed(history_len=3, algo=algo, margin=margin))
+                       delayed=DelayedScaling(history_len=3, algo=algo, margin=margin))
     amaxes, scale = torch.zeros(3), torch.ones(1)
     history, previous = [], 1.0
     for step, amax in enumerate(AMAXES):
@@ -59,7 +60,8 @@ def test_scale_follows_the_amax_history(algo, pow2, margin):
 def test_a_spike_saturates_or_overflows_because_the_history_lags():
     fmt = PrecisionConfig.from_cfg({"format": "e4m3fn"}).x.fmt
     for saturate in (True, False):
-        cast = OperandCast(fmt, saturate=saturate, scaling="delayed", pow2_scale=False, delayed=Delayed(history_len=3))
+        cast = OperandCast(fmt, saturate=saturate, scaling="delayed", pow2_scale=False,
+                           delayed=DelayedScaling(history_len=3, algo="max", margin=0))
         amaxes, scale = torch.zeros(3), torch.ones(1)
         outs = [cast(_tensor(a, i), history=(amaxes, scale)) for i, a in enumerate(AMAXES[:4])]
         spike = outs[3]  # scaled by 448 / 4 from the history, its amax 1000 lands at 112,000 > 448
@@ -108,7 +110,7 @@ def test_fp32_twin_of_a_delayed_model_leaves_the_histories_behind():
     from helpers import compose_train
     from precisionlab.config import validate
     from precisionlab.train.checkpoint import build_model
-    from precisionlab.train.measure import fp32_twin
+    from precisionlab.train.sharpness import fp32_twin
 
     model = build_model(validate(compose_train("precision=fp8_delayed")))
     twin = fp32_twin(model)

@@ -104,7 +104,7 @@ def test_fp32_precision_is_the_unconverted_model(train_cfg):
     torch.manual_seed(0)
     model = LM(ModelConfig(n_layer=2, n_embd=32, n_head=2, block_size=16))
     twin = copy.deepcopy(model)
-    convert_model(model, train_cfg("precision=fp32").precision)
+    convert_model(model, PrecisionConfig.from_cfg(train_cfg("precision=fp32").precision))
     assert not any(isinstance(m, QuantLinear) for m in model.modules())
     idx = torch.randint(0, 256, (2, 16))
     (_, l1), (_, l2) = model(idx, idx), twin(idx, idx)
@@ -156,11 +156,11 @@ def test_scaling_leaves_zero_and_nan_tensors_alone():
 
 def test_exclude_keeps_layers_and_weight_tying():
     model = LM(ModelConfig(n_layer=1, n_embd=32, n_head=2))
-    convert_model(model, {"format": "e4m3", "exclude": ["lm_head"]})
+    convert_model(model, PrecisionConfig.from_cfg({"format": "e4m3", "exclude": ["lm_head"]}))
     assert type(model.lm_head) is nn.Linear
     assert isinstance(model.blocks[0].attn.c_attn, QuantLinear)
     assert sum(isinstance(m, QuantLinear) for m in model.modules()) == 4
-    model = convert_model(LM(ModelConfig(n_layer=1, n_embd=32, n_head=2)), {"format": "e4m3"})
+    model = convert_model(LM(ModelConfig(n_layer=1, n_embd=32, n_head=2)), PrecisionConfig.from_cfg({"format": "e4m3"}))
     assert isinstance(model.lm_head, QuantLinear) and model.lm_head.weight is model.wte.weight
 
 

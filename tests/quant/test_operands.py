@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from precisionlab import FloatFormat, parse_format, quantize
 from precisionlab.config import validate
 from precisionlab.numerics.hadamard import hadamard_matrix, hadamard_transform, random_signs
-from precisionlab.quant.linear import QuantLinear, _mix_seed, convert_model
-from precisionlab.quant.operands import GEMMS, OPERANDS, SEED_SLOT, LayerCasts, OperandCast, PrecisionConfig
+from precisionlab.quant.linear import QuantLinear, convert_model
+from precisionlab.quant.operands import GEMMS, OPERANDS, SEED_SLOT, LayerCasts, OperandCast, mix_seed
+from precisionlab.quant.recipe import PrecisionConfig
 from precisionlab.store.identity import semantic_config
 from precisionlab.train.model import LM, ModelConfig
 
@@ -189,7 +190,7 @@ def test_element_formats_keep_the_three_role_semantics(scaling, rounding):
     outputs = []
 
     def role(t, r, calls, slot):
-        seed = _mix_seed(11, 3, calls, slot) if rounding == "stochastic" else 0
+        seed = mix_seed(11, 3, calls, slot) if rounding == "stochastic" else 0
         s = _scale(t, fmts[r]) if scaling == "tensor" else 1.0
         return quantize(t * s, fmts[r], rounding=rounding, seed=seed) / s
 
@@ -248,7 +249,7 @@ def test_square_weight_blocks_one_cast_serves_forward_and_dgrad(train_cfg):
         "fwd_w": {"rounding": "stochastic"}, "dgrad_w": {"rounding": "stochastic"}}})
     assert sr.casts.share_w
     got = _run(QuantLinear(copy.deepcopy(lin), sr, index=1, seed=4), x, g)
-    w_q = quantize(lin.weight.detach(), SQUARE, rounding="stochastic", seed=_mix_seed(4, 1, 0, SEED_SLOT["fwd_w"]))
+    w_q = quantize(lin.weight.detach(), SQUARE, rounding="stochastic", seed=mix_seed(4, 1, 0, SEED_SLOT["fwd_w"]))
     x_q, g_q = quantize(x, "nvfp4"), quantize(g.reshape(-1, 24), "nvfp4")
     assert torch.equal(got[0], F.linear(x_q, w_q, lin.bias.detach()))
     assert torch.equal(got[1], (g_q @ w_q).view(x.shape))
@@ -262,9 +263,9 @@ def test_nvfp4_preset_layer_equals_its_recipe_written_out(train_cfg):
     lin = _linear(32, 48)
     x, g = _heavy((2, 16, 32), gen), _heavy((2, 16, 48), gen) * 1e-3
     layer = QuantLinear(copy.deepcopy(lin), precision, index=5, seed=13)
-    h = hadamard_matrix(16, random_signs(16, _mix_seed(13, 5, 6 + GEMMS.index("wgrad"))))
+    h = hadamard_matrix(16, random_signs(16, mix_seed(13, 5, 6 + GEMMS.index("wgrad"))))
     for calls in range(2):
-        seed = {op: _mix_seed(13, 5, calls, SEED_SLOT[op]) for op in ("dgrad_g", "wgrad_g")}
+        seed = {op: mix_seed(13, 5, calls, SEED_SLOT[op]) for op in ("dgrad_g", "wgrad_g")}
         casts = _fmts(fwd_x="nvfp4", fwd_w=SQUARE, dgrad_w=SQUARE, wgrad_x="nvfp4")
         casts.update({op: {"fmt": "nvfp4", "rounding": "stochastic", "seed": seed[op]} for op in seed})
         got = _run(layer, x, g)
@@ -311,8 +312,8 @@ def test_hadamard_changes_only_the_block_casts_of_its_gemm(gemm):
 
 @pytest.mark.parametrize("signs", ["fixed", "per_call"])
 def test_hadamard_equals_explicit_rotation_then_cast(signs):
-    """Every GEMM rotated; signs from the seeds QuantLinear documents: fixed _mix_seed(seed, index,
-    6 + gemm), per call _mix_seed(seed, index, calls, 6 + gemm)."""
+    """Every GEMM rotated; signs from the seeds QuantLinear documents: fixed mix_seed(seed, index,
+    6 + gemm), per call mix_seed(seed, index, calls, 6 + gemm)."""
     gen = torch.Generator().manual_seed(11)
     lin = _linear(32, 48)
     x, g = _heavy((2, 16, 32), gen), _heavy((2, 16, 48), gen)
@@ -321,7 +322,7 @@ def test_hadamard_equals_explicit_rotation_then_cast(signs):
     layer = QuantLinear(copy.deepcopy(lin), precision, index=4, seed=21)
     results, matrices = [], []
     for calls in range(2):
-        seeds = [_mix_seed(21, 4, 6 + k) if signs == "fixed" else _mix_seed(21, 4, calls, 6 + k) for k in range(3)]
+        seeds = [mix_seed(21, 4, 6 + k) if signs == "fixed" else mix_seed(21, 4, calls, 6 + k) for k in range(3)]
         rotate = {gemm: hadamard_matrix(16, random_signs(16, s)) for gemm, s in zip(GEMMS, seeds)}
         got = _run(layer, x, g)
         want = _reference(lin, x, g, _fmts(**MIXED_OPERANDS), rotate=rotate)
@@ -364,7 +365,7 @@ def test_stochastic_wgrad_gradient_is_unbiased_nearest_even_is_not():
     sr = layer("stochastic")
     draws = torch.stack([_run(sr, x, g)[2].t() for _ in range(calls)]).double()  # (calls, n, out)
     assert sr.calls == calls and len({d.numpy().tobytes() for d in draws[:20]}) == 20  # new bits every call
-    assert torch.equal(draws[0].float(), quantize(g2, "mxfp4", axis=0, rounding="stochastic", seed=_mix_seed(3, 2, 0, 5)))
+    assert torch.equal(draws[0].float(), quantize(g2, "mxfp4", axis=0, rounding="stochastic", seed=mix_seed(3, 2, 0, 5)))
     exact = g2.double()
     mean, se = draws.mean(0), draws.std(0) / calls**0.5
     assert ((mean - exact).abs() <= 5 * se + 1e-12).all()
@@ -416,7 +417,7 @@ def _lm():
 
 
 def test_keep_first_last_and_match_get_the_keep_format():
-    model = convert_model(_lm(), {"format": "e4m3fn", "keep": {"format": "bf16", "first": 1, "last": 1, "match": ["lm_head"]}},
+    model = convert_model(_lm(), PrecisionConfig.from_cfg({"format": "e4m3fn", "keep": {"format": "bf16", "first": 1, "last": 1, "match": ["lm_head"]}}),
                           seed=5)
     kinds = _kinds(model)
     assert len(kinds) == 13
@@ -438,20 +439,20 @@ def test_keep_first_last_and_match_get_the_keep_format():
 
 
 def test_keep_fp32_leaves_nn_linear_and_exclude_still_works():
-    model = convert_model(_lm(), {"format": "mxfp4", "keep": {"format": "fp32", "last": 2}})
+    model = convert_model(_lm(), PrecisionConfig.from_cfg({"format": "mxfp4", "keep": {"format": "fp32", "last": 2}}))
     kinds = _kinds(model)
     assert {n for n, k in kinds.items() if k == "linear"} == {n for n in kinds if n.startswith(("blocks.1.", "blocks.2."))}
     assert {k for k in kinds.values()} == {"linear", "mxfp4"}
-    model = convert_model(_lm(), {"format": "mxfp4", "exclude": ["lm_head"], "keep": {"first": 1}})
+    model = convert_model(_lm(), PrecisionConfig.from_cfg({"format": "mxfp4", "exclude": ["lm_head"], "keep": {"first": 1}}))
     kinds = _kinds(model)
     assert kinds["lm_head"] == "linear" and model.lm_head.weight is model.wte.weight
     assert {n for n, k in kinds.items() if k == "bf16"} == {n for n in kinds if n.startswith("blocks.0.")}
     assert {n for n, k in kinds.items() if k == "mxfp4"} == {n for n in kinds if n.startswith(("blocks.1.", "blocks.2."))}
     # keep.match alone, in the default keep format (bf16)
-    model = convert_model(_lm(), {"format": "mxfp4", "keep": {"match": ["*.mlp.*"]}})
+    model = convert_model(_lm(), PrecisionConfig.from_cfg({"format": "mxfp4", "keep": {"match": ["*.mlp.*"]}}))
     assert {n for n, k in _kinds(model).items() if k == "bf16"} == {f"blocks.{i}.mlp.{p}" for i in range(3) for p in ("c_fc", "c_proj")}
     # fp32 with keep in bf16: only the kept layers are converted
-    model = convert_model(_lm(), {"format": "fp32", "keep": {"match": ["lm_head"]}})
+    model = convert_model(_lm(), PrecisionConfig.from_cfg({"format": "fp32", "keep": {"match": ["lm_head"]}}))
     assert {k for n, k in _kinds(model).items() if n != "lm_head"} == {"linear"} and _kinds(model)["lm_head"] == "bf16"
 
 

@@ -163,8 +163,8 @@ def test_a_run_that_fails_inside_training_is_failed(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     real_build = train_mod.build_model
 
-    def build(cfg):
-        model = real_build(cfg)
+    def build(cfg, precision):
+        model = real_build(cfg, precision)
         if cfg.precision.x == "e8m3":
             def explode(module, args, output):
                 raise FloatingPointError("boom in the forward pass")

@@ -44,7 +44,7 @@ def test_run_id_ignores_order_and_non_semantic_keys():
     # An independent recomputation: sha256 of sorted, compact JSON of {"identity": 2, "config": the
     # semantic part}: device and threads are not semantic; model.n_layer 2, optim.weight_decay 0.1
     # and seed 0 are at their neutral defaults.
-    semantic = {"model": {"name": "tiny", "n_embd": 64}, "precision": {"format": "e8m3", "rounding": "toward_zero"},
+    semantic = {"model": {"arch": "llama", "n_embd": 64}, "precision": {"format": "e8m3", "rounding": "toward_zero"},
                 "optim": {"lr": 1e-3}, "train": {"steps": 20}}
     payload = json.dumps({"identity": 2, "config": semantic}, sort_keys=True, separators=(",", ":"))
     assert run_id(base) == hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -95,7 +95,7 @@ def test_run_and_metrics_round_trip(store):
     run = runs.iloc[0]
     assert run["config"] == config
     assert (run["model"], run["format_x"], run["format_w"], run["format_grad"], run["rounding"]) == \
-        ("tiny", "e8m5", "e8m5", "e8m5", "toward_zero")
+        ("llama", "e8m5", "e8m5", "e8m5", "toward_zero")
     assert (run["lr"], run["seed"], run["status"], run["spikes"]) == (3e-3, 7, "completed", 2)
     # Outcome fields not given to finish() come from the logged curve.
     train = [10 - s / 10 for s in range(1, 11)]

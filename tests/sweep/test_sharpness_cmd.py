@@ -3,7 +3,7 @@
 Oracles: the logit sharpness is recomputed from the checkpoint by brute force — the
 cross-entropy at the corner of the box that raises every non-target logit and lowers the
 target's, minus the cross-entropy at the logits, with torch's own cross_entropy in float64 —
-not with precisionlab.analysis.sharpness's log-space formula.
+not with precisionlab.train.sharpness's log-space formula.
 """
 
 from __future__ import annotations
@@ -23,15 +23,16 @@ from typer.testing import CliRunner
 
 from helpers import CLI, MemoryRecorder, compose_train
 from helpers.checkpoints import flip_a_weight_bit
-from precisionlab.analysis.sharpness import hessian_trace
+from precisionlab.train.sharpness import hessian_trace
 from precisionlab.cli import app
 from precisionlab.config import ConfigError, validate
 from precisionlab.quant.linear import convert_model
+from precisionlab.quant.recipe import PrecisionConfig
 from precisionlab.store import ResultsStore, run_id
 from precisionlab.train.checkpoint import load_checkpoint
 from precisionlab.train.data import load_dataset
 from precisionlab.train.loop import eval_batches, run
-from precisionlab.train.measure import fp32_twin
+from precisionlab.train.sharpness import fp32_twin
 from precisionlab.train.model import LM
 from precisionlab.train.rundir import RunDirRecorder
 
@@ -180,12 +181,12 @@ def test_hessian_metrics_are_measured_in_fp32_and_say_so(store_path):
 
 def test_quantized_linear_gives_no_true_second_derivative():
     """Why hessian/trace use fp32: through QuantLinear a double backward runs but drops terms.
-    If this starts failing, QuantLinear became twice differentiable and measure.py can use it."""
+    If this starts failing, QuantLinear became twice differentiable and train/sharpness.py can use it."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
     x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
     exact = hessian_trace(lambda: F.cross_entropy(net(x), y), list(net.parameters()), samples=50).estimate
-    quant = convert_model(net, {"x": "e8m22", "w": "e8m22", "grad": "e8m22"})  # one bit short of fp32
+    quant = convert_model(net, PrecisionConfig.from_cfg({"x": "e8m22", "w": "e8m22", "grad": "e8m22"}))  # one bit short of fp32
     dropped = hessian_trace(lambda: F.cross_entropy(quant(x), y), list(quant.parameters()), samples=50).estimate
     assert abs(dropped - exact) > 0.3 * abs(exact)
 

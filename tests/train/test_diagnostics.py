@@ -20,13 +20,13 @@ import torch
 from helpers import MemoryRecorder
 from precisionlab.config import validate
 from precisionlab.numerics.blocks import parse_format
-from precisionlab.quant.operands import Delayed, OperandCast, observing_casts
+from precisionlab.quant.operands import DelayedScaling, OperandCast, observing_casts
 from precisionlab.store import ResultsStore, run_id
 from precisionlab.train.checkpoint import build_model, load_checkpoint
 from precisionlab.train.data import get_batch, load_dataset
 from precisionlab.train.diagnostics import CastSites, _synced
 from precisionlab.train.loop import run
-from precisionlab.train.measure import fp32_twin
+from precisionlab.train.sharpness import fp32_twin
 from precisionlab.train.recorder import Tee
 from precisionlab.train.rundir import RunDirRecorder
 
@@ -88,7 +88,7 @@ def test_delayed_scaling_saturates_when_the_amax_outgrows_its_history():
     """Transformer Engine's delayed scaling: the scale 2^floor(log2(448 / amax_history)) comes from an
     amax of 100 in the history, so 200 * 4 = 800 clips; 2^-14 * 4 = 2^-12 is below half of e4m3fn's
     smallest subnormal and flushes."""
-    cast = OperandCast(parse_format("e4m3fn"), scaling="delayed", delayed=Delayed(history_len=4))
+    cast = OperandCast(parse_format("e4m3fn"), scaling="delayed", delayed=DelayedScaling(history_len=4, algo="max", margin=0))
     x = [200.0, 50.0, 2.0**-14, 0.0]
     scale = 2.0 ** math.floor(math.log2(E4M3_MAX / 100))
     assert scale == 4 and 2.0**-14 * scale < E4M3_TINY / 2

@@ -63,8 +63,8 @@ def test_seeds_pair_across_precisions(train_cfg, monkeypatch):
     seen = {}
     build, get_batch = train_mod.build_model, train_mod.get_batch
 
-    def record_build(cfg):
-        model = build(cfg)
+    def record_build(cfg, precision):
+        model = build(cfg, precision)
         seen.setdefault(cfg.precision.name, {})["weights"] = {k: p.detach().clone() for k, p in model.named_parameters()}
         return model
 
@@ -103,8 +103,8 @@ def test_huge_learning_rate_diverges_and_an_early_stop_rule_stops_it(train_cfg):
 def test_nan_loss_diverges_without_raising(train_cfg, monkeypatch):
     real_build = train_mod.build_model
 
-    def build_poisoned(cfg):
-        model = real_build(cfg)
+    def build_poisoned(cfg, precision):
+        model = real_build(cfg, precision)
         calls = {"n": 0}
 
         def poison(module, args, output):
@@ -180,9 +180,10 @@ def test_default_recorder_writes_the_run_directory(train_cfg, tmp_path):
     ("precision.delayed.history_len=0", r"precision\.delayed\.history_len must be an integer >= 1"),
 ])
 def test_config_errors_raise_before_training(train_cfg, override, message):
+    """`run` takes a validated config: its callers (the CLI, the Hydra task, a sweep's job) validate first."""
     rec = MemoryRecorder()
     with pytest.raises(ConfigError, match=message):
-        run(train_cfg(override), recorder=rec)
+        run(validate(train_cfg(override)), recorder=rec)
     assert rec.meta is None and rec.outcome is None
 
 

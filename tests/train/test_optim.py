@@ -12,7 +12,7 @@ import torch
 from helpers import compose_train
 from precisionlab.config import validate
 from precisionlab.quant.linear import QuantLinear
-from precisionlab.quant.operands import PrecisionConfig
+from precisionlab.quant.recipe import PrecisionConfig
 from precisionlab.train.optim import MomentFormats, build_optimizer, round_moments
 
 MAX = {torch.float8_e4m3fn: 448.0, torch.float16: 65504.0}

@@ -154,8 +154,8 @@ class _blow_up_from:
         self.real = train_mod.build_model
         calls = {"n": 0}
 
-        def build(cfg):
-            model = self.real(cfg)
+        def build(cfg, precision):
+            model = self.real(cfg, precision)
 
             def scale(module, args, output):
                 if not module.training:

@@ -14,7 +14,7 @@ from scipy.optimize import minimize
 from scipy.special import logsumexp, softmax
 from torch import nn
 
-from precisionlab.analysis.sharpness import (
+from precisionlab.train.sharpness import (
     hessian_top_eigenvalue,
     hessian_trace,
     keskar_sharpness,
