@@ -74,10 +74,10 @@ class Operand:
 
     format: Optional[str] = None        # element or block format name
     rounding: Optional[str] = None      # nearest_even | nearest_away | toward_zero | stochastic
-    saturate: Optional[bool] = None
-    subnormals: Optional[bool] = None
+    saturate: Optional[bool] = None     # true: overflow clamps to +-max_finite; false: to Inf or NaN as the format has them
+    subnormals: Optional[bool] = None   # false: results below min_normal flush to zero
     scaling: Optional[str] = None       # none | tensor | delayed (element formats; see Precision.scaling)
-    pow2_scale: Optional[bool] = None
+    pow2_scale: Optional[bool] = None   # tensor/delayed scaling with power-of-two scales
 
 
 @dataclass
@@ -113,7 +113,7 @@ class Accumulate:
     format: Optional[str] = None        # the accumulator's format, e.g. e8m13 (DeepSeek-V3's ~14 bits), bf16, fp16; null: fp32 GEMMs
     k: int = 1                          # products added between two roundings of the accumulator
     promote: int = 0                    # add it to an fp32 total every N elements of K (DeepSeek: 128); 0: never
-    rounding: str = field(default="nearest_even", metadata={"choices": ACCUMULATE_ROUNDINGS})
+    rounding: str = field(default="nearest_even", metadata={"choices": ACCUMULATE_ROUNDINGS})  # how each partial sum rounds into the accumulator
     gemms: List[str] = field(default_factory=lambda: ["fwd", "dgrad", "wgrad"])  # which GEMMs accumulate so
 
 
@@ -145,7 +145,7 @@ class Precision:
     x: str = "${.format}"               # forward activation input of each GEMM
     w: str = "${.format}"               # forward weight input
     grad: str = "${.format}"            # output gradient, for both backward GEMMs
-    rounding: str = field(default="nearest_even", metadata={"choices": ROUNDING_MODES})
+    rounding: str = field(default="nearest_even", metadata={"choices": ROUNDING_MODES})  # how every cast rounds (toward_zero: the paper's bit masking)
     saturate: bool = True               # overflow clamps to +-max_finite
     subnormals: bool = True             # false: flush to zero
     scaling: str = field(default="none", metadata={"choices": SCALINGS})  # none | tensor (current amax) | delayed (amax history); element formats: block formats
