@@ -8,7 +8,7 @@ import pytest
 
 from helpers.known_sweep import SWEEP, known_config, known_store, planted_store, record_run
 from precisionlab.analysis.labels import bits_per_element, display_label, format_family, format_order
-from precisionlab.analysis.report import ReportError, build
+from precisionlab.analysis.report import build
 from precisionlab.analysis.stats import fisher_greater
 from precisionlab.analysis.tables import display_by_lr
 from precisionlab.store import ResultsStore
@@ -81,16 +81,6 @@ def test_variants_name_what_else_varies(tmp_path):
     variants = set(build(store, "roundings").runs.variant)
     assert variants == {"e8m3 [rounding=toward_zero]", "e8m3 [rounding=nearest_even]",
                         "e4m3fn/e4m3fn/e5m2 [rounding=toward_zero]"}
-
-
-def test_empty_store_unknown_sweep_and_empty_selection(tmp_path, store):
-    with pytest.raises(ReportError, match="holds no sweeps"):
-        build(ResultsStore(tmp_path / "empty.db"))
-    with pytest.raises(ReportError, match=r"unknown sweep 'nope'.*sweeps there: known"):
-        build(store, "nope")
-    with pytest.raises(ReportError, match="no runs matching"):
-        build(store, SWEEP, ["format=e5m2"])
-    assert build(store).sweep == SWEEP  # the latest by default
 
 
 @pytest.mark.parametrize("counts", [(1, 4, 0, 4), (2, 18, 1, 18), (3, 18, 1, 18), (0, 5, 3, 5), (6, 6, 0, 6), (2, 3, 2, 9)])
