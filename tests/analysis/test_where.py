@@ -3,12 +3,13 @@ and / or / not; nothing else is evaluated), on the known sweep of tests/helpers/
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 from helpers.known_sweep import SWEEP, known_store
 from precisionlab.analysis.labels import label_runs
 from precisionlab.analysis.report import ReportError, build
-from precisionlab.analysis.where import filter_runs
+from precisionlab.analysis.where import WhereError, filter_runs
 
 
 @pytest.fixture
@@ -65,3 +66,34 @@ def test_where_runs_no_code(store, escape, tmp_path, monkeypatch):
     with pytest.raises(ReportError, match="is not a usable filter") as info:
         build(store, SWEEP, [escape])
     assert "\n" not in str(info.value) and not (tmp_path / "PWNED").exists()
+
+
+# a hand-made grid: every (format, lr, seed, status) combination, so each filter keeps a different subset
+GRID = pd.DataFrame([{"variant": f, "format": f, "lr": lr, "seed": seed, "status": status, "rounding": "nearest_even",
+                      "model": "gpt2"}
+                     for f in ("fp32", "e8m7", "e8m3") for lr in (1e-3, 3e-3, 1e-2) for seed in (0, 1, 2)
+                     for status in ("completed", "diverged")])
+
+
+@pytest.mark.parametrize("where, mask", [  # each mask written out by hand with pandas, not through the filter
+    (["format=e8m3,fp32"], lambda r: r.format.isin(["e8m3", "fp32"])),
+    (["lr=0.003"], lambda r: r.lr == 3e-3),
+    (["seed=0,2", "status=diverged"], lambda r: r.seed.isin([0, 2]) & (r.status == "diverged")),
+    (["lr >= 3e-3"], lambda r: r.lr >= 3e-3),
+    (["2e-3 < lr <= 1e-2 and seed != 1"], lambda r: (r.lr > 2e-3) & (r.lr <= 1e-2) & (r.seed != 1)),
+    (["format == 'e8m7' or status == 'diverged'"], lambda r: (r.format == "e8m7") | (r.status == "diverged")),
+    (["not (format in ('fp32', 'e8m3') and lr < 5e-3)"], lambda r: ~(r.format.isin(["fp32", "e8m3"]) & (r.lr < 5e-3))),
+    (["seed not in [0]", "lr > 1e-3"], lambda r: (r.seed != 0) & (r.lr > 1e-3)),
+    (["lr > 1"], lambda r: r.lr > 1),
+])
+def test_filters_keep_what_a_pandas_mask_written_by_hand_keeps(where, mask):
+    expected = GRID[mask(GRID)]
+    kept = filter_runs(GRID, where)
+    assert kept.index.tolist() == expected.index.tolist()
+
+
+def test_a_bad_filter_is_a_where_error_of_one_line():
+    for where in (["seed=one"], ["lr = = 3"], ["format.upper() == 'E8M3'"]):
+        with pytest.raises(WhereError) as info:
+            filter_runs(GRID, where)
+        assert isinstance(info.value, ValueError) and "\n" not in str(info.value)
