@@ -80,6 +80,7 @@ GRID = pd.DataFrame([{"variant": f, "format": f, "lr": lr, "seed": seed, "status
     (["lr=0.003"], lambda r: r.lr == 3e-3),
     (["seed=0,2", "status=diverged"], lambda r: r.seed.isin([0, 2]) & (r.status == "diverged")),
     (["lr >= 3e-3"], lambda r: r.lr >= 3e-3),
+    (["lr < 1e-2", "seed <= 1"], lambda r: (r.lr < 1e-2) & (r.seed <= 1)),  # at the grid's values: the edges count
     (["2e-3 < lr <= 1e-2 and seed != 1"], lambda r: (r.lr > 2e-3) & (r.lr <= 1e-2) & (r.seed != 1)),
     (["format == 'e8m7' or status == 'diverged'"], lambda r: (r.format == "e8m7") | (r.status == "diverged")),
     (["not (format in ('fp32', 'e8m3') and lr < 5e-3)"], lambda r: ~(r.format.isin(["fp32", "e8m3"]) & (r.lr < 5e-3))),
