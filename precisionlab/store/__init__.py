@@ -9,9 +9,9 @@ the run identity it keys them by.
 
 from precisionlab.store.identity import NON_SEMANTIC_KEYS, run_id
 from precisionlab.store.recorder import StoreRecorder
-from precisionlab.store.results import DEFAULT_STORE_PATH, ResultsStore
+from precisionlab.store.results import ResultsStore
 from precisionlab.store.schema import DONE, OUTCOMES, STATUSES, StoreError
-from precisionlab.store.url import parse_store_url
+from precisionlab.store.url import DEFAULT_STORE_PATH, parse_store_url
 
 __all__ = ["ResultsStore", "StoreRecorder", "StoreError", "run_id", "NON_SEMANTIC_KEYS", "DEFAULT_STORE_PATH",
            "DONE", "OUTCOMES", "STATUSES", "parse_store_url"]
