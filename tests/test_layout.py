@@ -4,17 +4,19 @@ imports included), and a training run imports no report code."""
 from __future__ import annotations
 
 import ast
-import importlib.util
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import precisionlab
 
 PACKAGE = Path(precisionlab.__file__).parent
-# kernels/ installs as precisionlab.kernels (pyproject's package-dir): a walk of precisionlab/ alone never sees it
-KERNELS = Path(importlib.util.find_spec("precisionlab.kernels").submodule_search_locations[0])
-SOURCES = {"precisionlab": PACKAGE, "precisionlab.kernels": KERNELS}
+# kernels/ and configs/ install as precisionlab.kernels and precisionlab.configs (pyproject's package-dir):
+# a walk of precisionlab/ alone never sees them
+with open(PACKAGE.parent / "pyproject.toml", "rb") as _f:
+    PACKAGE_DIRS = tomllib.load(_f)["tool"]["setuptools"]["package-dir"]
+SOURCES = {"precisionlab": PACKAGE, **{name: PACKAGE.parent / folder for name, folder in PACKAGE_DIRS.items()}}
 
 # The layer order, bottom first: a module may import its own layer's modules or lower ones, never higher.
 # Each layer lists the modules it holds (a name covers its submodules).
@@ -26,7 +28,7 @@ LAYERS = [
     ("precisionlab.train",),     # train: model, data, the run loop, checkpoints, outcomes
     ("precisionlab.store",),     # store: the results database
     ("precisionlab.analysis",),  # analysis: sharpness, statistics, report tables, plots, rendering
-    ("precisionlab.config",),    # config: the one typed schema of every config group
+    ("precisionlab.config", "precisionlab.configs"),  # config: the typed schema, and the presets' package registering it
     ("precisionlab.run",),       # run: one training run (the `precisionlab train` task, a sweep's job)
     ("precisionlab.sweep",),     # sweep: planning a grid, launching it, progress
     ("precisionlab.cli", "precisionlab.console"),  # cli: the command line, its console entry point and the package
@@ -49,8 +51,8 @@ def import_graph(sources: dict[str, Path] | Path = None, *, type_checking: bool 
     """module -> the precisionlab modules it imports (at any depth of its code, lazy imports included;
     `if TYPE_CHECKING:` blocks too, unless `type_checking=False`: they never run, but a type-only
     import is still a dependency). `from pkg import name` counts as importing pkg.name when that is a
-    module, else pkg. `sources`: package name -> folder (default: precisionlab/ and kernels/; a
-    bare folder is the precisionlab package alone)."""
+    module, else pkg. `sources`: package name -> folder (default SOURCES: precisionlab/ and the
+    package-dir folders; a bare folder is the precisionlab package alone)."""
     if sources is None:
         sources = SOURCES
     elif isinstance(sources, Path):
@@ -199,7 +201,8 @@ def test_the_layer_check_sees_a_planted_upward_edge_and_an_unplaced_module(tmp_p
 def test_no_import_cycles_between_modules():
     graph = import_graph()
     assert len(graph) > 20 and "precisionlab.cli" in graph  # the walk found the package
-    assert "precisionlab.kernels.cast_torch" in graph["precisionlab.numerics.cast"]  # ... and kernels/ with it
+    assert "precisionlab.kernels.cast_torch" in graph["precisionlab.numerics.cast"]  # ... kernels/ with it
+    assert graph["precisionlab.configs"] == {"precisionlab.config"}  # ... and configs/
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle (type-only imports included): " + " -> ".join(cycle)
 
