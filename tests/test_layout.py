@@ -31,9 +31,11 @@ LAYERS = [
     ("precisionlab.config", "precisionlab.configs"),  # config: the typed schema, and the presets' package registering it
     ("precisionlab.run",),       # run: one training run (the `precisionlab train` task, a sweep's job)
     ("precisionlab.sweep",),     # sweep: planning a grid, launching it, progress
-    ("precisionlab.cli", "precisionlab.console"),  # cli: the command line, its console entry point and the package
-]                                                  # root (ROOT: users' lazy exports and the version, in no lower layer)
-ROOT = "precisionlab"  # the package itself, not its submodules: placed in the top layer
+    ("precisionlab.cli", "precisionlab.console"),  # cli: the command line and its console entry point
+]
+# The package itself (not its submodules): users' lazy exports and the version; in the cli layer, so no lower
+# module reaches numerics or quant through it
+ROOT = "precisionlab"
 
 
 def _module_names(sources: dict[str, Path]) -> dict[str, Path]:
