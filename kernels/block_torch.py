@@ -3,7 +3,7 @@
 `block_cast_torch(x2d, spec, seed)` casts a contiguous fp32 (rows, K) tensor in blocks of
 B consecutive elements along dim 1, times C consecutive rows (2-D blocks) along dim 0; a last
 partial block (K % B, rows % C) is a block of its real elements. It computes, per block
-(DESIGN's "Block-scaled formats" and the README's block-format section spell the arithmetic):
+(the README's "Block-scaled formats" spells the arithmetic):
 
   amax      max |x| over the block, a float max, so a NaN propagates; a NaN/Inf block -> all NaN
   E8M0      k = floor(log2 amax) - emax_elem from amax's fp32 exponent bits (subnormals normalised

@@ -12,7 +12,7 @@ broadcasts along axis 1. Blocks larger than MAX_TILE elements (B x C up to
 65536) take one program each and are walked in CHUNK_SIZE-element chunks twice:
 once for amax, once for the cast (the re-read is served by L2).
 
-The arithmetic is kernels/block_torch.py's (DESIGN "Block-scaled formats"), all in fp32:
+The arithmetic is kernels/block_torch.py's (the README's "Block-scaled formats"), all in fp32:
   amax    max |x| over the block, as an integer max of the magnitude bits
           (equal to the float max for finite values, and > 0x7F800000 for NaN,
           so a NaN or Inf block is recognised without NaN-propagation rules);
@@ -47,7 +47,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .cast_triton import round_bits
+from .cast_triton import element_constexprs, round_bits
 from .spec import SCALE_E8M0 as _SCALE_E8M0
 from .spec import BlockSpec
 from .spec import RULE_RCEIL as _RULE_RCEIL
@@ -273,16 +273,7 @@ def block_kernel_constexprs(spec: BlockSpec) -> dict:
     """The kernel's format/rule constexprs for a block cast (tiling comes from `tile_config`)."""
     e, sc = spec.elem, spec.scale
     return dict(
-        MAN_BITS=e.man_bits,
-        EMIN=e.emin,
-        BIAS_PARITY=e.bias_parity,
-        MAX_BITS=e.max_bits,
-        MIN_NORMAL_BITS=e.min_normal_bits,
-        OVERFLOW_BITS=e.overflow_bits,
-        FINITE_OVERFLOW_BITS=e.finite_overflow_bits,
-        ROUNDING=e.rounding,
-        FLUSH_SUBNORMALS=e.flush_subnormals,
-        NO_NEGATIVE_ZERO=e.no_negative_zero,
+        **element_constexprs(e),
         ELEM_EMAX=spec.elem_emax,
         RULE=spec.rule,
         SCALE_KIND=spec.scale_kind,

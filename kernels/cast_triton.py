@@ -16,7 +16,7 @@ import triton.language as tl
 from . import spec as _modes
 from .spec import CastSpec
 
-__all__ = ["cast_kernel", "round_bits", "cast_triton", "kernel_constexprs", "BLOCK_SIZE"]
+__all__ = ["cast_kernel", "round_bits", "cast_triton", "element_constexprs", "kernel_constexprs", "BLOCK_SIZE"]
 
 BLOCK_SIZE = 1024
 # Globals read inside @triton.jit must be constexpr.
@@ -123,8 +123,8 @@ def cast_kernel(
     tl.store(y_ptr + offs, q.to(tl.float32, bitcast=True), mask=mask)
 
 
-def kernel_constexprs(spec: CastSpec) -> dict:
-    """The kernel's compile-time arguments for a cast."""
+def element_constexprs(spec: CastSpec) -> dict:
+    """`round_bits`' compile-time arguments for an element format (shared by the block kernel)."""
     return dict(
         MAN_BITS=spec.man_bits,
         EMIN=spec.emin,
@@ -136,8 +136,12 @@ def kernel_constexprs(spec: CastSpec) -> dict:
         ROUNDING=spec.rounding,
         FLUSH_SUBNORMALS=spec.flush_subnormals,
         NO_NEGATIVE_ZERO=spec.no_negative_zero,
-        BLOCK_SIZE=BLOCK_SIZE,
     )
+
+
+def kernel_constexprs(spec: CastSpec) -> dict:
+    """The kernel's compile-time arguments for a cast."""
+    return dict(**element_constexprs(spec), BLOCK_SIZE=BLOCK_SIZE)
 
 
 def cast_triton(x: torch.Tensor, spec: CastSpec, seed: int = 0, offset: int = 0) -> torch.Tensor:

@@ -7,6 +7,7 @@ import."""
 from __future__ import annotations
 
 import importlib
+from importlib import metadata
 
 _EXPORTS = {
     "FloatFormat": "precisionlab.numerics.formats",
@@ -20,7 +21,10 @@ _EXPORTS = {
 }
 
 __all__ = ["FloatFormat", "BlockFormat", "parse_format", "quantize", "quantize_scaled", "tensor_scale", "ROUNDING_MODES", "convert_model"]
-__version__ = "0.1.0"
+try:  # one version, pyproject.toml's, as installed; runs record the same (precisionlab.runtime.provenance)
+    __version__ = metadata.version("precisionlab")
+except metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 
 def __getattr__(name: str):

@@ -1,7 +1,7 @@
 """The `precisionlab` command line (Typer): one app, one module.
 
 Commands that launch runs hand their Hydra overrides to the module-level
-`@hydra.main` functions in `precisionlab.sweep.app`; commands that launch nothing
+`@hydra.main` functions in `precisionlab.run.app`; commands that launch nothing
 use the Compose API or no Hydra at all.
 """
 
@@ -26,8 +26,17 @@ app = typer.Typer(
 )
 
 
+def _show_version(show: bool) -> None:
+    if show:
+        from precisionlab import __version__
+
+        typer.echo(f"precisionlab {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
     """Precision-stability sweeps: train small LMs across seeds, learning rates and simulated number formats."""
 
 
@@ -106,7 +115,7 @@ def _check_train_overrides(overrides: list[str]):
     except (ConfigError, DataError) as err:
         fail(str(err))
     from precisionlab.store import run_id
-    from precisionlab.sweep.job import busy_error, check_parents, open_store
+    from precisionlab.run.job import busy_error, check_parents, open_store
 
     store = None
     try:  # creates it if absent (a branch's must hold its parent); an unusable store.path fails here, before any run directory
@@ -124,18 +133,28 @@ def _check_train_overrides(overrides: list[str]):
     return cfg
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def train(ctx: typer.Context) -> None:
-    """Train one model. Arguments are Hydra overrides, e.g.:
+def _presets(group: str) -> str:
+    """A config group's presets, read from the installed configs folder, so help texts list them all."""
+    from importlib.resources import files
+
+    return ", ".join(sorted(p.name[:-5] for p in files("precisionlab.configs").joinpath(group).iterdir()
+                            if p.name.endswith(".yaml")))
+
+
+_TRAIN_HELP = f"""Train one model. Arguments are Hydra overrides, e.g.:
 
     precisionlab train model=tiny precision=mask precision.format=e8m3 optim.lr=3e-3 seed=1 train.steps=300
 
-    Config groups: model (tiny, small, gpt2_124m, llama_120m), precision (fp32, bf16, mask, fp8),
-    data (default, text, tokens), optim (adamw). Writes metrics.csv, run.json and checkpoints/
-    into the Hydra run directory (outputs/DATE/TIME).
+    Config groups: model ({_presets("model")}); precision ({_presets("precision")}); data ({_presets("data")}); optim ({_presets("optim")}).
+
+    Writes metrics.csv, run.json and checkpoints/ into the Hydra run directory (outputs/DATE/TIME) and the run into the results store.
     """
+
+
+@app.command(help=_TRAIN_HELP, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train(ctx: typer.Context) -> None:
     from precisionlab.store.url import hide_passwords
-    from precisionlab.sweep.app import train_main, validated_by_cli
+    from precisionlab.run.app import train_main, validated_by_cli
 
     overrides = hide_passwords(list(ctx.args))  # a store.url's password: to PGPASSWORD, never into run files
     flags = [arg for arg in overrides if arg.startswith("-")]
@@ -149,27 +168,28 @@ def train(ctx: typer.Context) -> None:
         _run_hydra(train_main, overrides)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+_SWEEP_HELP = f"""Train a grid of runs (Hydra multirun) into the results store; rerun to resume. Arguments are Hydra overrides, e.g.:
+
+    precisionlab sweep                      (sweep=default, the built-in study; --dry-run lists its runs)
+
+    precisionlab sweep sweep=paper --jobs 2 (the paper's formats and the widths where training breaks)
+
+    precisionlab sweep precision.format=e8m7,e8m5,e8m3 optim.lr=1e-3,3e-3,1e-2 seed=0,1
+
+    The grid is what was typed: axes on the command line (key=a,b) are the whole grid; with sweep=NAME they replace NAME's axes of the same keys. Completed and diverged runs are skipped, failed and interrupted ones rerun (from their last checkpoint). Launchers: hydra/launcher=joblib (= --jobs N), slurm, ray (see the docs).
+
+    Grids (sweep=NAME): {_presets("sweep")}.
+    """
+
+
+@app.command(help=_SWEEP_HELP, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def sweep(
     ctx: typer.Context,
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Run N runs at once on this machine (joblib launcher), each with cores/N torch threads."),
     force: bool = typer.Option(False, "--force", help="Rerun completed and diverged runs too."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the grid and every run (id, status in the store, formats, label) and exit; writes nothing."),
 ) -> None:
-    """Train a grid of runs (Hydra multirun) into the results store; rerun to resume. Arguments are Hydra overrides, e.g.:
-
-    precisionlab sweep                      (sweep=default: 3 formats x 3 LRs x 3 seeds, tiny model)
-
-    precisionlab sweep sweep=paper --jobs 2 (the paper's E8M7..E8M3, E7M7 bit-reduction study)
-
-    precisionlab sweep precision.format=e8m7,e8m5,e8m3 optim.lr=1e-3,3e-3,1e-2 seed=0,1
-
-    The grid is what was typed: axes on the command line (key=a,b) are the whole grid; with
-    sweep=NAME they replace NAME's axes of the same keys. Completed and diverged runs are skipped,
-    failed and interrupted ones rerun (from their last checkpoint). Launchers: hydra/launcher=joblib
-    (= --jobs N), slurm, ray (see README).
-    """
-    from precisionlab.sweep.app import sweep_main
+    from precisionlab.run.app import sweep_main
     from precisionlab.sweep.plan import SweepError, plan
     from precisionlab.store.url import hide_passwords
     from precisionlab.sweep.preview import header, run_list, statuses
@@ -192,7 +212,7 @@ def sweep(
     from precisionlab.config import ConfigError, one_line
     from precisionlab.store import ResultsStore, StoreError
     from precisionlab.store.corpus import check_sweep_data
-    from precisionlab.sweep.job import check_parents
+    from precisionlab.run.job import check_parents
     from precisionlab.sweep.launchers import missing_plugin
 
     if missing := missing_plugin(overrides):
@@ -270,7 +290,7 @@ def frontier(
     from precisionlab.config import ConfigError, one_line
     from precisionlab.store import StoreError
     from precisionlab.store.url import hide_passwords
-    from precisionlab.sweep.app import sweep_main
+    from precisionlab.run.app import sweep_main
     from precisionlab.sweep.frontier import FrontierError, make_axis, search
     from precisionlab.sweep.frontier_runs import FrontierRuns, check_overrides
     from precisionlab.sweep.launchers import missing_plugin
@@ -447,8 +467,9 @@ def report(
     """
     from precisionlab.analysis import render
     from precisionlab.analysis.dose import check_margin
-    from precisionlab.analysis.report import build, compare_notes
-    from precisionlab.analysis.report import compare as compare_reports
+    from precisionlab.analysis.compare import compare as compare_reports
+    from precisionlab.analysis.compare import compare_notes
+    from precisionlab.analysis.report import build
     from precisionlab.analysis.tables import (
         display_by_lr,
         display_by_variant,

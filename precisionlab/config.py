@@ -21,12 +21,12 @@ and exits with code 2.
 Validated once. `validate` returns the resolved config read-only and marked validated
 (`is_validated`); being read-only, the mark cannot go stale. `ensure_valid(cfg)` returns
 a marked config as it is and validates anything else: `train.loop.run` and
-`sweep.job.train_recorded` use it, so a config built in Python is validated once on the
+`run.job.train_recorded` use it, so a config built in Python is validated once on the
 way in and never again. The CLI validates before Hydra starts (bad input must fail before
 a run directory or store row exists): `precisionlab train` its one composed config, which
-it hands to Hydra's task function (`sweep.app.train_main`, in its process); `precisionlab
+it hands to Hydra's task function (`run.app.train_main`, in its process); `precisionlab
 sweep` every grid point, in `sweep.plan.plan`. Hydra composes those grid points again for
-`sweep.job.run_job`, maybe in other processes (joblib, Slurm) where no mark made in the
+`run.job.run_job`, maybe in other processes (joblib, Slurm) where no mark made in the
 CLI's process survives, so run_job takes plan()'s word for them: `assume_valid` resolves
 and marks without checking.
 """
@@ -171,8 +171,8 @@ class Precision:
 
 @dataclass
 class StdlibData:
-    source: str = "stdlib"
-    vocab_size: int = 256
+    source: str = "stdlib"              # which data schema this is (the data preset sets it)
+    vocab_size: int = 256               # bytes are the tokens
     budget_bytes: int = 4_000_000       # whole .py files sampled over the library until this many bytes
     val_fraction: float = 0.1           # held out for validation
     split: str = choice("families", SPLITS)  # families: hold out whole families of near-duplicate files; files: single files (hash-chosen); tail: the last bytes (0.2)
@@ -181,19 +181,19 @@ class StdlibData:
 
 @dataclass
 class TextData:
-    source: str = "text"
+    source: str = "text"                # which data schema this is (the data preset sets it)
     path: str = MISSING                 # a text file or a folder
-    glob: str = "**/*.txt"
-    vocab_size: int = 256
-    val_fraction: float = 0.1
+    glob: str = "**/*.txt"              # which files of a folder data.path are read
+    vocab_size: int = 256               # bytes are the tokens
+    val_fraction: float = 0.1           # held out for validation
     split: str = choice("families", SPLITS)  # families / files: hold out whole files of a folder (see stdlib); tail: the last bytes
 
 
 @dataclass
 class TokensData:
-    source: str = "tokens"
+    source: str = "tokens"              # which data schema this is (the data preset sets it)
     path: str = MISSING                 # a folder with train.bin and val.bin (uint16)
-    vocab_size: int = 50304
+    vocab_size: int = 50304             # at least the largest token id + 1 (50304: GPT-2's, padded)
 
 
 # The data sources have different keys, so each has its schema; `data.source` picks it.
@@ -202,14 +202,14 @@ DATA_SOURCES = {"stdlib": StdlibData, "text": TextData, "tokens": TokensData}
 
 @dataclass
 class Optim:
-    name: str = choice("adamw", ("adamw",))
-    lr: float = 3.0e-3
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
-    eps: float = 1.0e-8
+    name: str = choice("adamw", ("adamw",))  # the optimizer (AdamW only)
+    lr: float = 3.0e-3                  # peak learning rate, reached after warmup
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])  # AdamW's moment decay rates
+    eps: float = 1.0e-8                 # AdamW's denominator epsilon
     weight_decay: float = 0.1           # on matrices only
-    warmup_steps: int = 20
-    schedule: str = choice("cosine", SCHEDULES)
-    min_lr_ratio: float = 0.1
+    warmup_steps: int = 20              # linear warmup from 0 to lr over this many steps
+    schedule: str = choice("cosine", SCHEDULES)  # after warmup: cosine decay to min_lr_ratio * lr, or constant
+    min_lr_ratio: float = 0.1           # the cosine schedule's final lr, as a fraction of lr
     grad_clip: float = 1.0              # max global grad norm; 0: no clipping
     z_loss: float = 0.0                 # adds z_loss * mean over tokens of (log Z)^2 to the trained loss (PaLM); 0: off
     state_format: str = "fp32"          # AdamW's moments stored in this format (precisionlab.train.optim)
@@ -221,30 +221,30 @@ class Optim:
 
 @dataclass
 class Divergence:  # precisionlab.train.outcomes: what "diverged" means and when a run stops early
-    rule: str = choice("none", DIVERGENCE_RULES)  # none: stop only on NaN/Inf, judge at the end (ended above ln V);
-    window: int = 20                    # median: stop once the median of the last `window` losses > ln V + margin;
-    margin: float = 0.0                 # factor: precisionlab 0.1's rule (V = model.vocab_size)
+    rule: str = choice("none", DIVERGENCE_RULES)  # none: stop only on NaN/Inf, judge at the end (diverged: ended above ln V); median, factor: stop early
+    window: int = 20                    # rule=median: stop once the median of the last `window` losses exceeds ln V + margin
+    margin: float = 0.0                 # rule=median: nats above ln V (V = model.vocab_size)
     factor: float = 1.0                 # rule=factor: diverged if loss > factor * step 1's loss after warmup
 
 
 @dataclass
 class Spikes:
-    z: float = 8.0                      # a spike: loss more than z robust SDs (1.4826 MAD) above the median of
-    window: int = 20                    # the previous `window` losses (precisionlab.train.outcomes)
+    z: float = 8.0                      # a spike: a loss more than z robust SDs above the median of the previous `window` losses
+    window: int = 20                    # losses the spike test looks back over (precisionlab.train.outcomes)
 
 
 @dataclass
 class Train:
-    steps: int = 300
-    batch_size: int = 16
-    seq_len: int = 64
+    steps: int = 300                    # optimizer steps
+    batch_size: int = 16                # sequences per step
+    seq_len: int = 64                   # tokens per sequence; at most model.block_size
     eval_every: int = 50                # 0: only at the end
-    eval_batches: int = 32
-    eval_seed: int = 1234
+    eval_batches: int = 32              # validation batches per evaluation, the same for every run
+    eval_seed: int = 1234               # draws those validation batches
     threads: Optional[int] = None       # torch CPU threads; null: all cores
-    checkpoint_steps: List[int] = field(default_factory=list)
+    checkpoint_steps: List[int] = field(default_factory=list)  # also save checkpoints at these steps
     checkpoint_every: int = 0           # 0: never
-    checkpoint_dir: str = "checkpoints"
+    checkpoint_dir: str = "checkpoints"  # checkpoints go to checkpoint_dir/RUN_ID/
     divergence: Divergence = field(default_factory=Divergence)
     spikes: Spikes = field(default_factory=Spikes)
 
@@ -257,8 +257,8 @@ class Init:  # where training starts (precisionlab.train.branch); not `init.from
 @dataclass
 class Sharpness:
     every: int = 0                      # 0: off
-    metrics: List[str] = field(default_factory=lambda: ["logit"])
-    eps: float = 1.0e-3
+    metrics: List[str] = field(default_factory=lambda: ["logit"])  # which sharpness metrics to measure
+    eps: float = 1.0e-3                 # the perturbation box's half-width factor (logit and keskar sharpness)
 
 
 @dataclass
@@ -271,7 +271,7 @@ class Diagnostics:
 class Store:
     path: Optional[str] = DEFAULT_STORE_PATH  # an SQLite file; null (and no url): don't record
     url: Optional[str] = None           # sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB; wins over path
-    journal_mode: str = choice(DEFAULT_JOURNAL_MODE, JOURNAL_MODES)
+    journal_mode: str = choice(DEFAULT_JOURNAL_MODE, JOURNAL_MODES)  # SQLite journal: wal (many writers on one machine) or delete (file systems without shared memory)
 
 
 @dataclass
@@ -282,7 +282,7 @@ class TrainConfig:
     precision: Precision = field(default_factory=Precision)
     data: Any = MISSING                 # one of DATA_SOURCES' schemas, from the data preset
     optim: Optim = field(default_factory=Optim)
-    seed: int = 0
+    seed: int = 0                       # initial weights, batch order and stochastic rounding
     device: str = "auto"                # auto | cpu | cuda | cuda:N
     train: Train = field(default_factory=Train)
     init: Init = field(default_factory=Init)
@@ -508,7 +508,7 @@ def memory_shortfall(model: dict, batch_size: int, seq_len: int, device: str) ->
 
 
 def _check_init(cfg: DictConfig) -> None:
-    """init.parent's spelling and step (whether the store holds it: sweep.job.check_parents, in the CLI)."""
+    """init.parent's spelling and step (whether the store holds it: run.job.check_parents, in the CLI)."""
     try:
         parent = parse_parent(cfg.init.parent)
     except ValueError as err:

@@ -26,7 +26,7 @@ from precisionlab.runtime import resolve_device
 from precisionlab.train.checkpoint import build_model
 from precisionlab.train.data import get_batch, load_dataset
 from precisionlab.train.diagnostics import Diagnostics
-from precisionlab.train.optim import MasterFormat, MomentFormats, build_optimizer, store_master, store_moments
+from precisionlab.train.optim import MasterFormat, MomentFormats, build_optimizer, round_master, round_moments
 
 VARIANTS = {
     "fp32": ["precision=fp32"],
@@ -63,7 +63,7 @@ def make_step(cfg, device, tokens):
     model = build_model(cfg).to(device)
     optimizer, moments = build_optimizer(model, cfg.optim), MomentFormats.from_cfg(cfg.optim)
     master = MasterFormat.from_cfg(cfg.optim)
-    store_master(model, master, cfg.seed, 0)
+    round_master(model, master, cfg.seed, 0)
     gen = torch.Generator().manual_seed(cfg.seed)
     diagnostics = Diagnostics.from_cfg(cfg, recorder=_Rows())
     count = 0
@@ -78,8 +78,8 @@ def make_step(cfg, device, tokens):
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
-            store_moments(optimizer, moments)
-            store_master(model, master, cfg.seed, count)  # its stochastic draws differ from step to step
+            round_moments(optimizer, moments)
+            round_master(model, master, cfg.seed, count)  # its stochastic draws differ from step to step
         return loss
 
     return step

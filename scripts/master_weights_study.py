@@ -22,7 +22,7 @@ import sys
 import numpy as np
 from matplotlib.figure import Figure
 
-from precisionlab.analysis.plots import DPI, FACET_H, FACET_W
+from precisionlab.analysis.drawing import DPI, FACET_H, FACET_W
 from precisionlab.analysis.stats import holm, interval_text, mean_interval, paired_difference, paired_t_p
 from precisionlab.store import DEFAULT_STORE_PATH, ResultsStore, StoreError
 

@@ -1,6 +1,6 @@
-"""The README's study tables, regenerated from the results store instead of written by hand.
+"""The documentation's study tables (docs/reproducing.md), regenerated from the results store instead of written by hand.
 
-    python scripts/paper_tables.py [--store results/precisionlab.db [--store OTHER ...]] [--write README.md]
+    python scripts/paper_tables.py [--store results/precisionlab.db [--store OTHER ...]] [--write [docs/reproducing.md]]
 
 For each study (a sweep of that name in the store) it prints the per-format table of `precisionlab
 report` in Markdown, and for the bit-reduction study (`paper`) the "what reproduces" table: each
@@ -14,10 +14,12 @@ here and a verdict, one of
                         adjustment to reach α).
 The "effects" table: published small-scale effects (master weights, Wortsman et al. 2023's QK-LayerNorm
 and z-loss, the FP4 orderings), one row each with its statistic, paired by seed, and a verdict, one of
-  reproduces            the test finds the claimed direction (paired t on the final loss, Holm-adjusted
-                        over the study's tests; the 95% interval of ΔS below 0 for LR sensitivity; the
-                        exact divergence test stratified by LR, one-sided, for a divergence claim; the
-                        interval below +MARGIN for a "not worse" claim);
+  reproduces            the test finds the claimed direction (paired t on the final loss of the runs both
+                        completed, the report's loss test: a diverged run is the divergence test's, never
+                        counted at ln V; Holm-adjusted over the study's tests; the 95% interval of ΔS
+                        below 0 for LR sensitivity; the exact divergence test stratified by LR, one-sided,
+                        for a divergence claim, and for E2M1's "fails" beside its loss test; the interval
+                        below +MARGIN for a "not worse" claim);
   contradicted          the test finds the opposite direction;
   not detected          the interval covers 0 and rules out an effect in the claimed direction larger
                         than MARGIN (0.02 nats/byte): at this scale the effect, if any, is small; for a
@@ -25,10 +27,10 @@ and z-loss, the FP4 orderings), one row each with its statistic, paired by seed,
   not resolvable at this scale  the interval covers 0 and also effects beyond MARGIN, or what the claim
                         is about does not happen here (no run diverges), or too few seeds for an interval.
 A study whose sweep the stores lack is listed with the command that runs it; with several --store, each
-study is read from the first store that holds its sweep. With --write, each block of the README between
+study is read from the first store that holds its sweep. With --write, each block of the page (default docs/reproducing.md) between
 `<!-- tables:NAME -->` and `<!-- /tables:NAME -->` is replaced by the table NAME (`paper-claims`,
 `paper`, `fp4`, `fp8_recipes`, `master_weights`, `effects`, `wortsman_qk`, `wortsman_zloss`,
-`fp4_signs`), so the README says what the stores hold; a study none of the stores holds keeps its block.
+`fp4_signs`), so the page says what the stores hold; a study none of the stores holds keeps its block.
 """
 
 from __future__ import annotations
@@ -40,12 +42,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from precisionlab.analysis.dose import decide
+from precisionlab.analysis.estimates import seed_matrix
 from precisionlab.analysis.labels import display_label, identical_to
 from precisionlab.analysis.render import markdown_table
-from precisionlab.analysis.report import ALPHA, ReportError, build, detectability, divergence_strata, seed_matrix
-from precisionlab.analysis.stats import (CI, holm, interval_text, paired_difference, paired_margin, paired_sensitivity,
-                                         paired_t_p, stratified_exact_p)
+from precisionlab.analysis.report import ReportError, build
+from precisionlab.analysis.stats import (CI, holm, holm_reachable, interval_text, paired_sensitivity,
+                                         stratified_exact_p)
 from precisionlab.analysis.tables import display_by_variant
+from precisionlab.analysis.verdicts import ALPHA, detectability, divergence_strata, paired_loss_test
 from precisionlab.store import DEFAULT_STORE_PATH, DONE, ResultsStore, StoreError
 
 STUDIES = {  # sweep name -> the command that runs it
@@ -183,14 +188,10 @@ def _variant(runs: pd.DataFrame, **where) -> str | None:
 
 
 def _loss_diff(runs: pd.DataFrame, variant: str, reference: str) -> dict:
-    """Final loss ℓ (capped at ln V; a diverged run counts as ln V) of `variant` minus `reference`,
-    paired by LR and seed: paired_difference's fields and the paired t p (`p_t`)."""
-    done = runs[runs.status.isin(DONE)]
-    a, b = (done[done.variant == v].set_index(["lr", "seed"]).capped_loss.astype(float) for v in (variant, reference))
-    both = a.index.intersection(b.index)
-    out = paired_difference(a[both].to_numpy(), b[both].to_numpy())
-    out["p_t"] = paired_t_p((a[both] - b[both]).to_numpy())
-    return out
+    """Final loss ℓ of `variant` minus `reference`, paired by LR and seed over the runs both completed:
+    the report's loss test (verdicts.paired_loss_test; diverged runs are the divergence test's, never
+    counted at ln V), here pooled over the LRs. paired_difference's fields and the paired t p (`p_t`)."""
+    return paired_loss_test(runs[runs.variant == variant], runs[runs.variant == reference], "capped_loss", ("lr", "seed"))
 
 
 def _fails(runs: pd.DataFrame, variant: str) -> str:
@@ -285,8 +286,8 @@ def zloss_rows(report) -> list[tuple[str, str, str]]:
     kz, nz = sum(s[2] for s in strata), sum(s[3] for s in strata)
     lrs = ", ".join(f"{lr:g}" for lr in sorted(runs.lr.unique()))
     d = _loss_diff(runs, on[0], off)
-    text = (f"at LR {lrs}: diverged without z-loss {k}/{n}, with z-loss {kz}/{nz}; final loss (diverged: ln V), "
-            f"z-loss − none: {_diff_text(d)} over {d['n']} paired runs")
+    text = (f"at LR {lrs}: diverged without z-loss {k}/{n}, with z-loss {kz}/{nz}; final loss of the runs both "
+            f"completed, z-loss − none: {_diff_text(d)} over {d['n']} paired runs")
     if k == 0:
         return [(claim, text, f"not resolvable at this scale: no run without z-loss diverged (0/{n})")]
     p = stratified_exact_p(strata, "greater")  # the runs without z-loss diverge more
@@ -303,22 +304,34 @@ def fp4_rows(report) -> list[tuple[str, str, str]]:
              ("stochastic rounding of the gradients beats round-to-nearest: NVFP4", "nvfp4", "nvfp4_no_sr", -1)]
     pairs = [p for p in pairs if name[p[1]] and name[p[2]]]
     tests = [_loss_diff(runs, name[a], name[b]) for _, a, b, _ in pairs]
-    adjusted = holm([t["p_t"] for t in tests]) if tests else []
+    # e2m1's diverged runs are not in its loss test (as in the report): they are its divergence test's
+    strata = divergence_strata(runs, name["e2m1"], name["bf16"]) if pairs and pairs[0][1] == "e2m1" else []
+    p_diverged = stratified_exact_p(strata, "greater") if strata else float("nan")
+    # one Holm family; the divergence test joins it once a run of either diverged (before, it cannot reach α)
+    anything = any(k + kr for k, _, kr, _ in strata)
+    adjusted = holm_reachable([t["p_t"] for t in tests] + [p_diverged],
+                              [0.0] * len(tests) + [0.0 if anything else 1.0]) if tests else []
     for (claim, a, b, sign), d, p in zip(pairs, tests, adjusted):
         verdict = _decide(d, p, sign)
         text = f"final loss, {a} − {b}: {_diff_text(d, p)}"
         if a == "e2m1":  # "fails": every run diverged or stalled, beyond being worse
+            k, n, kr, nr = (sum(s[i] for s in strata) for i in range(4))
+            if k:
+                text += (f"; diverged e2m1 {k}/{n}, bf16 {kr}/{nr} (exact test stratified by LR, one-sided, "
+                         f"Holm p = {adjusted[-1]:.2g})")
+                verdict = "reproduces" if adjusted[-1] < ALPHA else verdict
             text += f"; e2m1 {_fails(runs, name[a])}, bf16 {_fails(runs, name[b])}"
             fails = runs[(runs.variant == name[a]) & runs.status.isin(DONE)].outcome.isin(["diverged", "did not converge"])
             if verdict == "reproduces" and not fails.all():
                 verdict = "trains, worse than bf16 (not every run fails)"
         rows.append((claim, text, verdict))
-    if name["nvfp4"] and name["mxfp4"]:
-        done = runs[runs.status.isin(DONE)]
-        a, b = (done[done.variant == name[v]].set_index(["lr", "seed"]).capped_loss.astype(float) for v in ("nvfp4", "mxfp4"))
-        both = a.index.intersection(b.index)
-        m = paired_margin(a[both].to_numpy(), b[both].to_numpy(), MARGIN)
-        verdict = {"within": "reproduces", "beyond": f"contradicted: worse by more than {MARGIN:g}"}.get(
+    if name["nvfp4"] and name["mxfp4"]:  # the frontier's rule (dose.decide), paired by LR and seed
+        sides = [runs[runs.variant == name[v]] for v in ("nvfp4", "mxfp4")]
+        done = [g[g.status == "completed"].groupby(["lr", "seed"]).capped_loss.mean().to_dict() for g in sides]
+        diverged = [set(zip(g[g.status == "diverged"].lr, g[g.status == "diverged"].seed)) for g in sides]
+        m = decide(done[0], diverged[0], done[1], diverged[1], MARGIN)
+        verdict = {"within": "reproduces", "beyond": f"contradicted: worse by more than {MARGIN:g}",
+                   "diverged": f"contradicted: nvfp4 diverged in {m['unmatched']} run(s) whose mxfp4 twin did not"}.get(
             m["decision"], f"not resolvable at this scale: the interval reaches past +{MARGIN:g}")
         rows.append((f"NVFP4 is not worse than MXFP4 (margin {MARGIN:g} nats/byte)",
                      f"final loss, nvfp4 − mxfp4: {_diff_text(m)} over {m['n']} paired seeds", verdict))
@@ -372,8 +385,12 @@ def blocks(stores) -> dict[str, str]:
     return out
 
 
+# The page whose <!-- tables:NAME --> blocks --write replaces by default.
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "reproducing.md"
+
+
 def write(readme: Path, tables: dict[str, str]) -> list[str]:
-    """Replace README's marked blocks with `tables`; returns the names replaced."""
+    """Replace the page's marked blocks with `tables`; returns the names replaced."""
     text, done = readme.read_text(), []
     for name, body in tables.items():
         pattern = re.compile(rf"(<!-- tables:{re.escape(name)} -->\n).*?(<!-- /tables:{re.escape(name)} -->)", re.S)
@@ -388,7 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--store", action="append", help="results store (path or URL); repeat it to read the "
                         f"studies from several stores, the first holding a sweep wins (default {DEFAULT_STORE_PATH})")
-    parser.add_argument("--write", type=Path, help="README to update in place (its <!-- tables:NAME --> blocks)")
+    parser.add_argument("--write", type=Path, nargs="?", const=PAGE, metavar="PAGE",
+                        help=f"page to update in place (its <!-- tables:NAME --> blocks; default {PAGE})")
     args = parser.parse_args(argv)
     stores = []
     try:
@@ -403,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
             store.close()
     for name, body in tables.items():
         print(f"## {name}\n\n{body}\n")
-    if args.write:  # a study the stores lack keeps its README block (the tables of an earlier run)
+    if args.write:  # a study the stores lack keeps its block on the page (the tables of an earlier run)
         found = {name: body for name, body in tables.items() if not body.startswith("*Sweep `")}
         print(f"updated in {args.write}: {', '.join(write(args.write, found)) or 'no marked block'}"
               + (f"; kept (not in the stores): {', '.join(sorted(set(tables) - set(found)))}" if set(tables) - set(found)

@@ -18,7 +18,7 @@ import argparse
 import math
 import sys
 
-from precisionlab.analysis.report import display_label, format_order, label_runs
+from precisionlab.analysis.labels import display_label, format_order, label_runs
 from precisionlab.analysis.stats import fisher_greater, interval_text, holm, recipe_comparison, smallest_permutation_p
 from precisionlab.store import DEFAULT_STORE_PATH, ResultsStore, StoreError
 

@@ -5,8 +5,8 @@
 #                             at LR 3e-3 x 3 seeds                                 (18 runs)
 #   3. sweep=wortsman_zloss   z-loss vs none without weight decay, LR 1 x 4 seeds  (8 fp32 runs)
 #   4. sweep=master_weights    the master-weights study (18 runs; nothing to do where the store has it)
-#   5. precisionlab report for each, and scripts/paper_tables.py's effects table (README block
-#      `effects`) from the store.
+#   5. precisionlab report for each, and scripts/paper_tables.py's effects table (block
+#      `effects` of docs/reproducing.md) from the store.
 # Measured 2026-12-07 on 2 cores shared with other sweeps (load 6-9): the three presets' 44 runs took
 # 96 minutes of run time summed (wortsman_qk 31, fp4_signs 52, wortsman_zloss 13), 35 minutes of
 # wall time run as four single-threaded sweeps at once; an fp32 run of the tiny model alone on a

@@ -6,7 +6,7 @@
 #                                       logit sharpness every 10 steps
 #   2. precisionlab sharpness           the paper's last-token-logit sharpness on every checkpoint
 #   3. precisionlab report              tables, plots, report.html in reports/paper/
-# About 40 minutes on 2 cores (108 runs, each to its last step; see the README). Every step resumes: rerun after a crash or Ctrl-C and it
+# About 40 minutes on 2 cores (108 runs, each to its last step; see docs/reproducing.md). Every step resumes: rerun after a crash or Ctrl-C and it
 # finishes what is missing. Extra arguments go to the sweep, e.g. for the paper's scale on GPUs:
 #   scripts/reproduce_paper.sh model=gpt2_124m data=tokens data.path=DIR train.seq_len=1024 \
 #     train.batch_size=32 train.steps=5000 optim.warmup_steps=500 train.checkpoint_every=500 \

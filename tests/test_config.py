@@ -7,8 +7,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
@@ -16,13 +14,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ReadonlyConfigError
 from typer.testing import CliRunner
 
-from helpers import MICRO, SWEEP_MICRO, MemoryRecorder, compose_train
+from helpers import CLI, MICRO, SWEEP_MICRO, MemoryRecorder, compose_train
 from precisionlab import config
 from precisionlab.cli import app
 from precisionlab.config import ConfigError, one_line, validate
 from precisionlab.train.data import DataError
-
-CLI = str(Path(sys.executable).with_name("precisionlab"))
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +172,7 @@ def checks(monkeypatch):
 
 
 def test_train_recorded_and_run_validate_once(checks, tmp_path, monkeypatch):
-    from precisionlab.sweep.job import train_recorded
+    from precisionlab.run.job import train_recorded
     from precisionlab.train.loop import run
 
     monkeypatch.chdir(tmp_path)
@@ -233,3 +229,11 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, command, ove
     assert proc.stderr.splitlines() == [proc.stderr.strip()] and proc.stderr.startswith(f"error: {message}"), proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert list(tmp_path.iterdir()) == []  # no outputs/, multirun/, results/
+
+
+@pytest.mark.parametrize("key", ["precision.w", "precision.grad", "precision.operands.dgrad_w.format",
+                                 "precision.operands.wgrad_x.format", "precision.weight_grad"])
+def test_two_d_blocks_stay_accepted_on_two_d_operands(key):
+    """The refusal of 2-D blocks (tests/test_cli.py's PRECISION_CASES) is for the operands cast from a
+    tensor of rank > 2 only."""
+    validate(compose_train(f"{key}=e2m1fn/b16x16/e4m3fn/tensor"))

@@ -223,7 +223,7 @@ def test_imports_point_down_the_layer_order():
 def test_a_training_run_imports_no_report_code():
     """`precisionlab train`, a sweep's jobs and the sweep's own progress and summary load the training
     stack only: no report, statistics, plots or matplotlib (nor scipy, which the statistics need)."""
-    code = ("import sys, precisionlab.sweep.app, precisionlab.train.loop, precisionlab.sweep.progress\n"
+    code = ("import sys, precisionlab.run.app, precisionlab.train.loop, precisionlab.sweep.progress\n"
             "print(' '.join(m for m in sys.modules if m.startswith(('precisionlab.analysis.report', "
             "'precisionlab.analysis.stats', 'precisionlab.analysis.tables', 'precisionlab.analysis.warning', "
             "'precisionlab.analysis.plots', 'precisionlab.analysis.render', 'matplotlib', 'scipy'))))")

@@ -33,17 +33,19 @@ Definitions (the report's Definitions section repeats them):
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 import pandas as pd
 
-from precisionlab.analysis.labels import _parsed, bits_per_element, display_label, format_order, role_formats
+from precisionlab.analysis.labels import (bits_per_element, display_label, format_order, role_formats,
+                                          role_formats_parsed)
 from precisionlab.analysis.stats import CI, exact_binomial_ci, interval_text, mean_interval, paired_margin
 from precisionlab.numerics.formats import FloatFormat
 from precisionlab.store import DONE
 
-__all__ = ["Dose", "DEFAULT_MARGIN", "DEFINITIONS", "axes", "check_margin", "points", "frontiers", "sentence",
-           "study", "display_frontiers"]
+__all__ = ["Dose", "DEFAULT_MARGIN", "DEFINITIONS", "axes", "check_margin", "points", "decide", "frontiers",
+           "sentence", "study", "display_frontiers"]
 
 DEFAULT_MARGIN = 0.02  # nats per byte: about the seed spread of the tiny model's final loss
 WITHIN = ("within", "reference")  # decisions that keep a frontier going
@@ -95,7 +97,7 @@ def axes(variants) -> list[tuple[str, str, dict[str, float]]]:
     variants = sorted(dict.fromkeys(variants), key=format_order)
     groups: dict[tuple, dict[str, float]] = {}
     for variant in variants:
-        fmts = _parsed(variant)
+        fmts = role_formats_parsed(variant)
         if not fmts or len(set(role_formats(variant))) != 1 or not isinstance(fmts[0], FloatFormat):
             continue
         f, extras = fmts[0], variant.partition(" [")[2]
@@ -156,19 +158,32 @@ def _point(at_lr: pd.DataFrame, variant: str, reference: str, margin: float) -> 
         return None
     done = mine[mine.status == "completed"].groupby("seed").final_val_loss.mean().astype(float)
     ref_done = ref[ref.status == "completed"].groupby("seed").final_val_loss.mean().astype(float)
-    seeds = done.index.intersection(ref_done.index)
-    test = paired_margin(done[seeds].to_numpy(), ref_done[seeds].to_numpy(), margin)
     diverged = set(mine[mine.status == "diverged"].seed)
-    unmatched = diverged - set(ref[ref.status == "diverged"].seed)  # a seed the reference got through (or never ran)
+    test = decide(done.to_dict(), diverged, ref_done.to_dict(), set(ref[ref.status == "diverged"].seed), margin)
     low, high = exact_binomial_ci(len(diverged), len(mine))
     mean, loss_low, loss_high, loss_kind = mean_interval(done.to_numpy())
-    decision = ("reference" if variant == reference else "diverged" if unmatched else test["decision"])
     return {"finished": len(mine), "diverged": len(diverged), "diverged_low": low,
             "diverged_high": high, "ref_diverged": int((ref.status == "diverged").sum()), "ref_finished": len(ref),
             "loss_mean": mean, "loss_low": loss_low, "loss_high": loss_high, "loss_interval": loss_kind,
             "pairs": test["n"], "delta": test["diff"], "delta_low": test["low"], "delta_high": test["high"],
-            "delta_interval": test["kind"], "decision": decision,
-            "worse": bool(test["worse"]) and variant != reference, "unmatched_diverged": len(unmatched)}
+            "delta_interval": test["kind"], "decision": "reference" if variant == reference else test["decision"],
+            "worse": bool(test["worse"]) and variant != reference, "unmatched_diverged": test["unmatched"]}
+
+
+def decide(done: Mapping, diverged: Collection, ref_done: Mapping, ref_diverged: Collection, margin: float) -> dict:
+    """The decision rule of one width against the reference (module docstring, "decision"), from each
+    one's completed runs (`done`: seed -> final validation loss) and diverged seeds: `stats.paired_margin`
+    over the seeds both completed (n, diff, low, high, kind, decision, worse), the decision "diverged"
+    when the width diverged on a seed the reference did not diverge on (it got through, or never ran),
+    and `unmatched`, how many such seeds. The report's dose-response (`points`) and the frontier
+    search (`precisionlab.sweep.frontier.judge`) both decide with it."""
+    seeds = [s for s in done if s in ref_done]
+    out = paired_margin([done[s] for s in seeds], [ref_done[s] for s in seeds], margin)
+    unmatched = set(diverged) - set(ref_diverged)
+    if unmatched:
+        out["decision"] = "diverged"
+    out["unmatched"] = len(unmatched)
+    return out
 
 
 # --------------------------------------------------------------------------- frontiers

@@ -31,8 +31,9 @@ from precisionlab.numerics.formats import FloatFormat
 from precisionlab.store import DONE, NON_SEMANTIC_KEYS
 from precisionlab.train.outcomes import reference_loss
 
-__all__ = ["label_runs", "reference_losses", "identical_to", "display_label", "role_formats", "bits_per_element", "format_order",
-           "format_family", "short_format", "variant_sorted", "FORMAT_KEYS", "GRID_AXES"]
+__all__ = ["label_runs", "reference_losses", "identical_to", "display_label", "role_formats", "role_formats_parsed",
+           "bits_per_element", "format_order", "format_family", "short_format", "variant_sorted", "FORMAT_KEYS",
+           "GRID_AXES"]
 
 FORMAT_KEYS = {"format", "x", "w", "grad", "name"}  # precision.* keys the formats columns already show
 GRID_AXES = {"seed", "optim.lr", "lr"}              # what the tables are taken over, never part of a variant
@@ -43,7 +44,8 @@ def role_formats(label: str) -> list[str]:
     return label.split(" ", 1)[0].split("/")
 
 
-def _parsed(label: str) -> list[FloatFormat | BlockFormat] | None:
+def role_formats_parsed(label: str) -> list[FloatFormat | BlockFormat] | None:
+    """The formats of a variant's x, w and grad (`role_formats`), parsed; None if one is unparseable."""
     try:
         return [parse_format(_unshort(name)) for name in role_formats(label)]
     except ValueError:
@@ -53,7 +55,7 @@ def _parsed(label: str) -> list[FloatFormat | BlockFormat] | None:
 def bits_per_element(label: str) -> float | None:
     """Storage bits per element of a variant, a block format's share of its scales included
     (mxfp4 4.25, nvfp4 4.5); the mean over x, w and grad when they differ; None if unparseable."""
-    fmts = _parsed(label)
+    fmts = role_formats_parsed(label)
     if fmts is None:
         return None
     return float(np.mean([f.bits_per_element if isinstance(f, BlockFormat) else f.bits for f in fmts]))
@@ -62,7 +64,7 @@ def bits_per_element(label: str) -> float | None:
 def format_order(label: str) -> tuple:
     """Sort key: more bits per element first (fp32, bf16, e8m6, …, mxfp8, nvfp4, mxfp4), then more
     exponent bits, more mantissa bits, then the label. `label` is a variant; unparseable ones last."""
-    fmts = _parsed(label)
+    fmts = role_formats_parsed(label)
     if fmts is None:
         return (1, 0.0, 0, 0, label)
     first = fmts[0].element if isinstance(fmts[0], BlockFormat) else fmts[0]
@@ -72,7 +74,7 @@ def format_order(label: str) -> tuple:
 def format_family(label: str) -> str | None:
     """What a stability-vs-bits line connects: element formats by exponent width ("E8"), block
     formats by scale format and block ("e8m0-scaled b32"); None if unparseable."""
-    fmts = _parsed(label)
+    fmts = role_formats_parsed(label)
     if fmts is None:
         return None
     f = fmts[0]

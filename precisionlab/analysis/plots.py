@@ -1,13 +1,13 @@
-"""The report's figures, drawn from a `precisionlab.report.Report` with matplotlib.
+"""The report's stability figures, drawn from a `precisionlab.analysis.report.Report` with matplotlib,
+and `figures(report)`: every figure of the report by file name (the signals watched during training
+are drawn by `analysis.signal_plots`); `png(fig)` turns one into bytes (`analysis.drawing`).
 
 Figures are built with `matplotlib.figure.Figure` (no pyplot): no global state,
-no display needed, safe in any process. `figures(report)` returns them by file
-name; `png(fig)` turns one into bytes.
+no display needed, safe in any process.
 """
 
 from __future__ import annotations
 
-import io
 import math
 
 import numpy as np
@@ -18,75 +18,21 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
-from precisionlab.analysis.diagnostics import OPERAND_ORDER, by_step, site_means, worst_sites
+from precisionlab.analysis.drawing import FACET_H, FACET_W, draw_loss, loss_limits, lr_colours, lr_legend, png
 from precisionlab.analysis.labels import bits_per_element, display_label, format_family
 from precisionlab.analysis.report import Report
+from precisionlab.analysis.signal_plots import (
+    diagnostics_sites,
+    diagnostics_trends,
+    early_warning,
+    early_warning_roc,
+    sharpness_curves,
+)
 from precisionlab.analysis.stats import CI, RANGE
 
-__all__ = ["figures", "png", "loss_curves", "final_loss_heatmap", "loss_vs_lr", "stability_vs_bits", "dose_response",
-           "sharpness_curves",
-           "early_warning", "early_warning_roc", "diagnostics_sites", "diagnostics_trends"]
+__all__ = ["figures", "png", "loss_curves", "final_loss_heatmap", "loss_vs_lr", "stability_vs_bits", "dose_response"]
 
-DPI = 110
-FACET_W, FACET_H = 3.4, 2.6  # inches per facet
 COLUMNS = 4                  # facets per row in the loss-curve grid
-
-
-def png(fig: Figure) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
-    return buffer.getvalue()
-
-
-def _lr_colours(lrs) -> dict[float, tuple]:
-    """One viridis colour per learning rate, by rank: small LRs dark, large LRs yellow."""
-    lrs = sorted(set(float(lr) for lr in lrs if not pd.isna(lr)))
-    cmap = colormaps["viridis"]
-    return {lr: cmap(0.85 * i / max(len(lrs) - 1, 1)) for i, lr in enumerate(lrs)}
-
-
-def _lr_legend(fig: Figure, colours: dict[float, tuple], diverged: bool, branches: bool = False) -> None:
-    handles = [Line2D([], [], color=c, lw=2, label=f"lr {lr:.3g}") for lr, c in colours.items()]
-    if diverged:
-        handles.append(Line2D([], [], color="black", marker="x", lw=0, markersize=7, label="diverged"))
-    if branches:
-        handles.append(Line2D([], [], color="black", marker="o", mfc="none", lw=0.8, alpha=0.6,
-                              label="branch point (parent faint)"))
-    fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 8), frameon=False,
-               bbox_to_anchor=(0.5, 1.0))
-
-
-def _loss_limits(report: Report, curves: pd.DataFrame) -> tuple[float, float]:
-    """From just below the lowest loss to just above the highest initial loss: divergences are clipped."""
-    loss = curves.loss.astype(float)  # an empty column comes back from SQLite as objects
-    finite = loss[np.isfinite(loss)]
-    starts = pd.concat([report.runs.initial_loss.astype(float), report.runs.loss0.astype(float)])
-    top = np.nanmax(starts) if starts.notna().any() else finite.max()
-    low = finite.min() if len(finite) else 0.0
-    pad = 0.05 * (top - low if top > low else 1.0)
-    return low - pad, top + 2 * pad
-
-
-def _draw_loss(ax, report: Report, variant: str, curves: pd.DataFrame, colours, ylim) -> None:
-    runs = report.runs[report.runs.variant == variant].sort_values(["lr", "seed"])
-    for run in runs.itertuples():
-        curve = curves[curves.run_id == run.run_id]
-        colour = colours.get(float(run.lr), "grey")
-        lead = report.parent_curves[report.parent_curves.run_id == run.run_id]  # a branch's parent, up to the branch step
-        if len(lead):
-            ax.plot(lead.step, lead.loss.clip(upper=ylim[1]), color=colour, lw=0.8, alpha=0.25)
-            ax.plot(lead.step.iloc[-1:], lead.loss.iloc[-1:].clip(upper=ylim[1]), marker="o", mfc="none", color=colour,
-                    markersize=5, zorder=4)
-            curve = pd.concat([lead.iloc[-1:], curve])  # the branch's line leaves from its branch point
-        ax.plot(curve.step, curve.loss.clip(upper=ylim[1]), color=colour, lw=0.8, alpha=0.8)
-        if run.status == "diverged" and len(curve):
-            last = curve.loss.iloc[-1]
-            y = ylim[1] if not np.isfinite(last) or last > ylim[1] else last
-            ax.plot([curve.step.iloc[-1]], [y], marker="x", color="black", markersize=7, mew=1.6, zorder=5)
-            ax.plot([curve.step.iloc[-1]], [y], marker="x", color=colour, markersize=5, mew=1.0, zorder=6)
-    ax.set_ylim(*ylim)
-    ax.set_title(display_label(variant), fontsize=10)
-    ax.grid(alpha=0.3)
 
 
 def loss_curves(report: Report) -> Figure:
@@ -94,14 +40,14 @@ def loss_curves(report: Report) -> Figure:
     a branch's line starts at its branch point (circled), its parent's curve up to there faint."""
     variants = list(report.by_variant.variant)
     curves = report.curves[report.curves.split == "train"]
-    colours = _lr_colours(report.runs.lr)
+    colours = lr_colours(report.runs.lr)
     ncols = min(len(variants), COLUMNS)
     nrows = math.ceil(len(variants) / ncols)
     fig = Figure(figsize=(FACET_W * ncols, FACET_H * nrows + 0.6), layout="constrained")
     axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)
-    ylim = _loss_limits(report, curves)
+    ylim = loss_limits(report, curves)
     for ax, variant in zip(axes.flat, variants):
-        _draw_loss(ax, report, variant, curves, colours, ylim)
+        draw_loss(ax, report, variant, curves, colours, ylim)
     for ax in axes.flat[len(variants):]:
         ax.set_visible(False)
     for ax in axes[:, 0]:
@@ -109,7 +55,7 @@ def loss_curves(report: Report) -> Figure:
     for ax in axes[-1, :]:
         ax.set_xlabel("step")
     fig.get_layout_engine().set(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
-    _lr_legend(fig, colours, diverged=(report.runs.status == "diverged").any(), branches=not report.parent_curves.empty)
+    lr_legend(fig, colours, diverged=(report.runs.status == "diverged").any(), branches=not report.parent_curves.empty)
     return fig
 
 
@@ -207,7 +153,7 @@ def dose_response(report: Report) -> Figure | None:
         return None
     pts, table = dose.points, dose.frontiers
     names = list(dict.fromkeys(pts.axis))
-    colours = _lr_colours(pts.lr)
+    colours = lr_colours(pts.lr)
     fig = Figure(figsize=(FACET_W * 1.25 * len(names), 2 * FACET_H + 0.9), layout="constrained")
     axes = fig.subplots(2, len(names), squeeze=False, sharex="col", height_ratios=[2, 1])
     for j, name in enumerate(names):
@@ -310,145 +256,6 @@ def loss_vs_lr(report: Report) -> Figure:
     return fig
 
 
-def early_warning(report: Report) -> Figure:
-    """Each signal of the diverged runs against steps before their divergence, relative to their
-    time-matched threshold (warning.aligned): one panel per signal, one line per run."""
-    table = report.warning_aligned
-    names = sorted(table.signal.unique())
-    cols = min(len(names), 3)
-    rows = math.ceil(len(names) / cols)
-    fig = Figure(figsize=(FACET_W * cols, FACET_H * rows), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
-    colours = _lr_colours(table.lr)
-    for ax, name in zip(axes, names):
-        for (run_id, lr), run in table[table.signal == name].groupby(["run_id", "lr"]):
-            run = run.sort_values("steps_before")
-            ax.plot(run.steps_before, run.ratio, lw=0.9, color=colours[float(lr)], marker="." if len(run) < 30 else None)
-        ax.axhline(1.0, color="black", ls="--", lw=1)
-        ax.set_title(name, fontsize=9)
-        ax.set_xlabel("steps before divergence")
-        ax.set_ylabel("value / threshold")
-        ax.grid(alpha=0.3)
-    for ax in axes[len(names):]:
-        ax.set_visible(False)
-    fig.get_layout_engine().set(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
-    _lr_legend(fig, colours, diverged=False)
-    return fig
-
-
-def early_warning_roc(report: Report) -> Figure:
-    """One ROC panel per signal (warning.roc), one line per lead, the AUC and its interval in the
-    legend (warning.windows); the diagonal is chance."""
-    curves, auc = report.warning_roc, report.warning_windows.set_index(["signal", "lead"])
-    names = sorted(curves.signal.unique())
-    cols = min(len(names), 3)
-    rows = math.ceil(len(names) / cols)
-    fig = Figure(figsize=(FACET_H * 1.15 * cols, FACET_H * 1.15 * rows), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
-    for ax, name in zip(axes, names):
-        for lead, curve in curves[curves.signal == name].groupby("lead", sort=True):
-            a = auc.loc[(name, lead)]
-            ax.plot(curve.false_alarm_rate, curve.hit_rate, lw=1.2,
-                    label=f"≥ {lead} ahead: AUC {a.auc:.2f} [{a.auc_low:.2f}, {a.auc_high:.2f}], {int(a.diverged)} div.")
-        ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
-        ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="false-alarm rate (completed runs)", ylabel="hit rate (diverged runs)")
-        ax.set_title(name, fontsize=9)
-        ax.legend(fontsize=6, loc="lower right")
-        ax.grid(alpha=0.3)
-    for ax in axes[len(names):]:
-        ax.set_visible(False)
-    return fig
-
-
-def sharpness_curves(report: Report, metric: str, params: str) -> Figure:
-    """Per variant: train loss (top) and the sharpness metric (bottom) against step; colour = LR, line per seed."""
-    variants = list(report.by_variant.variant)
-    curves = report.curves[report.curves.split == "train"]
-    values = report.sharpness[(report.sharpness.metric == metric) & (report.sharpness.params == params)]
-    colours = _lr_colours(report.runs.lr)
-    ylim = _loss_limits(report, curves)
-    fig = Figure(figsize=(FACET_W * len(variants), 2 * FACET_H + 0.6), layout="constrained")
-    axes = fig.subplots(2, len(variants), sharex=True, sharey="row", squeeze=False)
-    for i, variant in enumerate(variants):
-        _draw_loss(axes[0, i], report, variant, curves, colours, ylim)
-        mine = values[values.variant == variant].sort_values("step")
-        for _, run in mine.groupby("run_id"):
-            axes[1, i].plot(run.step, run.value, marker="o", markersize=3, lw=0.9,
-                            color=colours.get(float(run.lr.iloc[0]), "grey"))
-        axes[1, i].grid(alpha=0.3)
-        axes[1, i].set_xlabel("step")
-    axes[0, 0].set_ylabel("train loss")
-    axes[1, 0].set_ylabel(f"{metric} sharpness")
-    if params:
-        fig.supxlabel(f"{metric} sharpness measured with {params}", fontsize=9)
-    fig.get_layout_engine().set(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
-    _lr_legend(fig, colours, diverged=(report.runs.status == "diverged").any(), branches=not report.parent_curves.empty)
-    return fig
-
-
-def diagnostics_sites(report: Report, variant: str) -> Figure | None:
-    """One variant's cast sites: saturated and flushed fractions by layer x operand (mean over steps
-    and runs; grey: no such cast) and the worst sites' values against step."""
-    means = site_means(report.diagnostics, variant)
-    if means.empty:
-        return None
-    layers = list(dict.fromkeys(means.layer))
-    operands = sorted(set(means.operand), key=lambda op: (OPERAND_ORDER.index(op) if op in OPERAND_ORDER else 99, op))
-    fig = Figure(figsize=(3.2 + 1.3 * len(operands) + 4.2, 1.4 + 0.28 * len(layers)), layout="constrained")
-    axes = fig.subplots(1, 3, width_ratios=[len(operands), len(operands), 5])
-    for ax, name, title in zip(axes, ("saturated", "flushed"), ("saturated (clipped at max)", "flushed to zero")):
-        grid = np.full((len(layers), len(operands)), np.nan)
-        for row in means.itertuples():
-            grid[layers.index(row.layer), operands.index(row.operand)] = getattr(row, name)
-        top = np.nanmax(grid) if np.isfinite(grid).any() else 0.0
-        ax.imshow(np.ma.masked_invalid(grid), cmap=colormaps["magma_r"].with_extremes(bad="#dddddd"), vmin=0,
-                  vmax=max(top, 1e-9), aspect="auto")
-        if len(layers) <= 24:  # values in the cells while they stay legible
-            for (i, j), v in np.ndenumerate(grid):
-                if np.isfinite(v):
-                    ax.text(j, i, f"{v:.1%}" if v else "0", ha="center", va="center", fontsize=6,
-                            color="white" if top and v > 0.6 * top else "black")
-        ax.set_xticks(range(len(operands)), operands, rotation=45, ha="right", fontsize=7)
-        ax.set_yticks(range(len(layers)), layers if ax is axes[0] else [""] * len(layers), fontsize=7)
-        ax.set_title(title, fontsize=9)
-    name, sites = worst_sites(report.diagnostics, variant)
-    for site in sites:
-        series = by_step(report.diagnostics, variant, name, site)
-        axes[2].plot(series.index, series.values, marker="o", markersize=3, lw=1, label=site)
-    axes[2].set_title(f"worst sites by {name}", fontsize=9)
-    axes[2].set_xlabel("step")
-    axes[2].grid(alpha=0.3)
-    if sites:
-        axes[2].legend(fontsize=7)
-    fig.suptitle(display_label(variant), fontsize=10)
-    return fig
-
-
-_TRENDS = (("grad_cosine", "model", "gradient cosine vs fp32"), ("grad_error", "model", "gradient relative error"),
-           ("attn_logit_max", None, "max attention logit"), ("log_z", "model", "output log Z (mean over tokens)"))
-
-
-def diagnostics_trends(report: Report) -> Figure | None:
-    """Gradient fidelity and the attention / output logit proxies against step, one line per variant
-    (mean over its runs)."""
-    present = [trend for trend in _TRENDS if (report.diagnostics.name == trend[0]).any()]
-    if not present:
-        return None
-    fig = Figure(figsize=(3.6 * len(present), 3.0), layout="constrained")
-    axes = fig.subplots(1, len(present), squeeze=False)[0]
-    for ax, (name, site, title) in zip(axes, present):
-        for i, variant in enumerate(report.by_variant.variant):
-            series = by_step(report.diagnostics, variant, name, site)
-            if len(series):
-                ax.plot(series.index, series.values, marker="o", markersize=3, lw=1, color=f"C{i % 10}",
-                        label=display_label(variant))
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    return fig
-
-
 def figures(report: Report) -> dict[str, Figure]:
     """Every figure the report has data for, by file name: none of a sweep whose runs have
     not logged a step yet, loss curves only while no run has finished."""
@@ -483,3 +290,4 @@ def figures(report: Report) -> dict[str, Figure]:
             if sites is not None:
                 out[f"diagnostics_sites_{i}.png"] = sites
     return out
+

@@ -3,7 +3,7 @@
 A block format is an element format, a block of B consecutive elements along the cast axis
 (optionally B x C: C along the other axis of a 2-D tensor), a scale format and a scale rule,
 optionally with a second-level fp32 tensor scale (NVFP4's arithmetic). The fake-quantized value
-of element x in a block with scale s is Q_elem(x / s) * s (see DESIGN, "Block-scaled formats").
+of element x in a block with scale s is Q_elem(x / s) * s (see the README, "Block-scaled formats").
 
 Names (accepted wherever a format name is):
 

@@ -2,7 +2,7 @@
 and those of the attention matmuls: `AttentionCasts`.
 
 A linear layer runs three GEMMs, each with two operands cast along that GEMM's reduction axis
-(DESIGN, "Casts in training: six operands"):
+(README, "Casts in training: six operands"):
 
   operand    GEMM                       tensor   reduction axis   role   seed slot
   fwd_x      forward  y  = x . W^T      x        in               x      0

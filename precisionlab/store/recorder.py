@@ -44,7 +44,7 @@ class RecordingStore(Protocol):
 
 
 class StoreRecorder:
-    """`precisionlab.recorder.Recorder` writing one claimed run into a ResultsStore.
+    """`precisionlab.train.recorder.Recorder` writing one claimed run into a ResultsStore.
 
     Metric and diagnostics rows are buffered and written every `flush_every` metric rows or
     `flush_seconds`, before each checkpoint row and with the outcome. A `Lease`

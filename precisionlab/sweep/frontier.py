@@ -44,7 +44,8 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from precisionlab.analysis.stats import interval_text, paired_margin
+from precisionlab.analysis.dose import decide
+from precisionlab.analysis.stats import interval_text
 
 __all__ = ["AXES", "EXPONENT_FLOOR", "Axis", "FrontierError", "Verdict", "Round", "Result", "make_axis", "judge",
            "search", "monotone_violations"]
@@ -127,12 +128,14 @@ class Verdict:
 
 
 def judge(losses: Mapping[int, float], reference: Mapping[int, float], seeds: Sequence[int], margin: float) -> Verdict:
-    """One width's decision over `seeds`, paired with the reference's runs that did not diverge."""
-    pairs = [s for s in seeds if s in losses and s in reference and math.isfinite(reference[s])]
-    diverged = sum(not math.isfinite(losses[s]) for s in pairs)
-    if diverged:
-        return Verdict("diverged", len(pairs), math.nan, math.nan, math.nan, "", diverged)
-    out = paired_margin([losses[s] for s in pairs], [reference[s] for s in pairs], margin)
+    """One width's decision over `seeds` (a non-finite loss: the run diverged), by the report's rule
+    (`precisionlab.analysis.dose.decide`): diverged where the width diverged on a seed the reference
+    got through, else the margin test over the seeds both completed."""
+    split = [{s: x[s] for s in seeds if s in x and math.isfinite(x[s])} for x in (losses, reference)]
+    diverged = [{s for s in seeds if s in x and not math.isfinite(x[s])} for x in (losses, reference)]
+    out = decide(split[0], diverged[0], split[1], diverged[1], margin)
+    if out["decision"] == "diverged":  # n: the seeds compared, the width's diverged ones included
+        return Verdict("diverged", out["n"] + out["unmatched"], math.nan, math.nan, math.nan, "", out["unmatched"])
     return Verdict(out["decision"], out["n"], out["diff"], out["low"], out["high"], out["kind"], 0)
 
 

@@ -39,7 +39,7 @@ import torch
 
 from precisionlab.quant.linear import DELAYED_STATE
 from precisionlab.train.checkpoint import build_model
-from precisionlab.train.optim import MomentFormats, build_optimizer, store_moments
+from precisionlab.train.optim import MomentFormats, build_optimizer, round_moments
 
 __all__ = ["Parent", "PARENT_SPELLING", "parse_parent", "shapes", "check_weights", "check_loads", "load_state"]
 
@@ -140,7 +140,7 @@ def load_state(state: dict, cfg: Any, model: torch.nn.Module, optimizer: torch.o
     _check_moments(optimizer)
     formats = MomentFormats.from_cfg(cfg.optim)
     if formats != MomentFormats.from_cfg(state["config"]["optim"]):
-        store_moments(optimizer, formats)  # the parent's moments, stored as this run stores them
+        round_moments(optimizer, formats)  # the parent's moments, stored as this run stores them
     if int(state["config"]["seed"]) == int(cfg.seed):  # else: the streams `cfg.seed` seeded stay
         torch.set_rng_state(state["rng"]["torch"].cpu())
         batch_gen.set_state(state["rng"]["batches"].cpu())

@@ -1,4 +1,4 @@
-"""Numerical diagnostics (DESIGN, "Numerical diagnostics"): with `diagnostics.every=N`, every N-th
+"""Numerical diagnostics (README, "Numerical diagnostics"): with `diagnostics.every=N`, every N-th
 training step is observed as it runs, on its own batch, weights and casts, and reported as rows
 (site, name, value) through the recorder's optional `diagnostics` hook.
 

@@ -59,7 +59,7 @@ from precisionlab.train.diagnostics import Diagnostics
 from precisionlab.train.measure import Settings as SharpnessSettings
 from precisionlab.train.measure import is_fp32, measure, planned
 from precisionlab.train.model import LM
-from precisionlab.train.optim import MasterFormat, MomentFormats, build_optimizer, store_master, store_moments
+from precisionlab.train.optim import MasterFormat, MomentFormats, build_optimizer, round_master, round_moments
 from precisionlab.train.outcomes import RunResult, SpikeCounter, make_rule
 from precisionlab.train.recorder import Recorder
 
@@ -166,7 +166,7 @@ def _train(cfg, device, batch_gen, train_tokens, val_tokens, data_meta, recorder
     model = build_model(cfg).to(device)
     optimizer, moment_formats = build_optimizer(model, o), MomentFormats.from_cfg(o)
     master = MasterFormat.from_cfg(o)
-    store_master(model, master, cfg.seed, 0)  # the initial weights in the master format (a resume overwrites them)
+    round_master(model, master, cfg.seed, 0)  # the initial weights in the master format (a resume overwrites them)
     spikes, rule = SpikeCounter(t.spikes.z, t.spikes.window), make_rule(cfg)
     start_step, elapsed0 = 0, 0.0
     if state is not None:  # resumed, or a branch: precisionlab.train.branch says what comes from where
@@ -208,8 +208,8 @@ def _train(cfg, device, batch_gen, train_tokens, val_tokens, data_meta, recorder
                 trained(logits, loss).backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip or math.inf).item()
                 optimizer.step()
-                store_moments(optimizer, moment_formats)
-                store_master(model, master, cfg.seed, step)
+                round_moments(optimizer, moment_formats)
+                round_master(model, master, cfg.seed, step)
             else:
                 grad_norm = math.nan
         if result.initial_loss is None:

@@ -4,7 +4,7 @@
 `arch="llama"`: RMSNorm, SwiGLU MLP, rotary positions (RoPE), no biases.
 
 Every GEMM of the model is an `nn.Linear` (attention projections, MLP,
-LM head), so `precisionlab.quant.convert_model` can swap them all for
+LM head), so `precisionlab.quant.linear.convert_model` can swap them all for
 quantized linears. The attention matmuls themselves (q @ k^T, p @ v) run in
 fp32 through `scaled_dot_product_attention`, in an `Attend` module that
 convert_model swaps for an explicit cast path when `precision.attention`

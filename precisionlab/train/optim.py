@@ -14,10 +14,10 @@ The stored moments are exactly representable after every step (format value time
 scale), and they are the optimizer's state_dict, so resuming is bit for bit.
 
 `optim.master_format` (default fp32: an fp32 master copy, as always) stores the parameters themselves
-in an element format, bf16 for pure-bf16 training: `store_master` rounds every parameter after each
+in an element format, bf16 for pure-bf16 training: `round_master` rounds every parameter after each
 `optimizer.step()`, and the initial weights (the same way) before step 1. The parameters stay fp32 tensors holding
 format values, so torch's AdamW computes p_old + update in fp32 in place (exactly what an fp32 master
-copy would hold after the step, since p_old is the stored format value) and `store_master` rounds that
+copy would hold after the step, since p_old is the stored format value) and `round_master` rounds that
 sum into the format: nearest even (an update below half an ulp of its weight is lost: training stalls)
 or stochastically (`optim.master_rounding=stochastic`: up with probability the discarded fraction,
 so the stored weight is unbiased). The stochastic draws are keyed by the run's seed, the step and the
@@ -36,7 +36,7 @@ from precisionlab.numerics.cast import quantize, quantize_scaled
 from precisionlab.numerics.formats import FloatFormat
 from precisionlab.quant.operands import _mix_seed
 
-__all__ = ["MomentFormats", "MasterFormat", "MASTER_ROUNDINGS", "build_optimizer", "store_moments", "store_master"]
+__all__ = ["MomentFormats", "MasterFormat", "MASTER_ROUNDINGS", "build_optimizer", "round_moments", "round_master"]
 
 _FP32 = FloatFormat.parse("fp32")
 MASTER_ROUNDINGS = ("nearest_even", "stochastic")
@@ -105,7 +105,7 @@ def build_optimizer(model: torch.nn.Module, optim: Any) -> torch.optim.AdamW:
 
 
 @torch.no_grad()
-def store_moments(optimizer: torch.optim.Optimizer, formats: MomentFormats) -> None:
+def round_moments(optimizer: torch.optim.Optimizer, formats: MomentFormats) -> None:
     """Cast every parameter's moments to their formats, in place (call after `optimizer.step()`);
     nothing to do when both stay fp32."""
     if formats.is_fp32:
@@ -120,7 +120,7 @@ def store_moments(optimizer: torch.optim.Optimizer, formats: MomentFormats) -> N
 
 
 @torch.no_grad()
-def store_master(model: torch.nn.Module, master: MasterFormat, seed: int, step: int) -> None:
+def round_master(model: torch.nn.Module, master: MasterFormat, seed: int, step: int) -> None:
     """Round every parameter of `model` to `master.format` in place: after `optimizer.step()` of
     1-based `step`, and with step 0 on the initial weights. A stochastic draw is keyed by (seed, step,
     parameter index), so it is reproducible and differs from step to step; nothing to do for fp32."""

@@ -158,6 +158,38 @@ def test_a_seed_the_reference_also_lost_is_no_strike():
     assert (e8m3.unmatched_diverged, e8m3.pairs, e8m3.decision) == (0, 3, "within")  # judged on the 3 other seeds
 
 
+@pytest.mark.parametrize("width, ref, decision, pairs", [
+    ([0.000, 0.001, 0.000, 0.001], [0.0] * 4, "within", 4),
+    ([0.000, 0.001, "div", 0.001], [0.0] * 4, "diverged", 3),
+    ([0.000, 0.001, "div", 0.001], [0.0, 0.0, "div", 0.0], "within", 3),         # the reference lost seed 2 too
+    ([0.000, 0.001, 0.000, "div"], [0.0, 0.0, 0.0, None], "diverged", 3),        # the reference never ran seed 3
+    ([0.000, 0.001, 0.000, 0.001], [0.0, 0.0, "div", None], "undecided", 2),     # 2 pairs: no interval
+    ([0.09, 0.11, 0.10, 0.10], [0.0] * 4, "beyond", 4),
+])
+def test_the_search_and_the_report_decide_a_width_by_one_rule(width, ref, decision, pairs):
+    """`precisionlab frontier`'s judge and the report's dose-response decide a width the same way on the
+    same runs (None: the reference has no run of that seed): a seed the width lost and the reference
+    got through, or never ran, makes it diverged."""
+    from precisionlab.sweep.frontier import judge
+
+    runs = _runs({"e8m3": width})
+    for seed, d in enumerate(ref):
+        at = (runs.variant == "e8m7") & (runs.seed == seed)
+        if d is None:
+            runs = runs[~at]
+        elif d == "div":
+            runs.loc[at, ["status", "final_val_loss"]] = ["diverged", math.nan]
+    row = dose.points(runs, "e8m7", DELTA).set_index("variant").loc["e8m3"]
+    losses = {s: math.inf if d == "div" else BASE[s] + d for s, d in enumerate(width)}
+    reference = {s: math.inf if d == "div" else BASE[s] + d for s, d in enumerate(ref) if d is not None}
+    verdict = judge(losses, reference, range(len(BASE)), DELTA)
+    assert row.decision == verdict.decision == decision
+    assert row.pairs == pairs
+    if decision != "diverged":
+        assert verdict.n == pairs and (verdict.diff, verdict.low, verdict.high) == pytest.approx(
+            (row.delta, row.delta_low, row.delta_high), nan_ok=True)
+
+
 def test_frontier_per_lr_and_at_every_lr():
     good = [0.000, 0.001, 0.000, 0.001]
     bad = [0.09, 0.11, 0.10, 0.10]

@@ -88,9 +88,27 @@ def test_zloss_preventing_every_divergence_reproduces_with_fishers_p(tmp_path):
     p = stats.fisher_exact([[4, 0], [0, 4]], alternative="greater")[1]  # 1/70
     assert verdict == "reproduces" and f"one-sided p = {p:.2g}" in here
     assert "diverged without z-loss 4/4, with z-loss 0/4" in here
-    # a diverged run counts as ln V: the paired difference is 3.3 + 0.01 seed - ln V
-    assert f"Δ {np.mean([3.3 + 0.01 * s - LN_V for s in range(4)]):+.3f}" in here
+    # every run without z-loss diverged: no seed completed in both, so no loss difference (a diverged
+    # run is the divergence test's, never counted at ln V as the report's loss tests leave it out)
+    assert "final loss of the runs both completed, z-loss − none: Δ – over 0 paired runs" in here
 
+
+
+def test_a_diverged_run_is_left_out_of_the_loss_test_as_in_the_report(tmp_path):
+    """bf16 RNE's seed 3 diverges: its loss test pairs the 3 seeds both completed (Δ 0.08 each), as the
+    report's loss tests do; counted at ln V it would add ln V - 2.47 to the mean."""
+    mw = ResultsStore(tmp_path / "mw.db")
+    for seed in range(4):
+        for fmt, rounding, loss in (("fp32", "nearest_even", 2.44), ("bf16", "nearest_even", 2.52),
+                                    ("bf16", "stochastic", 2.44)):
+            _record(mw, "master_weights", 3e-4, seed, 9.0 if rounding == "nearest_even" and fmt == "bf16" and seed == 3
+                    else loss + 0.01 * seed + 0.001 * seed * (rounding == "stochastic"),
+                    diverged=fmt == "bf16" and rounding == "nearest_even" and seed == 3,
+                    precision="bf16", optim={"master_format": fmt, "master_rounding": rounding})
+    (here, verdict), = _rows(mw, "master_weights").values()
+    d = [2.52 - 2.44] * 3  # bf16 RNE − fp32 master over seeds 0-2; the t interval has no spread to widen
+    assert f"bf16 RNE − fp32 master: Δ {np.mean(d):+.3f}" in here and "(paired t over 3 seeds" in here
+    assert "bf16 SR − fp32 master" in here and "over 4 seeds" in here  # the SR pair completed every seed
 
 def test_three_seeds_cannot_reach_alpha_on_a_divergence_count(tmp_path):
     (here, verdict), = _rows(_zloss_store(tmp_path, 3), "wortsman_zloss").values()
@@ -144,3 +162,16 @@ def test_master_weights_and_several_stores(tmp_path):
                            str(tmp_path / "qk.db")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "## effects" in proc.stdout and "Sweep `wortsman_qk` is not in this store" not in proc.stdout
+
+
+def test_nvfp4_that_diverges_where_mxfp4_does_not_is_worse_by_the_frontiers_rule(tmp_path):
+    """NVFP4 equals MXFP4 on three seeds and diverges on the fourth: the margin claim reads it as the
+    frontier does (a divergence the other got through is never within), not as a loss of ln V."""
+    store = ResultsStore(tmp_path / "fp4.db")
+    for seed in range(4):
+        _record(store, "fp4_signs", 3e-3, seed, 2.40 + 0.03 * seed, precision="mxfp4")
+        _record(store, "fp4_signs", 3e-3, seed, 9.0 if seed == 3 else 2.40 + 0.03 * seed, diverged=seed == 3,
+                precision="nvfp4")
+    here, verdict = _rows(store, "fp4_signs")["NVFP4 is not worse than MXFP4 (margin 0.02 nats/byte)"]
+    assert verdict == "contradicted: nvfp4 diverged in 1 run(s) whose mxfp4 twin did not"
+    assert "over 3 paired seeds" in here  # the seeds both completed

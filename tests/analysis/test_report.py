@@ -29,20 +29,11 @@ import math
 import numpy as np
 import pytest
 
-from precisionlab.analysis.report import (
-    ReportError,
-    build,
-    compare,
-    compare_notes,
-    filter_runs,
-    fisher_greater,
-    bits_per_element,
-    display_label,
-    format_family,
-    format_order,
-    label_runs,
-)
-from precisionlab.analysis.stats import fisher_two_sided
+from precisionlab.analysis.compare import compare, compare_notes
+from precisionlab.analysis.labels import bits_per_element, display_label, format_family, format_order, label_runs
+from precisionlab.analysis.report import ReportError, build
+from precisionlab.analysis.stats import fisher_greater, fisher_two_sided
+from precisionlab.analysis.where import filter_runs
 from precisionlab.analysis.tables import display_by_lr
 from precisionlab.store import ResultsStore, run_id
 

@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from helpers import SWEEP_MICRO
+from helpers.store import store_with_pending_runs
 from precisionlab.analysis.dose import display_frontiers
 from precisionlab.analysis.report import build
 from precisionlab.analysis.tables import display_by_lr, display_by_variant, display_warning_windows
@@ -227,3 +228,13 @@ def test_empty_store_and_not_a_store(tmp_path, monkeypatch):
 def test_console_script_bad_input_has_no_traceback(tmp_path):
     proc = _cli(tmp_path, "report", "--store", "missing.db")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_report_of_a_sweep_without_finished_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    store_with_pending_runs(tmp_path / "s.db").close()
+    result = CliRunner().invoke(app, ["report", "--store", "s.db"])
+    assert result.exit_code == 0, result.output
+    assert "2 runs (2 pending)" in result.stdout and "no finished runs yet" in result.stdout
+    written = {p.name for p in (tmp_path / "reports" / "p").iterdir()}
+    assert {"report.html", "report.md", "runs.csv"} <= written and not any(n.endswith(".png") for n in written)

@@ -356,6 +356,21 @@ def test_stratified_floor_is_the_smallest_p_the_margins_allow():
     assert stratified_floor_p(strata) == pytest.approx(min(stratified_exact_p(list(c)) for c in product(*splits)))
 
 
+
+@pytest.mark.parametrize("runs, ref_runs", [(3, 3), (4, 5), (6, 6), (2, 7)])
+def test_the_floor_given_the_margins_is_never_below_the_smallest_p_of_any_outcome(runs, ref_runs):
+    """The report's family floors (verdicts.family_floors) bound the divergence test's floor given the
+    margins by the smallest p over every outcome: this is why the bound changes no floor."""
+    from precisionlab.analysis.stats import smallest_stratified_p, stratified_floor_p
+
+    every = {(k, kr): fisher_exact([[k, runs - k], [kr, ref_runs - kr]]).pvalue
+             for k in range(runs + 1) for kr in range(ref_runs + 1)}  # scipy, every outcome
+    smallest = smallest_stratified_p([(0, runs, 0, ref_runs)])
+    assert smallest == pytest.approx(min(every.values()), rel=1e-9)
+    for (k, kr), p in every.items():
+        floor = stratified_floor_p([(k, runs, kr, ref_runs)])
+        assert smallest <= floor * (1 + 1e-9) and floor <= p * (1 + 1e-9)
+
 def test_holm_reachable_leaves_out_the_tests_that_cannot_reject():
     from precisionlab.analysis.stats import holm_reachable
 

@@ -30,7 +30,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from precisionlab.analysis.report import by_lr, by_variant
+from precisionlab.analysis.estimates import by_lr
+from precisionlab.analysis.verdicts import by_variant
 
 L0 = 5.545  # ln 256
 SIGMA, SEED_SD, DIVERGE = 0.02, 0.05, 0.3

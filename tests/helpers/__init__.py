@@ -1,14 +1,20 @@
-"""What several test modules share: micro-run overrides, composed configs, an in-memory recorder.
+"""What several test modules share: micro-run overrides, composed configs, an in-memory recorder,
+the console script's path and the check of a one-line user error.
 
 Oracle formats live in `helpers.oracles`; `helpers/interpreted_kernel_check.py` is a script run
-under TRITON_INTERPRET=1 by `tests/numerics/test_cast_triton.py`.
+under TRITON_INTERPRET=1 by `tests/kernels/test_cast_triton.py`.
 """
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 from hydra import compose, initialize_config_module
 
-__all__ = ["MICRO", "SWEEP_MICRO", "compose_train", "MemoryRecorder"]
+__all__ = ["MICRO", "SWEEP_MICRO", "CLI", "compose_train", "one_line_exit_2", "MemoryRecorder"]
+
+CLI = str(Path(sys.executable).with_name("precisionlab"))  # the console script of this environment
 
 # A micro model and run: a few layers of width 32, a handful of steps.
 MICRO = [
@@ -29,6 +35,14 @@ def compose_train(*overrides: str, micro: bool = True):
     """The `train` config with these Hydra overrides (after the micro-run ones)."""
     with initialize_config_module(config_module="precisionlab.configs", version_base="1.3"):
         return compose(config_name="train", overrides=[*(MICRO if micro else []), *overrides])
+
+
+def one_line_exit_2(result, fragment: str) -> None:
+    """A CliRunner `result` of bad input: exit 2, one line `error: ...` holding `fragment` on stderr, no exception."""
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.stderr
+    assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
 class MemoryRecorder:

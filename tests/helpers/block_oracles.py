@@ -1,7 +1,7 @@
 """Independent references for block-scaled casts (never our own implementation).
 
 Blocks are described by a block id per element (numpy), so the references share nothing with
-the twin's strided views: gfloat's block API for OCP MX (floor), the rceil formula and DESIGN's
+the twin's strided views: gfloat's block API for OCP MX (floor), the rceil formula and the
 NVFP4 / amax arithmetic written out in numpy (float64 for exact exponents, float32 for NVFP4).
 """
 
@@ -94,7 +94,7 @@ def _round32(fi, v: np.ndarray) -> np.ndarray:
 
 
 def nvfp4_design(x: np.ndarray, B: int = 16, C: int = 1, elem=format_info_ocp_e2m1, scale=format_info_ocp_e4m3) -> np.ndarray:
-    """DESIGN's NVFP4 formula (Transformer Engine's reference), every operation in numpy float32."""
+    """The NVFP4 formula (Transformer Engine's reference), every operation in numpy float32."""
     x = x.astype(F32)
     ids = block_ids(*x.shape, B, C)
     amax = block_amax(x, ids)

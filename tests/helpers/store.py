@@ -1,9 +1,17 @@
-"""Store test helpers: a run config and a recorded run with known metrics, for both backends' tests."""
+"""Store test helpers: a run config and a recorded run with known metrics, for both backends' tests;
+a store of pending runs, a damaged store file, and a pid no process has."""
 
 from __future__ import annotations
 
-from precisionlab.store import run_id
+import sqlite3
+from pathlib import Path
+
+from helpers import compose_train
+from precisionlab.config import validate
+from precisionlab.store import ResultsStore, run_id
 from precisionlab.store.schema import DDL, V3_STATEMENTS
+
+DEAD_PID = 2**22 + 12345  # above Linux's pid_max default: never a live process
 
 
 def make_config(lr=1e-3, fmt="e8m3", seed=0, **extra):
@@ -43,3 +51,25 @@ def v2_ddl() -> str:
     v3 = "".join(f"{statement};\n" for statement in V3_STATEMENTS)
     assert v3 in DDL
     return DDL.replace(v3, "").replace("('schema_version', '3')", "('schema_version', '2')")
+
+
+def store_with_pending_runs(path: Path, sweep: str = "p") -> ResultsStore:
+    """A store holding a sweep of two registered (pending) micro runs."""
+    store = ResultsStore(path)
+    configs = [validate(compose_train("precision=mask", "precision.format=e8m3", f"optim.lr={lr}")) for lr in (1e-3, 3e-3)]
+    store.add_sweep(sweep, command="test")
+    store.register_runs(configs, sweep=sweep)
+    return store
+
+
+def damage(path: Path) -> None:
+    """Overwrite every page but the schema's and the meta table's: the store opens, reads fail."""
+    with sqlite3.connect(path) as conn:
+        keep = {1, *(r for n, r in conn.execute("SELECT name, rootpage FROM sqlite_master") if "meta" in n)}
+        size = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    data = bytearray(path.read_bytes())
+    for page in range(2, len(data) // size + 1):
+        if page not in keep:
+            data[(page - 1) * size: page * size] = b"\x5a" * size
+    path.write_bytes(bytes(data))

@@ -218,7 +218,7 @@ def test_rceil_matches_the_formula(element):
     assert (np.abs(ours(x[finite], name)) <= np.abs(x[finite]).max(axis=1, keepdims=True) * 2).all()
 
 
-# -- NVFP4 and rule amax against DESIGN's arithmetic ------------------------------
+# -- NVFP4 and rule amax against their arithmetic -------------------------------
 
 
 def test_nvfp4_matches_design_formula():

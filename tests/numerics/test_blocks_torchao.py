@@ -84,7 +84,7 @@ def test_to_mx_floor_difference_scale_below_fp32_normal():
 
 
 def test_to_mx_difference_inf_block():
-    """A block holding Inf is NaN here (E8M0's NaN scale, DESIGN); torchao saturates it."""
+    """A block holding Inf is NaN here (E8M0's NaN scale); torchao saturates it."""
     x = torch.ones(1, 32)
     x[0, 3] = float("inf")
     assert ours(x, "mxfp8_e4m3").isnan().all() and ours(x, "mxfp8_e4m3", RCEIL).isnan().all()
@@ -104,8 +104,8 @@ def test_to_mx_rceil_difference_float_log2():
 
 
 def test_nvfp4_codes_match_and_decode_differs_by_one_ulp():
-    """On ordinary tensors torchao's codes and block scales are ours: decoded with DESIGN's (Transformer
-    Engine's) arithmetic (q * s_b) / S they give our bits exactly. torchao's own decode q * (pts * s_b)
+    """On ordinary tensors torchao's codes and block scales are ours: decoded with Transformer
+    Engine's arithmetic (q * s_b) / S they give our bits exactly. torchao's own decode q * (pts * s_b)
     rounds differently: up to 1 ulp off in a fraction of the elements."""
     g = torch.Generator().manual_seed(1)
     y = torch.randn(64, 256, generator=g)

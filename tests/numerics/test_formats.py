@@ -83,3 +83,9 @@ def test_bad_explicit_construction():
         FloatFormat(4, 3, nan="quiet")
     with pytest.raises(ValueError, match="16 bits"):
         FloatFormat.parse("fp32").values()
+
+
+@pytest.mark.parametrize("name", ["E4M3", " e4m3", "e04m03", "e4m3\u0663", "FP32"])
+def test_format_names_have_one_spelling(name):
+    with pytest.raises(ValueError, match="accepted: fp32"):
+        FloatFormat.parse(name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import math
 
 import numpy as np
@@ -190,3 +191,12 @@ def test_power_of_two_scale_is_the_largest_that_fits(amax):
         k += 1
     scale = tensor_scale(torch.tensor([a, -a / 3]), role.fmt.max_finite).item()
     assert scale == 2.0 ** max(-126, min(126, k))
+
+
+def test_exclude_matching_no_layer_warns(caplog):
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    with caplog.at_level(logging.WARNING, logger="precisionlab.quant.linear"):
+        convert_model(model, {"format": "e4m3", "exclude": ["lm_haed", "1"]})
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "'lm_haed' matches no linear layer" in warnings[0]
+    assert type(model[1]) is nn.Linear and type(model[0]) is not nn.Linear  # "1" did exclude layer 1

@@ -168,7 +168,7 @@ def test_uncast_operands_stay_fp32():
 
 
 def _scale(t, fmt):
-    """Per-tensor power-of-two scale 2^floor(log2(max_finite / amax)) (DESIGN's tensor scaling)."""
+    """Per-tensor power-of-two scale 2^floor(log2(max_finite / amax)) (per-tensor scaling)."""
     amax = t.abs().max().item()
     return 2.0 ** math.floor(math.log2(FloatFormat.parse(fmt).max_finite / amax))
 

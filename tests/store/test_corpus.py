@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from helpers import SWEEP_MICRO
 from helpers.store import make_config, record
-from precisionlab.analysis.report import ReportError, build, compare
+from precisionlab.analysis.compare import compare
+from precisionlab.analysis.report import ReportError, build
 from precisionlab.cli import app
 from precisionlab.store import ResultsStore, StoreError
 from precisionlab.store.copy import copy_sweeps

@@ -1,4 +1,5 @@
-"""Where a store lives: an sqlite:/// store.url made absolute, and the one default store path and journal mode."""
+"""Store locations (precisionlab.store.url): a password kept out of configs, an sqlite:/// store.url made
+absolute, and the one default store path and journal mode."""
 
 from __future__ import annotations
 
@@ -7,9 +8,22 @@ import inspect
 import os
 from pathlib import Path
 
+import pytest
 from omegaconf import OmegaConf
 
+from precisionlab.store import StoreError
 from precisionlab.store.url import DEFAULT_JOURNAL_MODE, DEFAULT_STORE_PATH, JOURNAL_MODES, absolute_store_url
+
+
+def test_a_store_url_with_a_password_in_a_config_is_refused():
+    """A password that reached the composed config (a config file; the command line's is taken out first)
+    would be written into run.json and checkpoints: refused in one line, before anything runs."""
+    from precisionlab.store.url import configured_store
+
+    with pytest.raises(StoreError, match="holds a password, which would be written into run folders") as err:
+        configured_store({"store": {"url": "postgresql://me:s3cr%2Fet@db:5432/runs", "path": None}})
+    assert "s3cr" not in str(err.value)
+    assert configured_store({"store": {"url": "postgresql://me@db:5432/runs", "path": None}}) == "postgresql://me@db:5432/runs"
 
 
 def test_absolute_store_url_takes_a_relative_sqlite_url_from_the_base(tmp_path):

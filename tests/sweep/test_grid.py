@@ -1,7 +1,7 @@
 """A sweep runs the grid that was typed, says what it will run (`--dry-run` writes nothing), warns
 where a preset is changed or grid points are one run, and labels a changed preset as such.
 
-The formats each preset casts are written out below from configs/precision/*.yaml (the README's
+The formats each preset casts are written out below from configs/precision/*.yaml (docs/concepts/recipes.md's
 presets table), independently of the code that composes them."""
 
 from __future__ import annotations
@@ -16,14 +16,16 @@ import pytest
 from typer.testing import CliRunner
 
 from helpers import SWEEP_MICRO
-from precisionlab.analysis.report import display_label, label_runs
+from precisionlab.analysis.labels import display_label, label_runs
 from precisionlab.cli import app
 from precisionlab.store import ResultsStore
 from precisionlab.store.identity import canonical
 from precisionlab.sweep.launchers import missing_plugin
 from precisionlab.sweep.plan import plan
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
+# The user-facing text that shows commands: the README and the documentation site's pages.
+USER_DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 # (x, w, grad) of each preset, from its yaml file
 BF16 = ("bf16",) * 3
@@ -149,7 +151,7 @@ def test_a_changed_preset_is_never_labelled_by_its_bare_name(tmp_path):
     assert len(set(runs.variant)) == 8  # eight distinct casts, eight variants
 
 
-# Every `precisionlab sweep` command in the README: its run count and the (x, w, grad) it casts,
+# Every `precisionlab sweep` command in the README and docs/: its run count and the (x, w, grad) it casts,
 # written out from the grids (configs/sweep/*.yaml) and presets above.
 DEFAULT = (30, {mask(f): 6 for f in DEFAULT_FORMATS})
 PAPER = (108, {mask(f): 9 for f in PAPER_FORMATS})
@@ -226,12 +228,13 @@ def _runnable(command: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_every_readme_sweep_command_runs_what_it_says(tmp_path, monkeypatch):
+def test_every_documented_sweep_command_runs_what_it_says(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    commands = [c for c in readme_sweep_commands(README.read_text()) if not PLACEHOLDERS.search(c)]
+    text = "\n".join(path.read_text() for path in USER_DOCS)
+    commands = [c for c in readme_sweep_commands(text) if not PLACEHOLDERS.search(c)]
     assert len(commands) >= 15 and "precisionlab sweep" in commands
     missing = [c for c in commands if c not in EXPECTED]
-    assert missing == [], f"README sweep commands without an expected grid here: {missing}"
+    assert missing == [], f"sweep commands in the README or docs/ without an expected grid here: {missing}"
     for command in commands:
         result = CliRunner().invoke(app, ["sweep", "--dry-run", *_runnable(command)])
         assert result.exit_code == 0, (command, result.output)

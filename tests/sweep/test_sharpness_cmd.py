@@ -14,7 +14,6 @@ import math
 import shutil
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
-from helpers import MemoryRecorder
+from helpers import CLI, MemoryRecorder, compose_train
+from helpers.checkpoints import flip_a_weight_bit
 from precisionlab.analysis.sharpness import hessian_trace
 from precisionlab.cli import app
 from precisionlab.config import ConfigError, validate
@@ -35,7 +35,6 @@ from precisionlab.train.measure import fp32_twin
 from precisionlab.train.model import LM
 from precisionlab.train.rundir import RunDirRecorder
 
-CLI = str(Path(sys.executable).with_name("precisionlab"))
 SWEEP = "micro"
 CHECKPOINT_STEPS = [3, 6]
 ALL_METRICS = ["logit", "hessian", "trace", "keskar"]
@@ -330,3 +329,32 @@ def test_batch_size_a_runs_hadamard_cannot_divide_is_refused():
     check_batch_size(Store(), "s", 32)  # 224 tokens
     with pytest.raises(ValueError, match=r"--batch-size 3 gives 21 tokens .* run abc.*multiple of 16"):
         check_batch_size(Store(), "s", 3)
+
+
+@pytest.mark.slow
+def test_sharpness_never_measures_another_runs_or_a_damaged_checkpoint(tmp_path, monkeypatch):
+    """Checkpoints holding another run's state, or a flipped bit, are reported (exit 1) and measured under no run."""
+    from precisionlab.run.job import recorded_run
+    from precisionlab.store import run_id
+    from precisionlab.train.rundir import RunDirRecorder
+
+    store = ResultsStore(tmp_path / "r.db")
+    store.add_sweep("s", command="test")
+    files, ids = [], []
+    for seed in (0, 1, 2):
+        cfg = validate(compose_train(f"seed={seed}", "train.checkpoint_steps=[4]",
+                                     f"train.checkpoint_dir={tmp_path / f'checkpoints{seed}'}"))
+        assert recorded_run(cfg, store, RunDirRecorder(tmp_path / f"run{seed}"), sweep="s").status == "completed"
+        ids.append(run_id(cfg))
+        files.append(Path(store.checkpoints(ids[-1]).path.iloc[0]))
+    shutil.copyfile(files[0], files[1])  # run 1's file holds run 0
+    flip_a_weight_bit(files[2])
+    store.close()
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["sharpness", "--store", str(tmp_path / "r.db"), "--metric", "logit"])
+    assert result.exit_code == 1, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: checkpoint not measured")]
+    assert len(warnings) == 2 and str(files[1]) in warnings[0] + warnings[1] and str(files[2]) in warnings[0] + warnings[1]
+    assert any("holds run" in w for w in warnings) and any("is damaged" in w for w in warnings)
+    measured = ResultsStore(tmp_path / "r.db").sharpness()
+    assert set(measured.run_id) == {ids[0]}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,11 +15,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from helpers import MICRO, SWEEP_MICRO
+from helpers import CLI, MICRO, SWEEP_MICRO
 from precisionlab.cli import app
 from precisionlab.store import ResultsStore, StoreError
 
-CLI = str(Path(sys.executable).with_name("precisionlab"))
 STORE = Path("results") / "precisionlab.db"
 # 2 formats x 2 LRs; lr=30 without clipping diverges within a few steps.
 HALF_THE_CORES = max(1, len(os.sched_getaffinity(0)) // 2)
@@ -296,3 +296,29 @@ def test_cluster_launchers(tmp_path, plugin, launcher):
     assert len(runs) == 2 and set(runs.status) <= {"completed", "diverged"}
     if "ray" in plugin:
         assert {m["threads"] for m in runs.meta} == {1}  # ray.remote.num_cpus
+
+
+@pytest.mark.slow
+def test_full_file_system_mid_sweep_is_one_line_exit_1(tmp_path):
+    """A sweep on a 1 MiB tmpfs (in a private mount namespace): it fills up with checkpoints mid-run.
+    Before: ~96 stderr lines and 3 tracebacks (logging, Hydra's _save_config). Now one error line
+    naming the file system, exit 1, and the store stays readable (a report of it works)."""
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1) here")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    script = ('mount -t tmpfs -o size=1m tmpfs "$1" || exit 99; cd "$1"; "$2" sweep sweep.name=full seed=0,1,2 '
+              f'train.checkpoint_every=1 {" ".join(SWEEP_MICRO)} 2>"$3/err.txt"; echo $? >"$3/rc.txt"; '
+              '"$2" report --store results/precisionlab.db --out "$3/report" >/dev/null 2>"$3/report_err.txt"; '
+              'echo $? >"$3/report_rc.txt"')
+    proc = subprocess.run(["unshare", "--map-root-user", "--mount", "sh", "-c", script, "sh", str(disk), CLI, str(tmp_path)],
+                          capture_output=True, text=True)
+    if proc.returncode == 99 or not (tmp_path / "rc.txt").exists():
+        pytest.skip(f"no tmpfs in a mount namespace here: {proc.stderr.strip()[:200]}")
+    err = (tmp_path / "err.txt").read_text()
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert (tmp_path / "rc.txt").read_text().strip() == "1", err
+    assert len(errors) == 1 and f"no space left on the file system at {disk}" in errors[0], err
+    assert "Traceback" not in err and "Logging error" not in err
+    assert all(line.startswith(("sweep full: ", "error: ", "note: ")) for line in err.splitlines()), err
+    assert (tmp_path / "report_rc.txt").read_text().strip() == "0", (tmp_path / "report_err.txt").read_text()

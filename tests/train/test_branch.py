@@ -25,7 +25,7 @@ from precisionlab.config import ConfigError, validate
 from precisionlab.numerics.cast import quantize_scaled
 from precisionlab.quant.linear import QuantLinear
 from precisionlab.store import ResultsStore, run_id
-from precisionlab.sweep.job import recorded_run
+from precisionlab.run.job import recorded_run
 from precisionlab.train.branch import load_state
 from precisionlab.train.checkpoint import build_model
 from precisionlab.train.loop import run

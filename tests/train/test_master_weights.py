@@ -12,7 +12,7 @@ import torch
 
 from helpers import MemoryRecorder
 from precisionlab.train.loop import run
-from precisionlab.train.optim import MasterFormat, build_optimizer, store_master
+from precisionlab.train.optim import MasterFormat, build_optimizer, round_master
 
 BF16_ULP_AT_1 = 2.0**-7  # bf16's spacing in [1, 2): 7 stored mantissa bits
 
@@ -42,7 +42,7 @@ def _grads(model, step):
 def test_weights_are_bf16_after_every_update(rounding):
     model, opt, master = _optim(master_format="bf16", master_rounding=rounding)
     fp32_init = [p.detach().clone() for p in model.parameters()]
-    store_master(model, master, seed=5, step=0)
+    round_master(model, master, seed=5, step=0)
     for p, p0 in zip(model.parameters(), fp32_init):  # the initial weights, rounded before step 1
         assert _is_bf16(p)
         if rounding == "nearest_even":
@@ -50,7 +50,7 @@ def test_weights_are_bf16_after_every_update(rounding):
     for step in range(1, 6):
         _grads(model, step)
         opt.step()
-        store_master(model, master, seed=5, step=step)
+        round_master(model, master, seed=5, step=step)
         assert all(_is_bf16(p) for p in model.parameters())
 
 
@@ -59,7 +59,7 @@ def test_nearest_even_rounds_the_fp32_adamw_step():
     torch to bf16 (round to nearest even)."""
     model, opt, master = _optim(master_format="bf16")
     ref_model, ref_opt, _ = _optim()
-    store_master(model, master, seed=0, step=0)
+    round_master(model, master, seed=0, step=0)
     moved = 0
     for step in range(1, 6):
         ref_model.load_state_dict(model.state_dict())
@@ -69,7 +69,7 @@ def test_nearest_even_rounds_the_fp32_adamw_step():
         before = [p.detach().clone() for p in model.parameters()]
         opt.step()
         ref_opt.step()
-        store_master(model, master, seed=0, step=step)
+        round_master(model, master, seed=0, step=step)
         for p, q, p_old in zip(model.parameters(), ref_model.parameters(), before):
             assert torch.equal(p, q.detach().to(torch.bfloat16).float())
             moved += int((p != p_old).sum())
@@ -83,7 +83,7 @@ def test_fp32_master_is_untouched():
     opt.step()
     before = [p.detach().clone() for p in model.parameters()]
     state = torch.get_rng_state()
-    store_master(model, master, seed=0, step=1)
+    round_master(model, master, seed=0, step=1)
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
     assert torch.equal(torch.get_rng_state(), state)
 
@@ -107,7 +107,7 @@ def test_stochastic_rounding_of_a_tiny_update_is_unbiased_and_nearest_even_stall
         for step in range(1, steps + 1):
             weight.grad = torch.ones(n)
             opt.step()
-            store_master(holder, fmt, seed=3, step=step)
+            round_master(holder, fmt, seed=3, step=step)
             means.append(weight.detach().double().mean().item())
             if name == "rne":
                 assert torch.equal(weight.detach(), torch.full((n,), 1.5))  # stalled exactly
@@ -123,7 +123,7 @@ def test_stochastic_draws_are_keyed_by_seed_step_and_parameter():
     def rounded(seed, step):
         holder = torch.nn.ParameterList([torch.nn.Parameter(torch.full((1000,), 1.5 + 2**-10)),
                                          torch.nn.Parameter(torch.full((1000,), 1.5 + 2**-10))])
-        store_master(holder, MasterFormat.from_cfg({"master_format": "bf16", "master_rounding": "stochastic"}),
+        round_master(holder, MasterFormat.from_cfg({"master_format": "bf16", "master_rounding": "stochastic"}),
                      seed=seed, step=step)
         return [p.detach() for p in holder]
 

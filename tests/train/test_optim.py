@@ -13,7 +13,7 @@ from helpers import compose_train
 from precisionlab.config import validate
 from precisionlab.quant.linear import QuantLinear
 from precisionlab.quant.operands import PrecisionConfig
-from precisionlab.train.optim import MomentFormats, build_optimizer, store_moments
+from precisionlab.train.optim import MomentFormats, build_optimizer, round_moments
 
 MAX = {torch.float8_e4m3fn: 448.0, torch.float16: 65504.0}
 
@@ -58,7 +58,7 @@ def test_moments_are_stored_in_their_formats_after_every_step():
                 plain_opt.state[q]["exp_avg_sq"].copy_(opt.state[p]["exp_avg_sq"])
         opt.step()
         plain_opt.step()
-        store_moments(opt, formats)
+        round_moments(opt, formats)
         for p, q in zip(model.parameters(), plain_model.parameters()):
             m, v = opt.state[p]["exp_avg"], opt.state[p]["exp_avg_sq"]
             assert torch.equal(m, pow2_scaled_cast(plain_opt.state[q]["exp_avg"], torch.float8_e4m3fn))
@@ -73,7 +73,7 @@ def test_no_formats_no_casts():
     _grads(model, 0)
     opt.step()
     before = {k: v.clone() for k, v in opt.state[model[0].weight].items()}
-    store_moments(opt, formats)
+    round_moments(opt, formats)
     assert all(torch.equal(before[k], v) for k, v in opt.state[model[0].weight].items())
 
 
@@ -83,7 +83,7 @@ def test_state_format_sets_both_moments_and_blocks_cast_along_the_last_axis():
     model, opt, _ = _optim()
     _grads(model, 1)
     opt.step()
-    store_moments(opt, formats)
+    round_moments(opt, formats)
     m = opt.state[model[0].weight]["exp_avg"]
     blocks = m.reshape(16, 1, 32)  # one 32-element block per row: its scale 2^(floor(log2 amax) - 8)
     scale = 2.0 ** (torch.floor(torch.log2(blocks.abs().amax(-1, keepdim=True))) - 8)

@@ -23,7 +23,7 @@ from precisionlab.config import ConfigError, assume_valid, ensure_valid
 from precisionlab.runtime import absolute_paths, disk_full
 from precisionlab.store import ResultsStore, StoreError, run_id
 from precisionlab.store.url import DEFAULT_JOURNAL_MODE, absolute_store_url, configured_store
-from precisionlab.sweep.launchers import exit_with_parent, threads_per_job
+from precisionlab.run.worker import exit_with_parent, threads_per_job
 from precisionlab.train.branch import check_loads, parse_parent
 from precisionlab.train.checkpoint import CheckpointError, CheckpointRef, read_checkpoint
 from precisionlab.train.loop import run
@@ -168,7 +168,7 @@ def _record_unclaimed_failure(store: ResultsStore | None, cfg: DictConfig, err: 
 
 
 def run_job(cfg: DictConfig) -> str:
-    """One grid point: the task of `precisionlab.app.sweep_main`. Never raises; returns
+    """One grid point: the task of `precisionlab.run.app.sweep_main`. Never raises; returns
     the run's status ("completed", "diverged", "failed") or "skipped"."""
     from hydra.core.hydra_config import HydraConfig
 

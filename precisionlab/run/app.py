@@ -33,7 +33,7 @@ from precisionlab.config import ConfigError, validate
 from precisionlab.runtime import absolute_paths
 from precisionlab.store import StoreError
 from precisionlab.store.url import absolute_store_url
-from precisionlab.sweep.job import run_job, train_recorded
+from precisionlab.run.job import run_job, train_recorded
 from precisionlab.train.data import DataError
 from precisionlab.train.outcomes import RunResult
 from precisionlab.train.rundir import RunDirRecorder
@@ -123,5 +123,5 @@ def _remove_unused_run_dir() -> None:
 
 @hydra.main(config_path="pkg://precisionlab.configs", config_name="sweep", version_base="1.3")
 def sweep_main(cfg: DictConfig) -> str:
-    """One grid point of `precisionlab sweep` (run with -m); see precisionlab.sweep.job.run_job."""
+    """One grid point of `precisionlab sweep` (run with -m); see precisionlab.run.job.run_job."""
     return run_job(cfg)
