@@ -17,6 +17,7 @@ import typer
 
 from precisionlab.numerics.blocks import NAMED_BLOCK_FORMATS, BlockFormat, parse_format
 from precisionlab.numerics.formats import NAMED_FORMATS, FloatFormat
+from precisionlab.store.url import DEFAULT_STORE_PATH
 
 app = typer.Typer(
     add_completion=False,
@@ -98,6 +99,7 @@ def _check_train_overrides(overrides: list[str]):
 
     from precisionlab.config import ConfigError, one_line, validate
     from precisionlab.runtime import absolute_paths
+    from precisionlab.store.url import absolute_store_url
     from precisionlab.train.data import DataError, check_data_size
 
     try:
@@ -106,6 +108,7 @@ def _check_train_overrides(overrides: list[str]):
     except Exception as err:  # Hydra's override and composition errors, OmegaConf's type errors
         fail(one_line(err))
     absolute_paths(cfg, os.getcwd())  # as train_main does: the config it trains is this one
+    absolute_store_url(cfg, os.getcwd())
     try:
         cfg = validate(cfg)
         check_data_size(cfg.data, cfg.train.seq_len)  # no window of seq_len + 1 tokens: no run at all
@@ -356,7 +359,7 @@ def frontier(
     for wider, narrower in result.violations:
         typer.echo(f"warning: not monotone: {line.format(wider)} fails but the narrower {line.format(narrower)} is "
                    f"within; the bisection's frontier assumes fewer bits never train better", err=True)
-    from precisionlab.store import DEFAULT_STORE_PATH, parse_store_url
+    from precisionlab.store import parse_store_url
 
     store_arg = "" if runs.store_url == parse_store_url(DEFAULT_STORE_PATH).url else f" --store {runs.store.location}"
     typer.echo(f"see the report: precisionlab report --sweep {name}{store_arg}")
@@ -369,7 +372,7 @@ def sharpness(
     sweep_name: Optional[str] = typer.Option(None, "--sweep", help="Sweep whose checkpoints to measure (default: the latest in the store)."),
     metric: Optional[list[str]] = typer.Option(None, "--metric", "-m", help="logit (default), hessian, trace, keskar; repeatable or comma-separated."),
     eps: Optional[list[str]] = typer.Option(None, "--eps", help="epsilon of logit and keskar (default 1e-3); repeatable or comma-separated."),
-    store_path: str = typer.Option("results/precisionlab.db", "--store", help=_STORE_HELP),
+    store_path: str = typer.Option(DEFAULT_STORE_PATH, "--store", help=_STORE_HELP),
     fp32: bool = typer.Option(False, "--fp32", help="Measure logit and keskar without the run's casts (hessian and trace always are)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Sequences in the evaluation batch (default: the run's train.batch_size)."),
     iters: int = typer.Option(100, "--iters", help="hessian: power-iteration cap (one Hessian-vector product each)."),
@@ -445,7 +448,7 @@ def sharpness(
 def report(
     sweep_name: Optional[str] = typer.Option(None, "--sweep", help="Sweep to report (default: the latest in the store)."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Folder for report.html, report.md, CSVs and PNGs (default: reports/SWEEP)."),
-    store_path: str = typer.Option("results/precisionlab.db", "--store", help=_STORE_HELP),
+    store_path: str = typer.Option(DEFAULT_STORE_PATH, "--store", help=_STORE_HELP),
     where: Optional[list[str]] = typer.Option(None, "--where", "-w", help="Keep only these runs: key=v1,v2 on format, lr, seed, status, rounding, model, or comparisons like \"lr <= 1e-2 and format != 'e8m3'\" (repeatable: all must hold)."),
     compare: Optional[tuple[str, str]] = typer.Option(None, "--compare", metavar="SWEEP_A SWEEP_B", help="Put two sweeps side by side (compare.html in reports/A-vs-B/) instead."),
     margin: str = typer.Option("0.02", "--margin", metavar="DELTA", help="The frontier's margin δ in nats per byte: a width is within when its final loss is not worse than the reference's by δ or more (95% interval, paired by seed)."),

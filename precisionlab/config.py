@@ -48,6 +48,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from precisionlab.quant.linear import check_hadamard_dims
 from precisionlab.quant.recipe import Precision, PrecisionConfig
 from precisionlab.runtime import DeviceError, resolve_device
+from precisionlab.store.url import DEFAULT_JOURNAL_MODE, DEFAULT_STORE_PATH, JOURNAL_MODES
 from precisionlab.train.branch import parse_parent
 from precisionlab.train.data import SPLITS, data_path
 from precisionlab.train.diagnostics import FAMILIES as DIAGNOSTIC_FAMILIES
@@ -60,7 +61,6 @@ __all__ = ["ConfigError", "validate", "ensure_valid", "assume_valid", "is_valida
            "TrainConfig", "SweepConfig", "DATA_SOURCES", "SCHEDULES", "register"]
 
 SCHEDULES = ("cosine", "constant")
-JOURNAL_MODES = ("wal", "delete")
 DIVERGENCE_RULES = ("none", "median", "factor")  # precisionlab.train.outcomes
 
 
@@ -175,9 +175,9 @@ class Diagnostics:
 
 @dataclass
 class Store:
-    path: Optional[str] = "results/precisionlab.db"  # an SQLite file; null (and no url): don't record
+    path: Optional[str] = DEFAULT_STORE_PATH  # an SQLite file; null (and no url): don't record
     url: Optional[str] = None           # sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB; wins over path
-    journal_mode: str = choice("wal", JOURNAL_MODES)  # SQLite journal: wal (many writers on one machine) or delete (file systems without shared memory)
+    journal_mode: str = choice(DEFAULT_JOURNAL_MODE, JOURNAL_MODES)  # SQLite journal: wal (many writers on one machine) or delete (file systems without shared memory)
 
 
 @dataclass

@@ -1,16 +1,24 @@
-"""Where and with what a run executes: its device, absolute paths, and provenance.
+"""Where and with what a run executes: its device, absolute paths, provenance, and the
+operating-system facts several stages rely on.
 
-One home for three questions several stages ask:
+One home for the questions several stages ask:
   resolve_device(name)      "auto" | "cpu" | "cuda" | "cuda:N" -> a usable torch.device
-  absolute_paths(cfg, base) data.path, data.cache_dir, store.path and an sqlite:/// store.url
-                            made absolute from the launch directory (`~` expanded), so a run's
-                            id and its files do not depend on the folder Hydra runs it in
+  absolute_paths(cfg, base) data.path, data.cache_dir and store.path made absolute from the
+                            launch directory (`~` expanded), so a run's id and its files do not
+                            depend on the folder Hydra runs it in (an sqlite:/// store.url: the
+                            store's own rule, `precisionlab.store.url.absolute_store_url`)
   provenance()              python, torch, triton and precisionlab versions and the git
                             revision of the precisionlab checkout, recorded with every run
+  pid_alive(pid)            whether a process of this host still runs (a zombie does not)
+  swap_folders(new, out, old)  exchange two folders in one atomic rename where the system can
+  DiskFull, disk_full(err)  a write that failed because its file system is full
+
+This module imports no other precisionlab module: every layer may use it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import platform
@@ -21,7 +29,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DeviceError", "resolve_device", "absolute_paths", "PATH_KEYS", "provenance", "DiskFull", "disk_full"]
+__all__ = ["DeviceError", "resolve_device", "absolute_paths", "PATH_KEYS", "provenance", "pid_alive", "swap_folders",
+           "DiskFull", "disk_full"]
 
 # The config keys holding file-system paths, relative to the launch directory when relative.
 PATH_KEYS = (("data", "path"), ("data", "cache_dir"), ("store", "path"))
@@ -61,15 +70,6 @@ def absolute_paths(cfg: Any, base: str | os.PathLike) -> None:
             value = os.path.expanduser(str(node[key]))
             slash = os.sep if value.endswith(("/", os.sep)) else ""  # kept: `results/` names a folder, not a file
             node[key] = str(Path(base) / value) + slash
-        url = cfg.store.get("url") if cfg.get("store") is not None else None
-        if isinstance(url, str) and url.lower().startswith("sqlite:"):
-            from precisionlab.store.url import parse_store_url  # the store's own rule for relative paths
-            from precisionlab.store.schema import StoreError
-
-            try:
-                cfg.store.url = parse_store_url(url, base).url
-            except StoreError:  # reported, in one line, where the store is opened
-                pass
 
 
 @cache
@@ -96,6 +96,44 @@ def provenance() -> dict[str, str | None]:
         rev += "-dirty"
     return {"python": platform.python_version(), **{p: version(p) for p in ("torch", "triton", "precisionlab")},
             "git_rev": rev}
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` of this host still runs (a zombie does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    """A killed process its parent has not reaped yet still answers kill(pid, 0) (Linux only)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def swap_folders(new: str | os.PathLike, out: str | os.PathLike, old: str | os.PathLike) -> None:
+    """Swap the folders `new` and `out` atomically (Linux renameat2 RENAME_EXCHANGE): afterwards `out`
+    holds what `new` held and `new` what `out` held. Where the system cannot: `out` is first renamed
+    to `old` and `new` into place, then `old` to `new`; a kill in between leaves no `out` but its whole
+    old content in `old`, for the caller to put back."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is not None:
+        at_fdcwd, rename_exchange = -100, 2
+        if renameat2(at_fdcwd, os.fsencode(new), at_fdcwd, os.fsencode(out), rename_exchange) == 0:
+            return
+        if ctypes.get_errno() not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):  # a real error, not "unsupported here"
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    os.rename(out, old)
+    os.rename(new, out)
+    os.rename(old, new)
 
 
 class DiskFull(OSError):

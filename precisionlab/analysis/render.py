@@ -11,8 +11,6 @@ report or the whole new one, never a mix (`_write_files`).
 from __future__ import annotations
 
 import base64
-import ctypes
-import errno
 import html
 import os
 import re
@@ -35,6 +33,7 @@ from precisionlab.analysis.tables import (
     display_warning_windows,
     display_compare,
 )
+from precisionlab.runtime import pid_alive, swap_folders
 from precisionlab.store.names import sweep_name_problem
 
 __all__ = ["write", "markdown_table", "write_comparison", "default_out", "html_document", "comparison_html", "markdown_document", "sharpness_display",
@@ -481,7 +480,7 @@ def _write_files(files: dict[str, bytes | str], out: str | os.PathLike) -> list[
             with open(staging / name, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as f:
                 f.write(content)
         if out.exists():
-            _exchange(staging, out, out.parent / f".{out.name}.old-{tag}")  # `staging` now holds the old report
+            swap_folders(staging, out, out.parent / f".{out.name}.old-{tag}")  # `staging` now holds the old report
         else:
             os.rename(staging, out)
     except OSError as err:
@@ -526,41 +525,14 @@ def _is_earlier_report(out: Path) -> bool:
 _STAGING = re.compile(r"\.(?P<out>.+)\.(?P<kind>report|old)-(?P<pid>\d+)-[0-9a-f]{8}")
 
 
-def _exchange(new: Path, out: Path, old: Path) -> None:
-    """Swap the folders `new` and `out` atomically (Linux renameat2). Elsewhere: `out` is first
-    renamed to `old` and `new` into place, then `old` to `new` (for the caller to remove); a kill
-    in between leaves no `out` but the whole old report in `old`, which `_clean_stale` restores."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    renameat2 = getattr(libc, "renameat2", None)
-    if renameat2 is not None:
-        at_fdcwd, rename_exchange = -100, 2
-        if renameat2(at_fdcwd, os.fsencode(new), at_fdcwd, os.fsencode(out), rename_exchange) == 0:
-            return
-        if ctypes.get_errno() not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):  # a real error, not "unsupported here"
-            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
-    os.rename(out, old)
-    os.rename(new, out)
-    os.rename(old, new)
-
-
 def _clean_stale(out: Path) -> None:
     """Remove the staging folders beside `out` that a killed `report` left (their process is gone);
-    an old report that a kill left outside `out` (see `_exchange`) goes back into place."""
+    an old report that a kill left outside `out` (see `runtime.swap_folders`) goes back into place."""
     for path in out.parent.iterdir():
         match = _STAGING.fullmatch(path.name)
-        if not match or match["out"] != out.name or _alive(int(match["pid"])):
+        if not match or match["out"] != out.name or pid_alive(int(match["pid"])):
             continue
         if match["kind"] == "old" and not out.exists():
             os.rename(path, out)
         else:
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        pass
-    return True

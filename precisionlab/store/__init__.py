@@ -5,13 +5,39 @@ the run identity it keys them by.
     from precisionlab.store import ResultsStore
     store = ResultsStore("results/precisionlab.db")     # or "postgresql://me:pw@db-host/precisionlab"
     store.runs(sweep="default"); store.metrics(sweep="default", split="val")
+
+The names below are imported on first use (PEP 562 `__getattr__`): importing a light module of the
+package (`precisionlab.store.url`, for the CLI's default store) imports no pandas.
 """
 
-from precisionlab.store.identity import NON_SEMANTIC_KEYS, run_id
-from precisionlab.store.recorder import StoreRecorder
-from precisionlab.store.results import DEFAULT_STORE_PATH, ResultsStore
-from precisionlab.store.schema import DONE, OUTCOMES, STATUSES, StoreError
-from precisionlab.store.url import parse_store_url
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "ResultsStore": "precisionlab.store.results",
+    "StoreRecorder": "precisionlab.store.recorder",
+    "StoreError": "precisionlab.store.schema",
+    "run_id": "precisionlab.store.identity",
+    "NON_SEMANTIC_KEYS": "precisionlab.store.identity",
+    "DEFAULT_STORE_PATH": "precisionlab.store.url",
+    "DONE": "precisionlab.store.schema",
+    "OUTCOMES": "precisionlab.store.schema",
+    "STATUSES": "precisionlab.store.schema",
+    "parse_store_url": "precisionlab.store.url",
+}
 
 __all__ = ["ResultsStore", "StoreRecorder", "StoreError", "run_id", "NON_SEMANTIC_KEYS", "DEFAULT_STORE_PATH",
            "DONE", "OUTCOMES", "STATUSES", "parse_store_url"]
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'precisionlab.store' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # once: later lookups find it without this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

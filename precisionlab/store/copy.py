@@ -66,10 +66,10 @@ def _insert(table: str, columns: list[str]) -> str:
 
 def _copy_sweep(src: ResultsStore, dst: ResultsStore, name: str) -> CopyResult:
     (sweep_cols, sweep_rows), (run_cols, runs), *per_run, (sharp_cols, sharp) = \
-        src._snapshot([("SELECT * FROM sweeps WHERE name=?", [name]),
-                       (f"SELECT * FROM runs WHERE {_OF_SWEEP} ORDER BY run_id", [name]),
-                       *((f"SELECT * FROM {table} WHERE {_OF_SWEEP}", [name]) for table in _PER_RUN),
-                       (f"SELECT * FROM sharpness WHERE {_OF_SWEEP}", [name])])
+        src.snapshot([("SELECT * FROM sweeps WHERE name=?", [name]),
+                      (f"SELECT * FROM runs WHERE {_OF_SWEEP} ORDER BY run_id", [name]),
+                      *((f"SELECT * FROM {table} WHERE {_OF_SWEEP}", [name]) for table in _PER_RUN),
+                      (f"SELECT * FROM sharpness WHERE {_OF_SWEEP}", [name])])
     rid, status, config, meta = (run_cols.index(c) for c in ("run_id", "status", "config", "meta"))
     src_done = {r[rid]: r[status] in DONE for r in runs}
 
@@ -99,7 +99,7 @@ def _copy_sweep(src: ResultsStore, dst: ResultsStore, name: str) -> CopyResult:
         return CopyResult(name, len(runs), len(taken), len(runs) - len(taken), metric_rows, ckpt_rows,
                           len(sharp_rows), diagnostic_rows)
 
-    return dst._write(write)
+    return dst.write(write)
 
 
 def sweeps_to_copy(src: ResultsStore, destination: str, sweeps: Sequence[str] | None = None) -> list[str]:

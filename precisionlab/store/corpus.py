@@ -39,7 +39,7 @@ from precisionlab.store.identity import canonical, dumps
 from precisionlab.store.schema import StoreError
 
 if TYPE_CHECKING:
-    from precisionlab.store.results import ResultsStore
+    from precisionlab.store.database import Database
 
 __all__ = ["data_key", "fingerprint", "recorded", "recorded_rows", "check_one_corpus", "check_new_run", "check_sweep_data"]
 
@@ -111,13 +111,13 @@ def check_new_run(execute: Callable[[str, list], list[tuple]], run_id: str) -> N
     check_one_corpus(sorted(rows, key=lambda row: row[0] != run_id), f"run {run_id}'s sweep")
 
 
-def check_sweep_data(store: ResultsStore, sweep: str, configs: list[Mapping[str, Any]], run_ids: list[str]) -> None:
+def check_sweep_data(store: Database, sweep: str, configs: list[Mapping[str, Any]], run_ids: list[str]) -> None:
     """Before a sweep runs: StoreError (one line) if the store holds runs (of this sweep, or with
     these ids) of one of the grid's data configs trained on data other than this machine's.
     Reads each such data config once; a fresh store reads nothing."""
     from precisionlab.train.data import load_dataset
 
-    runs = recorded(lambda sql, params: store._query(sql, params)[1], sweep, run_ids)
+    runs = recorded(lambda sql, params: store.query(sql, params)[1], sweep, run_ids)
     check_one_corpus(runs, f"results store {store.location}")
     stored = {}
     for rid, config, meta in runs:

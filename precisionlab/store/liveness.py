@@ -20,39 +20,17 @@ import os
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING
 
+from precisionlab.runtime import pid_alive
+from precisionlab.store.database import Database
 from precisionlab.store.schema import StoreError
 
-if TYPE_CHECKING:
-    from precisionlab.store.results import ResultsStore
-
-__all__ = ["HOST", "LIVE_CLAIMS", "alive", "pid_alive", "Lease"]
+__all__ = ["HOST", "LIVE_CLAIMS", "alive", "Lease"]
 
 log = logging.getLogger(__name__)
 
 HOST = socket.gethostname()
 LIVE_CLAIMS: set[str] = set()  # claim tokens this process holds and has not finished
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process `pid` of this host still runs (a zombie does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, someone else's
-        return True
-    return not _is_zombie(pid)
-
-
-def _is_zombie(pid: int) -> bool:
-    """A killed process its parent has not reaped yet still answers kill(pid, 0) (Linux only)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def alive(pid: int | None, hostname: str | None, heartbeat: float | None, token: str | None,
@@ -70,11 +48,12 @@ def alive(pid: int | None, hostname: str | None, heartbeat: float | None, token:
 class Lease:
     """Renews the heartbeat of a run this process claimed, from a daemon thread, until `stop()`
     or until the claim is found taken over. Between beats the thread holds no connection, so
-    a worker keeps one connection to a server, not two."""
+    a worker keeps one connection to a server, not two. `store`: the run's store (a ResultsStore),
+    whose `stale_after` is given."""
 
-    def __init__(self, store: ResultsStore, run_id: str, token: str):
+    def __init__(self, store: Database, run_id: str, token: str, stale_after: float):
         self.store, self.run_id, self.token = store, run_id, token
-        self.every = max(store.stale_after, 4.0) / 4
+        self.every = max(stale_after, 4.0) / 4
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew, name=f"precisionlab-lease-{run_id}", daemon=True)
         self._thread.start()
@@ -86,7 +65,7 @@ class Lease:
     def _renew(self) -> None:
         while not self._stop.wait(self.every):
             try:
-                held = self.store._write(self._beat)
+                held = self.store.write(self._beat)
             except StoreError as err:  # retried for the store's retry_seconds already
                 log.warning("run %s: heartbeat not renewed: %s", self.run_id, err)
                 return

@@ -1,16 +1,19 @@
-"""`StoreRecorder`: the `Recorder` that writes one claimed run into a ResultsStore."""
+"""`StoreRecorder`: the `Recorder` that writes one claimed run into a ResultsStore.
+
+It uses the store through `RecordingStore`, the few public methods it needs (a ResultsStore has
+them; `precisionlab.store.results` imports this module, not the other way round)."""
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from precisionlab.runtime import provenance
 from precisionlab.store.corpus import check_new_run
 from precisionlab.store.identity import dumps
-from precisionlab.store.liveness import LIVE_CLAIMS, Lease
+from precisionlab.store.liveness import Lease
 from precisionlab.store.schema import (
     METRIC_KEYS,
     OUTCOME_KEYS,
@@ -19,10 +22,25 @@ from precisionlab.store.schema import (
     finite,
 )
 
-if TYPE_CHECKING:
-    from precisionlab.store.results import ResultsStore
+__all__ = ["StoreRecorder", "RecordingStore"]
 
-__all__ = ["StoreRecorder"]
+
+class RecordingStore(Protocol):
+    """What a StoreRecorder uses of its store: a `store.database.Database`'s `write`, `error` and
+    `close`, the liveness window `stale_after`, and ResultsStore's `add_sharpness` and `release_claim`."""
+
+    stale_after: float
+
+    def write(self, transaction: Callable[..., Any], *args: Any) -> Any: ...
+
+    def error(self, problem: str) -> StoreError: ...
+
+    def close(self) -> None: ...
+
+    def add_sharpness(self, run_id: str, step: int, metric: str, value: float,
+                      params: Mapping[str, Any] | None = None) -> None: ...
+
+    def release_claim(self, run_id: str, token: str) -> None: ...
 
 
 class StoreRecorder:
@@ -37,14 +55,14 @@ class StoreRecorder:
     failed (with the exception, if any).
     """
 
-    def __init__(self, store: ResultsStore, run_id: str, token: str, flush_every: int, flush_seconds: float):
+    def __init__(self, store: RecordingStore, run_id: str, token: str, flush_every: int, flush_seconds: float):
         self.store, self.run_id, self._token = store, run_id, token
         self.flush_every, self.flush_seconds = flush_every, flush_seconds
         self._rows: list[tuple] = []
         self._diagnostics: list[tuple] = []  # (run_id, step, site, name, value)
         self._last_flush = time.monotonic()
         self.finished = False
-        self._lease = Lease(store, run_id, token)
+        self._lease = Lease(store, run_id, token, store.stale_after)
 
     def _commit(self, transaction=None, **columns: Any) -> None:
         """One transaction: refresh the heartbeat and set `columns` if we still
@@ -55,8 +73,8 @@ class StoreRecorder:
             held = conn.execute(f"UPDATE runs SET heartbeat=?{assignments} WHERE run_id=? AND claim=?",
                                 (time.time(), *columns.values(), self.run_id, self._token)).rowcount
             if not held:
-                raise self.store._error(f"run {self.run_id} is no longer claimed by this process "
-                                        "(another process took it over as interrupted)")
+                raise self.store.error(f"run {self.run_id} is no longer claimed by this process "
+                                       "(another process took it over as interrupted)")
             conn.executemany(
                 "INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(run_id, step, split) DO UPDATE SET "
                 "loss=excluded.loss, lr=excluded.lr, grad_norm=excluded.grad_norm, tokens=excluded.tokens, "
@@ -66,7 +84,7 @@ class StoreRecorder:
             if transaction is not None:
                 transaction(conn)
 
-        self.store._write(write)
+        self.store.write(write)
         self._rows, self._diagnostics = [], []
         self._last_flush = time.monotonic()
 
@@ -149,8 +167,7 @@ class StoreRecorder:
         self._lease.stop()
         self._commit(derive)
         self.finished = True
-        LIVE_CLAIMS.discard(self._token)
-        self.store._claims.pop(self.run_id, None)
+        self.store.release_claim(self.run_id, self._token)
 
     # ---- context manager
 

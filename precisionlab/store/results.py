@@ -11,10 +11,9 @@ diagnostics in one database, SQLite on one machine or PostgreSQL for many, reada
 Why it is shaped this way:
 - One schema, one set of SQL statements, two backends (`store.sqlite`, `store.postgres`)
   that differ only where the databases do: opening, placeholders, column types, which
-  errors a retry gets past. Every write is one short transaction that the backend
-  serialises (SQLite's single writer, PostgreSQL's SERIALIZABLE isolation), retried with
-  backoff while the database is locked, conflicting or unreachable (a server restart),
-  for up to `retry_seconds`.
+  errors a retry gets past. Connections and transactions (one short transaction per write,
+  retried while the database is locked, conflicting or unreachable) are `store.database`'s:
+  a ResultsStore is a `Database`.
 - Per-step overhead stays small: the recorder buffers metric rows and writes
   them in one transaction every `flush_every` rows or `flush_seconds`, and
   always before recording a checkpoint and with the outcome, so a resumed run
@@ -25,26 +24,23 @@ Why it is shaped this way:
   renewed by a thread, and a pid check on the claimer's own host).
 - A rerun keeps its rows up to its last checkpoint and drops later ones (the
   resumed run logs them again); `force=True` drops all of the run's rows.
-- Connections are opened lazily, one per process and thread, and reopened
-  after a fork: a connection must never cross a fork.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
-import sys
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pandas as pd
 
+from precisionlab.runtime import pid_alive
+from precisionlab.store.database import Database, Transaction
 from precisionlab.store.identity import canonical, dumps, run_id
-from precisionlab.store.liveness import HOST, LIVE_CLAIMS, alive, pid_alive
+from precisionlab.store.liveness import HOST, LIVE_CLAIMS, alive
 from precisionlab.store.recorder import StoreRecorder
 from precisionlab.store.schema import (
     CONFIG_COLUMNS,
@@ -53,33 +49,10 @@ from precisionlab.store.schema import (
     StoreError,
     finite,
 )
-from precisionlab.store.sqlite import SQLiteBackend
-from precisionlab.store.url import parse_store_url, redact
+from precisionlab.store.url import DEFAULT_JOURNAL_MODE, DEFAULT_STORE_PATH, JOURNAL_MODES, redact
 from precisionlab.train.branch import parse_parent
 
-__all__ = ["ResultsStore", "StoreError", "DEFAULT_STORE_PATH"]
-
-DEFAULT_STORE_PATH = "results/precisionlab.db"
-RETRY_SECONDS = 300.0  # how long a transaction is retried (after SQLite's own 60 s busy timeout)
-RETRY_ENV = "PRECISIONLAB_STORE_RETRY_SECONDS"  # overrides RETRY_SECONDS (e.g. a short window, to test)
-# Store URL -> when this process first found its server unreachable (time.monotonic), until a
-# transaction gets through: every write path of the process (run recorder, claims, the sweep's
-# progress) shares one retry window per outage, instead of each waiting out its own.
-_UNREACHABLE: dict[str, float] = {}
-
-
-def default_retry_seconds() -> float:
-    """RETRY_SECONDS, or $PRECISIONLAB_STORE_RETRY_SECONDS when set (seconds >= 0)."""
-    text = os.environ.get(RETRY_ENV)
-    if text is None:
-        return RETRY_SECONDS
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
-        raise StoreError(f"{RETRY_ENV} must be a number of seconds >= 0; got {text!r}")
-    return value
+__all__ = ["ResultsStore", "StoreError"]
 
 # Created on first use by stores made before it joined the schema (SQLite only: PostgreSQL stores always have it).
 _SHARPNESS_CLAIMS = ("CREATE TABLE IF NOT EXISTS sharpness_claims (run_id TEXT NOT NULL, step INTEGER NOT NULL, "
@@ -131,39 +104,14 @@ def _parse_json(column: pd.Series) -> list:
     return [json.loads(v) if isinstance(v, str) else None for v in column]
 
 
-def _backend(where):
-    if where.backend == "sqlite":
-        return SQLiteBackend(where)
-    from precisionlab.store.postgres import PostgresBackend  # psycopg is imported only for a server store
-
-    return PostgresBackend(where)
-
-
-class Transaction:
-    """A connection as the store's SQL sees it: `?` placeholders on either backend."""
-
-    __slots__ = ("conn", "_sql")
-
-    def __init__(self, conn: Any, sql: Callable[[str], str]):
-        self.conn, self._sql = conn, sql
-
-    def execute(self, text: str, params: Iterable[Any] | None = ()) -> Any:
-        return self.conn.execute(self._sql(text), None if params is None else list(params))
-
-    def executemany(self, text: str, rows: Iterable[Iterable[Any]]) -> None:
-        rows = [list(r) for r in rows]
-        if rows:
-            self.conn.cursor().executemany(self._sql(text), rows)
-
-
 # --------------------------------------------------------------------------- the store
 
 
-class ResultsStore:
+class ResultsStore(Database):
     """One results store at `location` (a path or URL, see `store.url`); cheap to construct,
     safe to pickle (connections are per process and thread, opened on first use)."""
 
-    def __init__(self, location: str | os.PathLike = DEFAULT_STORE_PATH, *, journal_mode: str = "wal",
+    def __init__(self, location: str | os.PathLike = DEFAULT_STORE_PATH, *, journal_mode: str = DEFAULT_JOURNAL_MODE,
                  stale_after: float = 120.0, read_only: bool = False, create: bool = True,
                  retry_seconds: float | None = None):
         """Open the store at `location`, creating it if absent (and `create`).
@@ -179,128 +127,25 @@ class ResultsStore:
         create: False: a missing store is an error, not made.
         retry_seconds: how long a transaction that found the database locked,
             conflicting or unreachable is retried before StoreError (default:
-            `default_retry_seconds()`). An unreachable server gets one window per
+            `store.database.default_retry_seconds()`). An unreachable server gets one window per
             outage in this process, whatever the number of transactions waiting.
         Raises StoreError (one line) when the location is not usable as a store.
         """
-        if journal_mode not in ("wal", "delete"):
-            raise ValueError(f"journal_mode must be 'wal' or 'delete', not {journal_mode!r}")
-        self.stale_after, self.read_only = stale_after, read_only
-        self.retry_seconds = default_retry_seconds() if retry_seconds is None else retry_seconds
-        self._bind(parse_store_url(location))
-        # the backup's path, when opening migrated an older store
-        self.migrated_from = self._db.open(read_only=read_only, create=create, journal_mode=journal_mode)
-
-    def _bind(self, where) -> None:
-        """Point this object at the store `where` names, with no connection yet (opening is `__init__`'s)."""
-        self.url, self.location, self.backend = where.url, where.shown, where.backend
-        self._db = _backend(where)
-        self.path = self._db.path  # the SQLite file; None for a server
-        self._local = threading.local()
+        if journal_mode not in JOURNAL_MODES:
+            raise ValueError(f"journal_mode must be {' or '.join(map(repr, JOURNAL_MODES))}, not {journal_mode!r}")
+        self.stale_after = stale_after
+        super().__init__(location, read_only=read_only, retry_seconds=retry_seconds)
         self._claims: dict[str, str] = {}  # run_id -> claim token held through this object
-
-    def _error(self, problem: str) -> StoreError:
-        return StoreError(f"results store {self.location}: {problem}")
-
-    # ---- connections and transactions
-
-    def _conn(self) -> Any:
-        """This process's (and thread's) connection, reopened after a fork (the parent's is left alone)."""
-        local = self._local
-        if getattr(local, "pid", None) != os.getpid() or local.conn is None:
-            local.conn, local.pid = None, None
-            local.conn = self._db.connect(self.read_only)
-            local.pid = os.getpid()
-        return local.conn
-
-    def close(self) -> None:
-        """Close this thread's connection (reopened on next use)."""
-        local = self._local
-        if getattr(local, "pid", None) == os.getpid() and local.conn is not None:
-            self._db.disconnect(local.conn)
-        local.conn, local.pid = None, None
+        # the backup's path, when opening migrated an older store
+        self.migrated_from = self.open(create=create, journal_mode=journal_mode)
 
     def __getstate__(self) -> dict:
-        return {"url": self.url, "stale_after": self.stale_after, "read_only": self.read_only,
-                "retry_seconds": self.retry_seconds}
+        return {**super().__getstate__(), "stale_after": self.stale_after}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update({"read_only": False, "retry_seconds": default_retry_seconds(), **state})
-        self._bind(parse_store_url(self.url))
+        super().__setstate__(state)
+        self._claims = {}
         self.migrated_from = None
-
-    def _attempt(self, work: Callable[[Transaction], Any], writing: bool, snapshot: bool = False) -> Any:
-        """Run `work(transaction)`; when `writing`, inside BEGIN … COMMIT as the backend
-        serialises writes; when `snapshot`, in one read transaction (every SELECT sees the
-        same state). Retried with backoff while the database is locked, conflicting
-        or unreachable; a lost connection is reopened."""
-        delay, deadline = 0.05, None
-        while True:
-            conn = None
-            try:
-                conn = self._conn()
-                if writing or snapshot:
-                    conn.execute(self._db.begin if writing else self._db.begin_read)
-                result = work(Transaction(conn, self._db.sql))
-                if writing or snapshot:
-                    conn.execute("COMMIT")
-                if _UNREACHABLE:
-                    _UNREACHABLE.pop(self.url, None)  # reachable again: a later outage gets its own window
-                return result
-            except self._db.errors as err:
-                if conn is not None:
-                    self._db.rollback(conn)
-                    if self._db.lost(conn):
-                        self.close()
-                reason = self._db.transient(err)
-                if reason is None:
-                    raise self._db.failure(err, writing) from None
-                now = time.monotonic()
-                if reason.startswith("unreachable"):  # one window for the whole process, said once
-                    if self.url not in _UNREACHABLE:
-                        _UNREACHABLE[self.url] = now
-                        print(f"warning: results store {self.location} is {redact(reason)}; retrying for up to "
-                              f"{self.retry_seconds:.0f} s", file=sys.stderr, flush=True)
-                    deadline = _UNREACHABLE[self.url] + self.retry_seconds
-                else:
-                    deadline = deadline or now + self.retry_seconds
-                if now >= deadline:
-                    raise self._error(f"still {reason} after {self.retry_seconds:.0f} s of retries") from None
-                time.sleep(min(delay * (1 + random.random()), deadline - now))
-                delay = min(delay * 2, 10.0)
-            except BaseException:
-                if conn is not None:
-                    self._db.rollback(conn)
-                raise
-
-    def _write(self, transaction: Callable[..., Any], *args: Any) -> Any:
-        """Run `transaction(conn, *args)` as one write transaction (see `_attempt`)."""
-        return self._attempt(lambda tx: transaction(tx, *args), writing=True)
-
-    def _query(self, sql: str, params: Iterable[Any] = ()) -> tuple[list[str], list[tuple]]:
-        """(column names, rows) of one SELECT."""
-        return self._snapshot([(sql, params)])[0]
-
-    def _snapshot(self, queries: Iterable[tuple[str, Iterable[Any]]]) -> list[tuple[list[str], list[tuple]]]:
-        """(column names, rows) of each (SELECT, params), all read in one transaction."""
-        queries = list(queries)
-
-        def work(tx):
-            results = []
-            for sql, params in queries:
-                cursor = tx.execute(sql, params)
-                results.append(([d[0] for d in cursor.description], cursor.fetchall()))
-            return results
-
-        return self._attempt(work, writing=False, snapshot=len(queries) > 1)
-
-    def _read(self, sql: str, params: Iterable[Any] = ()) -> pd.DataFrame:
-        columns, rows = self._query(sql, params)
-        return pd.DataFrame.from_records(rows, columns=columns, coerce_float=True)  # as pandas.read_sql does
-
-    def _fetchone(self, sql: str, params: Iterable[Any] = ()) -> tuple | None:
-        rows = self._query(sql, params)[1]
-        return tuple(rows[0]) if rows else None
 
     # ---- sweeps and runs
 
@@ -308,7 +153,7 @@ class ResultsStore:
         """Record a sweep (or update the command and grid of an existing one)."""
         grid_json = None if grid is None else dumps(_without_passwords(canonical(grid, semantic=False)))
         command = None if command is None else _without_passwords(command)
-        self._write(lambda c: c.execute(
+        self.write(lambda c: c.execute(
             "INSERT INTO sweeps VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
             "command=excluded.command, grid=excluded.grid", (name, time.time(), command, grid_json)))
 
@@ -334,7 +179,7 @@ class ResultsStore:
             for rid, config in zip(ids, configs):
                 self._ensure_run(conn, rid, config, sweep)
 
-        self._write(transaction)
+        self.write(transaction)
         return ids
 
     def _alive(self, pid: int | None, hostname: str | None, heartbeat: float | None, token: str | None,
@@ -377,7 +222,7 @@ class ResultsStore:
                 (now, now, os.getpid(), HOST, token, run_id))
             return token
 
-        token = self._write(transaction)
+        token = self.write(transaction)
         if token is None:
             return False
         self._claims[run_id] = token
@@ -390,26 +235,32 @@ class ResultsStore:
             raise RuntimeError(f"run {run_id} was not claimed through this store; call claim_run first")
         return StoreRecorder(self, run_id, self._claims[run_id], flush_every, flush_seconds)
 
+    def release_claim(self, run_id: str, token: str) -> None:
+        """Forget the claim `token` on `run_id` (its recorder wrote the outcome): this process no longer
+        holds the run, and `recorder(run_id)` needs a new claim."""
+        LIVE_CLAIMS.discard(token)
+        self._claims.pop(run_id, None)
+
     def fail_pending(self, run_id: str, error: str) -> bool:
         """Record a run that failed before it was claimed (its job could not start it) as
         `failed` with `error`, so it does not look unstarted; True if the run was `pending`."""
-        return bool(self._write(lambda c: c.execute(
+        return bool(self.write(lambda c: c.execute(
             "UPDATE runs SET status='failed', error=?, finished=? WHERE run_id=? AND status='pending'",
             (error, time.time(), run_id)).rowcount))
 
     def latest_checkpoint(self, run_id: str) -> tuple[int, str] | None:
         """(step, path) of the run's last recorded checkpoint, or None."""
-        return self._fetchone("SELECT step, path FROM checkpoints WHERE run_id=? ORDER BY step DESC LIMIT 1", (run_id,))
+        return self.fetchone("SELECT step, path FROM checkpoints WHERE run_id=? ORDER BY step DESC LIMIT 1", (run_id,))
 
     def status(self, run_id: str) -> str | None:
         """The run's status, or None if the store has no such run."""
-        row = self._fetchone("SELECT status FROM runs WHERE run_id=?", (run_id,))
+        row = self.fetchone("SELECT status FROM runs WHERE run_id=?", (run_id,))
         return row and row[0]
 
     def running(self, run_ids: Iterable[str]) -> tuple[set[str], set[str]]:
         """The `running` runs among `run_ids`, split by the liveness rule: (in a live process, interrupted)."""
         where, params = self._where(run_ids, None)
-        rows = self._read(f"SELECT run_id, pid, hostname, heartbeat, claim FROM runs t "
+        rows = self.read(f"SELECT run_id, pid, hostname, heartbeat, claim FROM runs t "
                           f"WHERE {where} AND status='running'", params)
         now, alive, interrupted = time.time(), set(), set()
         for rid, pid, host, heartbeat, token in rows.itertuples(index=False):
@@ -420,7 +271,7 @@ class ResultsStore:
     def add_sharpness(self, run_id: str, step: int, metric: str, value: float,
                       params: Mapping[str, Any] | None = None) -> None:
         """Record (or replace) one sharpness value of a run at a step."""
-        self._write(lambda c: c.execute(
+        self.write(lambda c: c.execute(
             "INSERT INTO sharpness VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(run_id, step, metric, params) "
             "DO UPDATE SET value=excluded.value, created=excluded.created",
             (run_id, step, metric, dumps(dict(params or {})), finite(value), time.time())))
@@ -454,11 +305,11 @@ class ResultsStore:
                          (*key, os.getpid(), HOST, now))
             return "claimed"
 
-        return self._write(transaction)
+        return self.write(transaction)
 
     def release_sharpness(self, run_id: str, step: int, metric: str, params: Mapping[str, Any] | None = None) -> None:
         """Drop this process's claim on a sharpness value (measured, or given up)."""
-        self._write(lambda c: c.execute(
+        self.write(lambda c: c.execute(
             "DELETE FROM sharpness_claims WHERE run_id=? AND step=? AND metric=? AND params=? AND pid=? AND hostname=?",
             (run_id, step, metric, dumps(dict(params or {})), os.getpid(), HOST)))
 
@@ -485,7 +336,7 @@ class ResultsStore:
 
     def sweeps(self) -> pd.DataFrame:
         """One row per sweep: name, created, command, grid (parsed JSON), runs (count)."""
-        df = self._read("SELECT s.*, (SELECT COUNT(*) FROM sweep_runs l WHERE l.sweep=s.name) AS runs "
+        df = self.read("SELECT s.*, (SELECT COUNT(*) FROM sweep_runs l WHERE l.sweep=s.name) AS runs "
                         "FROM sweeps s ORDER BY created")
         df["grid"] = _parse_json(df["grid"])
         return self._times(df)
@@ -510,7 +361,7 @@ class ResultsStore:
             statuses = [status] if isinstance(status, str) else list(status)
             where += f" AND t.status IN ({','.join('?' * len(statuses))})"
             params += statuses
-        df = self._read(f"SELECT * FROM runs t WHERE {where} ORDER BY created, run_id", params)
+        df = self.read(f"SELECT * FROM runs t WHERE {where} ORDER BY created, run_id", params)
         df = df.drop(columns=["claim"])
         for column in ("config", "meta"):
             df[column] = _parse_json(df[column])
@@ -526,11 +377,11 @@ class ResultsStore:
         if split is not None:
             where += " AND t.split=?"
             params.append(split)
-        return self._read(f"SELECT * FROM metrics t WHERE {where} ORDER BY run_id, split, step", params)
+        return self.read(f"SELECT * FROM metrics t WHERE {where} ORDER BY run_id, split, step", params)
 
     def checkpoints(self, run_ids: str | Iterable[str] | None = None, sweep: str | None = None) -> pd.DataFrame:
         where, params = self._where(run_ids, sweep)
-        return self._times(self._read(f"SELECT * FROM checkpoints t WHERE {where} ORDER BY run_id, step", params))
+        return self._times(self.read(f"SELECT * FROM checkpoints t WHERE {where} ORDER BY run_id, step", params))
 
     def sharpness(self, run_ids: str | Iterable[str] | None = None, sweep: str | None = None,
                   metric: str | None = None) -> pd.DataFrame:
@@ -539,7 +390,7 @@ class ResultsStore:
         if metric is not None:
             where += " AND t.metric=?"
             params.append(metric)
-        df = self._read(f"SELECT * FROM sharpness t WHERE {where} ORDER BY run_id, metric, step", params)
+        df = self.read(f"SELECT * FROM sharpness t WHERE {where} ORDER BY run_id, metric, step", params)
         df["params"] = _parse_json(df["params"])
         return self._times(df)
 
@@ -548,6 +399,6 @@ class ResultsStore:
         """Numerical diagnostics (run_id, step, site, name, value: precisionlab.train.diagnostics), of one `name` or all."""
         where, params = self._where(run_ids, sweep)
         where, params = (where + " AND t.name=?", [*params, name]) if name is not None else (where, params)
-        return self._read(f"SELECT * FROM diagnostics t WHERE {where} ORDER BY run_id, name, site, step", params)
+        return self.read(f"SELECT * FROM diagnostics t WHERE {where} ORDER BY run_id, name, site, step", params)
 
 

@@ -16,7 +16,7 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-from precisionlab.store.liveness import pid_alive
+from precisionlab.runtime import pid_alive
 from precisionlab.store.migrate import MIGRATIONS, migrate
 from precisionlab.store.schema import DDL, SCHEMA_VERSION, StoreError
 from precisionlab.store.url import StoreURL

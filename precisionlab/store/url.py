@@ -5,6 +5,10 @@
     sqlite:////scratch/me/precisionlab.db        SQLite, an absolute path (four slashes)
     postgresql://USER:PASSWORD@HOST:PORT/DB      PostgreSQL (also postgresql+psycopg://, postgres://)
 
+The default store is DEFAULT_STORE_PATH (relative to the launch directory), and a new SQLite
+store is created with DEFAULT_JOURNAL_MODE: the one home of both, which the config schema, the
+CLI's --store options and ResultsStore refer to.
+
 The spellings are SQLAlchemy's and Optuna's. SQLite is for one machine; a PostgreSQL
 server is for jobs on many nodes (SQLite's locking over a network file system is
 unreliable by its own documentation).
@@ -27,7 +31,14 @@ from dataclasses import dataclass
 
 from precisionlab.store.schema import StoreError
 
-__all__ = ["StoreURL", "parse_store_url", "configured_store", "redact", "hide_passwords", "without_password", "URL_HELP"]
+__all__ = ["StoreURL", "parse_store_url", "configured_store", "absolute_store_url", "redact", "hide_passwords",
+           "without_password", "URL_HELP", "DEFAULT_STORE_PATH", "JOURNAL_MODES", "DEFAULT_JOURNAL_MODE"]
+
+DEFAULT_STORE_PATH = "results/precisionlab.db"
+# SQLite journal modes a store may be created with: WAL (readers never block the writer) or a rollback
+# journal ("delete": for file systems where WAL's shared memory does not work)
+JOURNAL_MODES = ("wal", "delete")
+DEFAULT_JOURNAL_MODE = "wal"
 
 URL_HELP = ("accepted: a file path or sqlite:///PATH (SQLite, one machine), "
             "postgresql://USER:PASSWORD@HOST:PORT/DB (a server, for clusters)")
@@ -132,6 +143,22 @@ def configured_store(cfg) -> str | None:
                          "checkpoints with the config; give it in store.url on the command line (precisionlab takes it "
                          "out), as PGPASSWORD or in ~/.pgpass")
     return url or node.get("path")
+
+
+def absolute_store_url(cfg, base: str | os.PathLike) -> None:
+    """Make an sqlite:/// `store.url` of `cfg` (a DictConfig) absolute, taken from `base`, in place (the
+    store's own rule for relative paths, as `runtime.absolute_paths` does for store.path). Other URLs,
+    and a malformed one (refused in one line where the store is opened), are left alone."""
+    from omegaconf import open_dict
+
+    url = cfg.store.get("url") if cfg.get("store") is not None else None
+    if isinstance(url, str) and url.lower().startswith("sqlite:"):
+        try:
+            absolute = parse_store_url(url, base).url
+        except StoreError:  # reported, in one line, where the store is opened
+            return
+        with open_dict(cfg):
+            cfg.store.url = absolute
 
 
 def parse_store_url(location: str | os.PathLike, base: str | os.PathLike | None = None) -> StoreURL:

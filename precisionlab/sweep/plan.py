@@ -33,7 +33,7 @@ from precisionlab.config import validate
 from precisionlab.runtime import absolute_paths
 from precisionlab.store import NON_SEMANTIC_KEYS, ResultsStore, parse_store_url, run_id
 from precisionlab.store.names import sweep_name_problem
-from precisionlab.store.url import configured_store
+from precisionlab.store.url import DEFAULT_JOURNAL_MODE, DEFAULT_STORE_PATH, absolute_store_url, configured_store
 
 __all__ = ["Grid", "SweepError", "plan", "CONFIG_MODULE", "CONFIG_NAME", "GROUPS"]
 
@@ -129,6 +129,7 @@ def plan(overrides: Sequence[str], cwd: str | os.PathLike | None = None) -> Grid
         for point in points:
             cfg = compose(config_name=CONFIG_NAME, overrides=point)
             absolute_paths(cfg, cwd)
+            absolute_store_url(cfg, cwd)
             configs.append(validate(cfg))
     typed = {o.get_key_element(): o for o in given}
     params, sources = {}, {}
@@ -139,10 +140,10 @@ def plan(overrides: Sequence[str], cwd: str | os.PathLike | None = None) -> Grid
                            else override.get_value_element_as_str())
             sources[key] = "command line" if key in typed else config_name
     store = configured_store(base)
-    journal_mode = base.store.get("journal_mode", "wal") if "store" in base else "wal"
+    journal_mode = base.store.get("journal_mode", DEFAULT_JOURNAL_MODE) if "store" in base else DEFAULT_JOURNAL_MODE
     if store is None:
         raise SweepError("store.path is null: a sweep records its runs in a results store; "
-                         "set store.path=FILE (default results/precisionlab.db) or store.url=URL")
+                         f"set store.path=FILE (default {DEFAULT_STORE_PATH}) or store.url=URL")
     ids = [run_id(c) for c in configs]
     name, derived = base.sweep.name, base.sweep.name is None
     if derived:

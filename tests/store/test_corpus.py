@@ -35,7 +35,7 @@ def _store(path, sweep="s", fingerprints=(HERE, HERE), lrs=(1e-3, 1e-2), **extra
     store = ResultsStore(path)
     for lr, fingerprint in zip(lrs, fingerprints):
         rid = record(store, make_config(lr=lr, **extra), sweep=sweep, meta=_meta(fingerprints[0]))
-        store._write(lambda tx: tx.execute("UPDATE runs SET meta=? WHERE run_id=?", (json.dumps(_meta(fingerprint)), rid)))
+        store.write(lambda tx: tx.execute("UPDATE runs SET meta=? WHERE run_id=?", (json.dumps(_meta(fingerprint)), rid)))
     return store
 
 

@@ -198,7 +198,7 @@ def test_opening_a_store_again_keeps_this_process_s_locks(tmp_path):
     could delete its -wal/-shm (issue 17, defect 1)."""
     path = tmp_path / "store.db"
     store = ResultsStore(path)
-    conn = store._conn()
+    conn = store.connection()
     conn.execute("BEGIN")
     conn.execute("SELECT COUNT(*) FROM runs").fetchone()  # a read transaction: WAL read lock held
     held = _locks_on(path)

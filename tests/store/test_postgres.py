@@ -232,7 +232,7 @@ def _tables(store: ResultsStore) -> dict[str, pd.DataFrame]:
     keys = {"sweeps": ["name"], "runs": ["run_id"], "sweep_runs": ["sweep", "run_id"],
             "metrics": ["run_id", "split", "step"], "checkpoints": ["run_id", "step"],
             "sharpness": ["run_id", "step", "metric", "params"], "diagnostics": ["run_id", "step", "site", "name"]}
-    return {table: store._read(f"SELECT * FROM {table}").sort_values(key).reset_index(drop=True)
+    return {table: store.read(f"SELECT * FROM {table}").sort_values(key).reset_index(drop=True)
             for table, key in keys.items()}
 
 
@@ -363,6 +363,6 @@ def test_a_planted_password_is_never_written_or_printed(tmp_path, own_postgres_s
     assert any(p.parent.name == ".hydra" for p in written) and (tmp_path / "rep" / "report.md").is_file()
     leaks = [f"{p.relative_to(tmp_path)}: {_leaks(p.read_bytes())}" for p in written if _leaks(p.read_bytes())]
     leaks += [f"{cmd} output: {_leaks(text)}" for cmd, text in printed if _leaks(text)]
-    stored = store._read("SELECT * FROM runs", []).to_json() + store.sweeps().to_json()
+    stored = store.read("SELECT * FROM runs", []).to_json() + store.sweeps().to_json()
     leaks += [f"the store's runs and sweeps: {_leaks(stored.encode())}"] if _leaks(stored.encode()) else []
     assert not leaks, "\n".join(leaks)

@@ -37,7 +37,7 @@ def test_unreachable_server_gets_one_retry_window_said_once(own_postgres_server,
     """Every write path waited out its own retry window (a sweep: ~7 x 300 s, silent). Now the
     process's transactions share one window per outage, and stderr says once that retries are under
     way. The window comes from $PRECISIONLAB_STORE_RETRY_SECONDS here (3 s)."""
-    from precisionlab.store.results import RETRY_ENV
+    from precisionlab.store.database import RETRY_ENV
 
     monkeypatch.setenv(RETRY_ENV, "3")
     first, second = ResultsStore(own_postgres_server.url()), ResultsStore(own_postgres_server.url())
@@ -58,7 +58,7 @@ def test_unreachable_server_gets_one_retry_window_said_once(own_postgres_server,
 
 
 def test_store_retry_seconds_setting_is_checked(monkeypatch, tmp_path):
-    from precisionlab.store.results import RETRY_ENV
+    from precisionlab.store.database import RETRY_ENV
 
     monkeypatch.setenv(RETRY_ENV, "soon")
     with pytest.raises(StoreError, match="must be a number of seconds >= 0; got 'soon'"):

@@ -314,10 +314,10 @@ def test_running_on_another_host_is_interrupted_only_when_stale(store):
     config = make_config()
     rid = run_id(config)
     store.claim_run(rid, config)
-    store._write(lambda c: c.execute("UPDATE runs SET hostname='node-17', pid=1, claim='theirs', heartbeat=? "
+    store.write(lambda c: c.execute("UPDATE runs SET hostname='node-17', pid=1, claim='theirs', heartbeat=? "
                                      "WHERE run_id=?", (time.time() - store.stale_after / 2, rid)))
     assert not store.claim_run(rid, config)
-    store._write(lambda c: c.execute("UPDATE runs SET heartbeat=? WHERE run_id=?",
+    store.write(lambda c: c.execute("UPDATE runs SET heartbeat=? WHERE run_id=?",
                                      (time.time() - store.stale_after - 1, rid)))
     assert store.claim_run(rid, config)
 
