@@ -27,8 +27,8 @@ LAYERS = [
     ("precisionlab.quant",),     # quant: what gets cast in a model, and the module swap
     ("precisionlab.train",),     # train: model, data, the run loop, checkpoints, outcomes
     ("precisionlab.store",),     # store: the results database
-    ("precisionlab.analysis",),  # analysis: sharpness, statistics, report tables, plots, rendering
     ("precisionlab.config", "precisionlab.configs"),  # config: the typed schema, and the presets' package registering it
+    ("precisionlab.analysis",),  # analysis: statistics, report tables, plots, rendering (runs' labels read the presets)
     ("precisionlab.run",),       # run: one training run (the `precisionlab train` task, a sweep's job)
     ("precisionlab.sweep",),     # sweep: planning a grid, launching it, progress
     ("precisionlab.cli", "precisionlab.console"),  # cli: the command line and its console entry point
