@@ -6,8 +6,9 @@ import."""
 
 from __future__ import annotations
 
-import importlib
 from importlib import metadata
+
+from precisionlab.runtime import lazy_exports
 
 _EXPORTS = {
     "FloatFormat": "precisionlab.numerics.formats",
@@ -26,14 +27,4 @@ try:  # one version, pyproject.toml's, as installed; runs record the same (preci
 except metadata.PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
 
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'precisionlab' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value  # once: later lookups find it without this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -20,17 +20,19 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import importlib
 import os
 import platform
 import re
 import subprocess
+import sys
 from functools import cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 __all__ = ["DeviceError", "resolve_device", "absolute_paths", "PATH_KEYS", "provenance", "pid_alive", "swap_folders",
-           "DiskFull", "disk_full"]
+           "DiskFull", "disk_full", "lazy_exports"]
 
 # The config keys holding file-system paths, relative to the launch directory when relative.
 PATH_KEYS = (("data", "path"), ("data", "cache_dir"), ("store", "path"))
@@ -167,3 +169,21 @@ def disk_full(err: BaseException | None) -> DiskFull | None:
             return DiskFull(store[1] if store else "")
         err = err.__cause__ or err.__context__
     return None
+
+
+def lazy_exports(package: str, exports: dict[str, str]):
+    """PEP 562 `__getattr__` and `__dir__` for `package`, whose names (`exports`: name -> the module
+    defining it) are imported on first use, so importing the package imports none of their modules."""
+    module = sys.modules[package]
+
+    def __getattr__(name: str):
+        if name not in exports:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(exports[name]), name)
+        setattr(module, name, value)  # once: later lookups find it without __getattr__
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*vars(module), *exports})
+
+    return __getattr__, __dir__

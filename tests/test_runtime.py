@@ -73,3 +73,23 @@ def test_runtime_imports_no_other_precisionlab_module():
     code = ("import sys, precisionlab.runtime\n"
             "print(' '.join(m for m in sys.modules if m.startswith('precisionlab.') and m != 'precisionlab.runtime'))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split() == []
+
+
+def test_lazy_exports_import_a_name_on_first_use(tmp_path, monkeypatch):
+    """A package built with lazy_exports imports a name's module only when the name is first read."""
+    import importlib
+    import sys
+
+    pkg = tmp_path / "lazypkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from precisionlab.runtime import lazy_exports\n"
+                                     "__getattr__, __dir__ = lazy_exports(__name__, {'VALUE': 'lazypkg.heavy'})\n")
+    (pkg / "heavy.py").write_text("VALUE = 42\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("lazypkg")
+    assert "lazypkg.heavy" not in sys.modules and "VALUE" in dir(module)
+    assert module.VALUE == 42 and "lazypkg.heavy" in sys.modules and vars(module)["VALUE"] == 42
+    with pytest.raises(AttributeError, match="has no attribute 'other'"):
+        module.other
+    for name in ("lazypkg", "lazypkg.heavy"):
+        sys.modules.pop(name, None)

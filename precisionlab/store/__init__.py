@@ -12,7 +12,7 @@ package (`precisionlab.store.url`, for the CLI's default store) imports no panda
 
 from __future__ import annotations
 
-import importlib
+from precisionlab.runtime import lazy_exports
 
 _EXPORTS = {
     "ResultsStore": "precisionlab.store.results",
@@ -30,14 +30,4 @@ _EXPORTS = {
 __all__ = ["ResultsStore", "StoreRecorder", "StoreError", "run_id", "NON_SEMANTIC_KEYS", "DEFAULT_STORE_PATH",
            "DONE", "OUTCOMES", "STATUSES", "parse_store_url"]
 
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'precisionlab.store' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value  # once: later lookups find it without this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
