@@ -13,18 +13,12 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 
 import pandas as pd
 import pytest
 
 from helpers.store import make_config, record
 from precisionlab.store import ResultsStore, StoreError, run_id
-
-
-@pytest.fixture
-def store(store_url):
-    return ResultsStore(store_url)
 
 
 # --------------------------------------------------------------------------- run identity
@@ -148,29 +142,6 @@ def test_failed_and_diverged_outcomes(store):
     assert list(store.runs(status=["diverged", "failed"])["run_id"].sort_values()) == sorted([diverged, failed])
 
 
-def test_finish_rejects_unknown_status(store):
-    config = make_config()
-    rid = run_id(config)
-    store.claim_run(rid, config)
-    rec = store.recorder(rid)
-    with pytest.raises(ValueError, match="completed, diverged, failed"):
-        rec.finish({"status": "done"})
-    assert store.status(rid) == "running"
-
-
-def test_exception_inside_recorder_records_failed(store):
-    config = make_config()
-    rid = run_id(config)
-    store.claim_run(rid, config)
-    with pytest.raises(ZeroDivisionError):
-        with store.recorder(rid) as rec:
-            rec.log(1, "train", {"loss": 1.0})
-            1 / 0
-    run = store.runs().iloc[0]
-    assert run["status"] == "failed" and "ZeroDivisionError" in run["error"]
-    assert len(store.metrics(rid)) == 1
-
-
 def test_sharpness_round_trip_and_uniqueness(store):
     rid = record(store, make_config())
     store.add_sharpness(rid, 5, "logit_eps", 1.5, {"eps": 1e-3})
@@ -260,31 +231,6 @@ def test_upsert_when_a_rerun_relogs_steps(store):
     assert store.runs().iloc[0]["final_train_loss"] == -10
 
 
-def test_running_run_of_another_live_process_is_not_claimed(store, tmp_path):
-    config = make_config()
-    rid = run_id(config)
-    script = textwrap.dedent(f"""
-        import sys, time
-        from precisionlab.store import ResultsStore
-        store = ResultsStore({store.url!r})
-        assert store.claim_run({rid!r}, {config!r})
-        print("claimed", flush=True)
-        time.sleep(60)
-    """)
-    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout.readline().strip() == "claimed"
-        assert not store.claim_run(rid, config)
-        assert not store.claim_run(rid, config, force=True)  # never two live copies of one run
-        child.kill()
-        while not open(f"/proc/{child.pid}/stat").read().rpartition(")")[2].split()[0] == "Z":
-            time.sleep(0.01)
-        assert store.claim_run(rid, config)  # killed and not yet reaped (a zombie) is dead too
-    finally:
-        child.kill()
-        child.wait()
-
-
 def test_killed_run_stays_running_keeps_rows_to_its_checkpoint_and_is_rerun(store):
     config = make_config()
     rid = run_id(config)
@@ -308,35 +254,6 @@ def test_killed_run_stays_running_keeps_rows_to_its_checkpoint_and_is_rerun(stor
     assert store.claim_run(rid, config, "s")
     assert list(store.metrics(rid)["step"]) == list(range(1, 13))
     assert store.latest_checkpoint(rid) == (12, os.path.abspath("ck12.pt"))
-
-
-def test_running_on_another_host_is_interrupted_only_when_stale(store):
-    config = make_config()
-    rid = run_id(config)
-    store.claim_run(rid, config)
-    store.write(lambda c: c.execute("UPDATE runs SET hostname='node-17', pid=1, claim='theirs', heartbeat=? "
-                                     "WHERE run_id=?", (time.time() - store.stale_after / 2, rid)))
-    assert not store.claim_run(rid, config)
-    store.write(lambda c: c.execute("UPDATE runs SET heartbeat=? WHERE run_id=?",
-                                     (time.time() - store.stale_after - 1, rid)))
-    assert store.claim_run(rid, config)
-
-
-def test_recorder_that_lost_its_claim_cannot_write(store):
-    config = make_config()
-    rid = run_id(config)
-    store.claim_run(rid, config)
-    slow = store.recorder(rid, flush_every=1)
-    impatient = ResultsStore(store.url, stale_after=-1)  # every running run looks stale to it
-    assert impatient.claim_run(rid, config)
-    with pytest.raises(StoreError, match="no longer claimed"):
-        slow.log(1, "train", {"loss": 1.0})
-    assert store.metrics(rid).empty
-
-
-def test_recorder_needs_a_claim(store):
-    with pytest.raises(RuntimeError, match="claim_run"):
-        store.recorder("0123456789abcdef")
 
 
 # --------------------------------------------------------------------------- concurrency
@@ -386,25 +303,6 @@ def test_concurrent_writers_lose_no_row(tmp_path, store_url):
     assert len(store.checkpoints(sweep="crowd")) == workers * (ROWS_PER_WORKER // 500)
     if store.backend == "sqlite":
         assert sorted(os.listdir(tmp_path / "shared")) in (["crowd.db"], ["crowd.db", "crowd.db-shm", "crowd.db-wal"])
-
-
-def _fork_child_writes(store, config):
-    rid = run_id(config)
-    assert store.claim_run(rid, config)
-    with store.recorder(rid) as rec:
-        rec.log(1, "train", {"loss": 1.0})
-        rec.finish({"status": "completed"})
-
-
-def test_connection_is_reopened_after_fork(store):
-    parent = make_config(seed=0)
-    record(store, parent)  # the parent now holds an open connection
-    child = mp.get_context("fork").Process(target=_fork_child_writes, args=(store, make_config(seed=1)))
-    child.start()
-    child.join(60)
-    assert child.exitcode == 0
-    record(store, make_config(seed=2))  # and the parent's connection still works
-    assert sorted(store.runs()["seed"]) == [0, 1, 2]
 
 
 # --------------------------------------------------------------------------- bad stores
