@@ -229,3 +229,20 @@ def test_a_training_run_imports_no_report_code():
             "'precisionlab.analysis.plots', 'precisionlab.analysis.render', 'matplotlib', 'scipy'))))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert loaded == []
+
+
+def test_every_module_has_a_test_file_of_its_name():
+    """Tests mirror the package: precisionlab/STAGE/M.py is tested in tests/STAGE/test_M.py (a top-level
+    module in tests/test_M.py, kernels/M.py in tests/kernels/test_M.py), or test_M_SUFFIX.py where another
+    folder already holds a test_M.py (pytest's default import mode needs distinct basenames)."""
+    tests = Path(__file__).parent
+    missing = []
+    for name, path in sorted(_module_names(SOURCES).items()):
+        parts = name.split(".")[1:]  # without "precisionlab"
+        if path.name == "__init__.py" or parts[0] == "configs":
+            continue
+        folder = tests.joinpath(*parts[:-1])
+        if not ((folder / f"test_{parts[-1]}.py").exists() or any(folder.glob(f"test_{parts[-1]}_*.py"))):
+            missing.append(f"{name} (tests/{'/'.join(parts[:-1] + [f'test_{parts[-1]}.py'])})")
+    assert len(_module_names(SOURCES)) > 60
+    assert missing == [], "modules without a test file of their name:\n  " + "\n  ".join(missing)
