@@ -51,6 +51,15 @@ def same(a: torch.Tensor, b: torch.Tensor) -> bool:
     return bool(((bits(a) == bits(b)) | (a.isnan() & b.isnan())).all())
 
 
+def twin_agrees(x_gpu: torch.Tensor, x_cpu: torch.Tensor, name: str, what: str, **kw) -> None:
+    """The Triton kernel on the GPU and the torch twin on the CPU cast `name` bit-identically, or exit 1."""
+    gpu = quantize(x_gpu, name, backend="triton", **kw).cpu()
+    cpu = quantize(x_cpu, name, backend="torch", **kw)
+    if not same(gpu, cpu):
+        print(f"MISMATCH {what} vs torch twin: {name} {kw}")
+        sys.exit(1)
+
+
 def check_bits() -> int:
     rng = np.random.default_rng(0)
     x = np.concatenate([(np.arange(2**16, dtype=np.uint32) << 16).view(np.float32),
@@ -62,12 +71,8 @@ def check_bits() -> int:
         for rounding in MODES:
             for saturate in (True, False):
                 for subnormals in (True, False):
-                    kw = dict(rounding=rounding, saturate=saturate, subnormals=subnormals, seed=2024)
-                    gpu = quantize(x_gpu, name, backend="triton", **kw).cpu()
-                    cpu = quantize(x_cpu, name, backend="torch", **kw)
-                    if not same(gpu, cpu):
-                        print(f"MISMATCH kernel vs torch twin: {name} {kw}")
-                        sys.exit(1)
+                    twin_agrees(x_gpu, x_cpu, name, "kernel", rounding=rounding, saturate=saturate,
+                                subnormals=subnormals, seed=2024)
                     cases += 1
         if name in ML:
             keep = ~np.isnan(x) if not np.isnan(np.arange(256, dtype=np.uint8).view(ML[name]).astype(np.float32)).any() else np.ones(x.shape, bool)
@@ -108,12 +113,8 @@ def check_block_bits() -> int:
     for name in BLOCK_FORMATS:
         for rounding in MODES:
             for saturate, subnormals in [(True, True), (False, True), (True, False)]:
-                kw = dict(rounding=rounding, saturate=saturate, subnormals=subnormals, seed=2024)
-                gpu = quantize(x_gpu, name, backend="triton", **kw).cpu()
-                cpu = quantize(x_cpu, name, backend="torch", **kw)
-                if not same(gpu, cpu):
-                    print(f"MISMATCH block kernel vs torch twin: {name} {kw}")
-                    sys.exit(1)
+                twin_agrees(x_gpu, x_cpu, name, "block kernel", rounding=rounding, saturate=saturate,
+                            subnormals=subnormals, seed=2024)
                 cases += 1
         for axis in (0,):  # blocks along the other axis: quantize transposes into the (rows, K) view
             if not same(quantize(x_gpu, name, axis=axis).cpu(), quantize(x_cpu, name, axis=axis, backend="torch")):
