@@ -44,7 +44,9 @@ DEFINITIONS = [
                "gradients (grad) share it, else x/w/grad; fp32 when nothing is cast; [key=value] names any "
                "other setting that differs between runs of one format (besides lr and seed)"),
     ("diverged", "diverged runs / finished runs (completed + diverged); a run diverges when its loss is "
-                 "NaN/Inf or, after warmup, above the initial loss"),
+                 "NaN/Inf at any step or it ends no better than an untrained model (the median of its last "
+                 "train losses above ℓ₀ = ln V, V the vocabulary size), or an early-stop rule "
+                 "(train.divergence.rule) stops it"),
     ("median div. step", "median step at which the diverged runs stopped"),
     ("final val loss", "mean ± std (ddof=1) of the final validation loss over the completed seeds, and the "
                        "mean's interval (see intervals)"),
@@ -54,9 +56,10 @@ DEFINITIONS = [
                   "is claimed: 'range low to high' is the seeds' minimum and maximum. One seed: the value alone"),
     ("spikes", "loss spikes summed over the runs: a spike is a stretch of steps whose train loss lies more than "
                "train.spikes.z (8) robust standard deviations above the median of the previous train.spikes.window "
-               "(20) losses (train.spikes)"),
+               "(20) losses; the robust standard deviation is 1.4826 × the MAD of the window's successive "
+               "differences / √2, floored at 0.1% of the window's median (train.spikes)"),
     ("LR sensitivity", "Wortsman et al. 2023: mean over the LR grid of ℓ(η) − min_η ℓ(η), where ℓ(η) is the "
-                       "mean over seeds of the final validation loss capped at the initial loss ℓ₀, a diverged "
+                       "mean over seeds of the final validation loss capped at ℓ₀ = ln V (an untrained model's loss), a diverged "
                        "run counting as ℓ₀; 0 means every LR trains equally well. Estimate and interval use the "
                        "seeds that finished every LR"),
     ("best lr / loss at best lr", "the LR with the lowest ℓ(η), and the mean of the completed runs' final "
@@ -65,7 +68,7 @@ DEFINITIONS = [
                      "of the rate"),
     ("stable lrs", "LRs of the grid at which no seed diverged"),
     ("not conv.", "did not converge: completed runs whose final validation loss did not get half of the way "
-                  "from the initial loss ℓ₀ down to the reference's mean loss at its best LR (shown only when "
+                  "from ℓ₀ = ln V down to the reference's mean loss at its best LR (shown only when "
                   "there are any); diverged runs stopped, these ran to the end without learning enough"),
     ("ΔS vs ref.", "LR sensitivity minus the reference's (first row) over the seeds both finished at every LR "
                    "(the same seed: the same initial weights and batches), with its paired interval"),
@@ -126,7 +129,7 @@ CAPTIONS = {
                        "(init.parent) starts at its circled branch point, its parent's curve up to there faint.",
     "final_loss_heatmap.png": "Final validation loss per format and learning rate (mean ± std over completed "
                               "seeds); hatched grey cells have no completed run.",
-    "loss_vs_lr.png": "ℓ(η), the mean over seeds of the final validation loss capped at the initial loss (a "
+    "loss_vs_lr.png": "ℓ(η), the mean over seeds of the final validation loss capped at ℓ₀ = ln V (a "
                       "diverged run counts as ℓ₀), against the learning rate; error bars are 95% intervals over "
                       "seeds; dotted bars without caps are the seeds' range (2 seeds: no interval claimed).",
     "early_warning.png": "Each signal of every diverged run, as a ratio to its time-matched threshold (the "
