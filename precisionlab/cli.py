@@ -97,9 +97,7 @@ def _check_train_overrides(overrides: list[str]):
     directory; returns the validated config."""
     from hydra import compose, initialize_config_module
 
-    from precisionlab.config import ConfigError, one_line, validate
-    from precisionlab.runtime import absolute_paths
-    from precisionlab.store.url import absolute_store_url
+    from precisionlab.config import ConfigError, make_paths_absolute, one_line, validate
     from precisionlab.train.data import DataError, check_data_size
 
     try:
@@ -107,8 +105,7 @@ def _check_train_overrides(overrides: list[str]):
             cfg = compose(config_name="train", overrides=overrides)
     except Exception as err:  # Hydra's override and composition errors, OmegaConf's type errors
         fail(one_line(err))
-    absolute_paths(cfg, os.getcwd())  # as train_main does: the config it trains is this one
-    absolute_store_url(cfg, os.getcwd())
+    make_paths_absolute(cfg, os.getcwd())  # as train_main does: the config it trains is this one
     try:
         cfg = validate(cfg)
         check_data_size(cfg.data, cfg.train.seq_len)  # no window of seq_len + 1 tokens: no run at all

@@ -47,8 +47,8 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from precisionlab.quant.linear import check_hadamard_dims
 from precisionlab.quant.recipe import Precision, PrecisionConfig
-from precisionlab.runtime import DeviceError, resolve_device
-from precisionlab.store.url import DEFAULT_JOURNAL_MODE, DEFAULT_STORE_PATH, JOURNAL_MODES
+from precisionlab.runtime import DeviceError, absolute_paths, resolve_device
+from precisionlab.store.url import DEFAULT_JOURNAL_MODE, DEFAULT_STORE_PATH, JOURNAL_MODES, absolute_store_url
 from precisionlab.train.branch import parse_parent
 from precisionlab.train.data import SPLITS, data_path
 from precisionlab.train.diagnostics import FAMILIES as DIAGNOSTIC_FAMILIES
@@ -57,7 +57,7 @@ from precisionlab.train.sharpness import METRICS as SHARPNESS_METRICS
 from precisionlab.train.model import ModelConfig
 from precisionlab.train.optim import MASTER_ROUNDINGS, MasterFormat, MomentFormats
 
-__all__ = ["ConfigError", "validate", "ensure_valid", "assume_valid", "is_validated", "one_line",
+__all__ = ["ConfigError", "make_paths_absolute", "validate", "ensure_valid", "assume_valid", "is_validated", "one_line",
            "TrainConfig", "SweepConfig", "DATA_SOURCES", "SCHEDULES", "register"]
 
 SCHEDULES = ("cosine", "constant")
@@ -222,6 +222,14 @@ def register() -> None:
     cs.store(group="schema", name="optim", node=Optim)
     for source, schema in DATA_SOURCES.items():
         cs.store(group="schema/data", name=source, node=schema)
+
+
+def make_paths_absolute(cfg: Any, base: str) -> None:
+    """Every file-system location of `cfg` taken from the launch directory `base`, in place: the path keys
+    (`runtime.absolute_paths`) and an sqlite:/// `store.url` (`store.url.absolute_store_url`), so a run's
+    id and files do not depend on the folder Hydra runs it in."""
+    absolute_paths(cfg, base)
+    absolute_store_url(cfg, base)
 
 
 # ---- validation

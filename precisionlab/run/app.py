@@ -29,10 +29,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from precisionlab.config import ConfigError, validate
-from precisionlab.runtime import absolute_paths
+from precisionlab.config import ConfigError, make_paths_absolute, validate
 from precisionlab.store import StoreError
-from precisionlab.store.url import absolute_store_url
 from precisionlab.run.job import run_job, train_recorded
 from precisionlab.train.data import DataError
 from precisionlab.train.outcomes import RunResult
@@ -86,8 +84,7 @@ def validated_by_cli(cfg: DictConfig) -> Iterator[None]:
 
 @hydra.main(config_path="pkg://precisionlab.configs", config_name="train", version_base="1.3")
 def train_main(cfg: DictConfig) -> RunResult:
-    absolute_paths(cfg, HydraConfig.get().runtime.cwd)  # the launch directory, not the run directory
-    absolute_store_url(cfg, HydraConfig.get().runtime.cwd)
+    make_paths_absolute(cfg, HydraConfig.get().runtime.cwd)  # the launch directory, not the run directory
     try:
         cfg = _validated if _validated is not None else validate(cfg)
         result = train_recorded(cfg, _ProgressRecorder(cfg.train.steps))  # run directory + results store

@@ -19,10 +19,10 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
-from precisionlab.config import ConfigError, assume_valid, ensure_valid
-from precisionlab.runtime import absolute_paths, disk_full
+from precisionlab.config import ConfigError, assume_valid, ensure_valid, make_paths_absolute
+from precisionlab.runtime import disk_full
 from precisionlab.store import ResultsStore, StoreError, run_id
-from precisionlab.store.url import DEFAULT_JOURNAL_MODE, absolute_store_url, configured_store
+from precisionlab.store.url import DEFAULT_JOURNAL_MODE, configured_store
 from precisionlab.run.worker import exit_with_parent, threads_per_job
 from precisionlab.train.branch import check_loads, parse_parent
 from precisionlab.train.checkpoint import CheckpointError, CheckpointRef, read_checkpoint
@@ -129,7 +129,7 @@ def check_parents(store: ResultsStore | None, configs: list[DictConfig]) -> None
 
 
 def open_store(cfg: DictConfig, create: bool = True) -> ResultsStore | None:
-    """The results store at cfg.store.url or .path (made absolute by `runtime.absolute_paths` and `store.url.absolute_store_url`), or None if
+    """The results store at cfg.store.url or .path (made absolute by `config.make_paths_absolute`), or None if
     null; created if absent when `create`, else StoreError."""
     location = configured_store(cfg)
     if location is None:
@@ -176,8 +176,7 @@ def run_job(cfg: DictConfig) -> str:
     exit_with_parent()  # a joblib worker must not outlive a killed sweep
     try:
         hydra_cfg = HydraConfig.get()
-        absolute_paths(cfg, hydra_cfg.runtime.cwd)
-        absolute_store_url(cfg, hydra_cfg.runtime.cwd)
+        make_paths_absolute(cfg, hydra_cfg.runtime.cwd)
         with open_dict(cfg):
             if cfg.train.threads is None:  # non-semantic: the run id stays the same
                 cfg.train.threads = threads_per_job(hydra_cfg.launcher)

@@ -29,11 +29,10 @@ from dataclasses import dataclass, field
 
 from omegaconf import DictConfig
 
-from precisionlab.config import validate
-from precisionlab.runtime import absolute_paths
+from precisionlab.config import make_paths_absolute, validate
 from precisionlab.store import NON_SEMANTIC_KEYS, ResultsStore, parse_store_url, run_id
 from precisionlab.store.names import sweep_name_problem
-from precisionlab.store.url import DEFAULT_JOURNAL_MODE, DEFAULT_STORE_PATH, absolute_store_url, configured_store
+from precisionlab.store.url import DEFAULT_JOURNAL_MODE, DEFAULT_STORE_PATH, configured_store
 
 __all__ = ["Grid", "SweepError", "plan", "CONFIG_MODULE", "CONFIG_NAME", "GROUPS"]
 
@@ -128,8 +127,7 @@ def plan(overrides: Sequence[str], cwd: str | os.PathLike | None = None) -> Grid
         configs = []
         for point in points:
             cfg = compose(config_name=CONFIG_NAME, overrides=point)
-            absolute_paths(cfg, cwd)
-            absolute_store_url(cfg, cwd)
+            make_paths_absolute(cfg, cwd)
             configs.append(validate(cfg))
     typed = {o.get_key_element(): o for o in given}
     params, sources = {}, {}
