@@ -59,7 +59,7 @@ __all__ = ["DELAYED_STATE", "QuantLinear", "QuantConv1D", "convert_model", "chec
 
 DELAYED_STATE = ("amax_history", "delayed_scale")  # a QuantLinear's delayed-scaling buffers, when it has them
 _NO_SEEDS = (0,) * 9
-_BLOCK_NAME = re.compile(r"(?:^|\.)(?:blocks|layers|h)\.(\d+)\.")  # transformer blocks: blocks.<i>. (LM), model.layers.<i>., transformer.h.<i>. (HF)
+_BLOCK_NAME = re.compile(r"(?:^|\.)(?:blocks|layers|h)\.(\d+)\.")  # blocks.<i>. (LM), model.layers.<i>., transformer.h.<i>. (HF)
 
 
 class _QuantLinearFn(torch.autograd.Function):
@@ -259,8 +259,7 @@ def convert_model(model: nn.Module, precision: PrecisionConfig | Mapping, seed: 
 
 def _check_castable(model: nn.Module, precision: PrecisionConfig, linears: list[tuple[str, nn.Module]]) -> None:
     """ValueError (one line) when the recipe casts something but `model` has nothing it can cast."""
-    casts_linears = not PrecisionConfig(precision.x, precision.w, precision.grad, precision.casts,
-                                        keep=precision.keep).is_fp32
+    casts_linears = precision.casts_linears
     has_attention = any(type(m) is Attend for m in model.modules()) or bool(hf_attention_modules(model))
     if (casts_linears and linears) or (not precision.attention.is_fp32 and has_attention):
         return
