@@ -168,6 +168,7 @@ def test_fp8_attention_of_a_gqa_llama_is_the_written_out_formula_bit_for_bit(tra
     assert not torch.equal((plain @ v.repeat_interleave(2, 1)).transpose(1, 2), got[0])
 
 
+@pytest.mark.slow
 def test_cast_attention_runs_in_the_model_seeded_per_block_and_resumes():
     """fp8_attention-like stochastic casts in a whole GQA Llama: every block's core is called, keyed by its
     block index and the run seed; a model rebuilt from the state_dict (call counts in it) draws what the
@@ -226,3 +227,14 @@ def test_lm_head_tie_exclude_and_keep_on_hf_names(arch):
     idx, _ = _batch()
     kept(idx, labels=idx).loss.backward()
     assert embedding.grad is not None
+
+
+def test_attention_variants_the_path_does_not_write_out_are_refused():
+    model = convert_model(_model("llama"), {"attention": {"format": "e4m3fn"}})
+    attention = model.model.layers[0].self_attn
+    q, k = torch.randn(1, 4, 4, 8), torch.randn(1, 2, 4, 8)
+    with pytest.raises(ValueError, match=r"^precision\.attention casts LlamaAttention, which uses softcap; .* "
+                       r"set precision\.attention\.format=fp32$"):
+        precisionlab_attention(attention, q, k, k, None, scaling=0.5, softcap=30.0)
+    y, weights = precisionlab_attention(attention, q, k, k, None, scaling=0.5, softcap=None)
+    assert y.shape == (1, 4, 4, 8) and weights is None

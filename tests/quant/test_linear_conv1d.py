@@ -208,6 +208,7 @@ def test_a_model_with_nothing_to_cast_is_a_one_line_error(cfg, casts):
         convert_model(linear_only, {"attention": {"format": "e4m3fn"}})
 
 
+@pytest.mark.slow
 def test_importing_precisionlab_imports_no_transformers():
     code = ("import sys, precisionlab, precisionlab.quant.linear, precisionlab.quant.hf\n"
             "print('transformers' in sys.modules)")
