@@ -206,6 +206,8 @@ def test_a_model_with_nothing_to_cast_is_a_one_line_error(cfg, casts):
     linear_only = nn.Sequential(nn.Linear(4, 4))
     with pytest.raises(ValueError, match="precision casts attention, but Sequential"):
         convert_model(linear_only, {"attention": {"format": "e4m3fn"}})
+    converted = convert_model(linear_only, {"format": "e4m3fn"})
+    assert convert_model(converted, {"format": "e4m3fn"}) is converted  # converted already: no error
 
 
 @pytest.mark.slow
