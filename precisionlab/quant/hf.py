@@ -46,9 +46,10 @@ _UNSUPPORTED = ("softcap", "s_aux", "sinks", "position_bias")  # attention varia
 
 
 def is_hf_model(model: nn.Module) -> bool:
-    """Whether `model` is a transformers `PreTrainedModel` (transformers loaded already if so)."""
-    transformers = sys.modules.get("transformers")
-    return transformers is not None and isinstance(model, transformers.PreTrainedModel)
+    """Whether `model` is a transformers `PreTrainedModel` (whose module is loaded already if so: nothing
+    is imported here)."""
+    modeling = sys.modules.get("transformers.modeling_utils")
+    return modeling is not None and isinstance(model, modeling.PreTrainedModel)
 
 
 def hf_attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
