@@ -238,3 +238,26 @@ def test_attention_variants_the_path_does_not_write_out_are_refused():
         precisionlab_attention(attention, q, k, k, None, scaling=0.5, softcap=30.0)
     y, weights = precisionlab_attention(attention, q, k, k, None, scaling=0.5, softcap=None)
     assert y.shape == (1, 4, 4, 8) and weights is None
+
+
+def test_fp8_attention_inside_the_model_gets_its_scaling_and_padding_mask(train_cfg):
+    """In a whole GQA Llama's forward (padding mask), what each block's cast core receives and returns is
+    the written-out formula on the q, k, v it receives (k and v repeated to the 4 query heads), with the
+    model's scaling and transformers' boolean mask (padding keys masked, causal)."""
+    precision = PrecisionConfig.from_cfg(train_cfg("precision=fp8_attention").precision)
+    model = convert_model(_model("llama"), precision)
+    seen = []
+    for layer in model.model.layers:
+        layer.self_attn.attend.register_forward_hook(lambda m, args, kwargs, out: seen.append((args, kwargs, out)),
+                                                     with_kwargs=True)
+    idx, padding = _batch()
+    with torch.no_grad():
+        model(idx, attention_mask=padding)
+    assert len(seen) == 2
+    for (q, k, v), kwargs, y in seen:
+        assert q.shape == k.shape == (2, 4, T, 8) and kwargs["scaling"] == model.model.layers[0].self_attn.scaling
+        mask = kwargs["mask"]
+        assert mask.dtype == torch.bool and not mask[1, 0, -1, :5].any() and mask[1, 0, -1, 5:].all()
+        assert not mask[0, 0, 0, 1:].any()  # causal
+        want = _reference(q, k, v, torch.ones(2, T, 4, 8), kwargs["scaling"], mask)[0]  # forward only
+        torch.testing.assert_close(y.transpose(1, 2), want, atol=0, rtol=0)
