@@ -53,6 +53,7 @@ from precisionlab.config import Spikes
 from precisionlab.run.convert import precision_node, presets
 from precisionlab.run.job import busy_error
 from precisionlab.store import DONE, ResultsStore, run_id
+from precisionlab.store.identity import canonical
 from precisionlab.train.checkpoint import CHECKPOINT_FORMAT, checkpoint_path, save_checkpoint
 from precisionlab.train.outcomes import NoRule, SpikeCounter, reference_loss
 
@@ -94,7 +95,8 @@ def checked_config(config: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(precision, (str, Mapping)):
         raise ValueError(f"precision must be a preset name ({', '.join(presets())}) or a dict of precision keys; "
                          f"got {type(precision).__name__}")
-    return {**config, "precision": precision_node(precision)}
+    # plain JSON values (a dtype or a path becomes its text): what the store and a checkpoint hold
+    return canonical({**config, "precision": precision_node(precision)}, semantic=False)
 
 
 class TrackedRun:
@@ -137,6 +139,11 @@ class TrackedRun:
         extra) and, when given, its validation loss. Returns True once a train loss was NaN/Inf."""
         self._writable("log")
         step = int(step)
+        for name, value in metrics.items():
+            try:
+                metrics[name] = float(value)  # a 0-d tensor or numpy number too
+            except (TypeError, ValueError):
+                raise ValueError(f"run.log: metric {name}={value!r} is not a number") from None
         elapsed = metrics.pop("elapsed", time.monotonic() - self._started)
         if loss is not None:
             loss = float(loss)

@@ -82,3 +82,14 @@ def test_bad_input_is_one_line_naming_what_is_accepted(given, fragment):
     assert fragment in str(err.value) and "\n" not in str(err.value)
     if isinstance(given, str):
         assert all(name in str(err.value) for name in presets())
+
+
+def test_attention_casts_on_a_model_without_precisionlab_attention_are_refused_before_any_swap():
+    model = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 8))
+    with pytest.raises(ValueError) as err:
+        convert_model(model, "fp8_attention")
+    assert "no precisionlab attention module" in str(err.value) and "\n" not in str(err.value)
+    assert not any(isinstance(m, QuantLinear) for m in model.modules())  # nothing half-converted
+    assert isinstance(convert_model(model, "fp8")[0], QuantLinear)  # the same linear casts without attention's
+    converted = convert_model(_model(), "fp8_attention")  # precisionlab's own model has the attention cores
+    assert any(type(m).__name__ == "QuantAttend" for m in converted.modules())

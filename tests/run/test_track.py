@@ -161,3 +161,16 @@ def test_the_example_script_trains_two_runs_that_report_names(tmp_path):
     assert "2 runs (2 completed)" in report.stdout
     lines = report.stdout.splitlines()
     assert any(line.startswith("fp32 ") for line in lines) and any(line.startswith("e4m3fn:b32:e8m0:rceil ") for line in lines)
+
+
+def test_tensors_and_other_values_are_stored_as_plain_values(tmp_path):
+    with track(config(dtype=torch.bfloat16), store=tmp_path / "s.db", checkpoint_dir=tmp_path / "ck") as run:
+        run.log(1, loss=torch.tensor(4.5), val_loss=torch.tensor(4.75), lr=torch.tensor(0.5))
+        with pytest.raises(ValueError, match="metric note='x' is not a number"):
+            run.log(2, loss=4.0, note="x")
+        path = run.checkpoint(1, {"model": {"w": torch.ones(2)}})
+    store = ResultsStore(tmp_path / "s.db")
+    assert store.runs().iloc[0].config["dtype"] == "torch.bfloat16"
+    assert store.metrics(run.id, split="train").lr.tolist() == [0.5]
+    assert store.metrics(run.id, split="val").loss.tolist() == [4.75]
+    assert read_checkpoint(path, run_id=run.id, step=1)["config"]["dtype"] == "torch.bfloat16"
