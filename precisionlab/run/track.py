@@ -125,7 +125,12 @@ class TrackedRun:
             raise busy_error(self.store, self.id)
         self.status = "running"
         self._recorder = self.store.recorder(self.id)
-        self._recorder.start({"run_id": self.id, "tracker": TRACKER, "pid": os.getpid(), **self._meta})
+        try:  # refused at its start (another corpus than its sweep's): recorded failed, its claim released
+            self._recorder.start({"run_id": self.id, "tracker": TRACKER, "pid": os.getpid(), **self._meta})
+        except BaseException as err:
+            self._recorder.__exit__(type(err), err, err.__traceback__)
+            self.status = "failed"
+            raise
 
     def _writable(self, what: str) -> None:
         if self.done:

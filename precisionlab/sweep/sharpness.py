@@ -43,7 +43,8 @@ def check_batch_size(store: Any, sweep: str, batch_size: int | None, device: str
     weight-gradient Hadamard transform cannot divide, or a step of its model that cannot fit in
     `device`'s memory (the run's own train.batch_size passed both checks)."""
     runs = store.runs(sweep=sweep)
-    tracked = [row.run_id for row in runs.itertuples() if isinstance(row.meta, dict) and row.meta.get("tracker") == TRACKER]
+    tracked = [row.run_id for row in runs.itertuples()
+               if isinstance(getattr(row, "meta", None), dict) and row.meta.get("tracker") == TRACKER]
     if tracked:
         raise ValueError(f"sweep {sweep!r} holds runs recorded by precisionlab.track ({', '.join(tracked[:3])}"
                          f"{', ...' if len(tracked) > 3 else ''}): precisionlab sharpness measures only models it can "

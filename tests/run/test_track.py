@@ -174,3 +174,16 @@ def test_tensors_and_other_values_are_stored_as_plain_values(tmp_path):
     assert store.metrics(run.id, split="train").lr.tolist() == [0.5]
     assert store.metrics(run.id, split="val").loss.tolist() == [4.75]
     assert read_checkpoint(path, run_id=run.id, step=1)["config"]["dtype"] == "torch.bfloat16"
+
+
+def test_a_run_on_other_data_than_its_sweep_fails_at_the_start_and_holds_no_claim(tmp_path):
+    from precisionlab.store import StoreError
+
+    db = tmp_path / "s.db"
+    with track(config(), store=db, sweep="mine", meta={"data": {"fingerprint": "aaa"}}) as run:
+        run.log(1, loss=4.0)
+    with pytest.raises(StoreError, match="aaa|bbb"):
+        track(config(seed=1), store=db, sweep="mine", meta={"data": {"fingerprint": "bbb"}})
+    rows = ResultsStore(db).runs().set_index("seed")
+    assert rows.status[1] == "failed" and rows.status[0] == "completed"  # failed, not left `running` by us
+    assert "fingerprint" in rows.error[1] or "bbb" in rows.error[1]
