@@ -187,3 +187,12 @@ def test_a_run_on_other_data_than_its_sweep_fails_at_the_start_and_holds_no_clai
     rows = ResultsStore(db).runs().set_index("seed")
     assert rows.status[1] == "failed" and rows.status[0] == "completed"  # failed, not left `running` by us
     assert "fingerprint" in rows.error[1] or "bbb" in rows.error[1]
+
+
+def test_the_example_without_transformers_is_one_line_and_exit_2(tmp_path):
+    blocked = ("import runpy, sys; sys.modules['transformers'] = None; "  # None in sys.modules: ImportError
+               f"sys.argv = ['example', '--store', {str(tmp_path / 's.db')!r}]; runpy.run_path({str(EXAMPLE)!r}, run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == 'error: this example needs transformers; pip install "precisionlab[hf]"'
+    assert not (tmp_path / "s.db").exists()
