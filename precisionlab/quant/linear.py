@@ -260,10 +260,15 @@ def convert_model(model: nn.Module, precision: PrecisionConfig | Mapping, seed: 
 def _check_castable(model: nn.Module, precision: PrecisionConfig, linears: list[tuple[str, nn.Module]]) -> None:
     """ValueError (one line) when the recipe casts something but `model` has nothing it can cast."""
     casts_linears = precision.casts_linears
-    has_attention = any(type(m) is Attend for m in model.modules()) or bool(hf_attention_modules(model))
-    if (casts_linears and linears) or (not precision.attention.is_fp32 and has_attention):
-        return
     if any(isinstance(m, CountsCalls) for m in model.modules()):  # converted already: nothing left, nothing wrong
+        return
+    has_attention = any(type(m) is Attend for m in model.modules()) or bool(hf_attention_modules(model))
+    if not precision.attention.is_fp32 and not has_attention and casts_linears and linears:
+        # checked before any swap: a recipe cast in part would pass for the whole one
+        raise ValueError(f"precision.attention casts the attention matmuls, but {type(model).__name__} has no attention "
+                         "precisionlab can cast (its Attend, or a transformers model's attention modules); use a recipe "
+                         "without attention casts (precision.attention.format fp32; e.g. fp8 for fp8_attention)")
+    if (casts_linears and linears) or (not precision.attention.is_fp32 and has_attention):
         return
     what = " and ".join(w for w, on in (("linear layers", casts_linears), ("attention", not precision.attention.is_fp32))
                         if on)

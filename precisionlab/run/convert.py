@@ -9,8 +9,8 @@
     (`{"operands": {"fwd_x": {"format": "e5m2"}}}`);
   - a `precision` config node (DictConfig) or a built recipe (`PrecisionConfig`).
 An unknown preset, key or value is a ValueError of one line naming what is accepted; so is a recipe
-that casts attention (`precision.attention`) for a model without precisionlab's attention module
-(`Attend`), which those casts need: they would silently cast nothing.
+that casts attention (`precision.attention`) for a model without attention precisionlab can cast
+(`precisionlab.quant.linear.convert_model` checks it before swapping anything).
 
 The quant layer, which swaps the layers (`precisionlab.quant.linear.convert_model`), knows no
 presets (they are the config layer's); this module, above both, resolves a name and hands the
@@ -27,7 +27,6 @@ from omegaconf import OmegaConf
 
 from precisionlab.analysis.presets import composed_preset, preset_names
 from precisionlab.quant import linear
-from precisionlab.quant.attention import Attend
 from precisionlab.quant.recipe import PrecisionConfig, typed
 
 __all__ = ["convert_model", "presets", "precision_node", "PRESET_KEY"]
@@ -70,9 +69,4 @@ def convert_model(model: nn.Module, precision: str | Mapping[str, Any] | Precisi
     docstring). `seed` keys stochastic rounding and Hadamard signs."""
     if not isinstance(precision, PrecisionConfig):
         precision = PrecisionConfig.from_cfg(precision_node(precision))
-    if not precision.attention.is_fp32 and not any(type(m) is Attend for m in model.modules()):
-        # checked before any swap: a half-applied recipe would pass for the whole one
-        raise ValueError("precision.attention casts the attention matmuls, but the model has no precisionlab attention "
-                         "module (precisionlab.quant.attention.Attend) to cast; use a recipe without attention casts "
-                         "(precision.attention.format fp32 and no attention tensor's format set; e.g. fp8 for fp8_attention)")
     return linear.convert_model(model, precision, seed=seed)
