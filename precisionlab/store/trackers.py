@@ -123,7 +123,11 @@ def series_name(*parts: Any) -> str:
 
 
 def _params_label(params: Mapping[str, Any] | None) -> str:
-    return "_".join(f"{k}_{json.dumps(v, separators=(',', ':'))}" for k, v in sorted((params or {}).items())) or "default"
+    """A sharpness value's parameters in its series name: {"eps": 0.001, "precision": "run"} -> eps_0.001_precision_run."""
+    def text(v):
+        return v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
+
+    return "_".join(f"{k}_{text(v)}" for k, v in sorted((params or {}).items())) or "default"
 
 
 def _number(value: Any) -> float | None:
