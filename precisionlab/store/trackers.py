@@ -90,14 +90,16 @@ def tracker_problem(names: list[str], mlflow_uri: str | None, key: str = "train.
     unknown = [n for n in names if n not in TRACKERS]
     if unknown:
         return f"train.loggers must be a list of {', '.join(TRACKERS)}, e.g. [tensorboard,mlflow]; got {list(names)}"
+    if "mlflow" in names:
+        uri = mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        where = uri_key if mlflow_uri else "$MLFLOW_TRACKING_URI" if uri else "the default MLflow store"
+        problem = mlflow_uri_problem(uri or "sqlite:///DIR/mlflow.db", where)
+        if problem:
+            return problem
     for name in dict.fromkeys(names):
         if importlib.util.find_spec(PACKAGE_OF[name]) is None:
             return (f"{key} names {name}, but the {PACKAGE_OF[name]} package is not installed; "
                     f"pip install \"precisionlab[{name}]\"")
-    if "mlflow" in names:
-        uri = mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
-        where = uri_key if mlflow_uri else "$MLFLOW_TRACKING_URI" if uri else "the default MLflow store"
-        return mlflow_uri_problem(uri or "sqlite:///DIR/mlflow.db", where)
     return None
 
 
