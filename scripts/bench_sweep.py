@@ -12,6 +12,15 @@ per 100 steps, a checkpoint per 2000), set against the training step time measur
     python scripts/bench_sweep.py                 # sweep=default with train.steps=50
     python scripts/bench_sweep.py --steps 150     # the default grid as it is
     python scripts/bench_sweep.py --jobs 2 -- precision.format=e8m7,e8m3 seed=0
+
+Tracker overhead (`--trackers`, instead of the above): one default-sweep run (tiny model, mask e8m3,
+lr 3e-3, checkpoints every 100 steps, `--steps` steps) trained in this process as a sweep's job trains
+it (store, run directory), with train.loggers off, each tracker alone, and all three (W&B offline, MLflow
+in its default SQLite file), in interleaved rounds after an uncounted 5-step warm-up of each (imports,
+W&B's service, MLflow's database creation: once per sweep process); median wall time per run over
+rounds, and its ratio to loggers off (goal: all three <= 1.05x).
+
+    python scripts/bench_sweep.py --trackers --steps 300 --rounds 3
 """
 
 from __future__ import annotations
@@ -60,13 +69,74 @@ def store_overhead_us(steps: int) -> float:
     return (batched - floor) / steps * 1e6
 
 
+TRACKER_VARIANTS = {"off": "[]", "tensorboard": "[tensorboard]", "mlflow": "[mlflow]", "wandb": "[wandb]",
+                    "all three": "[tensorboard,mlflow,wandb]"}
+
+
+def tracker_overhead(steps: int, rounds: int, overrides: list[str]) -> dict[str, float]:
+    """Median wall seconds of one default-sweep run per TRACKER_VARIANTS entry (see the module's doc)."""
+    import statistics
+
+    from hydra import compose, initialize_config_module
+
+    from precisionlab.config import make_paths_absolute, validate
+    from precisionlab.run.job import recorded_run
+    from precisionlab.train.rundir import RunDirRecorder
+
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    times: dict[str, list[float]] = {name: [] for name in TRACKER_VARIANTS}
+    with tempfile.TemporaryDirectory() as tmp, initialize_config_module(config_module="precisionlab.configs",
+                                                                        version_base="1.3"):
+        os.chdir(tmp)
+        store = ResultsStore(Path(tmp) / "bench.db")
+
+        def one(loggers: str, n_steps: int) -> float:
+            cfg = compose(config_name="sweep", overrides=[
+                "sweep=default", "precision.format=e8m3", "optim.lr=3e-3", "seed=0", f"train.steps={n_steps}",
+                f"train.loggers={loggers}", "loggers.dir=runs", *overrides])
+            make_paths_absolute(cfg, tmp)
+            cfg = validate(cfg)
+            begin = time.perf_counter()
+            result = recorded_run(cfg, store, RunDirRecorder(Path(tmp) / "rundir"), sweep="bench", force=True)
+            seconds = time.perf_counter() - begin
+            if result.status != "completed":
+                sys.exit(f"train.loggers={loggers}: the run {result.status}: {result.error}")
+            return seconds
+
+        for loggers in TRACKER_VARIANTS.values():  # warm-up: not counted
+            one(loggers, 5)
+        for _ in range(rounds):
+            for name, loggers in TRACKER_VARIANTS.items():
+                times[name].append(one(loggers, steps))
+        store.close()
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def print_tracker_overhead(args) -> None:
+    import precisionlab
+
+    medians = tracker_overhead(args.steps, args.rounds, args.overrides)
+    off = medians["off"]
+    print(f"tracker overhead: one default-sweep run (tiny, mask e8m3), {args.steps} steps, median of {args.rounds} "
+          f"interleaved rounds, {len(os.sched_getaffinity(0))} cores, precisionlab {precisionlab.__version__}")
+    print(f"{'train.loggers':<14} {'s/run':>7} {'vs off':>7}")
+    for name, seconds in medians.items():
+        print(f"{name:<14} {seconds:>7.2f} {seconds / off:>6.3f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=50, help="train.steps per run (the default grid has 150)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at once for the parallel measurement")
     parser.add_argument("--store-steps", type=int, default=5000, help="synthetic steps for the store overhead")
+    parser.add_argument("--trackers", action="store_true", help="measure train.loggers' overhead instead (see above)")
+    parser.add_argument("--rounds", type=int, default=3, help="--trackers: interleaved rounds")
     parser.add_argument("overrides", nargs="*", help="more Hydra overrides for both sweeps (after --)")
     args = parser.parse_args()
+    if args.trackers:
+        print_tracker_overhead(args)
+        return
     overrides = [f"train.steps={args.steps}", *args.overrides]
     cores = len(os.sched_getaffinity(0))
     results = {}
