@@ -152,10 +152,11 @@ class WandB:
             for old in glob.glob(os.path.join(self.dir, "wandb", f"offline-run-*-{run_id}")):
                 shutil.rmtree(old, ignore_errors=True)
         os.makedirs(self.dir, exist_ok=True)
+        quiet = {"console": "off", "silent": True, "x_disable_stats": True, "x_disable_machine_info": True}
+        known = getattr(wandb.Settings, "model_fields", quiet)  # the names vary across wandb versions
         self.run = wandb.init(project=self.project, group=group, name=run_id, id=run_id, dir=self.dir,
                               config=config, mode=mode, resume="allow", reinit="create_new",
-                              settings=wandb.Settings(console="off", x_disable_stats=True, silent=True,
-                                                      x_disable_machine_info=True))
+                              settings=wandb.Settings(**{k: v for k, v in quiet.items() if k in known}))
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         self.run.log(values, step=step)
