@@ -93,6 +93,8 @@ class MLflow:
         _quick_http()
         if self.uri.startswith("sqlite:///"):  # SQLite makes the file, not its folder
             os.makedirs(os.path.dirname(self.uri[len("sqlite:///"):]) or ".", exist_ok=True)
+        if "://" not in self.uri or self.uri.startswith("file:"):  # a folder, asked for by name: MLflow 3
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # refuses its folder store unless told
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 

@@ -89,7 +89,7 @@ def tracker_problem(names: list[str], mlflow_uri: str | None, key: str = "train.
     (the value of `uri_key`)."""
     unknown = [n for n in names if n not in TRACKERS]
     if unknown:
-        return f"train.loggers must be a list of {', '.join(TRACKERS)}, e.g. [tensorboard,mlflow]; got {list(names)}"
+        return f"{key} must be a list of {', '.join(TRACKERS)}, e.g. [tensorboard,mlflow]; got {list(names)}"
     if "mlflow" in names:
         uri = mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
         where = uri_key if mlflow_uri else "$MLFLOW_TRACKING_URI" if uri else "the default MLflow store"

@@ -202,3 +202,23 @@ def test_export_equals_the_live_logs_and_replaces_on_a_second_export(live):
         (logged,) = wandb_files(root / "runs", rid)
         assert wandb_offline.history(exported) == wandb_offline.history(logged)
         assert wandb_offline.config(exported) == wandb_offline.config(logged)
+
+
+@pytest.mark.slow
+def test_mlflow_writes_a_folder_store_when_asked_for_one(tmp_path, monkeypatch):
+    """loggers.mlflow_uri=FOLDER: MLflow's folder store, which MLflow 3 writes only when told it may."""
+    from mlflow.tracking import MlflowClient
+
+    from precisionlab.store.trackers import TrackerRecorder, TrackerSettings, make_backend
+
+    require("mlflow")
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    folder = tmp_path / "mlruns"
+    recorder = TrackerRecorder(make_backend("mlflow", TrackerSettings(mlflow_uri=str(folder))), "r1", "s")
+    recorder.start({"config": {"optim": {"lr": 0.5}}})
+    recorder.log(1, "train", {"loss": 2.5})
+    recorder.finish({"status": "completed", "steps_done": 1})
+    assert recorder.failure is None
+    (run,) = mlflow_runs(folder.as_uri(), "s")
+    assert run.data.params == {"optim.lr": "0.5"} and run.data.tags["status"] == "completed"
+    assert mlflow_series(folder.as_uri(), run) == {"train/loss": [(1, 2.5)], "outcome/steps_done": [(1, 1.0)]}
