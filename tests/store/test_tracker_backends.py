@@ -212,7 +212,8 @@ def test_mlflow_writes_a_folder_store_when_asked_for_one(tmp_path, monkeypatch):
     from precisionlab.store.trackers import TrackerRecorder, TrackerSettings, make_backend
 
     require("mlflow")
-    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "")  # recorded, so what the backend sets is undone after the test
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE")
     folder = tmp_path / "mlruns"
     recorder = TrackerRecorder(make_backend("mlflow", TrackerSettings(mlflow_uri=str(folder))), "r1", "s")
     recorder.start({"config": {"optim": {"lr": 0.5}}})
