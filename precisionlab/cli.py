@@ -559,6 +559,58 @@ def store_copy(
     typer.echo(f"copied {len(results)} sweep{'s' * (len(results) != 1)} from {src.location} to {dst.location}")
 
 
+@app.command()
+def export(
+    to: str = typer.Option(..., "--to", help="The tracker: tensorboard, mlflow or wandb."),
+    sweep_name: Optional[str] = typer.Option(None, "--sweep", help="Sweep to export (default: the latest in the store)."),
+    store_path: str = typer.Option(DEFAULT_STORE_PATH, "--store", help=_STORE_HELP),
+    where: Optional[list[str]] = typer.Option(None, "--where", "-w", help="Keep only these runs (as precisionlab report --where; repeatable)."),
+    out: str = typer.Option("runs", "--dir", help="TensorBoard's and W&B's folder, and MLflow's default store's (as loggers.dir)."),
+    mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///DIR/mlflow.db)."),
+    wandb_project: str = typer.Option("precisionlab", "--wandb-project", help="W&B project (offline unless $WANDB_MODE says otherwise)."),
+) -> None:
+    """Send a sweep's stored runs (config, metrics, outcome, diagnostics, sharpness) to TensorBoard, MLflow or W&B,
+    as train.loggers does live.
+
+    precisionlab export --to tensorboard                    (latest sweep -> runs/SWEEP/RUN_ID; tensorboard --logdir runs)
+
+    precisionlab export --to mlflow --sweep paper --where format=e8m3
+
+    Exporting again replaces: a run's TensorBoard files, its MLflow run (tagged with its run id) in the experiment
+    SWEEP, its offline W&B folder.
+    """
+    from precisionlab.analysis.runs import ReportError, sweep_runs
+    from precisionlab.store.trackers import TrackerError, TrackerSettings, export_runs, tracker_problem
+
+    if to not in ("tensorboard", "mlflow", "wandb"):
+        fail(f"--to must be one of tensorboard, mlflow, wandb; got {to!r}")
+    problem = tracker_problem([to], mlflow_uri, key="--to", uri_key="--mlflow-uri")
+    if problem:
+        fail(problem)
+    settings = TrackerSettings(dir=os.path.abspath(out), mlflow_uri=mlflow_uri, wandb_project=wandb_project)
+    with _existing_store(store_path, read_only=True) as store:
+        try:
+            name, runs, _ = sweep_runs(store, sweep_name, where or [])
+        except ReportError as err:
+            fail(str(err))
+        try:
+            count = export_runs(store, runs, to, settings, name)
+        except TrackerError as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(code=1)
+    typer.echo(f"exported {count} run{'s' * (count != 1)} of sweep {name} to {to} ({_export_place(to, settings, name)})")
+
+
+def _export_place(to: str, settings, sweep: str) -> str:
+    from precisionlab.store.tracker_backends import mlflow_uri
+
+    if to == "tensorboard":
+        return f"tensorboard --logdir {os.path.join(settings.dir, sweep)}"
+    if to == "mlflow":
+        return f"experiment {sweep} at {mlflow_uri(settings)}"
+    return f"project {settings.wandb_project}, group {sweep}, in {os.path.join(settings.dir, 'wandb')}"
+
+
 def _store_if_present(location: str):
     """The results store at `location` opened to read, or None where an SQLite file is absent (nothing is created)."""
     from precisionlab.store import ResultsStore, parse_store_url

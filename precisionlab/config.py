@@ -48,6 +48,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from precisionlab.quant.linear import check_hadamard_dims
 from precisionlab.quant.recipe import Precision, PrecisionConfig
 from precisionlab.runtime import DeviceError, absolute_paths, resolve_device
+from precisionlab.store.trackers import tracker_problem
 from precisionlab.store.url import DEFAULT_JOURNAL_MODE, DEFAULT_STORE_PATH, JOURNAL_MODES, absolute_store_url
 from precisionlab.train.branch import parse_parent
 from precisionlab.train.data import SPLITS, data_path
@@ -151,6 +152,7 @@ class Train:
     checkpoint_steps: List[int] = field(default_factory=list)  # also save checkpoints at these steps
     checkpoint_every: int = 0           # 0: never
     checkpoint_dir: str = "checkpoints"  # checkpoints go to checkpoint_dir/RUN_ID/
+    loggers: List[str] = field(default_factory=list)  # also send the run to these trackers: tensorboard, mlflow, wandb (settings: loggers.*)
     divergence: Divergence = field(default_factory=Divergence)
     spikes: Spikes = field(default_factory=Spikes)
 
@@ -174,6 +176,15 @@ class Diagnostics:
 
 
 @dataclass
+class Loggers:
+    """Where `train.loggers` send runs (precisionlab.store.trackers)."""
+
+    dir: str = "runs"                   # TensorBoard events (DIR/SWEEP/RUN_ID) and W&B's offline folders (DIR/wandb), relative to the launch directory
+    mlflow_uri: Optional[str] = None    # MLflow tracking URI (a server: http://HOST:PORT); null: $MLFLOW_TRACKING_URI, else the SQLite file DIR/mlflow.db
+    wandb_project: str = "precisionlab"  # W&B project (group: the sweep); offline unless $WANDB_MODE says otherwise
+
+
+@dataclass
 class Store:
     path: Optional[str] = DEFAULT_STORE_PATH  # an SQLite file; null (and no url): don't record
     url: Optional[str] = None           # sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB; wins over path
@@ -194,6 +205,7 @@ class TrainConfig:
     init: Init = field(default_factory=Init)
     sharpness: Sharpness = field(default_factory=Sharpness)
     diagnostics: Diagnostics = field(default_factory=Diagnostics)
+    loggers: Loggers = field(default_factory=Loggers)
     store: Store = field(default_factory=Store)
 
 
@@ -448,9 +460,16 @@ def _check_diagnostics(cfg: DictConfig) -> None:
            list(d.families))
 
 
+def _check_loggers(cfg: DictConfig) -> None:
+    """train.loggers' names, their packages and loggers.mlflow_uri, before anything is written."""
+    problem = tracker_problem(list(cfg.train.loggers), cfg.loggers.mlflow_uri)
+    if problem:
+        raise ConfigError(problem)
+
+
 # One check per group; allowed values (`choice` fields) and types are the schema's.
 _CHECKS = (_check_model, _check_precision, _check_data, _check_optim, _check_top, _check_train, _check_init,
-           _check_sharpness, _check_diagnostics)
+           _check_sharpness, _check_diagnostics, _check_loggers)
 
 
 def _check(ok: bool, message: str, value: Any) -> None:

@@ -35,7 +35,7 @@ __all__ = ["DeviceError", "resolve_device", "absolute_paths", "PATH_KEYS", "prov
            "DiskFull", "disk_full", "lazy_exports"]
 
 # The config keys holding file-system paths, relative to the launch directory when relative.
-PATH_KEYS = (("data", "path"), ("data", "cache_dir"), ("store", "path"))
+PATH_KEYS = (("data", "path"), ("data", "cache_dir"), ("store", "path"), ("loggers", "dir"))
 
 
 class DeviceError(ValueError):

@@ -156,6 +156,12 @@ def _cases(files: Path) -> list[tuple[list[str], str]]:
             ("/dev/null", "is not a regular file"), ("missing.db", "does not exist"), ("", "store location '' is empty"))],
         # report
         (["report", "--store", good, "--sweep", "nope"], "unknown sweep 'nope'"),
+        # experiment trackers: unknown ones and malformed MLflow URIs, before anything is written
+        (["train", "train.loggers=[tensorbord]", *MICRO], "train.loggers must be a list of tensorboard, mlflow, wandb"),
+        (["sweep", "train.loggers=[mlflow]", "loggers.mlflow_uri=ftp://host", *SWEEP_MICRO], "loggers.mlflow_uri must be"),
+        (["export", "--to", "neptune", "--store", good], "--to must be one of tensorboard, mlflow, wandb"),
+        (["export", "--to", "tensorboard", "--store", good, "--sweep", "nope"], "unknown sweep 'nope'"),
+        (["export", "--to", "mlflow", "--store", good, "--mlflow-uri", "http://"], "--mlflow-uri must name a host"),
         (["report", "--store", good, "--where", "colour=red"], "unknown column 'colour'"),
         (["report", "--store", good, "--where", "__import__('os').system('touch x')"], "not a usable filter"),
         (["report", "--store", good, "--where", "lr.__class__ == 1"], "not a usable filter"),

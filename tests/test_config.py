@@ -113,7 +113,7 @@ def test_sweep_keys_are_typed_in_the_sweep_config_only():
 
 
 @pytest.mark.parametrize("overrides, error, message", [
-    (["+foo=1"], ConfigError, "foo is not a config key; the top level takes model, precision, data, optim, seed, device, train, init, sharpness, diagnostics, store"),
+    (["+foo=1"], ConfigError, "foo is not a config key; the top level takes model, precision, data, optim, seed, device, train, init, sharpness, diagnostics, loggers, store"),
     (["+model.foo=1"], ConfigError, "model.foo is not a config key; model takes arch, vocab_size, block_size,"),
     (["optim.schedule=linear"], ConfigError, "optim.schedule must be one of cosine, constant; got 'linear'"),
     (["train.divergence.rule=foo"], ConfigError, "train.divergence.rule must be one of none, median, factor; got 'foo'"),

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, open_dict
 from precisionlab.config import ConfigError, assume_valid, ensure_valid, make_paths_absolute
 from precisionlab.runtime import disk_full
 from precisionlab.store import ResultsStore, StoreError, run_id
+from precisionlab.store.trackers import tracker_recorders
 from precisionlab.store.url import DEFAULT_JOURNAL_MODE, configured_store
 from precisionlab.run.worker import exit_with_parent, threads_per_job
 from precisionlab.train.branch import check_loads, parse_parent
@@ -56,6 +57,7 @@ def recorded_run(cfg: DictConfig, store: ResultsStore, recorder: Any = None, *, 
             resume_from = CheckpointRef(parent_checkpoint(store, cfg), parent.run_id, parent.step)
             log.info("run %s branches from run %s: %s", rid, cfg.init.parent, resume_from.path)
         tee = Tee(rec, recorder if recorder is not None else RunDirRecorder("."),
+                  *tracker_recorders(cfg, rid, sweep),  # train.loggers: after the store, which they never hold up
                   extra_meta={"run_id": rid, "run_dir": os.getcwd(),
                               "threads": cfg.train.threads or os.cpu_count() or 1})  # as train.run sets them
         return run(cfg, recorder=tee, resume_from=resume_from, run_id=rid)
@@ -138,12 +140,16 @@ def open_store(cfg: DictConfig, create: bool = True) -> ResultsStore | None:
 
 
 def train_recorded(cfg: DictConfig, recorder: Any = None) -> RunResult:
-    """`precisionlab train`: train `cfg` into the run directory and, unless store.path is null, the store.
+    """`precisionlab train`: train `cfg` into the run directory and, unless store.path is null, the store
+    (and the trackers of train.loggers).
     Always computes (a run already in the store is replaced: same id, same config). Validates `cfg`
     unless `precisionlab.config.validate` made it."""
     cfg = ensure_valid(cfg)
     store = open_store(cfg)
     if store is None:
+        trackers = tracker_recorders(cfg, run_id(cfg), None)
+        if trackers:
+            recorder = Tee(recorder if recorder is not None else RunDirRecorder("."), *trackers)
         return run(cfg, recorder=recorder, run_id=run_id(cfg))
     result = recorded_run(cfg, store, recorder, force=True)
     if result is None:

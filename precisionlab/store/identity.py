@@ -45,6 +45,7 @@ NON_SEMANTIC_KEYS = frozenset({
     "progress", "verbose", "resume", "force", "jobs",
     "sharpness",  # what training measures on the side (sharpness.every), never the curve it trains
     "diagnostics",  # likewise (diagnostics.every: casts, gradient fidelity, proxies)
+    "loggers",  # which experiment trackers see the run (train.loggers, the loggers group), never what it computes
 })
 
 # Each config leaf's neutral value (dotted path -> value), frozen when the key was introduced:
