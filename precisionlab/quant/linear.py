@@ -50,7 +50,9 @@ __all__ = ["DELAYED_STATE", "QuantLinear", "convert_model", "check_hadamard_dims
 
 DELAYED_STATE = ("amax_history", "delayed_scale")  # a QuantLinear's delayed-scaling buffers, when it has them
 _NO_SEEDS = (0,) * 9
-_BLOCK_NAME = re.compile(r"(?:^|\.)blocks\.(\d+)\.")  # LM's transformer blocks: blocks.<i>.attn.c_attn, ...
+# transformer blocks: LM's blocks.<i>.attn.c_attn, Hugging Face's model.layers.<i>.self_attn.q_proj (Llama, Qwen2,
+# OLMo2) and transformer.h.<i>.attn.c_attn (GPT-2)
+_BLOCK_NAME = re.compile(r"(?:^|\.)(?:blocks|model\.layers|transformer\.h)\.(\d+)\.")
 
 
 class _QuantLinearFn(torch.autograd.Function):
