@@ -145,24 +145,31 @@ def hf_config(model: Mapping[str, Any]):
         keys["num_key_value_heads"] = keys.get("num_attention_heads")
     keys["vocab_size"] = int(model["vocab_size"])
     keys[_POSITIONS.get(arch, "max_position_embeddings")] = int(model["block_size"])
-    config = config_class(**keys)
-    _check_shapes(config, arch)
+    defaults = config_class().to_dict()
+    _check_shapes(lambda key: keys.get(key, keys.get(config_class.attribute_map.get(key),
+                                                     defaults.get(config_class.attribute_map.get(key, key)))), arch)
+    try:
+        config = config_class(**keys)
+    except Exception as err:  # what the config class itself validates
+        problem = " ".join(str(err).split())
+        raise ConfigError(f"model.hf does not make a {config_class.__name__}: {problem}") from None
     config._attn_implementation = attention
     return config
 
 
-def _check_shapes(config, arch: str) -> None:
-    width, heads = config.hidden_size, config.num_attention_heads
+def _check_shapes(get, arch: str) -> None:
+    """Sizes that must divide, as one line naming the key (`get(key)`: a config key's value)."""
     for key in ("hidden_size", "num_hidden_layers", "num_attention_heads"):
-        value = getattr(config, key)
+        value = get(key)
         if not (isinstance(value, int) and value > 0):
             raise ConfigError(f"model.hf.{key} must be a positive integer; got {value!r}")
+    width, heads = get("hidden_size"), get("num_attention_heads")
     if width % heads:
         raise ConfigError(f"model.hf.hidden_size ({width}) must be divisible by model.hf.num_attention_heads; got {heads}")
-    kv = getattr(config, "num_key_value_heads", None)
-    if kv is not None and (kv <= 0 or heads % kv):
+    kv = get("num_key_value_heads")
+    if kv is not None and (not isinstance(kv, int) or kv <= 0 or heads % kv):
         raise ConfigError(f"model.hf.num_key_value_heads must divide model.hf.num_attention_heads ({heads}); got {kv}")
-    head_dim = getattr(config, "head_dim", None) or width // heads
+    head_dim = get("head_dim") or width // heads
     if arch != "gpt2" and head_dim % 2:
         raise ConfigError(f"model.hf.arch={arch} (RoPE) needs an even head size, hidden_size ({width}) // "
                           f"num_attention_heads; got {heads}")
