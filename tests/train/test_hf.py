@@ -162,6 +162,21 @@ def test_second_order_sharpness_measures_an_hf_model():
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
 
 
+def test_the_memory_estimate_reads_the_hf_sizes():
+    from omegaconf import OmegaConf
+
+    from precisionlab.config import memory_shortfall
+    from precisionlab.train.hf import step_bytes
+
+    cfg = validate(compose_train("model=hf_small", micro=False))
+    model = OmegaConf.to_container(cfg.model)
+    n_params = build_model(cfg).num_params()
+    assert step_bytes(model, 1, 1) >= 16 * n_params  # weights, gradients, two AdamW moments in fp32
+    assert step_bytes(model, 2, 64) > step_bytes(model, 1, 64)
+    assert memory_shortfall(model, 16, 64, "cpu") is None
+    assert "GiB, more than the" in memory_shortfall(model, 10**7, 64, "cpu")
+
+
 @pytest.mark.parametrize("overrides, fragment", [
     (["model.hf.arch=mamba"], "model.hf.arch must be one of llama, gpt2, qwen2"),
     (["model.hf.hidden_sise=64"], "Could not override 'model.hf.hidden_sise'"),  # a key the preset lacks: +model.hf...
