@@ -90,6 +90,17 @@ def test_names_and_init_are_hugging_faces_own_and_the_loss_is_our_cross_entropy(
     assert torch.allclose(loss, hf_loss, rtol=1e-6, atol=0)
 
 
+def test_eager_attention_is_chosen_by_key_and_computes_what_sdpa_does():
+    x = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(1))
+    losses = {}
+    for impl in ("sdpa", "eager"):
+        torch.manual_seed(0)
+        model = build_model(_cfg(f"model.hf.attn_implementation={impl}"))
+        assert model.config._attn_implementation == impl and model.fresh().config._attn_implementation == impl
+        losses[impl] = model(x, x)[1]
+    assert torch.allclose(losses["sdpa"], losses["eager"], rtol=1e-5, atol=0)
+
+
 def test_the_seed_draws_the_initial_weights():
     a, b, c = (build_model(_cfg(f"seed={s}")) if torch.manual_seed(s) else None for s in (1, 1, 2))
     assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
