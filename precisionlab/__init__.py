@@ -18,10 +18,13 @@ _EXPORTS = {
     "quantize_scaled": "precisionlab.numerics.cast",
     "tensor_scale": "precisionlab.numerics.cast",
     "ROUNDING_MODES": "precisionlab.numerics.cast",
-    "convert_model": "precisionlab.quant.linear",
+    "convert_model": "precisionlab.run.convert",  # resolves preset names, then the quant layer's module swap
+    "presets": "precisionlab.run.convert",
+    "track": "precisionlab.run.track",
 }
 
-__all__ = ["FloatFormat", "BlockFormat", "parse_format", "quantize", "quantize_scaled", "tensor_scale", "ROUNDING_MODES", "convert_model"]
+__all__ = ["FloatFormat", "BlockFormat", "parse_format", "quantize", "quantize_scaled", "tensor_scale", "ROUNDING_MODES", "convert_model",
+           "presets", "track"]
 try:  # one version, pyproject.toml's, as installed; runs record the same (precisionlab.runtime.provenance)
     __version__ = metadata.version("precisionlab")
 except metadata.PackageNotFoundError:  # a source tree that was never installed

@@ -132,10 +132,9 @@ def _check_train_overrides(overrides: list[str]):
 
 def _presets(group: str) -> str:
     """A config group's presets, read from the installed configs folder, so help texts list them all."""
-    from importlib.resources import files
+    from precisionlab.analysis.presets import preset_names
 
-    return ", ".join(sorted(p.name[:-5] for p in files("precisionlab.configs").joinpath(group).iterdir()
-                            if p.name.endswith(".yaml")))
+    return ", ".join(preset_names(group))
 
 
 _TRAIN_HELP = f"""Train one model. Arguments are Hydra overrides, e.g.:

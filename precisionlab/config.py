@@ -365,18 +365,18 @@ def _check_precision(cfg: DictConfig) -> None:
 
 
 def _check_casts_something(model: Any, precision: PrecisionConfig, name: str) -> None:
-    """A Hugging Face model may hold no layer a recipe can cast (GPT-2's Conv1D projections are no
-    nn.Linear; its attention is no `Attend`): refuse a recipe that would train it in fp32 all the same."""
+    """Refuse a recipe that would train a Hugging Face model in fp32 all the same: convert_model's own
+    check (nothing castable), and a recipe whose excludes leave no layer cast."""
     import torch
 
     from precisionlab.quant.operands import CountsCalls
 
     with torch.device("meta"):
-        convert_model(model, precision)
+        convert_model(model, precision)  # ValueError (one line) when the model has nothing the recipe casts
     if not any(isinstance(module, CountsCalls) for module in model.modules()):
-        raise ConfigError(f"precision={name} casts no layer of this model (model.hf.arch="
-                          f"{model.config.model_type}: its cast layers are nn.Linear layers not in precision.exclude, "
-                          "and precisionlab's own attention); choose a recipe that casts one of its layers, or fp32")
+        raise ConfigError(f"precision={name} casts no layer of this model (model.hf.arch={model.config.model_type}): "
+                          "precision.exclude keeps every layer it casts in fp32; choose a recipe that casts one of "
+                          "its layers, or fp32")
 
 
 def _check_data(cfg: DictConfig) -> None:

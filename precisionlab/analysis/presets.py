@@ -10,6 +10,10 @@ where both have the key (a key newer or older than the run is no change). A leaf
 writes as an interpolation of a sibling (`x: ${.format}`) is no change of its own when it
 follows that sibling in the run (`precision.format=e8m7` is one change, not four).
 A name that is no preset (`precision.name=mine`) is the label as it stands.
+
+The presets of a config group are the YAML files of the installed configs folder (`preset_names`,
+which the CLI's help texts and `precisionlab.presets` list); `composed_preset` is one of them as
+the `train` config composes it, the node a library user's `convert_model(model, "nvfp4")` starts from.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["preset_label", "preset_changes"]
+__all__ = ["preset_label", "preset_changes", "preset_names", "composed_preset"]
 
 _SIBLING = re.compile(r"^\$\{\.(\w+)\}$")  # ${.format}: the value of a sibling key
 
@@ -54,22 +58,56 @@ def _shown(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def preset_names(group: str = "precision") -> list[str]:
+    """The presets of config group `group` (precision, model, data, optim, sweep), sorted: the YAML
+    files of the installed configs folder. An unknown group is a ValueError naming the groups."""
+    from importlib.resources import files
+
+    root = files("precisionlab.configs")
+    groups = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__"))
+    if group not in groups:
+        raise ValueError(f"no config group {group!r}; the groups are {', '.join(groups)}")
+    return sorted(p.name[:-5] for p in root.joinpath(group).iterdir() if p.name.endswith(".yaml"))
+
+
+@functools.lru_cache(maxsize=None)
+def _loader():
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+
+    import precisionlab.configs  # noqa: F401  (registers the schema the presets build on)
+
+    return ConfigLoaderImpl(config_search_path=create_config_search_path("pkg://precisionlab.configs"))
+
+
+def _composed(group: str, choice: str) -> Any:
+    """The `train` config composed with `group=choice` (hydra.errors.HydraException: no such preset)."""
+    from hydra.types import RunMode
+
+    return _loader().load_configuration(config_name="train", overrides=[f"{group}={choice}"], run_mode=RunMode.RUN)
+
+
+def composed_preset(name: str, group: str = "precision") -> dict[str, Any]:
+    """The `group` node of the `train` config composed with `group=name`, as a plain dict with its
+    interpolations kept (`x: ${.format}`), so an override of `format` moves the roles that follow it.
+    An unknown name is a ValueError listing the presets."""
+    from omegaconf import OmegaConf
+
+    names = preset_names(group)
+    if name not in names:
+        raise ValueError(f"unknown {group} preset {name!r}; the presets are {', '.join(names)}")
+    return OmegaConf.to_container(_composed(group, name)[group], resolve=False)
+
+
 @functools.lru_cache(maxsize=None)
 def _preset(name: str) -> tuple[dict[str, Any], dict[str, str]] | None:
     """The preset `name` as flat leaves (resolved) on the keys it owns, and its sibling
     interpolations (leaf -> the leaf it follows); None if there is no such preset."""
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
-    from hydra._internal.utils import create_config_search_path
     from hydra.errors import HydraException
-    from hydra.types import RunMode
     from omegaconf import OmegaConf
 
-    import precisionlab.configs  # noqa: F401  (registers the schema the presets build on)
-
-    loader = ConfigLoaderImpl(config_search_path=create_config_search_path("pkg://precisionlab.configs"))
-
     def composed(choice: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        cfg = loader.load_configuration(config_name="train", overrides=[f"precision={choice}"], run_mode=RunMode.RUN)
+        cfg = _composed("precision", choice)
         keys = [k for k in cfg if k != "hydra"]
         resolved = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
                     for k in keys}

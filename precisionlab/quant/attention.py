@@ -21,6 +21,10 @@ them. An element cast that serves both GEMMs of a tensor is done once (`LayerCas
 Cost: the path keeps (B, H, T, T) scores and probabilities for backward and casts them, where
 SDPA's fused kernel keeps none; so it runs only when something is cast.
 
+A transformers model's attention takes the same path through `precisionlab.quant.hf` (its registered
+attention function calls a `QuantAttend` child of each attention module with the model's scaling and
+mask).
+
 Stochastic rounding is reproducible as QuantLinear's: each cast's seed mixes the run seed, the
 attention's index (its block), its call count (in the state_dict) and a seed slot,
 16 + 6 * GEMM + SEED_SLOT (scores GEMM 0, output GEMM 1), apart from the linear layers' 0-8.
@@ -96,18 +100,31 @@ class QuantAttend(CountsCalls, Attend):
         self.name = name  # the module's name in the model: its cast sites' layer (numerical diagnostics)
         self.calls = 0  # forward calls so far; seeds stochastic rounding
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        T, D = q.shape[-2:]
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float | None = None,
+                mask: torch.Tensor | None = None, dropout: float | None = None, causal: bool = True) -> torch.Tensor:
+        """q (B, H, Tq, D), k and v (B, H, Tk, D) -> (B, H, Tq, D). The defaults are the LM's causal
+        attention; a transformers model's attention (`precisionlab.quant.hf`) passes its own: `scaling`
+        multiplies the scores (None: they are divided by sqrt(D)); `mask`, boolean (True: attend) or
+        additive, (B or 1, H or 1, Tq, Tk), replaces the causal mask, which is applied only when no mask
+        is given and `causal` (aligned top left, as SDPA's is_causal); `dropout` (None: the module's)."""
+        Tq, Tk, D = q.shape[-2], k.shape[-2], q.shape[-1]
         scores, output = self.casts.scores, self.casts.output
         seeds = _NO_SEEDS
         if scores.needs_seeds or output.needs_seeds:
             seeds = tuple(mix_seed(self.seed, self.index, self.calls, _FIRST_SLOT + slot) for slot in range(12))
         self.calls += 1
-        s = _QuantMatmulFn.apply(q, k, scores, seeds[:6], (self.name, "scores")) / math.sqrt(D)  # (B, H, T, T)
-        causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()  # query i sees keys <= i
-        p = torch.softmax(s.masked_fill(~causal, float("-inf")), dim=-1, dtype=torch.float32)
-        p = F.dropout(p, self.dropout, self.training)
-        return _QuantMatmulFn.apply(p, v.transpose(-1, -2), output, seeds[6:], (self.name, "output"))  # (B, H, T, D)
+        s = _QuantMatmulFn.apply(q, k, scores, seeds[:6], (self.name, "scores"))  # (B, H, Tq, Tk)
+        s = s / math.sqrt(D) if scaling is None else s * scaling
+        if mask is not None:  # as eager attention adds it: masked scores get the dtype's lowest value
+            if mask.dtype == torch.bool:
+                mask = torch.where(mask, torch.zeros((), dtype=s.dtype, device=s.device), torch.finfo(s.dtype).min)
+            s = s + mask
+        elif causal:
+            allowed = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril()  # query i sees keys <= i
+            s = s.masked_fill(~allowed, float("-inf"))
+        p = torch.softmax(s, dim=-1, dtype=torch.float32)
+        p = F.dropout(p, self.dropout if dropout is None else dropout, self.training)
+        return _QuantMatmulFn.apply(p, v.transpose(-1, -2), output, seeds[6:], (self.name, "output"))  # (B, H, Tq, D)
 
     def extra_repr(self) -> str:
         return f"dropout={self.dropout}, {self.casts.describe()}"

@@ -1,4 +1,4 @@
-"""Simulated low-precision GEMMs: a module swap of every `nn.Linear`.
+"""Simulated low-precision GEMMs: a module swap of every `nn.Linear` (and transformers' `Conv1D`).
 
 `convert_model(model, precision)` replaces each `nn.Linear` (except those matching
 `precision.exclude`) by a `QuantLinear` whose autograd Function fake-quantizes the operands
@@ -13,6 +13,14 @@ from the high-precision tensor, and multiplies in fp32 (fp32 accumulation; with
   bias grad    db = sum of g                           bias and its gradient stay fp32
 
 `precision.weight_grad` also casts dW itself, after its GEMM (MS-AMP's FP8 weight gradients).
+
+Hugging Face's GPT-2 family computes its projections (c_attn, c_proj, c_fc) with transformers'
+`Conv1D`, a linear layer whose weight is stored transposed, (in, out), y = x . W + b. convert_model
+swaps it for a `QuantConv1D`, which runs the same Function on the view W^T (out, in): the same six
+casts along the same reduction axes (a cast reads its tensor's values, not its memory layout), so a
+converted Conv1D gives the bits of a QuantLinear holding W^T, keeps its own Parameters (ties and
+optimizer state survive), and counts among the converted layers for seeds, keep and exclude.
+transformers is never imported here: a Conv1D is recognised by its class's name and module.
 
 (`precisionlab.quant.operands` says how the six casts are configured and when one cast serves
 two operands.) With a Hadamard transform on a GEMM both its operands are multiplied along
@@ -40,19 +48,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from precisionlab.numerics.hadamard import hadamard_matrix, hadamard_transform, random_signs
-from precisionlab.quant.attention import convert_attention
+from precisionlab.quant.attention import Attend, convert_attention
+from precisionlab.quant.hf import convert_hf_attention, hf_attention_modules
 from precisionlab.quant.operands import GEMMS, OPERANDS, CountsCalls, LayerCasts, mix_seed
 from precisionlab.quant.recipe import PrecisionConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DELAYED_STATE", "QuantLinear", "convert_model", "check_hadamard_dims"]
+__all__ = ["DELAYED_STATE", "QuantLinear", "QuantConv1D", "convert_model", "check_hadamard_dims", "is_conv1d"]
 
 DELAYED_STATE = ("amax_history", "delayed_scale")  # a QuantLinear's delayed-scaling buffers, when it has them
 _NO_SEEDS = (0,) * 9
-# transformer blocks: LM's blocks.<i>.attn.c_attn, Hugging Face's model.layers.<i>.self_attn.q_proj (Llama, Qwen2,
-# OLMo2) and transformer.h.<i>.attn.c_attn (GPT-2)
-_BLOCK_NAME = re.compile(r"(?:^|\.)(?:blocks|model\.layers|transformer\.h)\.(\d+)\.")
+_BLOCK_NAME = re.compile(r"(?:^|\.)(?:blocks|layers|h)\.(\d+)\.")  # blocks.<i>. (LM), model.layers.<i>., transformer.h.<i>. (HF)
 
 
 class _QuantLinearFn(torch.autograd.Function):
@@ -135,24 +142,23 @@ def _fixed_hadamard(n: int, signs_seed: int, device: torch.device) -> torch.Tens
     return hadamard_matrix(n, random_signs(n, signs_seed), device)
 
 
-class QuantLinear(CountsCalls, nn.Linear):
-    """`nn.Linear` whose GEMMs take fake-quantized operands (see the module docstring)."""
+class _CastsGEMMs(CountsCalls):
+    """What QuantLinear and QuantConv1D share: the casts, the seeds (layer index, run seed, call
+    count) and the delayed-scaling buffers, and the call of `_QuantLinearFn` on a weight (out, in)."""
 
-    def __init__(self, linear: nn.Linear, precision: PrecisionConfig | LayerCasts, index: int = 0, seed: int = 0,
-                 name: str = ""):
-        super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
-        self.weight, self.bias = linear.weight, linear.bias  # the same Parameters: ties survive
+    def _set_casts(self, precision: PrecisionConfig | LayerCasts, index: int, seed: int, name: str,
+                   device: torch.device) -> None:
         self.casts = precision.casts if isinstance(precision, PrecisionConfig) else precision
         self.index, self.seed = index, seed
         self.name = name  # the module's name in its model: names its casts for a cast observer (diagnostics)
         self.calls = 0  # forward calls so far; seeds stochastic rounding and per-call Hadamard signs
         if self.casts.delayed_history_len:  # delayed scaling's state, one row per operand (in checkpoints)
             history, scale = DELAYED_STATE
-            self.register_buffer(history, torch.zeros(len(OPERANDS), self.casts.delayed_history_len,
-                                                      device=linear.weight.device))
-            self.register_buffer(scale, torch.ones(len(OPERANDS), device=linear.weight.device))
+            self.register_buffer(history, torch.zeros(len(OPERANDS), self.casts.delayed_history_len, device=device))
+            self.register_buffer(scale, torch.ones(len(OPERANDS), device=device))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _cast_gemms(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """y = x . weight^T + bias, weight (out, in), through the cast GEMMs."""
         seeds = _NO_SEEDS
         casts = self.casts
         if casts.needs_seeds:
@@ -162,26 +168,80 @@ class QuantLinear(CountsCalls, nn.Linear):
             seeds = seeds[:6] + tuple(mix_seed(self.seed, self.index, 6 + g) for g in range(len(GEMMS)))
         self.calls += 1
         history = tuple(self._buffers[name] for name in DELAYED_STATE) if DELAYED_STATE[0] in self._buffers else None
-        return _QuantLinearFn.apply(x, self.weight, self.bias, casts, seeds, history, self.name)
+        return _QuantLinearFn.apply(x, weight, bias, casts, seeds, history, self.name)
+
+
+class QuantLinear(_CastsGEMMs, nn.Linear):
+    """`nn.Linear` whose GEMMs take fake-quantized operands (see the module docstring)."""
+
+    def __init__(self, linear: nn.Linear, precision: PrecisionConfig | LayerCasts, index: int = 0, seed: int = 0,
+                 name: str = ""):
+        super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
+        self.weight, self.bias = linear.weight, linear.bias  # the same Parameters: ties survive
+        self._set_casts(precision, index, seed, name, linear.weight.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._cast_gemms(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self.casts.describe()}"
 
 
+class QuantConv1D(_CastsGEMMs, nn.Module):
+    """transformers' `Conv1D` (weight (in, out), y = x . W + b) whose GEMMs take fake-quantized
+    operands: QuantLinear's Function on the view W^T (see the module docstring)."""
+
+    def __init__(self, conv1d: nn.Module, precision: PrecisionConfig | LayerCasts, index: int = 0, seed: int = 0,
+                 name: str = ""):
+        super().__init__()
+        self.nx, self.nf = conv1d.weight.shape  # in, out features (Conv1D's names)
+        self.weight, self.bias = conv1d.weight, conv1d.bias  # the same Parameters: ties survive
+        self._set_casts(precision, index, seed, name, conv1d.weight.device)
+
+    @property
+    def in_features(self) -> int:
+        return self.nx
+
+    @property
+    def out_features(self) -> int:
+        return self.nf
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._cast_gemms(x, self.weight.t(), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"nf={self.nf}, nx={self.nx}, {self.casts.describe()}"
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """Whether `module` is transformers' Conv1D (by class, without importing transformers)."""
+    cls = type(module)
+    return cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers")
+
+
+def _gemm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) of every layer convert_model casts as a GEMM: nn.Linear and transformers' Conv1D."""
+    return [(name, m) for name, m in model.named_modules() if type(m) is nn.Linear or is_conv1d(m)]
+
+
 def convert_model(model: nn.Module, precision: PrecisionConfig | Mapping, seed: int = 0) -> nn.Module:
-    """Swap every `nn.Linear` not matching `precision.exclude` for a `QuantLinear`, and when
-    `precision.attention` casts, every attention core (`Attend`) for a `QuantAttend`, in place.
+    """Swap every `nn.Linear` not matching `precision.exclude` for a `QuantLinear` (every transformers
+    `Conv1D` for a `QuantConv1D`), and when `precision.attention` casts, every attention core
+    (`Attend`) for a `QuantAttend`, or a transformers model's attention for the registered cast path
+    (`precisionlab.quant.hf`), in place.
 
     `precision` is the recipe (`PrecisionConfig.from_cfg` of the run's `precision` node), or a
     precision node or dict of its keys (`{"format": "e4m3", "exclude": ["lm_head"]}`), built here. `seed`
     (the run seed) keys stochastic rounding and Hadamard signs. Layers that `precision.keep` matches
-    get the keep format. Returns `model`; a precision without casts leaves it untouched.
+    get the keep format. Returns `model`; a precision without casts leaves it untouched. A model with
+    nothing the recipe casts (no linear layer, no attention) is a one-line ValueError.
     """
     if not isinstance(precision, PrecisionConfig):
         precision = PrecisionConfig.from_cfg(precision)
     if precision.is_fp32:
         return model
-    linears = [(name, module) for name, module in model.named_modules() if type(module) is nn.Linear]
+    linears = _gemm_layers(model)
+    _check_castable(model, precision, linears)
     for key, patterns in (("exclude", precision.exclude), ("keep.match", precision.keep.match)):
         for pattern in patterns:  # a typo would silently quantize the layer it meant to keep
             if not any(fnmatch.fnmatchcase(name, pattern) for name, _ in linears):
@@ -191,12 +251,29 @@ def convert_model(model: nn.Module, precision: PrecisionConfig | Mapping, seed: 
     for index, (name, linear, casts) in enumerate(_planned(linears, precision)):
         if casts is not None:
             parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name), child, QuantLinear(linear, casts, index=index, seed=seed, name=name))
+            swap = QuantConv1D if is_conv1d(linear) else QuantLinear
+            setattr(model.get_submodule(parent_name), child, swap(linear, casts, index=index, seed=seed, name=name))
+    convert_hf_attention(model, precision.attention, seed=seed)
     return convert_attention(model, precision.attention, seed=seed)
 
 
-def _planned(linears: list[tuple[str, nn.Linear]], precision: PrecisionConfig):
-    """(name, layer, casts) of each (name, nn.Linear) not excluded, in order; casts None: stays fp32."""
+def _check_castable(model: nn.Module, precision: PrecisionConfig, linears: list[tuple[str, nn.Module]]) -> None:
+    """ValueError (one line) when the recipe casts something but `model` has nothing it can cast."""
+    casts_linears = precision.casts_linears
+    has_attention = any(type(m) is Attend for m in model.modules()) or bool(hf_attention_modules(model))
+    if (casts_linears and linears) or (not precision.attention.is_fp32 and has_attention):
+        return
+    if any(isinstance(m, CountsCalls) for m in model.modules()):  # converted already: nothing left, nothing wrong
+        return
+    what = " and ".join(w for w, on in (("linear layers", casts_linears), ("attention", not precision.attention.is_fp32))
+                        if on)
+    raise ValueError(f"precision casts {what}, but {type(model).__name__} has nothing it can cast; castable are "
+                     "torch.nn.Linear and transformers Conv1D layers, precisionlab's Attend and the attention of "
+                     "transformers models (precision.attention); use precision=fp32 for this model")
+
+
+def _planned(linears: list[tuple[str, nn.Module]], precision: PrecisionConfig):
+    """(name, layer, casts) of each (name, nn.Linear or Conv1D) not excluded, in order; casts None: stays fp32."""
     blocks = [_block_of(name) for name, _ in linears]
     n_blocks = 1 + max((b for b in blocks if b is not None), default=-1)
     for (name, linear), block in zip(linears, blocks):
@@ -212,11 +289,11 @@ def _block_of(name: str) -> int | None:
 def check_hadamard_dims(model: nn.Module, precision: PrecisionConfig, tokens: int) -> None:
     """ValueError naming `precision.hadamard.size` when a GEMM it rotates has a reduction axis
     (in features, out features, or `tokens` = batch x sequence) that is not a multiple of it."""
-    linears = [(name, module) for name, module in model.named_modules() if type(module) is nn.Linear]
-    for name, module, casts in _planned(linears, precision):
+    for name, module, casts in _planned(_gemm_layers(model), precision):
         if casts is None or not casts.hadamard:
             continue
-        axes = {"fwd": ("in features", module.in_features), "dgrad": ("out features", module.out_features),
+        in_f, out_f = module.weight.shape[::-1] if type(module) is nn.Linear else module.weight.shape
+        axes = {"fwd": ("in features", in_f), "dgrad": ("out features", out_f),
                 "wgrad": ("tokens per step (train.batch_size x train.seq_len)", tokens)}
         for gemm in casts.hadamard_gemms:
             what, size = axes[gemm]

@@ -198,9 +198,14 @@ class PrecisionConfig:
             object.__setattr__(self, "casts", LayerCasts(*(roles[OPERAND_ROLE[op]] for op in OPERANDS)))
 
     @property
+    def casts_linears(self) -> bool:
+        """Whether a linear layer may be cast: by the six operands, or in the keep format."""
+        return not self.casts.is_fp32 or (
+            self.keep.cast.fmt is not None and bool(self.keep.first or self.keep.last or self.keep.match))
+
+    @property
     def is_fp32(self) -> bool:
-        return self.casts.is_fp32 and self.attention.is_fp32 and (
-            self.keep.cast.fmt is None or not (self.keep.first or self.keep.last or self.keep.match))
+        return not self.casts_linears and self.attention.is_fp32
 
     def excludes(self, name: str) -> bool:
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.exclude)

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from precisionlab.config import memory_shortfall
 from precisionlab.quant.recipe import PrecisionConfig
+from precisionlab.run.track import TRACKER
 from precisionlab.train.checkpoint import load_checkpoint
 from precisionlab.train.data import load_dataset
 from precisionlab.train.loop import eval_batches
@@ -37,12 +38,20 @@ class Outcome:
 
 
 def check_batch_size(store: Any, sweep: str, batch_size: int | None, device: str = "cpu") -> None:
-    """ValueError when `batch_size` sequences give a token count that a run's weight-gradient
-    Hadamard transform cannot divide, or a step of its model that cannot fit in `device`'s memory
-    (the run's own train.batch_size passed both checks)."""
+    """ValueError when the sweep holds runs recorded by a user's own loop (`precisionlab.track`: no
+    model this module can rebuild), or when `batch_size` sequences give a token count that a run's
+    weight-gradient Hadamard transform cannot divide, or a step of its model that cannot fit in
+    `device`'s memory (the run's own train.batch_size passed both checks)."""
+    runs = store.runs(sweep=sweep)
+    tracked = [row.run_id for row in runs.itertuples()
+               if isinstance(getattr(row, "meta", None), dict) and row.meta.get("tracker") == TRACKER]
+    if tracked:
+        raise ValueError(f"sweep {sweep!r} holds runs recorded by precisionlab.track ({', '.join(tracked[:3])}"
+                         f"{', ...' if len(tracked) > 3 else ''}): precisionlab sharpness measures only models it can "
+                         "rebuild from a run's config (precisionlab train and sweep runs)")
     if batch_size is None:
         return
-    for row in store.runs(sweep=sweep).itertuples():
+    for row in runs.itertuples():
         cfg = row.config
         short = memory_shortfall(cfg.get("model") or {}, batch_size, int(cfg["train"]["seq_len"]), device)
         if short:

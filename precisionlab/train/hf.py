@@ -30,6 +30,7 @@ transformers is imported only here, inside functions: the base install works wit
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib
 import importlib.util
@@ -180,7 +181,9 @@ def hf_model(model: Mapping[str, Any]) -> torch.nn.Module:
     with our `forward(idx, targets)` and `num_params()`."""
     config = hf_config(model)
     base = _transformers().MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
-    return _ours(base)(config)
+    built = _ours(base)(config)
+    built.uncast_attention = config._attn_implementation  # a recipe's attention casts switch the config's
+    return built
 
 
 @functools.lru_cache(maxsize=None)
@@ -202,7 +205,11 @@ def _ours(base: type) -> type:
 
     def fresh(self) -> torch.nn.Module:
         """A new model of this config, without casts (its weights freshly drawn: load them)."""
-        return type(self)(self.config)
+        config = copy.deepcopy(self.config)
+        config._attn_implementation = getattr(self, "uncast_attention", config._attn_implementation)
+        twin = type(self)(config)
+        twin.uncast_attention = config._attn_implementation
+        return twin
 
     return type(base.__name__, (base,), {"forward": forward, "num_params": num_params, "fresh": fresh,
                                          "__module__": __name__, "__doc__": base.__doc__})

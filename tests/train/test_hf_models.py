@@ -116,7 +116,13 @@ def test_a_recipe_casts_hugging_faces_linears_and_keeps_its_first_block():
     assert model.lm_head.weight is model.model.embed_tokens.weight  # the tie survives the swap
 
 
-@pytest.mark.parametrize("precision", [["precision=fp32"], ["precision=fp8"],
+def test_a_recipe_casts_gpt2s_conv1d_projections():
+    model = build_model(_cfg("model.hf.arch=gpt2", "precision=fp8"))
+    casts = {name for name, m in model.named_modules() if type(m).__name__ in ("QuantLinear", "QuantConv1D")}
+    assert {"transformer.h.0.attn.c_attn", "transformer.h.1.mlp.c_proj"} <= casts and "lm_head" not in casts
+
+
+@pytest.mark.parametrize("precision", [["precision=fp32"], ["precision=fp8"], ["precision=fp8_attention"],
                                        ["precision=mask", "precision.format=e5m2", "precision.rounding=stochastic"]])
 def test_resume_continues_the_curve_bit_for_bit(precision):
     rec_straight = MemoryRecorder()
@@ -151,9 +157,9 @@ def test_a_branch_to_another_hf_shape_is_one_line(tmp_path):
 
 def test_sharpness_and_diagnostics_measure_without_changing_the_curve():
     plain = MemoryRecorder()
-    run(_cfg("precision=fp8"), recorder=plain)
+    run(_cfg("precision=fp8_attention"), recorder=plain)
     rec = MemoryRecorder()
-    result = run(_cfg("precision=fp8", "sharpness.every=5", "diagnostics.every=5"), recorder=rec)
+    result = run(_cfg("precision=fp8_attention", "sharpness.every=5", "diagnostics.every=5"), recorder=rec)
     assert result.status == "completed", result.error
     assert rec.losses() == plain.losses()
     assert [(s, m) for s, m, _, _ in rec.sharpness_values] == [(5, "logit"), (10, "logit")]
@@ -198,8 +204,7 @@ def test_the_memory_estimate_reads_the_hf_sizes():
     (["model.hf.attn_implementation=flash"], "model.hf.attn_implementation must be one of sdpa, eager; got 'flash'"),
     (["model.n_embd=64"], "model.n_embd is not read by model.arch=hf (its sizes are model.hf's keys"),
     (["model.arch=llama"], "model.hf is read only with model.arch=hf"),
-    (["model.hf.arch=gpt2", "precision=fp8"], "precision=fp8 casts no layer of this model (model.hf.arch=gpt2"),
-    (["precision.attention.format=e4m3fn"], "casts no layer of this model"),
+    (["precision=fp8", "precision.exclude=[lm_head,model.*]"], "precision=fp8 casts no layer of this model"),
 ])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, overrides, fragment):
     result = CliRunner().invoke(app, ["train", *HF_MICRO, *overrides, f"store.path={tmp_path / 'r.db'}"])
