@@ -45,7 +45,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from precisionlab.quant.linear import check_hadamard_dims
+from precisionlab.quant.linear import check_hadamard_dims, convert_model
 from precisionlab.quant.recipe import Precision, PrecisionConfig
 from precisionlab.runtime import DeviceError, absolute_paths, resolve_device
 from precisionlab.store.trackers import tracker_problem
@@ -55,7 +55,8 @@ from precisionlab.train.data import SPLITS, data_path
 from precisionlab.train.diagnostics import FAMILIES as DIAGNOSTIC_FAMILIES
 from precisionlab.train.errors import ConfigError
 from precisionlab.train.sharpness import METRICS as SHARPNESS_METRICS
-from precisionlab.train.model import ModelConfig
+from precisionlab.train.checkpoint import plain_model
+from precisionlab.train.model import NOT_FOR_HF, ModelConfig
 from precisionlab.train.optim import MASTER_ROUNDINGS, MasterFormat, MomentFormats
 
 __all__ = ["ConfigError", "make_paths_absolute", "validate", "ensure_valid", "assume_valid", "is_validated", "one_line",
@@ -305,7 +306,7 @@ def _check_choices(node: DictConfig, prefix: str = "") -> None:
         if OmegaConf.is_missing(node, f.name):  # data.path=???: the group's check names it
             continue
         value = node[f.name]
-        if isinstance(value, DictConfig):
+        if isinstance(value, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(value)):  # not model.hf's dict
             _check_choices(value, f"{prefix}{f.name}.")
         elif "choices" in f.metadata:
             choices = f.metadata["choices"]
@@ -326,6 +327,10 @@ def _check_top(cfg: DictConfig) -> None:
 
 def _check_model(cfg: DictConfig) -> None:
     m = cfg.model
+    if m.arch == "hf":
+        return _check_hf_model(m)
+    _check(m.hf is None, "model.hf is read only with model.arch=hf (e.g. model=hf); set model.hf=null or choose it",
+           OmegaConf.to_container(m.hf) if m.hf is not None else None)
     for key in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
         _check(m[key] > 0, f"model.{key} must be a positive integer", m[key])
     _check(m.n_embd % m.n_head == 0, f"model.n_embd ({m.n_embd}) must be divisible by model.n_head", m.n_head)
@@ -338,19 +343,52 @@ def _check_model(cfg: DictConfig) -> None:
     _check(m.norm_eps > 0, "model.norm_eps must be > 0", m.norm_eps)
 
 
+def _check_hf_model(m: DictConfig) -> None:
+    """A Hugging Face model (precisionlab.train.hf): its config builds, and none of our own size fields,
+    which it would ignore, moved off their defaults."""
+    for key in ("vocab_size", "block_size"):
+        _check(m[key] > 0, f"model.{key} must be a positive integer", m[key])
+    defaults = ModelConfig()
+    for key in NOT_FOR_HF:
+        _check(m[key] == getattr(defaults, key), f"model.{key} is not read by model.arch=hf (its sizes are "
+               "model.hf's keys, e.g. model.hf.hidden_size, model.hf.num_hidden_layers); leave it at its default "
+               f"{getattr(defaults, key)!r}", m[key])
+    _check(m.hf is not None and "arch" in m.hf, "model.arch=hf needs model.hf.arch (e.g. model=hf: llama)",
+           OmegaConf.to_container(m.hf) if m.hf is not None else None)
+    from precisionlab.train.hf import hf_config  # imports transformers: only for arch=hf
+
+    hf_config(OmegaConf.to_container(m))  # ConfigError (one line) for what it cannot build
+
+
 def _check_precision(cfg: DictConfig) -> None:
     try:
         precision = PrecisionConfig.from_cfg(cfg.precision)  # parses every format name, naming its key
-        if precision.casts.hadamard:
+        hf = cfg.model.arch == "hf"
+        if precision.casts.hadamard or (hf and not precision.is_fp32):
             import torch
 
-            from precisionlab.train.model import LM
-
             with torch.device("meta"):  # the layer shapes, without allocating the model
-                model = LM(ModelConfig(**OmegaConf.to_container(cfg.model)))
+                model = plain_model(OmegaConf.to_container(cfg.model))
             check_hadamard_dims(model, precision, cfg.train.batch_size * cfg.train.seq_len)
+            if hf:
+                _check_casts_something(model, precision, cfg.precision.name)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+
+
+def _check_casts_something(model: Any, precision: PrecisionConfig, name: str) -> None:
+    """Refuse a recipe that would train a Hugging Face model in fp32 all the same: convert_model's own
+    check (nothing castable), and a recipe whose excludes leave no layer cast."""
+    import torch
+
+    from precisionlab.quant.operands import CountsCalls
+
+    with torch.device("meta"):
+        convert_model(model, precision)  # ValueError (one line) when the model has nothing the recipe casts
+    if not any(isinstance(module, CountsCalls) for module in model.modules()):
+        raise ConfigError(f"precision={name} casts no layer of this model (model.hf.arch={model.config.model_type}): "
+                          "precision.exclude keeps every layer it casts in fp32; choose a recipe that casts one of "
+                          "its layers, or fp32")
 
 
 def _check_data(cfg: DictConfig) -> None:
@@ -427,7 +465,12 @@ def memory_shortfall(model: dict, batch_size: int, seq_len: int, device: str) ->
     else:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     known = {f.name for f in dataclasses.fields(ModelConfig)}  # a stored config may be an older version's
-    need = ModelConfig(**{k: v for k, v in model.items() if k in known}).step_bytes(batch_size, seq_len)
+    if model.get("arch") == "hf":
+        from precisionlab.train.hf import step_bytes  # from model.hf's sizes; imports no transformers
+
+        need = step_bytes(model, batch_size, seq_len)
+    else:
+        need = ModelConfig(**{k: v for k, v in model.items() if k in known}).step_bytes(batch_size, seq_len)
     if need <= total:
         return None
     return f"{need / 2**30:.3g} GiB, more than the {total / 2**30:.3g} GiB of {where.type} memory here"

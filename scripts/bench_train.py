@@ -2,6 +2,12 @@
 
     python scripts/bench_train.py [--steps 10] [--rounds 3] [--threads N] [--device auto]
                                   [--only fp8,nvfp4] [OVERRIDES...]
+    python scripts/bench_train.py --hf [--steps 10] [--rounds 3] [--threads N] [--device auto]
+
+`--hf`: Hugging Face's Llama (model=hf, precisionlab.train.hf) against our llama (model.arch=llama)
+at the `tiny` preset's sizes, each in fp32, nvfp4, mxfp8 and fp8: the HF model's fp32 step over ours
+(goal <= 1.3x) and each recipe's cast overhead (recipe step / fp32 step of the same model; goal: HF's
+within 10% of ours). fp8's preset keeps lm_head in fp32 in both models.
 
 One training step = batch, forward, backward, clipping, AdamW (moments and weights cast where the
 preset says); "diagnostics every 10" is nvfp4 with `diagnostics.every=10` (every 10th step observed: cast
@@ -51,6 +57,12 @@ VARIANTS = {
 }
 
 
+# --hf: the same recipes on our llama and on HF's Llama of its sizes (configs/model/hf.yaml)
+HF_MODELS = {"ours": ["model.arch=llama"], "hf": ["model=hf"]}
+HF_RECIPES = {"fp32": ["precision=fp32"], "nvfp4": ["precision=nvfp4"], "mxfp8": ["precision=mxfp8"],
+              "fp8": ["precision=fp8"]}
+
+
 class _Rows:
     """A recorder of diagnostics rows that keeps none (the benchmark times their computation)."""
 
@@ -94,9 +106,12 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--only", default=None, help="comma-separated variants besides fp32 (default: all: "
                         + ", ".join(VARIANTS) + ")")
+    parser.add_argument("--hf", action="store_true", help="HF Llama vs our llama at the tiny sizes (fp32, nvfp4, mxfp8, fp8)")
     args, overrides = parser.parse_known_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.hf:
+        return compare_hf(args, overrides)
     chosen = set(VARIANTS) if args.only is None else set(args.only.split(","))
     if not chosen <= set(VARIANTS):
         parser.error(f"unknown variant in --only: {', '.join(sorted(chosen - set(VARIANTS)))}; accepted: {', '.join(VARIANTS)}")
@@ -105,7 +120,21 @@ def main() -> None:
                 for name, extra in VARIANTS.items() if name == "fp32" or name in chosen}
     base = cfgs["fp32"]
     device = resolve_device(base.device)
-    tokens = load_dataset(base.data)[0]
+    times = timed(cfgs, device, args)
+    tokens_per_step = base.train.batch_size * base.train.seq_len
+    n_params = sum(p.numel() for p in build_model(base).parameters())
+    print(f"model={base.model.arch} {n_params / 1e6:.2f}M params, batch {base.train.batch_size} x seq {base.train.seq_len}, "
+          f"device {device}, threads {torch.get_num_threads()}, {args.rounds} rounds x {args.steps} steps")
+    print(f"{'precision':<20} {'ms/step':>9} {'tokens/s':>10} {'vs fp32':>8}")
+    ref = statistics.median(times["fp32"])
+    for name, ts in times.items():
+        t = statistics.median(ts)
+        print(f"{name:<20} {t * 1e3:>9.1f} {tokens_per_step / t:>10.0f} {t / ref:>7.2f}x")
+
+
+def timed(cfgs: dict, device, args) -> dict[str, list[float]]:
+    """Seconds per step of each config, per round (rounds interleave the configs)."""
+    tokens = load_dataset(next(iter(cfgs.values())).data)[0]
     steps = {name: make_step(cfg, device, tokens) for name, cfg in cfgs.items()}
     for step in steps.values():
         for _ in range(args.warmup):
@@ -120,15 +149,29 @@ def main() -> None:
                 loss = step()
             loss.item()  # waits for the device
             times[name].append((time.perf_counter() - start) / args.steps)
-    tokens_per_step = base.train.batch_size * base.train.seq_len
-    n_params = sum(p.numel() for p in build_model(base).parameters())
-    print(f"model={base.model.arch} {n_params / 1e6:.2f}M params, batch {base.train.batch_size} x seq {base.train.seq_len}, "
-          f"device {device}, threads {torch.get_num_threads()}, {args.rounds} rounds x {args.steps} steps")
-    print(f"{'precision':<20} {'ms/step':>9} {'tokens/s':>10} {'vs fp32':>8}")
-    ref = statistics.median(times["fp32"])
-    for name, ts in times.items():
-        t = statistics.median(ts)
-        print(f"{name:<20} {t * 1e3:>9.1f} {tokens_per_step / t:>10.0f} {t / ref:>7.2f}x")
+    return times
+
+
+def compare_hf(args, overrides: list[str]) -> None:
+    """--hf: HF's Llama vs our llama, fp32 and the HF_RECIPES, one table."""
+    with initialize_config_module(config_module="precisionlab.configs", version_base="1.3"):
+        cfgs = {(model, recipe): validate(compose(config_name="train", overrides=[
+                    *model_args, *recipe_args, *overrides, f"device={args.device}"]))
+                for model, model_args in HF_MODELS.items() for recipe, recipe_args in HF_RECIPES.items()}
+    device = resolve_device(cfgs["ours", "fp32"].device)
+    times = {key: statistics.median(ts) for key, ts in timed(cfgs, device, args).items()}
+    base = cfgs["ours", "fp32"]
+    params = {model: sum(p.numel() for p in build_model(cfgs[model, "fp32"]).parameters()) for model in HF_MODELS}
+    print(f"tiny sizes: ours {params['ours'] / 1e6:.3f}M params, hf {params['hf'] / 1e6:.3f}M params, batch "
+          f"{base.train.batch_size} x seq {base.train.seq_len}, device {device}, threads {torch.get_num_threads()}, "
+          f"{args.rounds} rounds x {args.steps} steps")
+    print(f"{'precision':<10} {'ours ms':>8} {'hf ms':>8} {'hf/ours':>8} {'ours vs fp32':>13} {'hf vs fp32':>11} "
+          f"{'overhead hf/ours':>17}")
+    for recipe in HF_RECIPES:
+        ours, hf = times["ours", recipe], times["hf", recipe]
+        over_ours, over_hf = ours / times["ours", "fp32"], hf / times["hf", "fp32"]
+        print(f"{recipe:<10} {ours * 1e3:>8.1f} {hf * 1e3:>8.1f} {hf / ours:>7.2f}x {over_ours:>12.2f}x {over_hf:>10.2f}x "
+              f"{over_hf / over_ours:>16.2f}x")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 import subprocess
 
 import pytest
@@ -50,7 +51,8 @@ def _untyped_nodes(node: DictConfig, prefix: str = "") -> list[str]:
     found = [] if dataclasses.is_dataclass(OmegaConf.get_type(node)) else [prefix or "<root>"]
     for key in node:
         child = node._get_node(key)
-        if isinstance(child, DictConfig):
+        declared_mapping = typing.get_origin(child._metadata.ref_type) is dict  # model.hf: HF's own keys, a dict
+        if isinstance(child, DictConfig) and not declared_mapping:
             found += _untyped_nodes(child, f"{prefix}{key}.")
     return found
 
@@ -121,7 +123,7 @@ def test_sweep_keys_are_typed_in_the_sweep_config_only():
     (["train.divergence.margin=nan"], ConfigError, "train.divergence.margin must be a finite number of nats; got nan"),
     (["precision.rounding=up"], ConfigError, "precision.rounding must be one of nearest_even, nearest_away, toward_zero, stochastic; got 'up'"),
     (["precision.scaling=row"], ConfigError, "precision.scaling must be one of none, tensor, delayed; got 'row'"),
-    (["model.arch=rnn"], ConfigError, "model.arch must be one of gpt2, llama; got 'rnn'"),
+    (["model.arch=rnn"], ConfigError, "model.arch must be one of gpt2, llama, hf; got 'rnn'"),
     (["optim.name=sgd"], ConfigError, "optim.name must be adamw; got 'sgd'"),
     (["store.journal_mode=fast"], ConfigError, "store.journal_mode must be one of wal, delete; got 'fast'"),
     (["precision.format=e9m3"], ConfigError, "precision.format: format 'e9m3' is out of range; accepted: fp32"),
@@ -226,7 +228,7 @@ TRAIN_CASES = [
     (["seed=true"], "seed must be an integer; got True"),
     (["optim.schedule=linear"], "optim.schedule must be one of cosine, constant; got 'linear'"),
     (["precision.rounding=up"], "precision.rounding must be one of nearest_even, nearest_away, toward_zero, stochastic; got 'up'"),
-    (["model.arch=rnn"], "model.arch must be one of gpt2, llama; got 'rnn'"),
+    (["model.arch=rnn"], "model.arch must be one of gpt2, llama, hf; got 'rnn'"),
     (["precision.format=e9m3"], "precision.format: format 'e9m3' is out of range; accepted: fp32, tf32, bf16"),
     (["optim.lr=-1"], "optim.lr must be a positive number; got -1.0"),
     (["model.n_head=3"], "model.n_embd (128) must be divisible by model.n_head; got 3"),

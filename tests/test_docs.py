@@ -40,7 +40,7 @@ def _leaves(node, prefix=""):
         if OmegaConf.is_missing(node, key) and key == "data":  # one schema per data.source, below
             continue
         value = node._get_node(key)
-        if OmegaConf.is_dict(value):
+        if OmegaConf.is_dict(value) and dataclasses.is_dataclass(OmegaConf.get_type(value)):  # model.hf: a leaf
             yield from _leaves(value, f"{prefix}{key}.")
         else:
             yield f"{prefix}{key}"

@@ -150,6 +150,8 @@ NEUTRAL: Mapping[str, Any] = {
     "train.divergence.rule": "factor",
     "train.divergence.window": 20,
     "train.divergence.margin": 0,
+    # Hugging Face architectures (model.arch=hf): null for every other model
+    "model.hf": None,
 }
 
 

@@ -30,7 +30,7 @@ from precisionlab.quant.linear import convert_model
 from precisionlab.quant.recipe import PrecisionConfig
 from precisionlab.train.model import LM, ModelConfig
 
-__all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "CheckpointError", "CheckpointRef", "build_model", "checkpoint_path",
+__all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "CheckpointError", "CheckpointRef", "build_model", "plain_model", "checkpoint_path",
            "checksum", "save_checkpoint", "read_checkpoint", "load_checkpoint"]
 
 CHECKPOINT_FORMAT = "precisionlab-checkpoint-2"  # 2: run_id and checksum
@@ -48,17 +48,27 @@ class CheckpointRef(NamedTuple):
     step: int
 
 
-def build_model(cfg: Any, precision: PrecisionConfig | None = None) -> LM:
+def plain_model(model_cfg: Any) -> torch.nn.Module:
+    """The model a `model` config node describes, without casts: our `LM`, or for arch=hf the
+    Hugging Face model (precisionlab.train.hf) (on CPU, or on torch's default device; seed torch first)."""
+    if model_cfg["arch"] == "hf":
+        from precisionlab.train.hf import hf_model  # imports transformers only when asked for
+
+        return hf_model(model_cfg)
+    return LM(ModelConfig(**model_cfg))
+
+
+def build_model(cfg: Any, precision: PrecisionConfig | None = None) -> torch.nn.Module:
     """The model of `cfg.model` with the quantized GEMMs of `precision`, the recipe of `cfg.precision`
     (built here when not given) (on CPU; seed torch first)."""
-    model = LM(ModelConfig(**cfg.model))
+    model = plain_model(cfg.model)
     if precision is None:
         precision = PrecisionConfig.from_cfg(cfg.precision)
     return convert_model(model, precision, seed=int(cfg.seed))
 
 
 class Checkpoint(NamedTuple):
-    model: LM  # rebuilt from the stored config, weights loaded, in eval mode
+    model: torch.nn.Module  # an LM or a Hugging Face model (model.arch=hf), rebuilt from the stored config, weights loaded, in eval mode
     cfg: DictConfig  # the run's resolved config
     step: int  # steps done when saved
     state: dict  # everything stored (optimizer, rng, progress, data meta)

@@ -2,6 +2,8 @@
 
 `arch="gpt2"`: LayerNorm, GELU MLP, learned positions, biases (nanoGPT).
 `arch="llama"`: RMSNorm, SwiGLU MLP, rotary positions (RoPE), no biases.
+`arch="hf"`: a Hugging Face architecture built from `model.hf` (precisionlab.train.hf builds it;
+only `vocab_size` and `block_size` of this schema apply to it, the other fields stay at their defaults).
 
 Every GEMM of the model is an `nn.Linear` (attention projections, MLP,
 LM head), so `precisionlab.quant.linear.convert_model` can swap them all for
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -26,7 +29,10 @@ from precisionlab.quant.attention import Attend
 
 __all__ = ["ModelConfig", "LM", "Attend", "ARCHS"]
 
-ARCHS = ("gpt2", "llama")
+ARCHS = ("gpt2", "llama")  # this module's own; "hf" is a Hugging Face architecture (precisionlab.train.hf)
+# ModelConfig fields that a Hugging Face model (arch=hf) does not read: its sizes are model.hf's keys
+NOT_FOR_HF = ("n_layer", "n_head", "n_embd", "mlp_hidden", "dropout", "bias", "tie_weights", "rope_theta", "norm_eps",
+              "qk_norm")
 
 
 @dataclass
@@ -34,7 +40,7 @@ class ModelConfig:
     """The model's hyperparameters, and the `model` config group's schema (precisionlab.config
     registers it and checks the values; the defaults are the `tiny` preset's)."""
 
-    arch: str = field(default="gpt2", metadata={"choices": ARCHS})  # "gpt2" (LayerNorm, GELU, learned positions) or "llama" (RMSNorm, SwiGLU, RoPE)
+    arch: str = field(default="gpt2", metadata={"choices": (*ARCHS, "hf")})  # "gpt2" (LayerNorm, GELU, learned positions), "llama" (RMSNorm, SwiGLU, RoPE) or "hf" (a Hugging Face architecture: model.hf)
     vocab_size: int = 256  # tokens; 256 for byte-level data, 50304 for padded GPT-2 tokens
     block_size: int = 64  # longest sequence the model accepts (size of the position table)
     n_layer: int = 2  # transformer blocks
@@ -47,6 +53,7 @@ class ModelConfig:
     rope_theta: float = 10000.0  # RoPE base frequency (llama only)
     norm_eps: float = 1e-5  # epsilon of LayerNorm / RMSNorm
     qk_norm: bool = False  # normalise each head's queries and keys before q.k^T (QK-LayerNorm: against attention-logit growth)
+    hf: Optional[Dict[str, Any]] = None  # arch=hf: the Hugging Face model, `arch` (llama, gpt2, qwen2, olmo2) and HF's own config keys (model=hf)
 
     # Derived, not written back: the dataclass holds exactly the config's values (it is the schema).
 

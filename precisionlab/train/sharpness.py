@@ -448,7 +448,7 @@ def fp32_twin(model: LM, copy: bool = False) -> LM:
     if not (copy or _is_quantized(model)):
         return model
     with torch.random.fork_rng(devices=[]):  # building a model draws init weights: leave the RNG alone
-        twin = LM(model.config)
+        twin = model.fresh() if hasattr(model, "fresh") else LM(model.config)  # fresh: a Hugging Face model's
     keys = set(twin.state_dict())  # the cast modules' own state (call counts, delayed-scaling histories) stays behind
     twin.load_state_dict({k: v for k, v in model.state_dict().items() if k in keys})
     device = next(model.parameters()).device
