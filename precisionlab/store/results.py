@@ -76,6 +76,9 @@ def _config_columns(config: Mapping[str, Any]) -> dict[str, Any]:
     for column, paths in CONFIG_COLUMNS.items():
         found = (_lookup(config, p) for p in paths)
         columns[column] = next((v for v in found if isinstance(v, (str, int, float))), None)
+    if columns["model"] == "hf":  # a Hugging Face model: its architecture, told apart from ours (hf-llama, llama)
+        arch = _lookup(config, "model.hf.arch")
+        columns["model"] = f"hf-{arch}" if isinstance(arch, str) else "hf"
     return columns
 
 

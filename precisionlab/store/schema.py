@@ -19,7 +19,7 @@ DONE = ("completed", "diverged")  # never recomputed unless forced
 
 # Where the runs table's columns come from in a run's config: the first
 # present dotted path wins; absent everywhere -> NULL. `model` is the architecture
-# (gpt2, llama): a model preset (tiny, gpt2_124m, ...) leaves no name in the config,
+# (gpt2, llama; a Hugging Face model's is hf-ARCH, e.g. hf-llama, results._config_columns): a model preset (tiny, gpt2_124m, ...) leaves no name in the config,
 # its sizes are in the config column. A role's format falls back to precision.format
 # for a config built in Python without the roles.
 CONFIG_COLUMNS = {

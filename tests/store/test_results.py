@@ -1,4 +1,5 @@
-"""The results store's interface (precisionlab.store.results): sharpness claims shared by processes."""
+"""The results store's interface (precisionlab.store.results): sharpness claims shared by processes, the
+runs table's model column."""
 
 from __future__ import annotations
 
@@ -27,3 +28,11 @@ def test_sharpness_claims_split_the_work(tmp_path):
     other.release_sharpness(rid, 4, "logit", {"eps": 1e-3})
     assert store.claim_sharpness(rid, 4, "logit", {"eps": 1e-3}) == "done"
 
+
+
+def test_the_model_column_names_the_architecture_and_marks_hugging_face_models(tmp_path):
+    store = ResultsStore(tmp_path / "s.db")
+    configs = [{"model": {"arch": "llama"}, "seed": 0}, {"model": {"arch": "hf", "hf": {"arch": "qwen2"}}, "seed": 0},
+               {"model": {"arch": "hf", "hf": {"arch": "llama"}}, "seed": 0}]
+    store.register_runs(configs)
+    assert sorted(store.runs().model) == ["hf-llama", "hf-qwen2", "llama"]
