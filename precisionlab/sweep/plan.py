@@ -114,6 +114,14 @@ def plan(overrides: Sequence[str], cwd: str | os.PathLike | None = None) -> Grid
             if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs == 0:
                 raise SweepError(f"hydra.launcher.n_jobs must be a non-zero integer (N runs at once; -1: all "
                                  f"cores, -2: all but one, ...); got {jobs!r}")
+        # the sweep's own settings first: a bad one is reported before the grid's runs are composed
+        store = configured_store(base)
+        if store is None:
+            raise SweepError("store.path is null: a sweep records its runs in a results store; "
+                             f"set store.path=FILE (default {DEFAULT_STORE_PATH}) or store.url=URL")
+        store_url = parse_store_url(str(store), cwd).url
+        if base.sweep.name is not None and (problem := sweep_name_problem(str(base.sweep.name))):
+            raise SweepError(f"sweep.name: {problem}")  # the name becomes a folder name: reports/NAME
         config_params = {str(k): str(v) for k, v in (base.hydra.sweeper.params or {}).items()}
         config_name = f"sweep={base.hydra.runtime.choices.get('sweep')}"
         kept, notes = _kept_axes(config_params, given, config_name)
@@ -137,24 +145,20 @@ def plan(overrides: Sequence[str], cwd: str | os.PathLike | None = None) -> Grid
             params[key] = (",".join(override.sweep_string_iterator()) if override.is_sweep_override()
                            else override.get_value_element_as_str())
             sources[key] = "command line" if key in typed else config_name
-    store = configured_store(base)
     journal_mode = base.store.get("journal_mode", DEFAULT_JOURNAL_MODE) if "store" in base else DEFAULT_JOURNAL_MODE
-    if store is None:
-        raise SweepError("store.path is null: a sweep records its runs in a results store; "
-                         f"set store.path=FILE (default {DEFAULT_STORE_PATH}) or store.url=URL")
     ids = [run_id(c) for c in configs]
     name, derived = base.sweep.name, base.sweep.name is None
     if derived:
         name = base.hydra.runtime.choices.get("sweep") or "sweep"
         if any(_changes_runs(o.get_key_element()) for o in given):
             name += "-" + hashlib.sha256(" ".join(sorted(set(ids))).encode()).hexdigest()[:6]
-    problem = sweep_name_problem(str(name))  # the name becomes a folder name: reports/NAME
+    problem = sweep_name_problem(str(name))  # a derived name (a given one was checked above)
     if problem:
         raise SweepError(f"sweep.name: {problem}")
     warnings = _changed_presets(given, kept, config_name) + _collapsed(points, ids)
     return Grid(name=str(name), config=str(base.hydra.runtime.choices.get("sweep")), overrides=overrides,
                 params=params, sources=sources, points=points, configs=configs, run_ids=ids,
-                store=parse_store_url(str(store), cwd).url, journal_mode=str(journal_mode),
+                store=store_url, journal_mode=str(journal_mode),
                 force=bool(base.sweep.force), name_derived=derived,
                 launch_overrides=["hydra.sweeper.params=null", *launch], notes=notes, warnings=warnings)
 
