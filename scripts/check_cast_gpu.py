@@ -13,7 +13,7 @@
    equals the torch twin's on the CPU bit for bit (NaN as NaN) on a (rows, K)
    matrix with partial blocks along both axes: random fp32 bit patterns (NaN/Inf
    blocks), finite patterns, and randn blocks scaled across the exponent range.
-3. Accumulation: the limited-precision GEMM kernel (kernels/accumulate_triton.py) on the GPU
+3. Accumulation: the limited-precision GEMM kernel (precisionlab/kernels/accumulate_triton.py) on the GPU
    equals the blocked torch path on the CPU bit for bit, on FP8-valued operands (exact chunk
    sums) with partial tiles, for e8m13/bf16/fp16 accumulators, k = 1, 32, K and promotion; and
    its time on a 1024 x 512 x 1024 GEMM against torch's fp32 matmul.

@@ -4,20 +4,12 @@ and a real PostgreSQL server for the store's second backend."""
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import uuid
-from pathlib import Path
 
 import pytest
 
 from helpers import compose_train
-
-# `python -m pytest` puts the working directory, the repository root, first on sys.path; there its kernels/
-# folder (installed as precisionlab.kernels) would shadow the `kernels` package transformers imports when it
-# builds a model. precisionlab itself is imported from its install, so the root is not needed on the path.
-_ROOT = Path(__file__).resolve().parents[1]
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _ROOT]
 
 
 @pytest.fixture(scope="session", autouse=True)

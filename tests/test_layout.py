@@ -12,8 +12,7 @@ from pathlib import Path
 import precisionlab
 
 PACKAGE = Path(precisionlab.__file__).parent
-# kernels/ and configs/ install as precisionlab.kernels and precisionlab.configs (pyproject's package-dir):
-# a walk of precisionlab/ alone never sees them
+# configs/ installs as precisionlab.configs (pyproject's package-dir): a walk of precisionlab/ alone never sees it
 with open(PACKAGE.parent / "pyproject.toml", "rb") as _f:
     PACKAGE_DIRS = tomllib.load(_f)["tool"]["setuptools"]["package-dir"]
 SOURCES = {"precisionlab": PACKAGE, **{name: PACKAGE.parent / folder for name, folder in PACKAGE_DIRS.items()}}
@@ -172,7 +171,8 @@ def test_a_type_only_import_closes_a_cycle_too(tmp_path):
 
 
 def test_the_walk_maps_a_package_dir_folder_to_its_package(tmp_path):
-    """kernels/ is imported as precisionlab.kernels: its modules are named so, and relative imports in it resolve."""
+    """A package-dir folder (configs/ is imported as precisionlab.configs) is walked under its package's name: its
+    modules are named so, and relative imports in it resolve."""
     pkg = _planted_package(tmp_path)
     kernels = tmp_path / "kernels"
     kernels.mkdir()
@@ -203,7 +203,7 @@ def test_the_layer_check_sees_a_planted_upward_edge_and_an_unplaced_module(tmp_p
 def test_no_import_cycles_between_modules():
     graph = import_graph()
     assert len(graph) > 20 and "precisionlab.cli" in graph  # the walk found the package
-    assert "precisionlab.kernels.cast_torch" in graph["precisionlab.numerics.cast"]  # ... kernels/ with it
+    assert "precisionlab.kernels.cast_torch" in graph["precisionlab.numerics.cast"]  # ... precisionlab/kernels/ with it
     assert graph["precisionlab.configs"] == {"precisionlab.config"}  # ... and configs/
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle (type-only imports included): " + " -> ".join(cycle)

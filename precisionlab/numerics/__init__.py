@@ -1,6 +1,6 @@
 """Number formats and the casts: `FloatFormat` (formats.py), block-scaled `BlockFormat` and the one
 name parser `parse_format` (blocks.py), and `quantize` (cast.py), whose Triton kernels and torch twins
-live in the top-level `kernels/` folder (installed as `precisionlab.kernels`).
+live in `precisionlab.kernels`.
 """
 
 from precisionlab.numerics.blocks import NAMED_BLOCK_FORMATS, BlockFormat, parse_format

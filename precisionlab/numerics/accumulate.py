@@ -86,7 +86,7 @@ def accumulate_matmul(a: torch.Tensor, b: torch.Tensor, acc: Accumulator, backen
     """a (M, K) @ b (K, N) with the partial sums per the module's spec; fp32 (M, N).
 
     backend: "torch" (a blocked loop: one float64 addmm and one `quantize` per chunk), "triton"
-    (`kernels/accumulate_triton.py`: CUDA tensors, or CPU under TRITON_INTERPRET=1), or "auto"
+    (`precisionlab/kernels/accumulate_triton.py`: CUDA tensors, or CPU under TRITON_INTERPRET=1), or "auto"
     (Triton for CUDA tensors). Both give the same bits wherever the chunk sums are exact in float64."""
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
         raise ValueError(f"accumulate_matmul takes (M, K) and (K, N) matrices; got {tuple(a.shape)} and {tuple(b.shape)}")

@@ -31,7 +31,7 @@ BACKENDS = ("auto", "torch", "triton")
 _WIDENED = (torch.float16, torch.bfloat16)  # cast in fp32: widening them is exact
 
 # CPU tensors of COMPILE_MIN_NUMEL elements or more go through a torch.compile'd (fused,
-# vectorised) copy of the torch twin, one graph per spec (kernels/compiled.py), bit-identical
+# vectorised) copy of the torch twin, one graph per spec (precisionlab/kernels/compiled.py), bit-identical
 # to it. A process pays once for importing dynamo and inductor (~4 s) and then per spec ~0.2 s
 # on a warm inductor cache (/tmp/torchinductor_$USER, or TORCHINDUCTOR_CACHE_DIR), 1-4 s cold.
 # PRECISIONLAB_COMPILE=0 turns compiling off, PRECISIONLAB_COMPILE_MIN_NUMEL sets the size; a

@@ -33,11 +33,8 @@ from __future__ import annotations
 import copy
 import functools
 import importlib
-import importlib.util
 import inspect
-import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -73,32 +70,10 @@ _SET_BY_US = {"vocab_size": "model.vocab_size", "max_position_embeddings": "mode
 
 def _transformers():
     """The transformers module, or ConfigError (one line) naming the extra to install."""
-    _unshadow_kernels()
     try:
         return importlib.import_module("transformers")
     except ImportError as err:
         raise ConfigError(f"model.arch=hf needs transformers ({err}): {INSTALL}") from None
-
-
-def _unshadow_kernels() -> None:
-    """In a source checkout, the repository's kernels/ folder (precisionlab.kernels) shadows Hugging Face's
-    `kernels` package, a dependency of transformers, whenever Python runs from the repository root
-    (`python -m pytest`, `python -c`): import theirs first, from sys.path without that root."""
-    if "kernels" in sys.modules:
-        return
-    ours = importlib.util.find_spec("precisionlab.kernels")
-    found = importlib.util.find_spec("kernels")
-    if ours is None or found is None or ours.origin != found.origin:
-        return
-    root = Path(ours.origin).parent.parent.resolve()
-    saved = sys.path[:]
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != root]
-    try:
-        importlib.import_module("kernels")
-    except ImportError:
-        pass  # transformers then works without it, or says why not
-    finally:
-        sys.path[:] = saved
 
 
 def available_archs() -> tuple[str, ...]:

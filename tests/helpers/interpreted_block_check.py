@@ -1,6 +1,6 @@
 """Run under TRITON_INTERPRET=1 (set before triton is imported, so the kernel's @triton.jit helpers
 and tl.randint are interpreted too): the Triton block kernel on CPU tensors against the torch twin
-(kernels/block_torch.py), bit for bit (NaN compared as NaN: the twin writes float('nan')).
+(precisionlab/kernels/block_torch.py), bit for bit (NaN compared as NaN: the twin writes float('nan')).
 
 Usage: TRITON_INTERPRET=1 PRECISIONLAB_COMPILE=0 python tests/helpers/interpreted_block_check.py
 Prints one line per group of cases and "block kernel: N cases bit-identical"; exits 1 on the

@@ -1,6 +1,6 @@
 """Block casts against torchao's pure-torch references (torchao 0.18, the optional `torchao` extra;
 skipped when it is not installed): to_mx (FLOOR, RCEIL) and nvfp4_quantize, bit for bit where the
-arithmetic is the same, and one test per documented difference (kernels/block_torch.py's docstring)."""
+arithmetic is the same, and one test per documented difference (precisionlab/kernels/block_torch.py's docstring)."""
 
 from __future__ import annotations
 

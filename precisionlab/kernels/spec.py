@@ -38,7 +38,7 @@ SCALE_E8M0, SCALE_FLOAT = range(2)
 
 
 class BlockSpec(NamedTuple):
-    """Everything a block cast needs (the arithmetic: kernels/block_torch.py's docstring); hashable, ints/bools and CastSpecs only.
+    """Everything a block cast needs (the arithmetic: precisionlab/kernels/block_torch.py's docstring); hashable, ints/bools and CastSpecs only.
 
     The scaled element x / s is cast with `elem`; the scale s comes from the block's amax per `rule`.
     """

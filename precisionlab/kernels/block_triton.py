@@ -12,7 +12,7 @@ broadcasts along axis 1. Blocks larger than MAX_TILE elements (B x C up to
 65536) take one program each and are walked in CHUNK_SIZE-element chunks twice:
 once for amax, once for the cast (the re-read is served by L2).
 
-The arithmetic is kernels/block_torch.py's (the README's "Block-scaled formats"), all in fp32:
+The arithmetic is precisionlab/kernels/block_torch.py's (the README's "Block-scaled formats"), all in fp32:
   amax    max |x| over the block, as an integer max of the magnitude bits
           (equal to the float max for finite values, and > 0x7F800000 for NaN,
           so a NaN or Inf block is recognised without NaN-propagation rules);
