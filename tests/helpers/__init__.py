@@ -12,7 +12,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_module
 
-__all__ = ["MICRO", "SWEEP_MICRO", "CLI", "compose_train", "one_line_exit_2", "MemoryRecorder"]
+__all__ = ["MICRO", "SWEEP_MICRO", "CLI", "compose_train", "one_line_exit_2", "MemoryRecorder", "layer_grads"]
 
 CLI = str(Path(sys.executable).with_name("precisionlab"))  # the console script of this environment
 
@@ -72,3 +72,12 @@ class MemoryRecorder:
 
     def losses(self, split="train"):
         return [(step, m["loss"]) for step, s, m in self.rows if s == split]
+
+
+def layer_grads(layer, x, g):
+    """Output, input gradient, weight gradient and bias gradient of layer(x) with upstream gradient g."""
+    layer.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_(True)
+    y = layer(x)
+    y.backward(g)
+    return y.detach(), x.grad, layer.weight.grad.clone(), layer.bias.grad.clone()

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from helpers import layer_grads
 from helpers.extras import require
 from precisionlab import quantize
 from precisionlab.quant.linear import QuantConv1D, QuantLinear, check_hadamard_dims, convert_model
@@ -42,15 +43,6 @@ def _inputs(seed=1, batch=3, seq=7, in_f=IN, out_f=OUT):
     gen = torch.Generator().manual_seed(seed)
     heavy = lambda *shape: torch.randn(*shape, generator=gen) * torch.exp(torch.randn(*shape, generator=gen))  # noqa: E731
     return heavy(batch, seq, in_f), 1e-3 * heavy(batch, seq, out_f)
-
-
-def _run(layer, x, g):
-    """Output, input gradient, weight gradient and bias gradient of layer(x) with upstream gradient g."""
-    layer.zero_grad(set_to_none=True)
-    x = x.clone().requires_grad_(True)
-    y = layer(x)
-    y.backward(g)
-    return y.detach(), x.grad, layer.weight.grad.clone(), layer.bias.grad.clone()
 
 
 def _reference(conv, x, g, fmts):
@@ -89,7 +81,7 @@ def test_conv1d_gemms_cast_along_each_reduction_axis_bit_for_bit(setting):
     conv = _conv1d()
     x, g = _inputs()
     layer = QuantConv1D(copy.deepcopy(conv), PrecisionConfig.from_cfg(cfg))
-    got = _run(layer, x, g)
+    got = layer_grads(layer, x, g)
     want = _reference(conv, x, g, fmts)
     for name, a, b in zip(("y", "dx", "dW", "db"), got, want):
         torch.testing.assert_close(a, b, atol=0, rtol=0, msg=name)
@@ -123,7 +115,7 @@ def test_conv1d_is_a_linear_holding_the_transposed_weight(cfg):
     b = QuantLinear(linear, precision, index=2, seed=9, name="c")
     for call in range(3):
         x, g = _inputs(10 + call, 2, 8, in_f, out_f)
-        got, want = _run(a, x, g), _run(b, x, g)
+        got, want = layer_grads(a, x, g), layer_grads(b, x, g)
         for name, u, v in zip(("y", "dx", "dW", "db"), got, want):
             torch.testing.assert_close(u, v.t() if name == "dW" else v, atol=0, rtol=0, msg=f"call {call}: {name}")
     assert a.calls == b.calls == 3

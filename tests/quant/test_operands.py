@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from helpers import layer_grads
 from precisionlab import FloatFormat, parse_format, quantize
 from precisionlab.config import validate
 from precisionlab.numerics.hadamard import hadamard_matrix, hadamard_transform, random_signs
@@ -52,15 +53,6 @@ def _linear(in_f, out_f, seed=0):
 def _heavy(shape, gen):
     """Normal values times a log-normal spread: blocks along different axes see different amaxes."""
     return torch.randn(shape, generator=gen) * torch.exp(1.5 * torch.randn(shape, generator=gen))
-
-
-def _run(layer, x, g):
-    """Output, input gradient, weight gradient and bias gradient of layer(x) with upstream gradient g."""
-    layer.zero_grad(set_to_none=True)
-    x = x.clone().requires_grad_(True)
-    y = layer(x)
-    y.backward(g)
-    return y.detach(), x.grad, layer.weight.grad.clone(), layer.bias.grad.clone()
 
 
 def _reference(lin, x, g, casts, axes=AXIS, rotate=None):
@@ -131,7 +123,7 @@ def test_block_casts_along_each_gemms_reduction_axis(setting, shape):
     layer = QuantLinear(copy.deepcopy(lin), PrecisionConfig.from_cfg(cfg))
     assert {op: str(layer.casts.operand(op)) for op in OPERANDS} == {op: str(parse_format(n)) for op, n in names.items()}
     assert not (layer.casts.share_x or layer.casts.share_w or layer.casts.share_g)  # 1-D blocks: each cast its own
-    got = _run(layer, x, g)
+    got = layer_grads(layer, x, g)
     casts = _fmts(**names)
     want = _reference(lin, x, g, casts)
     for a, b in zip(got, want):
@@ -157,7 +149,7 @@ def test_uncast_operands_stay_fp32():
     full = _reference(lin, x, g, {})
     for op in OPERANDS:
         precision = PrecisionConfig.from_cfg({"format": "fp32", "operands": {op: {"format": "mxfp4"}}})
-        got = _run(QuantLinear(copy.deepcopy(lin), precision), x, g)
+        got = layer_grads(QuantLinear(copy.deepcopy(lin), precision), x, g)
         want = _reference(lin, x, g, _fmts(**{op: "mxfp4"}))
         for a, b in zip(got, want):
             assert torch.equal(a, b)
@@ -198,7 +190,7 @@ def test_element_formats_keep_the_three_role_semantics(scaling, rounding):
         x_q, w_q, g_q = role(x, "x", calls, 0), role(w, "w", calls, 1), role(g, "grad", calls, 2)  # each cast once
         want = (F.linear(x_q, w_q, b), (g_q.reshape(-1, 16) @ w_q).view(x.shape),
                 g_q.reshape(-1, 16).t() @ x_q.reshape(-1, 24), g.reshape(-1, 16).sum(0))
-        got = _run(layer, x, g)
+        got = layer_grads(layer, x, g)
         for a, c in zip(got, want):
             assert torch.equal(a, c)
         outputs.append(got)
@@ -238,7 +230,7 @@ def test_square_weight_blocks_one_cast_serves_forward_and_dgrad(train_cfg):
         lin.weight.copy_(_heavy(lin.weight.shape, gen))
     x, g = _heavy((3, 7, 40), gen), _heavy((3, 7, 24), gen)
     det = PrecisionConfig.from_cfg({"format": "nvfp4", "w": SQUARE})
-    got = _run(QuantLinear(copy.deepcopy(lin), det), x, g)
+    got = layer_grads(QuantLinear(copy.deepcopy(lin), det), x, g)
     want = _reference(lin, x, g, _fmts(fwd_x="nvfp4", fwd_w=SQUARE, dgrad_g="nvfp4", dgrad_w=SQUARE,
                                         wgrad_g="nvfp4", wgrad_x="nvfp4"))  # dgrad_w: axis 0
     for a, b in zip(got, want):
@@ -248,7 +240,7 @@ def test_square_weight_blocks_one_cast_serves_forward_and_dgrad(train_cfg):
     sr = PrecisionConfig.from_cfg({"format": "nvfp4", "w": SQUARE, "operands": {
         "fwd_w": {"rounding": "stochastic"}, "dgrad_w": {"rounding": "stochastic"}}})
     assert sr.casts.share_w
-    got = _run(QuantLinear(copy.deepcopy(lin), sr, index=1, seed=4), x, g)
+    got = layer_grads(QuantLinear(copy.deepcopy(lin), sr, index=1, seed=4), x, g)
     w_q = quantize(lin.weight.detach(), SQUARE, rounding="stochastic", seed=mix_seed(4, 1, 0, SEED_SLOT["fwd_w"]))
     x_q, g_q = quantize(x, "nvfp4"), quantize(g.reshape(-1, 24), "nvfp4")
     assert torch.equal(got[0], F.linear(x_q, w_q, lin.bias.detach()))
@@ -268,7 +260,7 @@ def test_nvfp4_preset_layer_equals_its_recipe_written_out(train_cfg):
         seed = {op: mix_seed(13, 5, calls, SEED_SLOT[op]) for op in ("dgrad_g", "wgrad_g")}
         casts = _fmts(fwd_x="nvfp4", fwd_w=SQUARE, dgrad_w=SQUARE, wgrad_x="nvfp4")
         casts.update({op: {"fmt": "nvfp4", "rounding": "stochastic", "seed": seed[op]} for op in seed})
-        got = _run(layer, x, g)
+        got = layer_grads(layer, x, g)
         want = _reference(lin, x, g, casts, rotate={"wgrad": h})
         for a, b in zip(got, want):
             assert torch.equal(a, b)
@@ -290,8 +282,8 @@ def test_hadamard_without_casts_is_the_plain_linear_to_fp32_rounding(per_call):
     lin = _linear(32, 48)
     x, g = torch.randn(2, 8, 32, generator=gen), torch.randn(2, 8, 48, generator=gen)
     layer = QuantLinear(copy.deepcopy(lin), _rotating(OperandCast(None), per_call=per_call), index=1, seed=2)
-    plain = _run(copy.deepcopy(lin), x, g)
-    got = _run(layer, x, g)
+    plain = layer_grads(copy.deepcopy(lin), x, g)
+    got = layer_grads(layer, x, g)
     for a, b in zip(got, plain):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
     assert not all(torch.equal(a, b) for a, b in zip(got[:3], plain[:3]))  # the transform rounds in fp32
@@ -303,8 +295,8 @@ def test_hadamard_changes_only_the_block_casts_of_its_gemm(gemm):
     lin = _linear(64, 32)
     x, g = _heavy((2, 16, 64), gen), _heavy((2, 16, 32), gen)
     cast = OperandCast(parse_format("mxfp4"))
-    plain = _run(QuantLinear(copy.deepcopy(lin), LayerCasts.uniform(cast)), x, g)
-    got = _run(QuantLinear(copy.deepcopy(lin), _rotating(cast, gemms=(gemm,))), x, g)
+    plain = layer_grads(QuantLinear(copy.deepcopy(lin), LayerCasts.uniform(cast)), x, g)
+    got = layer_grads(QuantLinear(copy.deepcopy(lin), _rotating(cast, gemms=(gemm,))), x, g)
     changed = tuple(not torch.equal(a, b) for a, b in zip(got, plain))
     assert changed == tuple(k == OUTPUT_OF[gemm] for k in range(4))
     torch.testing.assert_close(got[OUTPUT_OF[gemm]], plain[OUTPUT_OF[gemm]], rtol=0.5, atol=0.5 * plain[OUTPUT_OF[gemm]].abs().max().item())
@@ -324,7 +316,7 @@ def test_hadamard_equals_explicit_rotation_then_cast(signs):
     for calls in range(2):
         seeds = [mix_seed(21, 4, 6 + k) if signs == "fixed" else mix_seed(21, 4, calls, 6 + k) for k in range(3)]
         rotate = {gemm: hadamard_matrix(16, random_signs(16, s)) for gemm, s in zip(GEMMS, seeds)}
-        got = _run(layer, x, g)
+        got = layer_grads(layer, x, g)
         want = _reference(lin, x, g, _fmts(**MIXED_OPERANDS), rotate=rotate)
         for a, b in zip(got, want):
             assert torch.equal(a, b)
@@ -363,14 +355,14 @@ def test_stochastic_wgrad_gradient_is_unbiased_nearest_even_is_not():
         return QuantLinear(_linear(n, out_f), precision, index=2, seed=3)
 
     sr = layer("stochastic")
-    draws = torch.stack([_run(sr, x, g)[2].t() for _ in range(calls)]).double()  # (calls, n, out)
+    draws = torch.stack([layer_grads(sr, x, g)[2].t() for _ in range(calls)]).double()  # (calls, n, out)
     assert sr.calls == calls and len({d.numpy().tobytes() for d in draws[:20]}) == 20  # new bits every call
     assert torch.equal(draws[0].float(), quantize(g2, "mxfp4", axis=0, rounding="stochastic", seed=mix_seed(3, 2, 0, 5)))
     exact = g2.double()
     mean, se = draws.mean(0), draws.std(0) / calls**0.5
     assert ((mean - exact).abs() <= 5 * se + 1e-12).all()
     assert (se > 0).float().mean() > 0.9  # most values lie between two grid points
-    nearest = _run(layer("nearest_even"), x, g)[2].t().double()
+    nearest = layer_grads(layer("nearest_even"), x, g)[2].t().double()
     biased = (nearest - exact).abs() > 5 * se + 1e-12
     assert biased.float().mean() > 0.5  # the same bound flags nearest rounding's error as bias
 
@@ -385,13 +377,13 @@ def test_resumed_layer_draws_what_the_uninterrupted_one_draws(signs):
     make = lambda: QuantLinear(copy.deepcopy(lin), precision, index=2, seed=9)
     first = make()
     for _ in range(3):
-        _run(first, x, g)
+        layer_grads(first, x, g)
     resumed = make()
     resumed.load_state_dict(copy.deepcopy(first.state_dict()))
     assert resumed.calls == 3
     fresh = make()
     for _ in range(2):
-        a, b, c = _run(first, x, g), _run(resumed, x, g), _run(fresh, x, g)
+        a, b, c = layer_grads(first, x, g), layer_grads(resumed, x, g), layer_grads(fresh, x, g)
         assert all(torch.equal(p, q) for p, q in zip(a, b))
         assert not any(torch.equal(p, q) for p, q in zip(a[:3], c[:3]))  # the call count matters
 
