@@ -195,6 +195,8 @@ EXPECTED = {
     "precisionlab sweep model=hf_small model.hf.arch=gpt2,llama precision=fp32,bf16 optim.lr=3e-3 seed=0,1":
         (8, {mask("fp32"): 4, BF16: 4}),
     'precisionlab sweep "train.loggers=[tensorboard,mlflow,wandb]"': DEFAULT,
+    'precisionlab sweep model=hf precision=fp32,mxfp8 seed=0,1 "train.loggers=[tensorboard,mlflow,wandb]" '
+    'sweep.name=hf_llama': (4, {mask("fp32"): 2, MXFP8: 2}),
 }
 PLACEHOLDERS = re.compile(r"\b(RUN_ID|DIR|N)\b|\[--")  # a synopsis, or a command to fill in
 
