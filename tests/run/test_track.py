@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -242,6 +243,14 @@ def test_the_example_script_trains_two_runs_that_report_names(tmp_path):
     assert "2 runs (2 completed)" in report.stdout
     lines = report.stdout.splitlines()
     assert any(line.startswith("fp32 ") for line in lines) and any(line.startswith("e4m3fn:b32:e8m0:rceil ") for line in lines)
+    # its factory (scripts/own_loop_model.py) is importable with scripts/ on the path: sharpness measures both runs
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(EXAMPLE.parent), os.environ.get("PYTHONPATH", "")])}
+    sharp = subprocess.run([CLI, "sharpness", "--store", str(db), "--sweep", "own-loop", "--device", "cpu"],
+                           capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert sharp.returncode == 0, sharp.stderr
+    values = ResultsStore(db).sharpness(sweep="own-loop", metric="logit")
+    assert sorted(p["precision"] for p in values.params) == ["fp32", "run"]  # the fp32 run has no casts
+    assert values.value.map(math.isfinite).all() and (values.value > 0).all()
 
 
 def test_tensors_and_other_values_are_stored_as_plain_values(tmp_path):
