@@ -204,10 +204,6 @@ def test_a_factory_given_as_its_function_is_recorded_by_name_and_data_is_still_n
     one_line_exit_2(result, "lacking data, train.batch_size, train.seq_len:")  # the factory is not what it lacks
 
 
-def _local_factory(config):  # noqa: ARG001 -- importable, but see the test: a local one is not
-    return None
-
-
 @pytest.mark.parametrize("factory, fragment", [
     ("no_colon", "is not a 'package.module:function'"),
     ("no_such_module_xyz:f", "cannot be imported (ModuleNotFoundError"),
