@@ -36,31 +36,54 @@ Checkpoints: `run.checkpoint(step, state)` writes `state` (a dict of tensors and
 the model's and optimizer's state dicts) atomically to CHECKPOINT_DIR/RUN_ID/step_NNNNNNN.pt in the
 format precisionlab.train.checkpoint reads and verifies (run id, step, checksum; `state` under
 "state", the config under "config"), and records it in the store's checkpoints table.
-`precisionlab sharpness` measures only precisionlab's own models: it refuses a tracked run's
-checkpoints (precisionlab.sweep.sharpness).
+
+The model factory, for `precisionlab sharpness`: `track(..., model_factory="package.module:function")`
+(or that function itself, defined at the top level of an importable module: not a lambda, a local
+function or one of a script run as __main__) names how to rebuild the loop's model. It is recorded in
+the run's meta (not its config: it does not change the run id) and checked at track() time (one-line
+ValueError). The contract: `factory(config) -> torch.nn.Module`, called with the run's stored config,
+returns the model UNCONVERTED (fp32, no casts), whose forward takes token ids (B, T) and returns
+logits (B, T, V), an object with `.logits` (a Hugging Face output) or a tuple whose first element
+is the logits (precisionlab's own LM). The checkpoints must hold the
+converted model's weights under "model" (`run.checkpoint(step, {"model": model.state_dict()})`).
+`precisionlab sharpness` then rebuilds each checkpoint's model (`rebuild`): the factory's model,
+converted with `convert_model(model, config["precision"], seed=config["seed"])`, its state dict
+loaded strictly; the loss it measures is the mean cross-entropy of the logits against the targets.
+It also needs the config's `data` node (what precisionlab.train.data.load_dataset takes, e.g.
+{"source": "stdlib", "budget_bytes": 400000}), `train.batch_size` and `train.seq_len`, for the
+fixed validation batch (drawn with `train.eval_seed`, default the train schema's). A tracked run
+without a factory or without those keys is refused by `precisionlab sharpness` in one line.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.nn.functional as F
+from torch import nn
+
 from precisionlab.config import Spikes
-from precisionlab.run.convert import precision_node, presets
+from precisionlab.run.convert import convert_model, precision_node, presets
 from precisionlab.run.job import busy_error
 from precisionlab.store import DONE, ResultsStore, run_id
 from precisionlab.store.identity import canonical
 from precisionlab.train.checkpoint import CHECKPOINT_FORMAT, checkpoint_path, save_checkpoint
 from precisionlab.train.outcomes import NoRule, SpikeCounter, reference_loss
 
-__all__ = ["track", "TrackedRun", "TRACKER", "REQUIRED"]
+__all__ = ["track", "TrackedRun", "TRACKER", "REQUIRED", "SHARPNESS_NEEDS", "factory_name", "load_factory",
+           "FactoryLM", "rebuild"]
 
 TRACKER = "precisionlab.track"  # run meta "tracker": the run was recorded by a user's loop
 REQUIRED = ("precision", "optim.lr", "seed", "model.vocab_size", "train.steps")
+SHARPNESS_NEEDS = ("data", "train.batch_size", "train.seq_len")  # config keys `precisionlab sharpness` reads
+FACTORY_FORM = "a 'package.module:function' string or a function defined at the top level of an importable module"
 
 
 def _get(config: Mapping[str, Any], dotted: str) -> Any:
@@ -97,6 +120,75 @@ def checked_config(config: Mapping[str, Any]) -> dict[str, Any]:
                          f"got {type(precision).__name__}")
     # plain JSON values (a dtype or a path becomes its text): what the store and a checkpoint hold
     return canonical({**config, "precision": precision_node(precision)}, semantic=False)
+
+
+def load_factory(name: str) -> Callable[..., Any]:
+    """The function `name` ("package.module:function") names; ValueError (one line) when it cannot be imported."""
+    module_name, _, attribute = name.partition(":") if isinstance(name, str) else ("", "", "")
+    if not (module_name and attribute):
+        raise ValueError(f"model_factory {name!r} is not {FACTORY_FORM}")
+    try:
+        found: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            found = getattr(found, part)
+    except Exception as err:  # ImportError, AttributeError, or the module's own error at import
+        raise ValueError(f"model_factory {name!r} cannot be imported ({type(err).__name__}: "
+                         f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}); it must be {FACTORY_FORM}, "
+                         "importable where the run and `precisionlab sharpness` run (PYTHONPATH)") from None
+    if not callable(found):
+        raise ValueError(f"model_factory {name!r} is a {type(found).__name__}, not a function")
+    return found
+
+
+def factory_name(factory: str | Callable[..., Any]) -> str:
+    """The "module:qualname" text of `factory` (module docstring), checked importable; ValueError (one line) otherwise."""
+    if isinstance(factory, str):
+        load_factory(factory)
+        return factory
+    module, qualname = getattr(factory, "__module__", None), getattr(factory, "__qualname__", None)
+    if not (callable(factory) and module and qualname):
+        raise ValueError(f"model_factory must be {FACTORY_FORM}; got {type(factory).__name__}")
+    if "<lambda>" in qualname or "<locals>" in qualname or module == "__main__":
+        raise ValueError(f"model_factory {module}:{qualname} cannot be imported by another process: it must be "
+                         f"{FACTORY_FORM} (move it into a module of its own)")
+    name = f"{module}:{qualname}"
+    if load_factory(name) is not factory:
+        raise ValueError(f"model_factory {name} imports as another object; it must be {FACTORY_FORM}")
+    return name
+
+
+class FactoryLM(nn.Module):
+    """A factory's model (module docstring) behind precisionlab's interface `model(x, y) -> (logits, loss)`,
+    the loss being the mean cross-entropy of the logits against `y`, as precisionlab.train.model.LM computes it."""
+
+    def __init__(self, model: nn.Module, factory: Callable[..., Any], config: Mapping[str, Any]):
+        super().__init__()
+        self.model = model
+        self._factory, self._config = factory, config
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        out = self.model(x)
+        logits = out[0] if isinstance(out, (tuple, list)) else getattr(out, "logits", out)
+        loss = None if y is None else F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1))
+        return logits, loss
+
+    def fresh(self) -> "FactoryLM":
+        """The factory's model again, without casts (its weights freshly drawn: load them): the fp32 twin's model."""
+        return FactoryLM(self._factory(self._config), self._factory, self._config)
+
+
+def rebuild(config: Mapping[str, Any], factory: str, weights: Mapping[str, Any],
+            device: str | torch.device = "cpu") -> FactoryLM:
+    """A tracked run's model at a checkpoint: the factory's model converted to the run's precision,
+    `weights` (the converted model's state dict) loaded strictly, in eval mode on `device`."""
+    function = load_factory(factory)
+    with torch.random.fork_rng(devices=[]):  # building a model draws init weights: leave the RNG alone
+        model = function(config)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model_factory {factory} returned a {type(model).__name__}, not a torch.nn.Module")
+    model = convert_model(model, config["precision"], seed=int(config["seed"]))
+    model.load_state_dict(weights)
+    return FactoryLM(model, function, config).to(device).eval()
 
 
 class TrackedRun:
@@ -204,11 +296,16 @@ class TrackedRun:
 
 def track(config: Mapping[str, Any], store: str | os.PathLike | ResultsStore, *, sweep: str | None = None,
           force: bool = False, checkpoint_dir: str | os.PathLike = "checkpoints",
-          meta: Mapping[str, Any] | None = None) -> TrackedRun:
+          meta: Mapping[str, Any] | None = None,
+          model_factory: str | Callable[..., Any] | None = None) -> TrackedRun:
     """Open the run `config` describes in `store` (a path, a store URL or a ResultsStore), linked to
     `sweep`, for a `with` block (module docstring). `meta`: more provenance for the run's meta
-    (e.g. {"data": the data's meta with its fingerprint}). ValueError (one line) for a bad config."""
+    (e.g. {"data": the data's meta with its fingerprint}). `model_factory`: how `precisionlab
+    sharpness` rebuilds the model (module docstring), recorded in the meta. ValueError (one line)
+    for a bad config or factory."""
     config = checked_config(config)
+    if model_factory is not None:
+        meta = {**(meta or {}), "model_factory": factory_name(model_factory)}
     if not isinstance(store, ResultsStore):
         store = ResultsStore(os.fspath(store))
     run = TrackedRun(config, store, sweep=sweep, force=force, checkpoint_dir=checkpoint_dir, meta=meta)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,9 +18,11 @@ from helpers import CLI, one_line_exit_2
 from helpers.extras import require
 from precisionlab.cli import app
 from precisionlab.run.track import track
-from precisionlab.store import ResultsStore
+from precisionlab.store import ResultsStore, run_id
 from precisionlab.store.copy import copy_sweeps
 from precisionlab.train.checkpoint import read_checkpoint
+from precisionlab.train.data import get_batch, load_dataset
+from precisionlab.train.sharpness import measure
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "scripts" / "example_own_loop.py"
 
@@ -143,6 +146,81 @@ def test_tracked_runs_copy_and_sharpness_refuses_them_in_one_line(tmp_path):
     assert sorted(dst.checkpoints(sweep="mine").path) == sorted(src.checkpoints(sweep="mine").path)
     result = CliRunner().invoke(app, ["sharpness", "--store", str(db), "--sweep", "mine"])
     one_line_exit_2(result, "holds runs recorded by precisionlab.track")
+    assert "model_factory=" in result.stderr and "data" in result.stderr
+
+
+FACTORY = "helpers.factories:tiny_lm"
+DATA = {"source": "stdlib", "budget_bytes": 100_000}
+
+
+def test_sharpness_measures_a_tracked_run_rebuilt_by_its_factory(tmp_path):
+    from helpers.factories import tiny_lm
+
+    cfg = config("mxfp8", lr=3e-3, data=DATA, train={"steps": 3, "batch_size": 4, "seq_len": 16})
+    train_tokens, val_tokens, data_meta = load_dataset(DATA)
+    db = tmp_path / "s.db"
+    with track(cfg, store=db, sweep="mine", checkpoint_dir=tmp_path / "ck", meta={"data": data_meta},
+               model_factory=FACTORY) as run:
+        torch.manual_seed(0)
+        model = precisionlab.convert_model(tiny_lm(cfg), "mxfp8", seed=0)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        batches = torch.Generator().manual_seed(0)
+        for step in range(1, 4):
+            _, loss = model(*get_batch(train_tokens, 4, 16, batches))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            run.log(step, loss=loss.item())
+        run.checkpoint(3, {"model": model.state_dict()})
+    assert run.id == run_id(run.config)  # the factory is not in the config: the id is the config's
+    assert ResultsStore(db).runs().iloc[0].meta["model_factory"] == FACTORY
+    for extra in ([], ["--fp32", "--batch-size", "2"]):
+        result = CliRunner().invoke(app, ["sharpness", "--store", str(db), "--sweep", "mine", "--metric", "logit",
+                                          "--device", "cpu", *extra])
+        assert result.exit_code == 0, result.output
+    values = ResultsStore(db).sharpness(sweep="mine", metric="logit")
+    got = {(p["precision"], p["batch_size"]): v for p, v in zip(values.params, values.value)}
+    assert sorted(got) == [("fp32", 2), ("run", 4)]
+    # oracle: measure() on the model the loop trained (not the command's rebuilt one), on the first
+    # validation batch drawn as training draws it, with the train schema's default eval_seed 1234
+    for (precision, size), value in got.items():
+        batch = get_batch(val_tokens, size, 16, torch.Generator().manual_seed(1234))
+        params = {"batch_size": size, "precision": precision, "eps": 1e-3}
+        assert value == pytest.approx(measure(model, batch, "logit", params)["logit"], rel=1e-6)
+    batch = get_batch(val_tokens, 4, 16, torch.Generator().manual_seed(1234))
+    uncast = measure(model, batch, "logit", {"batch_size": 4, "precision": "fp32", "eps": 1e-3})["logit"]
+    assert got[("run", 4)] != pytest.approx(uncast, rel=1e-6)  # the run's casts were really used
+
+
+def test_a_factory_given_as_its_function_is_recorded_by_name_and_data_is_still_needed(tmp_path):
+    from helpers.factories import tiny_lm
+
+    db = tmp_path / "s.db"
+    with track(config(), store=db, sweep="mine", checkpoint_dir=tmp_path / "ck", model_factory=tiny_lm) as run:
+        run.log(1, loss=4.0)
+        run.checkpoint(1, {"model": {}})
+    assert ResultsStore(db).runs().iloc[0].meta["model_factory"] == FACTORY
+    result = CliRunner().invoke(app, ["sharpness", "--store", str(db), "--sweep", "mine"])
+    one_line_exit_2(result, "lacking data, train.batch_size, train.seq_len:")  # the factory is not what it lacks
+
+
+@pytest.mark.parametrize("factory, fragment", [
+    ("no_colon", "is not a 'package.module:function'"),
+    ("no_such_module_xyz:f", "cannot be imported (ModuleNotFoundError"),
+    ("helpers.factories:missing", "cannot be imported (AttributeError"),
+    ("helpers.factories:NOT_A_FUNCTION", "is a int, not a function"),
+    (lambda config: None, "<lambda> cannot be imported by another process"),
+    ("local", "<locals>"),
+    (42, "must be a 'package.module:function' string"),
+])
+def test_a_bad_model_factory_is_one_line_at_track_time_and_writes_nothing(tmp_path, factory, fragment):
+    if factory == "local":
+        def factory(config):
+            return None
+    with pytest.raises(ValueError) as err:
+        track(config(), store=tmp_path / "s.db", model_factory=factory)
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "s.db").exists()
 
 
 @pytest.mark.slow
@@ -161,6 +239,14 @@ def test_the_example_script_trains_two_runs_that_report_names(tmp_path):
     assert "2 runs (2 completed)" in report.stdout
     lines = report.stdout.splitlines()
     assert any(line.startswith("fp32 ") for line in lines) and any(line.startswith("e4m3fn:b32:e8m0:rceil ") for line in lines)
+    # its factory (scripts/own_loop_model.py) is importable with scripts/ on the path: sharpness measures both runs
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(EXAMPLE.parent), os.environ.get("PYTHONPATH", "")])}
+    sharp = subprocess.run([CLI, "sharpness", "--store", str(db), "--sweep", "own-loop", "--device", "cpu"],
+                           capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert sharp.returncode == 0, sharp.stderr
+    values = ResultsStore(db).sharpness(sweep="own-loop", metric="logit")
+    assert sorted(p["precision"] for p in values.params) == ["fp32", "run"]  # the fp32 run has no casts
+    assert values.value.map(math.isfinite).all() and (values.value > 0).all()
 
 
 def test_tensors_and_other_values_are_stored_as_plain_values(tmp_path):

@@ -359,3 +359,46 @@ def test_sharpness_never_measures_another_runs_or_a_damaged_checkpoint(tmp_path,
     assert any("holds run" in w for w in warnings) and any("is damaged" in w for w in warnings)
     measured = ResultsStore(tmp_path / "r.db").sharpness()
     assert set(measured.run_id) == {ids[0]}
+
+
+def test_a_tracked_runs_factory_model_matches_the_brute_force_oracle_and_an_unimportable_one_is_one_line(
+        tmp_path, monkeypatch):
+    import sys
+
+    import precisionlab
+    from helpers import one_line_exit_2
+    from precisionlab.train.data import get_batch
+
+    (tmp_path / "user_models.py").write_text(
+        "from precisionlab.train.model import LM, ModelConfig\n"
+        "def lm(config):\n"
+        "    return LM(ModelConfig(vocab_size=256, block_size=16, n_layer=1, n_head=2, n_embd=32))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from user_models import lm
+
+    data = {"source": "stdlib", "budget_bytes": 100_000}
+    cfg = {"model": {"vocab_size": 256}, "precision": "nvfp4", "optim": {"lr": 1e-2}, "seed": 1, "data": data,
+           "train": {"steps": 2, "batch_size": 4, "seq_len": 16, "eval_seed": 7}}
+    train_tokens, val_tokens, _ = load_dataset(data)
+    db = tmp_path / "s.db"
+    with precisionlab.track(cfg, store=db, sweep="mine", checkpoint_dir=tmp_path / "ck", model_factory=lm) as tracked:
+        torch.manual_seed(1)
+        model = precisionlab.convert_model(lm(cfg), "nvfp4", seed=1)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
+        for step in (1, 2):
+            _, loss = model(*get_batch(train_tokens, 4, 16, torch.Generator().manual_seed(step)))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            tracked.log(step, loss=loss.item())
+        tracked.checkpoint(2, {"model": model.state_dict()})
+    assert _invoke("--store", str(db), "--sweep", "mine", "--device", "cpu").exit_code == 0
+    x, y = get_batch(val_tokens, 4, 16, torch.Generator().manual_seed(7))  # the config's own eval_seed
+    (value,) = ResultsStore(db).sharpness(sweep="mine", metric="logit").value
+    assert value == pytest.approx(_brute_logit_sharpness(model, x, y, 1e-3), rel=1e-6)
+    before = _rows(db)
+    monkeypatch.delitem(sys.modules, "user_models")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
+    result = _invoke("--store", str(db), "--sweep", "mine", "--fp32", "--device", "cpu")
+    one_line_exit_2(result, "model_factory 'user_models:lm' cannot be imported")
+    assert _rows(db) == before
