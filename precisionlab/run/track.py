@@ -74,6 +74,7 @@ from precisionlab.run.convert import convert_model, precision_node, presets
 from precisionlab.run.job import busy_error
 from precisionlab.store import DONE, ResultsStore, run_id
 from precisionlab.store.identity import canonical
+from precisionlab.store.results import config_value
 from precisionlab.train.checkpoint import CHECKPOINT_FORMAT, checkpoint_path, save_checkpoint
 from precisionlab.train.outcomes import NoRule, SpikeCounter, reference_loss
 
@@ -86,15 +87,6 @@ SHARPNESS_NEEDS = ("data", "train.batch_size", "train.seq_len")  # config keys `
 FACTORY_FORM = "a 'package.module:function' string or a function defined at the top level of an importable module"
 
 
-def _get(config: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -104,11 +96,11 @@ def checked_config(config: Mapping[str, Any]) -> dict[str, Any]:
     `precision` replaced by the full precision node it means."""
     if not isinstance(config, Mapping):
         raise ValueError(f"track's config must be a dict; got {type(config).__name__}")
-    missing = [key for key in REQUIRED if _get(config, key) is None]
+    missing = [key for key in REQUIRED if config_value(config, key) is None]
     if missing:
         raise ValueError(f"track's config lacks {', '.join(missing)}; it needs {', '.join(REQUIRED)} "
                          "(see precisionlab.run.track)")
-    lr, seed, vocab, steps = (_get(config, k) for k in ("optim.lr", "seed", "model.vocab_size", "train.steps"))
+    lr, seed, vocab, steps = (config_value(config, k) for k in ("optim.lr", "seed", "model.vocab_size", "train.steps"))
     if not (_number(lr) and lr > 0):
         raise ValueError(f"optim.lr must be a number > 0; got {lr!r}")
     for key, value, low in (("seed", seed, 0), ("model.vocab_size", vocab, 2), ("train.steps", steps, 1)):

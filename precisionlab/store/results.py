@@ -52,7 +52,7 @@ from precisionlab.store.schema import (
 from precisionlab.store.url import DEFAULT_JOURNAL_MODE, DEFAULT_STORE_PATH, JOURNAL_MODES, redact
 from precisionlab.train.branch import parse_parent
 
-__all__ = ["ResultsStore", "StoreError"]
+__all__ = ["ResultsStore", "StoreError", "config_value"]
 
 # Created on first use by stores made before it joined the schema (SQLite only: PostgreSQL stores always have it).
 _SHARPNESS_CLAIMS = ("CREATE TABLE IF NOT EXISTS sharpness_claims (run_id TEXT NOT NULL, step INTEGER NOT NULL, "
@@ -60,12 +60,19 @@ _SHARPNESS_CLAIMS = ("CREATE TABLE IF NOT EXISTS sharpness_claims (run_id TEXT N
                      "PRIMARY KEY (run_id, step, metric, params)) WITHOUT ROWID")
 
 
-def _lookup(config: Mapping[str, Any], dotted: str) -> Any:
+def config_value(config: Mapping[str, Any], dotted: str) -> Any:
+    """The value at dotted path `dotted` ("optim.lr") of a plain config dict; None where a part is absent."""
     node: Any = config
     for key in dotted.split("."):
         if not isinstance(node, Mapping) or key not in node:
             return None
         node = node[key]
+    return node
+
+
+def _lookup(config: Mapping[str, Any], dotted: str) -> Any:
+    """A runs-table column's value: a node stands for its format (or name)."""
+    node = config_value(config, dotted)
     if isinstance(node, Mapping):
         node = node.get("format", node.get("name"))
     return node

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from precisionlab.config import Train, memory_shortfall
 from precisionlab.quant.recipe import PrecisionConfig
 from precisionlab.run.track import SHARPNESS_NEEDS, TRACKER, load_factory, rebuild
+from precisionlab.store.results import config_value
 from precisionlab.train.checkpoint import load_checkpoint, read_checkpoint
 from precisionlab.train.data import load_dataset
 from precisionlab.train.loop import eval_batches
@@ -50,14 +51,7 @@ def _tracked(row: Any) -> bool:
 def _lacks(row: Any) -> list[str]:
     """What a tracked run lacks for this module to rebuild its model and validation batch."""
     missing = [] if row.meta.get("model_factory") else ["model_factory= (precisionlab.track)"]
-    node = row.config
-    for dotted in SHARPNESS_NEEDS:
-        for part in dotted.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        if node is None:
-            missing.append(dotted)
-        node = row.config
-    return missing
+    return missing + [dotted for dotted in SHARPNESS_NEEDS if config_value(row.config, dotted) is None]
 
 
 def check_batch_size(store: Any, sweep: str, batch_size: int | None, device: str = "cpu") -> None:
@@ -66,7 +60,8 @@ def check_batch_size(store: Any, sweep: str, batch_size: int | None, device: str
     give a token count that a run's weight-gradient Hadamard transform cannot divide, or a step of its
     model that cannot fit in `device`'s memory (the run's own train.batch_size passed both checks)."""
     runs = store.runs(sweep=sweep)
-    refused = [(row.run_id, _lacks(row)) for row in runs.itertuples() if _tracked(row) and _lacks(row)]
+    lacking_by_run = ((row.run_id, _lacks(row)) for row in runs.itertuples() if _tracked(row))
+    refused = [(run, needs) for run, needs in lacking_by_run if needs]
     if refused:
         ids = [run for run, _ in refused]
         lacking = sorted({need for _, needs in refused for need in needs})
